@@ -1,0 +1,75 @@
+"""Checkpoints on disk: `config.json` + `model.safetensors`, written atomically, read back strictly.
+
+Atomic: each file is written to a temporary name in the same directory and renamed over the old one, weights
+first, so an interrupted save never leaves a torn file behind. Safetensors only: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(directory: str | Path, config: dict, tensors: dict[str, Tensor],
+                    weights_name: str = WEIGHTS_NAME) -> Path:
+    """Write `tensors` and `config` into `directory` (created if needed); return the directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(directory / weights_name, lambda p: save_file(flat, p, metadata={"format": "pt"}))
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
+    return directory
+
+
+def read_tensors(path: str | Path) -> dict[str, Tensor]:
+    """Load a safetensors file; a missing or corrupt file is an error that names it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint weights not found: {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"corrupt checkpoint file {path}: {e}") from None
+
+
+def load_state_strict(module: nn.Module, tensors: dict[str, Tensor], source: str = "checkpoint") -> None:
+    """Copy tensors into `module`, naming every missing, unexpected or mis-shaped tensor if there are any."""
+    expected = module.state_dict()
+    problems = []
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(unexpected[:8])}" + (" ..." if len(unexpected) > 8 else ""))
+    for name in sorted(set(expected) & set(tensors)):
+        want, got = expected[name].shape, tensors[name].shape
+        if want != got:
+            problems.append(f"tensor {name!r} has shape {tuple(got)} in {source} but the model expects {tuple(want)}")
+    if problems:
+        raise ValueError(f"{source} does not match the model: " + "; ".join(problems))
+    with torch.no_grad():
+        for name, t in expected.items():
+            t.copy_(tensors[name])

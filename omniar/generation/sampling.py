@@ -1,0 +1,96 @@
+"""Turning logits into tokens: greedy, temperature, top-k, top-p, repetition penalty, classifier-free guidance.
+
+Every knob is per row: a float applies to the whole batch, a sequence or (B,) tensor gives each row its own
+value (a batch can mix greedy and sampled rows, as finite-state decoding needs). Sampling draws from an
+optional `torch.Generator`, so a seeded generator reproduces the same tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+PerRow = float | int | Sequence[float] | Tensor
+
+
+def _rows(value: PerRow, batch: int, device, dtype=torch.float32) -> Tensor:
+    t = torch.as_tensor(value, dtype=dtype, device=device)
+    if t.dim() == 0:
+        return t.expand(batch)
+    if t.shape != (batch,):
+        raise ValueError(f"per-row sampling parameter has shape {tuple(t.shape)}, expected ({batch},)")
+    return t
+
+
+@dataclass
+class SamplingParams:
+    """temperature 0 = greedy; top_k 0 = off; top_p 1 = off; repetition_penalty 1 = off (CTRL / HF rule)."""
+
+    temperature: PerRow = 1.0
+    top_k: PerRow = 0
+    top_p: PerRow = 1.0
+    repetition_penalty: PerRow = 1.0
+
+    def __post_init__(self) -> None:
+        for name, lo in (("temperature", 0.0), ("top_k", 0), ("repetition_penalty", 1e-6)):
+            if (torch.as_tensor(getattr(self, name)) < lo).any():
+                raise ValueError(f"{name} must be >= {lo}, got {getattr(self, name)}")
+        p = torch.as_tensor(self.top_p)
+        if ((p <= 0) | (p > 1)).any():
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @staticmethod
+    def _is(value: PerRow, off: float) -> bool:
+        """True when the knob is plainly at its 'off' value for every row (known without touching the device)."""
+        return isinstance(value, (int, float)) and value == off
+
+
+def apply_repetition_penalty(logits: Tensor, previous: Tensor, penalty: Tensor) -> Tensor:
+    """Divide positive logits, multiply negative ones, of every token already in `previous` (B, T)."""
+    if previous is None or previous.shape[1] == 0:
+        return logits
+    p = penalty[:, None]
+    seen = logits.gather(1, previous)
+    seen = torch.where(seen > 0, seen / p, seen * p)
+    return logits.scatter(1, previous, seen)
+
+
+def filter_top_k_top_p(logits: Tensor, top_k: Tensor, top_p: Tensor) -> Tensor:
+    """Mask (to -inf) tokens outside each row's top-k and outside the smallest set whose mass reaches top-p."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    rank = torch.arange(logits.shape[-1], device=logits.device)
+    k = torch.where(top_k > 0, top_k, logits.shape[-1]).to(torch.long)
+    drop = rank[None, :] >= k[:, None]
+    probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(-1)
+    mass_before = probs.cumsum(-1) - probs
+    drop |= mass_before >= top_p[:, None]
+    drop[:, 0] = False  # always keep the best token
+    return logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+
+
+def sample(logits: Tensor, params: SamplingParams | None = None, previous: Tensor | None = None,
+           generator: torch.Generator | None = None) -> Tensor:
+    """Pick one token per row from logits (B, V); `previous` (B, T) feeds the repetition penalty."""
+    params = params or SamplingParams()
+    B, device = logits.shape[0], logits.device
+    logits = logits.float()
+    if not SamplingParams._is(params.repetition_penalty, 1.0):
+        logits = apply_repetition_penalty(logits, previous, _rows(params.repetition_penalty, B, device))
+    if SamplingParams._is(params.temperature, 0.0):
+        return logits.argmax(-1)
+    temperature = _rows(params.temperature, B, device)
+    greedy = temperature == 0
+    scaled = logits / torch.where(greedy, 1.0, temperature)[:, None]
+    if not (SamplingParams._is(params.top_k, 0) and SamplingParams._is(params.top_p, 1.0)):
+        scaled = filter_top_k_top_p(scaled, _rows(params.top_k, B, device, torch.long), _rows(params.top_p, B, device))
+    drawn = torch.multinomial(scaled.softmax(-1), 1, generator=generator).squeeze(1)
+    return torch.where(greedy, logits.argmax(-1), drawn)
+
+
+def classifier_free_guidance(cond: Tensor, uncond: Tensor, scale: PerRow) -> Tensor:
+    """uncond + scale * (cond - uncond), per row; rows are the conditional and unconditional halves of a batch."""
+    s = _rows(scale, cond.shape[0], cond.device, cond.dtype)
+    return uncond + s.view(-1, *([1] * (cond.dim() - 1))) * (cond - uncond)

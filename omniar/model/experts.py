@@ -1,0 +1,93 @@
+"""Modality-routed FFN experts (OneCAT §2.2): hard routing by each token's modality, no gate, no balancing.
+
+Every layer has one shared attention and E SwiGLU experts. A token's modality picks its expert through the
+config's `routing` map, so the routing is known before the forward pass: it is computed once per forward
+(`Routing`) and reused by every layer. Each expert runs only on its own tokens (one gather before, one after).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from omniar.modality import Modality
+from omniar.model.config import DecoderConfig
+from omniar.model.ffn import SwiGLU
+
+
+class Routing:
+    """Which expert serves which token of a (B, L) batch; shared by all layers of one forward."""
+
+    def __init__(self, expert_ids: Tensor | None, num_experts: int, default: int = 0):
+        self.single: int | None = default  # all tokens go to this expert: no gather needed
+        self.groups: list[tuple[int, int]] = []  # (expert, token count) in sorted order
+        self.order: Tensor | None = None  # tokens sorted by expert
+        self.inverse: Tensor | None = None
+        if expert_ids is None or num_experts == 1:
+            return
+        flat = expert_ids.reshape(-1)
+        counts = torch.bincount(flat, minlength=num_experts).tolist()
+        used = [e for e, c in enumerate(counts) if c]
+        if len(used) == 1:
+            self.single = used[0]
+            return
+        self.single = None
+        self.order = torch.argsort(flat, stable=True)
+        self.inverse = torch.empty_like(self.order)
+        self.inverse[self.order] = torch.arange(len(flat), device=flat.device)
+        self.groups = [(e, counts[e]) for e in used]
+
+    @classmethod
+    def from_modality(cls, modality: Tensor | None, config: DecoderConfig) -> Routing:
+        table = expert_table(config)
+        default = int(table[Modality.TEXT])
+        if modality is None or len(config.experts) == 1:
+            return cls(None, len(config.experts), default)
+        return cls(table.to(modality.device)[modality], len(config.experts), default)
+
+
+def expert_table(config: DecoderConfig) -> Tensor:
+    """Lookup table modality id -> expert index."""
+    return torch.tensor([config.expert_of(m) for m in Modality], dtype=torch.long)
+
+
+class ModalityExperts(nn.Module):
+    """E SwiGLU experts; with E == 1 this is the dense FFN of Qwen2."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.experts = nn.ModuleList(SwiGLU(config.hidden_size, config.intermediate_size) for _ in config.experts)
+
+    def forward(self, x: Tensor, routing: Routing) -> Tensor:
+        if routing.single is not None:
+            return self.experts[routing.single](x)
+        flat = x.reshape(-1, x.shape[-1])[routing.order]
+        outs, at = [], 0
+        for e, n in routing.groups:
+            outs.append(self.experts[e](flat[at : at + n]))
+            at += n
+        return torch.cat(outs)[routing.inverse].reshape(x.shape)
+
+
+def upcycle_experts(model: nn.Module, experts: tuple[str, ...], routing: dict[str, str]) -> nn.Module:
+    """Turn a dense model into a modality-expert model by copying its FFN into every expert (OneCAT upcycling).
+
+    Before any training the copies are identical, so every token's output is unchanged.
+    """
+    from omniar.model.decoder import OmniDecoder  # local import: decoder imports this module
+
+    if not isinstance(model, OmniDecoder):
+        raise TypeError(f"upcycle_experts needs an OmniDecoder, got {type(model).__name__}")
+    if len(model.config.experts) != 1:
+        raise ValueError(f"model already has experts {model.config.experts}; upcycle a dense model")
+    cfg = DecoderConfig.from_dict({**model.config.to_dict(), "experts": tuple(experts), "routing": dict(routing)})
+    new = OmniDecoder(cfg).to(next(model.parameters()).dtype)
+    state = {}
+    for name, t in model.state_dict().items():
+        if ".ffn.experts.0." in name:
+            for e in range(len(experts)):
+                state[name.replace(".ffn.experts.0.", f".ffn.experts.{e}.")] = t.clone()
+        else:
+            state[name] = t
+    new.load_state_dict(state, strict=True)
+    return new

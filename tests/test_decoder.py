@@ -1,0 +1,176 @@
+"""The decoder's invariants: cached == uncached for every mask kind, packing isolation, expert routing."""
+
+import pytest
+import torch
+
+from omniar import Modality, OmniDecoder, PositionMeta, Sample, Segment, collate, preset
+from omniar.model.experts import Routing
+from tests.streams import FEAT, mixed_config, mixed_sample
+
+TOL = 1e-4
+
+
+def boundaries(batch):
+    """Chunk ends that never split a bidirectional segment or a scale: (row 0's layout; rows are aligned)."""
+    meta = batch.meta
+    cuts, L = [], meta.shape[1]
+    for t in range(1, L):
+        same_seg = meta.segment[:, t] == meta.segment[:, t - 1]
+        grouped = (meta.pattern[:, t] == 1) | ((meta.pattern[:, t] == 2) & (meta.block[:, t] == meta.block[:, t - 1]))
+        if not (same_seg & grouped).any():
+            cuts.append(t)
+    return cuts + [L]
+
+
+@pytest.mark.parametrize("norm", ["pre", "swin"])
+def test_cached_steps_equal_full_forward_on_mixed_modalities(norm):
+    """Prefill, then steps of one token, whole scales and whole understanding images, rows of unequal lengths."""
+    model = OmniDecoder(mixed_config(norm_placement=norm, qk_norm=norm == "swin")).eval()
+    batch = collate([mixed_sample(0, text_len=4), mixed_sample(1, text_len=1)], pad_side="left")
+    with torch.no_grad():
+        full = model(**batch.model_inputs()).logits
+        cache = model.new_cache()
+        cuts = boundaries(batch)
+        prefill = cuts[len(cuts) // 3]
+        chunks = [model(**batch.slice(0, prefill).model_inputs(), cache=cache).logits]
+        start = prefill
+        sizes = set()
+        for stop in [c for c in cuts if c > prefill]:
+            sizes.add(stop - start)
+            chunks.append(model(**batch.slice(start, stop).model_inputs(), cache=cache).logits)
+            start = stop
+    assert {1, 4, 9} <= sizes  # one-token steps and whole scales were exercised
+    real = batch.meta.doc >= 0
+    diff = (torch.cat(chunks, 1) - full).abs()[real]
+    assert diff.max() <= TOL
+
+
+def test_cached_decoding_of_plain_text_without_metadata():
+    model = OmniDecoder(preset("onecat-tiny", num_layers=2, vocab_size=256)).eval()
+    ids = torch.randint(0, 256, (3, 17))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = model.new_cache()
+        steps = [model(ids[:, :9], cache=cache).logits]
+        steps += [model(ids[:, t : t + 1], cache=cache).logits for t in range(9, 12)]
+        steps.append(model(ids[:, 12:], cache=cache).logits)  # multi-token step after a prefill
+    assert (torch.cat(steps, 1) - full).abs().max() <= TOL
+
+
+def test_cache_reset_and_reuse_give_the_same_logits():
+    model = OmniDecoder(mixed_config()).eval()
+    ids = torch.randint(0, 80, (2, 12))
+    cache = model.new_cache()
+    with torch.no_grad():
+        first = model(ids, cache=cache).logits
+        cache.reset()
+        again = model(ids, cache=cache).logits
+        cache.reset()
+        part = torch.cat([model(ids[:, :5], cache=cache).logits, model(ids[:, 5:], cache=cache).logits], 1)
+        cache.select(torch.tensor([1]))  # keep row 1 only and continue it
+        nxt = model(ids[1:, :1], cache=cache).logits
+        ref = model(torch.cat([ids[1:], ids[1:, :1]], 1)).logits[:, -1:]
+    assert torch.equal(first, again)
+    assert (part - first).abs().max() <= TOL
+    assert (nxt - ref).abs().max() <= TOL
+
+
+def test_cache_grows_past_its_first_capacity():
+    model = OmniDecoder(mixed_config(num_layers=1)).eval()
+    ids = torch.randint(0, 80, (1, 150))
+    cache = model.new_cache()
+    with torch.no_grad():
+        full = model(ids).logits
+        steps = [model(ids[:, :60], cache=cache).logits] + [model(ids[:, t : t + 1], cache=cache).logits
+                                                              for t in range(60, 150)]
+    assert (torch.cat(steps, 1) - full).abs().max() <= TOL
+
+
+def test_packed_rows_equal_documents_run_alone():
+    model = OmniDecoder(mixed_config()).eval()
+    samples = [mixed_sample(i, text_len=2 + i) for i in range(3)]
+    packed = collate(samples, max_len=200)
+    assert packed.input_ids.shape[0] == 1
+    with torch.no_grad():
+        together = model(**packed.model_inputs()).logits[0]
+        at = 0
+        for s in samples:
+            alone = model(**collate([s]).model_inputs()).logits[0]
+            assert (together[at : at + len(alone)] - alone).abs().max() <= TOL
+            at += len(alone)
+
+
+def test_routing_sends_each_token_to_its_expert_only():
+    model = OmniDecoder(mixed_config(num_layers=1))
+    s = Sample([Segment("text", [1, 2, 3]), Segment("image_gen", [4, 5, 6, 7, 8], scales=[(1, 1), (2, 2)])])
+    batch = collate([s])
+    model(**batch.model_inputs()).logits.sum().backward()
+    experts = model.blocks[0].ffn.experts
+    names = model.config.experts
+    grads = {n: e.down.weight.grad for n, e in zip(names, experts)}
+    assert grads["text"] is not None and grads["text"].abs().sum() > 0
+    assert grads["gen"] is not None and grads["gen"].abs().sum() > 0
+    assert grads["und"] is None and grads["speech"] is None
+
+
+def test_each_expert_computes_exactly_its_tokens():
+    """Mixed rows through the gather/scatter path equal applying each token's expert by hand."""
+    model = OmniDecoder(mixed_config(num_layers=1))
+    ffn = model.blocks[0].ffn
+    x = torch.randn(2, 7, 48)
+    modality = torch.tensor([[0, 2, 2, 4, 0, 1, 1], [4, 4, 0, 2, 1, 0, 0]])
+    out = ffn(x, Routing.from_modality(modality, model.config))
+    table = {0: 0, 1: 1, 2: 2, 4: 3}
+    for b in range(2):
+        for t in range(7):
+            ref = ffn.experts[table[int(modality[b, t])]](x[b, t])
+            assert torch.allclose(out[b, t], ref, atol=1e-6)
+
+
+def test_active_and_total_parameters():
+    dense = OmniDecoder(preset("onecat-tiny", experts=("shared",), routing={}))
+    moe = OmniDecoder(preset("onecat-tiny"))
+    d, m = dense.num_parameters(), moe.num_parameters()
+    assert d["total"] == d["active"] == m["active"]
+    per_expert = sum(p.numel() for p in moe.blocks[0].ffn.experts[0].parameters())
+    assert m["total"] - m["active"] == 2 * per_expert * moe.config.num_layers
+
+
+def test_features_enter_at_their_positions():
+    model = OmniDecoder(mixed_config()).eval()
+    s = mixed_sample(3)
+    b = collate([s])
+    with torch.no_grad():
+        base = model(**b.model_inputs()).logits
+        feats = {k: v + 1.0 for k, v in b.features.items()}
+        moved = model(b.input_ids, meta=b.meta, positions=b.positions, features=feats).logits
+    first_image = int((b.meta.modality[0] == Modality.IMAGE_UND).nonzero()[0])
+    assert torch.equal(base[:, :first_image], moved[:, :first_image])  # causal: nothing before the image changes
+    assert not torch.allclose(base[:, first_image:], moved[:, first_image:])
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda m, b: m(torch.tensor([[1, 500]])), ValueError, "token id 500 is out of range for vocab_size 128"),
+    (lambda m, b: m(torch.tensor([[-1, 2]])), ValueError, "token id -1 is out of range"),
+    (lambda m, b: m(torch.tensor([[1.0, 2.0]])), TypeError, "integer tensor"),
+    (lambda m, b: m(torch.tensor([1, 2])), ValueError, r"\(batch, length\)"),
+    (lambda m, b: m(b.input_ids, meta=b.meta), ValueError, "6 image_und positions but no image_und features"),
+    (lambda m, b: m(b.input_ids, meta=b.meta, features={1: torch.zeros(6, FEAT + 1)}), ValueError, "width 12"),
+    (lambda m, b: m(b.input_ids, meta=b.meta, features={1: torch.zeros(6, FEAT, dtype=torch.long)}), ValueError,
+     "float tensor"),
+    (lambda m, b: m(b.input_ids, meta=b.meta, features={"speech": torch.zeros(5, 3)}), ValueError,
+     "reads as token ids"),
+    (lambda m, b: m(b.input_ids[:, :3], meta=b.meta), ValueError, "meta has shape"),
+    (lambda m, b: m(b.input_ids, meta=b.meta, positions=b.positions[..., :1], features=b.features), ValueError,
+     "positions must have shape"),
+])
+def test_bad_inputs_are_named(call, error, message):
+    model = OmniDecoder(mixed_config(num_layers=1))
+    batch = collate([mixed_sample(0)])
+    with pytest.raises(error, match=message):
+        call(model, batch)
+
+
+def test_text_meta_builder_is_plain():
+    meta = PositionMeta.text(2, 5)
+    assert meta.is_plain_causal() and meta.shape == (2, 5)
