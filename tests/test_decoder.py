@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from omniar import Modality, OmniDecoder, PositionMeta, Sample, Segment, collate, preset
-from omniar.model.experts import Routing
 from tests.streams import FEAT, mixed_config, mixed_sample
 
 TOL = 1e-4
@@ -119,7 +118,7 @@ def test_each_expert_computes_exactly_its_tokens():
     ffn = model.blocks[0].ffn
     x = torch.randn(2, 7, 48)
     modality = torch.tensor([[0, 2, 2, 4, 0, 1, 1], [4, 4, 0, 2, 1, 0, 0]])
-    out = ffn(x, Routing.from_modality(modality, model.config))
+    out = ffn(x, model.router(modality))
     table = {0: 0, 1: 1, 2: 2, 4: 3}
     for b in range(2):
         for t in range(7):

@@ -49,7 +49,7 @@ sample_st = st.builds(lambda segs, task: Sample(segs, task=task), st.lists(segme
 @settings(max_examples=60, deadline=None)
 @given(st.lists(sample_st, min_size=1, max_size=5), st.sampled_from(["left", "right"]), st.booleans())
 def test_mask_matches_reference_on_collated_streams(samples, pad_side, packed):
-    batch = collate(samples, max_len=40 if packed else None, pad_side=pad_side)
+    batch = collate(samples, max_len=128 if packed else None, pad_side=pad_side)
     got = build_attention_mask(batch.meta, batch.meta)
     assert torch.equal(got, reference_mask(batch.meta, batch.meta))
 

@@ -64,6 +64,7 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
         B = ids.shape[0]
     cache = model.new_cache()
     out = model(ids, meta=meta, positions=positions, cache=cache, logits_to_keep=1)
+    penalize = not SamplingParams._is(params.repetition_penalty, 1.0)
     history = ids[:B]
     if meta is not None:  # padding must not count as a repeated token: show the row's last prompt token instead
         history = torch.where(meta.doc[:B] == PAD_DOC, ids[:B, -1:], history)
@@ -78,7 +79,8 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
             token = torch.where(finished, pad_id, token)
             finished |= token == eos_id
         new.append(token)
-        history = torch.cat([history, token[:, None]], dim=1)
+        if penalize:
+            history = torch.cat([history, token[:, None]], dim=1)
         if eos_id is not None and bool(finished.all()):
             break
         step = token if uncond_prompts is None else torch.cat([token, token])

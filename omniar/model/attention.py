@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from omniar.model.cache import KVCache
 from omniar.model.config import DecoderConfig
+from omniar.model.linear import Linear
 from omniar.model.norm import RMSNorm
 from omniar.model.rope import apply_rotary
 
@@ -20,9 +22,8 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
         q_dim, kv_dim = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.split = (q_dim, kv_dim, kv_dim)
-        self.qkv = nn.Linear(config.hidden_size, q_dim + 2 * kv_dim, bias=config.qkv_bias)
-        self.o = nn.Linear(q_dim, config.hidden_size, bias=False)
+        self.qkv = Linear(config.hidden_size, q_dim + 2 * kv_dim, bias=config.qkv_bias)
+        self.o = Linear(q_dim, config.hidden_size, bias=False)
         self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
 
@@ -32,14 +33,13 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor | str | None,
                 cache: KVCache | None = None) -> Tensor:
         B, L, _ = x.shape
-        q, k, v = self.qkv(x).split(self.split, dim=-1)
-        q = q.view(B, L, self.num_heads, self.head_dim)
-        k = k.view(B, L, self.num_kv_heads, self.head_dim)
-        v = v.view(B, L, self.num_kv_heads, self.head_dim)
+        H, Hkv = self.num_heads, self.num_kv_heads
+        qkv = self.qkv(x).view(B, L, H + 2 * Hkv, self.head_dim)
+        qk, v = qkv[:, :, : H + Hkv], qkv[:, :, H + Hkv :]
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            qk = torch.cat([self.q_norm(qk[:, :, :H]), self.k_norm(qk[:, :, H:])], dim=2)
+        qk = apply_rotary(qk, *rope)  # queries and keys rotated in one pass
+        q, k, v = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(k, v)
         gqa = self.num_heads != self.num_kv_heads

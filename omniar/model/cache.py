@@ -16,6 +16,8 @@ from torch import Tensor
 
 from omniar.masks import PositionMeta
 
+APPENDED_TEXT_SEGMENT = -2  # segment id of text appended without metadata (collated segments count from 0)
+
 
 def _grow(buf: Tensor | None, like: Tensor, keep: int, need: int) -> Tensor:
     """A buffer shaped like `like` (B, H, L, D) with room for `need` positions, holding buf's first `keep`."""
@@ -68,31 +70,31 @@ class DecoderCache:
         self.plain = True  # one document, no padding: a single plain-text query may see every cached key
 
     def append_meta(self, meta: PositionMeta | None, batch: int, new: int, device: torch.device) -> PositionMeta:
-        """Record the metadata of `new` positions (plain text when `meta` is None); return the keys' metadata."""
+        """Record the metadata of `new` positions (plain text when `meta` is None); return the keys' metadata.
+
+        Fresh buffer slots already hold plain text's metadata (slot index, document 0, a segment id of its own
+        that no collated segment uses), so plain-text steps write nothing.
+        """
         end = self.length + new
         if self.meta is None or end > self.meta.shape[2] or self.meta.shape[1] != batch:
             if self.length and self.meta.shape[1] != batch:
                 raise ValueError(f"cache holds {self.meta.shape[1]} rows, got {batch}; reset() or select() first")
-            old = self.meta[:, :, : self.length] if self.meta is not None and self.length else None
             cap = max(end, 2 * (self.meta.shape[2] if self.meta is not None else 0), 64)
             buf = PositionMeta.text(batch, cap, device=device).stack().clone()
-            if old is not None:
-                buf[:, :, : self.length] = old
+            buf[2] = APPENDED_TEXT_SEGMENT
+            if self.length:
+                buf[:, :, : self.length] = self.meta[:, :, : self.length]
             self.meta = buf
         if meta is not None:
             self.meta[:, :, self.length : end] = meta.stack()
             self.plain = self.plain and bool((meta.doc == 0).all())
-        else:
-            # plain text continues the row's last segment
-            seg = self.meta[2, :, self.length - 1 : self.length] if self.length else 0
-            self.meta[1:, :, self.length : end] = 0
-            self.meta[2, :, self.length : end] = seg
         self.length = end
         return PositionMeta.unstack(self.meta[:, :, :end])
 
     def reset(self) -> None:
         """Forget the contents, keep the buffers: the cache can serve the next request."""
         self.length = 0
+        self.meta = None
         self.next_position = None
         self.plain = True
         for layer in self.layers:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from omniar.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_state_strict, read_tensors, save_checkpoint
@@ -22,7 +21,8 @@ from omniar.model.attention import CAUSAL
 from omniar.model.block import DecoderBlock
 from omniar.model.cache import DecoderCache
 from omniar.model.config import DecoderConfig
-from omniar.model.experts import Routing
+from omniar.model.experts import Router
+from omniar.model.linear import Linear, linear
 from omniar.model.norm import RMSNorm
 from omniar.model.rope import RotaryEmbedding
 
@@ -43,10 +43,11 @@ class OmniDecoder(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, D)
         self.feature_proj = nn.ModuleDict({Modality.parse(m).name.lower(): nn.Linear(d, D)
                                            for m, d in config.feature_dims.items()})
+        self.router = Router(config)
         self.rope = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_sections)
         self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(D, config.norm_eps)
-        self.lm_head = None if config.tie_embeddings else nn.Linear(D, config.vocab_size, bias=False)
+        self.lm_head = None if config.tie_embeddings else Linear(D, config.vocab_size, bias=False)
         self.apply(self._init)
 
     def _init(self, m: nn.Module) -> None:
@@ -79,7 +80,7 @@ class OmniDecoder(nn.Module):
         positions = self._positions(positions, cache, B, L, input_ids.device)
         rope = self.rope(positions)
         mask = self._mask(meta, cache, B, L, input_ids.device)
-        routing = Routing.from_modality(meta.modality if meta is not None else None, self.config)
+        routing = self.router(meta.modality if meta is not None else None)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, mask, routing, cache.layers[i] if cache is not None else None)
         x = self.norm(x)
@@ -87,7 +88,7 @@ class OmniDecoder(nn.Module):
         return DecoderOutput(self.head(h), x)
 
     def head(self, h: Tensor) -> Tensor:
-        return self.lm_head(h) if self.lm_head is not None else F.linear(h, self.embed.weight)
+        return self.lm_head(h) if self.lm_head is not None else linear(h, self.embed.weight, None, self.embed)
 
     def _check_ids(self, input_ids: Tensor) -> tuple[int, int]:
         if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
@@ -180,7 +181,8 @@ class OmniDecoder(nn.Module):
         with torch.device("meta"):
             model = cls(config)
         model = model.to_empty(device=device or "cpu")
-        model.rope = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_sections).to(device or "cpu")
+        model.rope.reset_buffers()
+        model.router = Router(config).to(device or "cpu")
         load_state_strict(model, read_tensors(directory / WEIGHTS_NAME), source=str(directory / WEIGHTS_NAME))
         if dtype is not None:
             model = model.to(dtype)

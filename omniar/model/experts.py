@@ -37,18 +37,22 @@ class Routing:
         self.inverse[self.order] = torch.arange(len(flat), device=flat.device)
         self.groups = [(e, counts[e]) for e in used]
 
-    @classmethod
-    def from_modality(cls, modality: Tensor | None, config: DecoderConfig) -> Routing:
-        table = expert_table(config)
-        default = int(table[Modality.TEXT])
-        if modality is None or len(config.experts) == 1:
-            return cls(None, len(config.experts), default)
-        return cls(table.to(modality.device)[modality], len(config.experts), default)
 
 
-def expert_table(config: DecoderConfig) -> Tensor:
-    """Lookup table modality id -> expert index."""
-    return torch.tensor([config.expert_of(m) for m in Modality], dtype=torch.long)
+class Router(nn.Module):
+    """Maps per-position modality ids to a `Routing`, through the config's modality -> expert table."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        table = [config.expert_of(m) for m in Modality]
+        self.register_buffer("table", torch.tensor(table, dtype=torch.long), persistent=False)
+        self.num_experts = len(config.experts)
+        self.text_expert = table[Modality.TEXT]
+
+    def forward(self, modality: Tensor | None) -> Routing:
+        if modality is None or self.num_experts == 1:
+            return Routing(None, self.num_experts, self.text_expert)
+        return Routing(self.table[modality], self.num_experts, self.text_expert)
 
 
 class ModalityExperts(nn.Module):

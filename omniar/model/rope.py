@@ -14,23 +14,32 @@ from torch import Tensor, nn
 class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, theta: float, sections: tuple[int, int, int]):
         super().__init__()
-        half = head_dim // 2
-        inv_freq = 1.0 / (theta ** (torch.arange(0, half, dtype=torch.float32) * 2 / head_dim))
-        component = torch.repeat_interleave(torch.arange(3), torch.tensor(sections))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.register_buffer("component", component, persistent=False)
-        self.single = sections[1] == 0 and sections[2] == 0
+        self.head_dim, self.theta, self.sections = head_dim, theta, tuple(sections)
+        self.register_buffer("inv_freq", torch.empty(head_dim // 2), persistent=False)
+        self.register_buffer("component", torch.empty(head_dim // 2, dtype=torch.long), persistent=False)
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        """Fill the (non-persistent) buffers; also after the model was built on the meta device."""
+        half = self.head_dim // 2
+        with torch.no_grad():
+            self.inv_freq.copy_(1.0 / (self.theta ** (torch.arange(0, half, dtype=torch.float32) * 2 / self.head_dim)))
+            self.component.copy_(torch.repeat_interleave(torch.arange(3), torch.tensor(self.sections)))
 
     def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """positions (B, L, 3) -> cos, sin of shape (B, L, 1, head_dim), broadcast over heads."""
-        pos = positions[..., :1] if self.single else positions[..., self.component]
-        freqs = pos.float() * self.inv_freq
-        emb = torch.cat([freqs, freqs], dim=-1).unsqueeze(2)
-        return emb.cos(), emb.sin()
+        """positions (B, L, 3) -> cos, signed sin, each (B, L, 1, head_dim), broadcast over heads.
+
+        The sin carries the sign of rotate-half, so `apply_rotary` needs only a roll: rotate_half(x) * sin ==
+        roll(x, d/2) * cat(-sin, sin).
+        """
+        if self.sections[1] == self.sections[2] == 0:
+            freqs = positions[..., :1].float() * self.inv_freq
+        else:
+            freqs = positions[..., self.component].float() * self.inv_freq
+        cos, sin = freqs.cos(), freqs.sin()
+        return torch.cat([cos, cos], -1).unsqueeze(2), torch.cat([-sin, sin], -1).unsqueeze(2)
 
 
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x (B, L, H, D) rotated by the angles in cos/sin (B, L, 1, D), rotate-half convention (as HF Qwen2)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+def apply_rotary(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
+    """x (B, L, H, D) rotated by the angles of (B, L, 1, D) tables, HF Qwen2's rotate-half convention."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin).to(x.dtype)
