@@ -31,13 +31,17 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
-def save_checkpoint(directory: str | Path, config: dict, tensors: dict[str, Tensor],
-                    weights_name: str = WEIGHTS_NAME) -> Path:
-    """Write `tensors` and `config` into `directory` (created if needed); return the directory."""
+def write_tensors(path: str | Path, tensors: dict[str, Tensor]) -> None:
+    """Write a safetensors file atomically."""
+    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(Path(path), lambda p: save_file(flat, p, metadata={"format": "pt"}))
+
+
+def save_checkpoint(directory: str | Path, config: dict, tensors: dict[str, Tensor]) -> Path:
+    """Write `tensors` and `config` into `directory` (created if needed), weights first; return the directory."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(directory / weights_name, lambda p: save_file(flat, p, metadata={"format": "pt"}))
+    write_tensors(directory / WEIGHTS_NAME, tensors)
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
     atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
     return directory

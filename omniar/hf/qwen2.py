@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from omniar.checkpoint import atomic_write, load_state_strict, read_tensors
+from omniar.checkpoint import atomic_write, load_state_strict, read_tensors, write_tensors
 from omniar.model.config import DecoderConfig
 from omniar.model.decoder import OmniDecoder
 from omniar.model.experts import upcycle_experts
@@ -118,13 +118,10 @@ def load_qwen2(directory: str | Path, *, dtype: torch.dtype | None = None, exper
 
 def save_qwen2(model: OmniDecoder, directory: str | Path) -> Path:
     """Export a dense text decoder as a HF Qwen2 checkpoint directory (loadable by `Qwen2ForCausalLM`)."""
-    from safetensors.torch import save_file
-
     cfg = model.config
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in to_qwen2_state_dict(model).items()}
-    atomic_write(directory / "model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    write_tensors(directory / "model.safetensors", to_qwen2_state_dict(model))
     hf = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": cfg.vocab_size,
           "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
           "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,

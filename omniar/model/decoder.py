@@ -181,8 +181,9 @@ class OmniDecoder(nn.Module):
         with torch.device("meta"):
             model = cls(config)
         model = model.to_empty(device=device or "cpu")
-        model.rope.reset_buffers()
-        model.router = Router(config).to(device or "cpu")
+        for module in model.modules():  # non-persistent buffers are not in the checkpoint: compute them
+            if hasattr(module, "reset_buffers"):
+                module.reset_buffers()
         load_state_strict(model, read_tensors(directory / WEIGHTS_NAME), source=str(directory / WEIGHTS_NAME))
         if dtype is not None:
             model = model.to(dtype)

@@ -44,10 +44,16 @@ class Router(nn.Module):
 
     def __init__(self, config: DecoderConfig):
         super().__init__()
-        table = [config.expert_of(m) for m in Modality]
-        self.register_buffer("table", torch.tensor(table, dtype=torch.long), persistent=False)
+        self._table = [config.expert_of(m) for m in Modality]
+        self.register_buffer("table", torch.empty(len(self._table), dtype=torch.long), persistent=False)
         self.num_experts = len(config.experts)
-        self.text_expert = table[Modality.TEXT]
+        self.text_expert = self._table[Modality.TEXT]
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        """Fill the (non-persistent) table; also after the model was built on the meta device."""
+        with torch.no_grad():
+            self.table.copy_(torch.tensor(self._table, dtype=torch.long, device="cpu"))
 
     def forward(self, modality: Tensor | None) -> Routing:
         if modality is None or self.num_experts == 1:

@@ -21,10 +21,12 @@ class RotaryEmbedding(nn.Module):
 
     def reset_buffers(self) -> None:
         """Fill the (non-persistent) buffers; also after the model was built on the meta device."""
-        half = self.head_dim // 2
+        half, cpu = self.head_dim // 2, torch.device("cpu")  # computed on the CPU, even inside a meta-device context
+        exponent = torch.arange(0, half, dtype=torch.float32, device=cpu) * 2 / self.head_dim
+        component = torch.repeat_interleave(torch.arange(3, device=cpu), torch.tensor(self.sections, device=cpu))
         with torch.no_grad():
-            self.inv_freq.copy_(1.0 / (self.theta ** (torch.arange(0, half, dtype=torch.float32) * 2 / self.head_dim)))
-            self.component.copy_(torch.repeat_interleave(torch.arange(3), torch.tensor(self.sections)))
+            self.inv_freq.copy_(1.0 / self.theta**exponent)
+            self.component.copy_(component)
 
     def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """positions (B, L, 3) -> cos, signed sin, each (B, L, 1, head_dim), broadcast over heads.

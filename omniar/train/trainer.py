@@ -1,0 +1,134 @@
+"""A plain training loop: AdamW, warm-up + cosine learning rate, gradient clipping, progress bar, JSONL metrics,
+atomic checkpoints (model + optimizer + step, all safetensors/JSON) and exact resume.
+
+Data comes from `batch_for_step(step) -> Batch`, a pure function of the step, so a resumed run sees exactly the
+batches the uninterrupted run would have seen (resume == uninterrupted is a test).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from omniar.checkpoint import atomic_write, read_tensors, write_tensors
+from omniar.model.decoder import OmniDecoder
+from omniar.stream.collate import Batch
+from omniar.train.losses import weighted_cross_entropy
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 20
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    log_every: int = 10
+    save_every: int = 0  # 0: only at the end
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Trainer:
+    def __init__(self, model: OmniDecoder, batch_for_step: Callable[[int], Batch], config: TrainConfig,
+                 out_dir: str | Path | None = None, progress: bool = True):
+        self.model, self.batch_for_step, self.config = model, batch_for_step, config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress = progress
+        decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+        no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}],
+                                           lr=config.lr, betas=config.betas, fused=False)
+        self.step = 0
+
+    def train_step(self, batch: Batch) -> dict:
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr_at(self.step)
+        out = self.model(**batch.model_inputs())
+        loss = weighted_cross_entropy(out.logits, batch.labels, batch.loss_weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        lr = self.config.lr_at(self.step)
+        self.step += 1
+        return {"step": self.step, "loss": loss.item(), "grad_norm": float(grad_norm), "lr": lr}
+
+    def fit(self, until: int | None = None) -> list[dict]:
+        """Train to step `until` (default: config.steps); returns the logged metrics."""
+        until = self.config.steps if until is None else until
+        log = []
+        metrics_file = (self.out_dir / "metrics.jsonl").open("a") if self.out_dir is not None else None
+        bar = tqdm(total=until, initial=self.step, disable=not self.progress, desc="train", unit="step")
+        tokens, t0 = 0, time.perf_counter()
+        try:
+            while self.step < until:
+                batch = self.batch_for_step(self.step)
+                m = self.train_step(batch)
+                tokens += int((batch.meta.doc >= 0).sum())
+                if self.step % self.config.log_every == 0 or self.step == until:
+                    m["tokens_per_s"] = tokens / (time.perf_counter() - t0)
+                    log.append(m)
+                    bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m['tokens_per_s']:.0f}")
+                    if metrics_file is not None:
+                        metrics_file.write(json.dumps(m) + "\n")
+                        metrics_file.flush()
+                if self.out_dir is not None and self.config.save_every and self.step % self.config.save_every == 0:
+                    self.save(self.out_dir / "checkpoint")
+                bar.update(1)
+        finally:
+            bar.close()
+            if metrics_file is not None:
+                metrics_file.close()
+        if self.out_dir is not None:
+            self.save(self.out_dir / "checkpoint")
+        return log
+
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Model (config.json + model.safetensors), optimizer.safetensors and trainer.json, each written atomically."""
+        directory = Path(directory)
+        self.model.save_pretrained(directory)
+        tensors, groups = {}, []
+        state = self.optimizer.state_dict()
+        for pid, st in state["state"].items():
+            for k, v in st.items():
+                tensors[f"{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+        for g in state["param_groups"]:
+            groups.append({k: v for k, v in g.items()})
+        write_tensors(directory / "optimizer.safetensors", tensors)
+        meta = {"step": self.step, "config": asdict(self.config), "param_groups": groups}
+        atomic_write(directory / "trainer.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+        return directory
+
+    def resume(self, directory: str | Path) -> None:
+        """Load model weights, optimizer state and step from `save`'s directory."""
+        directory = Path(directory)
+        loaded = OmniDecoder.from_pretrained(directory)
+        self.model.load_state_dict(loaded.state_dict())
+        meta_path = directory / "trainer.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"no trainer.json in {directory}: not a training checkpoint")
+        meta = json.loads(meta_path.read_text())
+        tensors = read_tensors(directory / "optimizer.safetensors")
+        state: dict = {}
+        for key, t in tensors.items():
+            pid, name = key.split(".", 1)
+            state.setdefault(int(pid), {})[name] = t
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.step = meta["step"]
