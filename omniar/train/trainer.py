@@ -47,6 +47,8 @@ class Trainer:
                  out_dir: str | Path | None = None, progress: bool = True):
         self.model, self.batch_for_step, self.config = model, batch_for_step, config
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         self.progress = progress
         decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]

@@ -1,0 +1,114 @@
+"""`omniar` command line: a thin shell over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _demo(args) -> None:
+    from omniar.demo import run_demo
+
+    report = run_demo(args.out, steps=args.steps, seed=args.seed)
+    print(f"held-out loss {report['held_out_loss']:.3f} | grammatical samples {report['grammatical_sampled']:.0%}"
+          f" | {report['train_seconds']} s training")
+    for r in report["samples"][:6]:
+        print(f"  {r['text']}")
+    print(f"demo output: {Path(args.out).resolve()} (report.md, report.json, checkpoint/, metrics.jsonl)")
+
+
+def _info(args) -> None:
+    from omniar.model import OmniDecoder, preset
+
+    if args.model:
+        model = OmniDecoder.from_pretrained(args.model)
+    else:
+        model = OmniDecoder(preset(args.preset))
+    counts = model.num_parameters()
+    print(json.dumps({"config": model.config.to_dict(), **counts}, indent=2))
+
+
+def _train_text(args) -> None:
+    from omniar.data.toy import corpus
+    from omniar.train.text import train_text
+
+    if args.data:
+        path = Path(args.data)
+        if not path.is_file():
+            sys.exit(f"error: training text not found: {path}")
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+    else:
+        lines = corpus(20_000, seed=args.seed)
+    train_text(lines, args.out, preset_name=args.preset, steps=args.steps, seed=args.seed, lr=args.lr)
+    print(f"checkpoint: {Path(args.out).resolve() / 'checkpoint'}")
+
+
+def _generate_text(args) -> None:
+    import torch
+
+    from omniar.generation import SamplingParams, generate
+    from omniar.model import OmniDecoder
+    from omniar.tokenizers.bytes import ByteTokenizer
+
+    model = OmniDecoder.from_pretrained(args.model)
+    tok = ByteTokenizer.load(args.model)
+    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            repetition_penalty=args.repetition_penalty)
+    gen = torch.Generator().manual_seed(args.seed)
+    out = generate(model, [tok.encode(p) for p in args.prompts], args.max_new_tokens, params, eos_id=tok.eos,
+                   pad_id=tok.pad, generator=gen)
+    for p, o in zip(args.prompts, out):
+        print(p + tok.decode(o))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="omniar", description="Unified multimodal autoregressive models.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="main job: train a tiny model, generate, write a report")
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("info", help="parameter counts (total / active) of a preset or checkpoint")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--preset")
+    g.add_argument("--model")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("train", help="train a model")
+    tsub = p.add_subparsers(dest="what", required=True)
+    t = tsub.add_parser("text", help="text-only decoder on the toy corpus or --data FILE (one text per line)")
+    t.add_argument("--out", required=True)
+    t.add_argument("--data")
+    t.add_argument("--preset", default="text-tiny")
+    t.add_argument("--steps", type=int, default=400)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_train_text)
+
+    p = sub.add_parser("generate", help="generate from a checkpoint")
+    gsub = p.add_subparsers(dest="what", required=True)
+    t = gsub.add_parser("text")
+    t.add_argument("--model", required=True, help="checkpoint directory")
+    t.add_argument("prompts", nargs="+")
+    t.add_argument("--max-new-tokens", type=int, default=64)
+    t.add_argument("--temperature", type=float, default=0.8)
+    t.add_argument("--top-k", type=int, default=0)
+    t.add_argument("--top-p", type=float, default=0.95)
+    t.add_argument("--repetition-penalty", type=float, default=1.0)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_generate_text)
+
+    args = ap.parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
