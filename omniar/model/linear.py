@@ -27,8 +27,12 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None, holder: nn.Module) ->
     if rows > FAST_ROWS:
         return F.linear(x, weight, bias)
     slabs, bias_slabs = _slabs(weight, bias, holder)
-    flat = x.reshape(1, rows, in_features).expand(slabs.shape[0], rows, in_features)
-    out = torch.bmm(flat, slabs) if bias_slabs is None else torch.baddbmm(bias_slabs, flat, slabs)
+    flat = x.reshape(1, rows, in_features)
+    out = torch.matmul(flat, slabs)  # (T, rows, n), broadcast over the T slabs
+    if bias_slabs is not None:
+        out += bias_slabs
+    if rows == 1:
+        return out.view(*x.shape[:-1], out_features)
     return out.transpose(0, 1).reshape(*x.shape[:-1], out_features)  # (T, rows, n) -> (rows, T * n)
 
 
