@@ -21,12 +21,14 @@ import torch  # noqa: E402
 
 
 def best_times(fns, repeats: int) -> list[float]:
-    """Best wall time of each function; runs are interleaved so a noisy neighbour hits all of them alike."""
+    """Best wall time of each function. Runs are interleaved, in alternating order (ABBA...), so a noisy
+    neighbour or whatever one run leaves in the caches hits all of them alike."""
     for fn in fns:
         fn()  # warm-up
     best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
+    for r in range(repeats):
+        order = list(enumerate(fns))
+        for i, fn in order if r % 2 == 0 else order[::-1]:
             t = time.perf_counter()
             fn()
             best[i] = min(best[i], time.perf_counter() - t)

@@ -40,7 +40,7 @@ def left_pad(prompts: Sequence[Sequence[int]] | Tensor, pad_id: int = 0,
     return ids.to(device), PositionMeta.unstack(meta.stack().to(device)), pos[..., None].expand(B, L, 3).to(device)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: int,
              params: SamplingParams | None = None, *, eos_id: int | None = None, pad_id: int = 0,
              uncond_prompts: Sequence[Sequence[int]] | Tensor | None = None, cfg_scale: PerRow = 1.0,

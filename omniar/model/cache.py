@@ -46,10 +46,10 @@ class KVCache:
                 raise ValueError(f"cache holds {self.k.shape[0]} rows, got {k.shape[0]}; reset() or select() first")
             self.k = _grow(self.k, k, self.length, end)
             self.v = _grow(self.v, v, self.length, end)
-        self.k[:, :, self.length : end] = k
-        self.v[:, :, self.length : end] = v
+        self.k.narrow(2, self.length, k.shape[2]).copy_(k)
+        self.v.narrow(2, self.length, v.shape[2]).copy_(v)
         self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
+        return self.k.narrow(2, 0, end), self.v.narrow(2, 0, end)
 
     def reset(self) -> None:
         self.length = 0

@@ -97,7 +97,7 @@ class OmniDecoder(nn.Module):
         if input_ids.dtype not in (torch.long, torch.int32, torch.int16, torch.uint8):
             raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
         if input_ids.numel():
-            lo, hi = (int(v) for v in torch.aminmax(input_ids))
+            lo, hi = torch.stack(torch.aminmax(input_ids)).tolist()  # one sync for both bounds
             if lo < 0 or hi >= self.config.vocab_size:
                 bad = lo if lo < 0 else hi
                 raise ValueError(f"token id {bad} is out of range for vocab_size {self.config.vocab_size}")
@@ -129,12 +129,16 @@ class OmniDecoder(nn.Module):
         return x
 
     def _positions(self, positions: Tensor | None, cache: DecoderCache | None, B: int, L: int, device) -> Tensor:
+        """RoPE positions: given (B, L, 3), or 1-D text positions (B, L) continuing the cache."""
         if positions is None:
-            t = torch.arange(L, device=device, dtype=torch.float32)
+            positions = torch.arange(L, device=device, dtype=torch.float32)
             if cache is not None and cache.next_position is not None:
-                t = cache.next_position[:, None] + t
-            positions = t.expand(B, L)[..., None].expand(B, L, 3)
-        elif positions.shape != (B, L, 3):
+                positions = cache.next_position[:, None] + positions
+            positions = positions.expand(B, L)
+            if cache is not None:
+                cache.next_position = positions[:, -1] + 1
+            return positions
+        if positions.shape != (B, L, 3):
             raise ValueError(f"positions must have shape {(B, L, 3)} (t, row, col), got {tuple(positions.shape)}")
         if cache is not None:
             cache.next_position = positions[:, -1].amax(-1) + 1

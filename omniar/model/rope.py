@@ -29,12 +29,14 @@ class RotaryEmbedding(nn.Module):
             self.component.copy_(component)
 
     def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """positions (B, L, 3) -> cos, signed sin, each (B, L, 1, head_dim), broadcast over heads.
+        """positions (B, L, 3), or (B, L) for 1-D ones -> cos, signed sin, each (B, L, 1, head_dim).
 
         The sin carries the sign of rotate-half, so `apply_rotary` needs only a roll: rotate_half(x) * sin ==
         roll(x, d/2) * cat(-sin, sin).
         """
-        if self.sections[1] == self.sections[2] == 0:
+        if positions.dim() == 2:
+            freqs = positions[..., None].float() * self.inv_freq
+        elif self.sections[1] == self.sections[2] == 0:
             freqs = positions[..., :1].float() * self.inv_freq
         else:
             freqs = positions[..., self.component].float() * self.inv_freq
@@ -44,4 +46,5 @@ class RotaryEmbedding(nn.Module):
 
 def apply_rotary(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
     """x (B, L, H, D) rotated by the angles of (B, L, 1, D) tables, HF Qwen2's rotate-half convention."""
-    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin).to(x.dtype)
+    out = torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
