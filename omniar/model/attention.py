@@ -35,11 +35,12 @@ class Attention(nn.Module):
         B, L, _ = x.shape
         H, Hkv = self.num_heads, self.num_kv_heads
         qkv = self.qkv(x).view(B, L, H + 2 * Hkv, self.head_dim)
-        qk, v = qkv[:, :, : H + Hkv], qkv[:, :, H + Hkv :]
+        qk, v = qkv.split([H + Hkv, Hkv], dim=2)
         if self.q_norm is not None:
-            qk = torch.cat([self.q_norm(qk[:, :, :H]), self.k_norm(qk[:, :, H:])], dim=2)
-        qk = apply_rotary(qk, *rope)  # queries and keys rotated in one pass
-        q, k, v = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2), v.transpose(1, 2)
+            q, k = qk.split([H, Hkv], dim=2)
+            qk = torch.cat([self.q_norm(q), self.k_norm(k)], dim=2)
+        q, k = apply_rotary(qk, *rope).split([H, Hkv], dim=2)  # queries and keys rotated in one pass
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(k, v)
         gqa = self.num_heads != self.num_kv_heads

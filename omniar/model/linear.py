@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-FAST_ROWS = 16
+FAST_ROWS = 256  # measured faster than F.linear up to 256 rows, slower at 2048 (2-core dev machine)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None, holder: nn.Module) -> Tensor:
@@ -27,7 +27,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None, holder: nn.Module) ->
     if rows > FAST_ROWS:
         return F.linear(x, weight, bias)
     slabs, bias_slabs = _slabs(weight, bias, holder)
-    flat = x.reshape(1, rows, in_features)
+    flat = x if x.dim() == 3 and x.shape[0] == 1 else x.reshape(1, rows, in_features)
     out = torch.matmul(flat, slabs)  # (T, rows, n), broadcast over the T slabs
     if bias_slabs is not None:
         out += bias_slabs
