@@ -72,7 +72,8 @@ def main() -> None:
     print(f"model: qwen2-bench, {sum(t.numel() for t in ours.parameters()) / 1e6:.2f}M params, "
           f"prompt {args.prompt_len}, {args.new_tokens} new tokens, greedy, {args.repeats} rounds")
     print()
-    print("| batch | transformers tok/s (best) | omniar tok/s (best) | ratio of bests | ratio per round: median [min, max] |")
+    print("| batch | transformers tok/s (best) | omniar tok/s (best) | ratio of bests "
+          "| ratio per round: median [min, max] |")
     print("|---:|---:|---:|---:|---|")
     for B in args.batches:
         prompt = torch.randint(0, p["vocab_size"], (B, args.prompt_len))

@@ -3,10 +3,11 @@
 Decoding multiplies one token (or a few) by every weight matrix: a matrix-vector product whose speed is set by
 how the weight streams from memory. PyTorch's CPU GEMV over nn.Linear's (out, in) layout runs on one thread
 and well below memory bandwidth; the same product over an (in, out) copy cut into one slab per thread (a
-batched matmul, which PyTorch spreads over its threads) ran the bench model's weights 3.4x faster on the
-2-core dev machine. So when no gradient is needed and at most `FAST_ROWS` rows come in on the CPU, `linear`
-multiplies by such a copy, made lazily and rebuilt whenever the weight changes (its version counter moves).
-Training and large inputs use F.linear untouched; parameters, state dicts and checkpoints are nn.Linear's.
+batched matmul, which PyTorch spreads over its threads) runs 1.5-2.6x faster for one row on the 2-core dev
+machine (`bench/gemv.py`, BENCHMARKS.md). So when no gradient is needed and at most `FAST_ROWS` rows come in
+on the CPU, `linear` multiplies by such a copy, made lazily and rebuilt whenever the weight changes (its
+version counter moves). Training and large inputs use F.linear untouched; parameters, state dicts and
+checkpoints are nn.Linear's. The copy costs the weight's memory once more, in inference only.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-FAST_ROWS = 256  # measured faster than F.linear up to 256 rows, slower at 2048 (2-core dev machine)
+FAST_ROWS = 32  # bench/gemv.py: the slab path wins up to 64 rows and loses from 256; 32 keeps a margin
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None, holder: nn.Module) -> Tensor:
@@ -27,10 +28,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None, holder: nn.Module) ->
     if rows > FAST_ROWS:
         return F.linear(x, weight, bias)
     slabs, bias_slabs = _slabs(weight, bias, holder)
-    flat = x if x.dim() == 3 and x.shape[0] == 1 else x.reshape(1, rows, in_features)
-    out = torch.matmul(flat, slabs)  # (T, rows, n), broadcast over the T slabs
-    if bias_slabs is not None:
-        out += bias_slabs
+    flat = x.reshape(1, rows, in_features).expand(slabs.shape[0], rows, in_features)
+    out = torch.bmm(flat, slabs) if bias_slabs is None else torch.baddbmm(bias_slabs, flat, slabs)
     if rows == 1:
         return out.view(*x.shape[:-1], out_features)
     return out.transpose(0, 1).reshape(*x.shape[:-1], out_features)  # (T, rows, n) -> (rows, T * n)
