@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from omniar.modality import Modality, Pattern
+from omniar.modality import Pattern
 
 PAD_DOC = -1  # document id of padding positions: never a key, and a padding query sees only itself
 
@@ -87,4 +87,4 @@ def build_attention_mask(q: PositionMeta, k: PositionMeta) -> Tensor:
     return visible | ((qd == PAD_DOC) & (ki == qi))
 
 
-__all__ = ["PAD_DOC", "Modality", "Pattern", "PositionMeta", "build_attention_mask"]
+__all__ = ["PAD_DOC", "PositionMeta", "build_attention_mask"]

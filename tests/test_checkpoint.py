@@ -55,24 +55,25 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
 
 
+def edit_config(directory, **changes):
+    cfg = json.loads((directory / "config.json").read_text())
+    cfg.update(changes)
+    (directory / "config.json").write_text(json.dumps(cfg))
+
+
 def test_mismatched_shapes_name_the_tensor(tmp_path):
     OmniDecoder(preset("text-tiny", num_layers=1)).save_pretrained(tmp_path)
-    cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg["intermediate_size"] = 256
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    edit_config(tmp_path, intermediate_size=256)
     with pytest.raises(ValueError, match=r"tensor 'blocks.0.ffn.experts.0.gate_up.weight' has shape \(1024, 192\)"):
         OmniDecoder.from_pretrained(tmp_path)
 
 
 def test_missing_and_unexpected_tensors_are_named(tmp_path):
     OmniDecoder(preset("text-tiny", num_layers=1)).save_pretrained(tmp_path)
-    cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg["num_layers"] = 2
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    edit_config(tmp_path, num_layers=2)
     with pytest.raises(ValueError, match=r"missing tensors: blocks\.1\."):
         OmniDecoder.from_pretrained(tmp_path)
-    cfg["num_layers"], cfg["tie_embeddings"] = 1, False
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    edit_config(tmp_path, num_layers=1, tie_embeddings=False)
     with pytest.raises(ValueError, match="missing tensors: lm_head.weight"):
         OmniDecoder.from_pretrained(tmp_path)
 
@@ -81,9 +82,7 @@ def test_unknown_config_key_is_an_error(tmp_path):
     with pytest.raises(ValueError, match=r"unknown config key\(s\).*'num_layer' \(did you mean 'num_layers'\?\)"):
         DecoderConfig.from_dict({"num_layer": 3})
     OmniDecoder(preset("text-tiny", num_layers=1)).save_pretrained(tmp_path)
-    cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg["rope_scaling"] = 2.0
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    edit_config(tmp_path, rope_scaling=2.0)
     with pytest.raises(ValueError, match="rope_scaling"):
         OmniDecoder.from_pretrained(tmp_path)
 

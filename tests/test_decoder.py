@@ -173,3 +173,26 @@ def test_bad_inputs_are_named(call, error, message):
 def test_text_meta_builder_is_plain():
     meta = PositionMeta.text(2, 5)
     assert meta.is_plain_causal() and meta.shape == (2, 5)
+
+
+def test_text_appended_after_packed_documents_joins_the_last_one():
+    """Continuing a packed row without metadata equals running its last document alone."""
+    model = OmniDecoder(mixed_config()).eval()
+    first, last = Sample([Segment("text", [1, 2, 3, 4])]), Sample([Segment("text", [5, 6, 7])])
+    packed = collate([first, last], max_len=16)
+    with torch.no_grad():
+        cache = model.new_cache()
+        model(**packed.model_inputs(), cache=cache)
+        step = model(torch.tensor([[8]]), cache=cache).logits
+        alone = model(torch.tensor([[5, 6, 7, 8]])).logits[:, -1:]
+    assert (step - alone).abs().max() <= TOL
+
+
+def test_continuing_a_right_padded_row_is_an_error():
+    model = OmniDecoder(mixed_config()).eval()
+    batch = collate([Sample([Segment("text", [1, 2, 3])]), Sample([Segment("text", [4])])])  # right padding
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(**batch.model_inputs(), cache=cache)
+        with pytest.raises(ValueError, match="pad prompts on the left"):
+            model(torch.tensor([[5], [6]]), cache=cache)

@@ -121,3 +121,9 @@ def test_generate_is_seedable():
     b = generate(model, [[1, 2], [3, 4]], 16, params, generator=torch.Generator().manual_seed(7))
     c = generate(model, [[1, 2], [3, 4]], 16, params, generator=torch.Generator().manual_seed(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_cfg_needs_one_unconditional_prompt_per_prompt():
+    model = OmniDecoder(mixed_config()).eval()
+    with pytest.raises(ValueError, match="4 uncond_prompts for 2 prompts"):
+        generate(model, [[1], [2]], 2, uncond_prompts=[[1]] * 4)

@@ -53,18 +53,18 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
     device = next(model.parameters()).device
     params = params or SamplingParams()
     if uncond_prompts is not None:
-        both = [list(p) for p in (prompts.tolist() if isinstance(prompts, Tensor) else prompts)]
-        both += [list(p) for p in (uncond_prompts.tolist() if isinstance(uncond_prompts, Tensor) else uncond_prompts)]
-        ids, meta, positions = left_pad(both, pad_id, device)
-        B = ids.shape[0] // 2
-        if 2 * B != ids.shape[0]:
-            raise ValueError("uncond_prompts must have as many rows as prompts")
+        cond = [list(p) for p in (prompts.tolist() if isinstance(prompts, Tensor) else prompts)]
+        uncond = [list(p) for p in (uncond_prompts.tolist() if isinstance(uncond_prompts, Tensor) else uncond_prompts)]
+        if len(cond) != len(uncond):
+            raise ValueError(f"{len(uncond)} uncond_prompts for {len(cond)} prompts: give one per prompt")
+        ids, meta, positions = left_pad(cond + uncond, pad_id, device)
+        B = len(cond)
     else:
         ids, meta, positions = left_pad(prompts, pad_id, device)
         B = ids.shape[0]
     cache = model.new_cache()
     out = model(ids, meta=meta, positions=positions, cache=cache, logits_to_keep=1)
-    penalize = not SamplingParams._is(params.repetition_penalty, 1.0)
+    penalize = params.penalizes_repetition
     history = ids[:B]
     if meta is not None:  # padding must not count as a repeated token: show the row's last prompt token instead
         history = torch.where(meta.doc[:B] == PAD_DOC, ids[:B, -1:], history)

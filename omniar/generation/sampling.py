@@ -42,10 +42,14 @@ class SamplingParams:
         if ((p <= 0) | (p > 1)).any():
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
-    @staticmethod
-    def _is(value: PerRow, off: float) -> bool:
-        """True when the knob is plainly at its 'off' value for every row (known without touching the device)."""
-        return isinstance(value, (int, float)) and value == off
+    @property
+    def penalizes_repetition(self) -> bool:
+        return not _plainly(self.repetition_penalty, 1.0)
+
+
+def _plainly(value: PerRow, setting: float) -> bool:
+    """True when a knob is a plain number equal to `setting` for every row (known without touching the device)."""
+    return isinstance(value, (int, float)) and value == setting
 
 
 def apply_repetition_penalty(logits: Tensor, previous: Tensor, penalty: Tensor) -> Tensor:
@@ -77,14 +81,14 @@ def sample(logits: Tensor, params: SamplingParams | None = None, previous: Tenso
     params = params or SamplingParams()
     B, device = logits.shape[0], logits.device
     logits = logits.float()
-    if not SamplingParams._is(params.repetition_penalty, 1.0):
+    if params.penalizes_repetition:
         logits = apply_repetition_penalty(logits, previous, _rows(params.repetition_penalty, B, device))
-    if SamplingParams._is(params.temperature, 0.0):
+    if _plainly(params.temperature, 0.0):
         return logits.argmax(-1)
     temperature = _rows(params.temperature, B, device)
     greedy = temperature == 0
     scaled = logits / torch.where(greedy, 1.0, temperature)[:, None]
-    if not (SamplingParams._is(params.top_k, 0) and SamplingParams._is(params.top_p, 1.0)):
+    if not (_plainly(params.top_k, 0) and _plainly(params.top_p, 1.0)):
         scaled = filter_top_k_top_p(scaled, _rows(params.top_k, B, device, torch.long), _rows(params.top_p, B, device))
     drawn = torch.multinomial(scaled.softmax(-1), 1, generator=generator).squeeze(1)
     return torch.where(greedy, logits.argmax(-1), drawn)

@@ -73,7 +73,8 @@ class DecoderCache:
         """Record the metadata of `new` positions (plain text when `meta` is None); return the keys' metadata.
 
         Fresh buffer slots already hold plain text's metadata (slot index, document 0, a segment id of its own
-        that no collated segment uses), so plain-text steps write nothing.
+        that no collated segment uses), so plain-text steps after one document write nothing; after packed
+        documents, appended text joins the row's last document.
         """
         end = self.length + new
         if self.meta is None or end > self.meta.shape[2] or self.meta.shape[1] != batch:
@@ -88,11 +89,16 @@ class DecoderCache:
         if meta is not None:
             self.meta[:, :, self.length : end] = meta.stack()
             self.plain = self.plain and bool((meta.doc == 0).all())
+        elif not self.plain:
+            last_doc = self.meta[1, :, self.length - 1 : self.length]
+            if bool((last_doc < 0).any()):
+                raise ValueError("a row's last cached position is padding: pad prompts on the left to continue them")
+            self.meta[1, :, self.length : end] = last_doc
         self.length = end
         return PositionMeta.unstack(self.meta[:, :, :end])
 
     def reset(self) -> None:
-        """Forget the contents, keep the buffers: the cache can serve the next request."""
+        """Forget the contents, keep the K/V buffers: the cache can serve the next request."""
         self.length = 0
         self.meta = None
         self.next_position = None

@@ -84,6 +84,8 @@ class OmniDecoder(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, rope, mask, routing, cache.layers[i] if cache is not None else None)
         x = self.norm(x)
+        if logits_to_keep is not None and logits_to_keep < 1:
+            raise ValueError(f"logits_to_keep must be None or >= 1, got {logits_to_keep}")
         h = x if logits_to_keep is None else x[:, -logits_to_keep:]
         return DecoderOutput(self.head(h), x)
 
@@ -152,12 +154,9 @@ class OmniDecoder(nn.Module):
             return build_attention_mask(meta, meta)[:, None]
         start, was_plain = cache.length, cache.plain
         keys = cache.append_meta(meta, B, L, device)
-        if meta is None and was_plain:
-            if L == 1:
-                return None
-            if start == 0:
-                return CAUSAL
-        elif start == 0 and meta.is_plain_causal():
+        if meta is None and was_plain and L == 1:
+            return None  # one text token after one unpadded document: it sees every key
+        if start == 0 and (meta is None or meta.is_plain_causal()):
             return CAUSAL if L > 1 else None
         return build_attention_mask(keys[:, start:], keys)[:, None]
 

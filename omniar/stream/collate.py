@@ -100,7 +100,7 @@ def flatten(sample: Sample) -> _Flat:
     seg_id = 0
 
     def add_text(token: int, loss: bool, weight: float) -> None:
-        nonlocal cursor, seg_id
+        nonlocal cursor
         add(torch.tensor([token]), Modality.TEXT, Pattern.CAUSAL, torch.full((1, 3), cursor),
             torch.zeros(1, dtype=torch.long), False, loss, weight)
         cursor += 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -71,4 +71,3 @@ class Sample:
 
     segments: list[Segment]
     task: int | None = None
-    meta: dict = field(default_factory=dict)
