@@ -38,7 +38,6 @@ class Routing:
         self.groups = [(e, counts[e]) for e in used]
 
 
-
 class Router(nn.Module):
     """Maps per-position modality ids to a `Routing`, through the config's modality -> expert table."""
 
