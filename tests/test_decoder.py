@@ -196,3 +196,28 @@ def test_continuing_a_right_padded_row_is_an_error():
         model(**batch.model_inputs(), cache=cache)
         with pytest.raises(ValueError, match="pad prompts on the left"):
             model(torch.tensor([[5], [6]]), cache=cache)
+
+
+def test_decode_fast_path_equals_f_linear_and_follows_weight_changes():
+    """The CPU slab path (inference, few rows) computes what F.linear computes, also after the weight changes."""
+    from omniar.model.linear import Linear
+
+    layer = Linear(24, 10, bias=True)
+    threads = torch.get_num_threads()
+    try:
+        for n_threads, rows in ((1, 1), (2, 1), (2, 3), (3, 2)):  # 3 threads do not divide 10: one slab
+            torch.set_num_threads(n_threads)
+            x = torch.randn(2, rows, 24)
+            with torch.no_grad():
+                assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-6)
+                layer.weight.mul_(2.0)  # in-place change: the cached slabs must be rebuilt
+                assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-6)
+    finally:
+        torch.set_num_threads(threads)
+    assert "_decode_slabs" in layer.__dict__
+    model = OmniDecoder(mixed_config(num_layers=1)).eval()
+    with torch.no_grad():
+        model(torch.tensor([[1, 2]]))
+    assert any("_decode_slabs" in m.__dict__ for m in model.modules())
+    model.train()
+    assert not any("_decode_slabs" in m.__dict__ for m in model.modules())

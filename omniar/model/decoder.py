@@ -22,7 +22,7 @@ from omniar.model.block import DecoderBlock
 from omniar.model.cache import DecoderCache
 from omniar.model.config import DecoderConfig
 from omniar.model.experts import Router
-from omniar.model.linear import Linear, linear
+from omniar.model.linear import Linear, drop_slabs, linear
 from omniar.model.norm import RMSNorm
 from omniar.model.rope import RotaryEmbedding
 
@@ -159,6 +159,11 @@ class OmniDecoder(nn.Module):
         if start == 0 and (meta is None or meta.is_plain_causal()):
             return CAUSAL if L > 1 else None
         return build_attention_mask(keys[:, start:], keys)[:, None]
+
+    def train(self, mode: bool = True) -> OmniDecoder:
+        if mode:
+            drop_slabs(self)  # the decode-time weight copies are not needed while training
+        return super().train(mode)
 
     # ---- bookkeeping ------------------------------------------------------------------------------------------
     def num_parameters(self) -> dict[str, int]:

@@ -7,7 +7,8 @@ batched matmul, which PyTorch spreads over its threads) runs 1.5-2.6x faster for
 machine (`bench/gemv.py`, BENCHMARKS.md). So when no gradient is needed and at most `FAST_ROWS` rows come in
 on the CPU, `linear` multiplies by such a copy, made lazily and rebuilt whenever the weight changes (its
 version counter moves). Training and large inputs use F.linear untouched; parameters, state dicts and
-checkpoints are nn.Linear's. The copy costs the weight's memory once more, in inference only.
+checkpoints are nn.Linear's. The copy costs the weight's memory once more, in inference only:
+`drop_slabs(model)` frees it (OmniDecoder does on `.train()`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ def _slabs(weight: Tensor, bias: Tensor | None, holder: nn.Module) -> tuple[Tens
         b = None if bias is None else bias.detach().view(T, 1, out_features // T).clone()
         holder.__dict__["_decode_slabs"] = cached = (key, w, b)
     return cached[1], cached[2]
+
+
+def drop_slabs(module: nn.Module) -> None:
+    """Free the cached slab copies of every weight under `module`."""
+    for m in module.modules():
+        m.__dict__.pop("_decode_slabs", None)
 
 
 class Linear(nn.Linear):
