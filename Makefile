@@ -33,6 +33,7 @@ test-slow: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(PY) bench/decode.py
+	$(PY) bench/gemv.py
 	$(PY) bench/train_throughput.py
 
 clean:
