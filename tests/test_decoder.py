@@ -221,3 +221,22 @@ def test_decode_fast_path_equals_f_linear_and_follows_weight_changes():
     assert any("_decode_slabs" in m.__dict__ for m in model.modules())
     model.train()
     assert not any("_decode_slabs" in m.__dict__ for m in model.modules())
+
+
+def test_bfloat16_model_runs_and_tracks_float32():
+    model = OmniDecoder(mixed_config()).eval()
+    batch = collate([mixed_sample(0), mixed_sample(1)], pad_side="left")
+    half = OmniDecoder(mixed_config()).eval()
+    half.load_state_dict(model.state_dict())
+    half = half.to(torch.bfloat16)
+    with torch.no_grad():
+        ref = model(**batch.model_inputs()).logits
+        got = half(**batch.model_inputs()).logits
+        cache = half.new_cache()
+        cuts = boundaries(batch)
+        steps = [half(**batch.slice(0, cuts[3]).model_inputs(), cache=cache).logits]
+        steps.append(half(**batch.slice(cuts[3], batch.input_ids.shape[1]).model_inputs(), cache=cache).logits)
+    assert got.dtype == torch.bfloat16
+    real = batch.meta.doc >= 0
+    assert (got.float() - ref).abs()[real].max() < 0.1 * ref.abs().max()
+    assert (torch.cat(steps, 1).float() - got.float()).abs()[real].max() < 0.05 * ref.abs().max()
