@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from omniar import Modality, OmniDecoder, PositionMeta, Sample, Segment, collate, preset
+from omniar.model import PRESETS
 from tests.streams import FEAT, mixed_config, mixed_sample
 
 TOL = 1e-4
@@ -240,3 +241,11 @@ def test_bfloat16_model_runs_and_tracks_float32():
     real = batch.meta.doc >= 0
     assert (got.float() - ref).abs()[real].max() < 0.1 * ref.abs().max()
     assert (torch.cat(steps, 1).float() - got.float()).abs()[real].max() < 0.05 * ref.abs().max()
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds_and_runs(name):
+    model = OmniDecoder(preset(name, num_layers=1)).eval()
+    with torch.no_grad():
+        logits = model(torch.randint(0, model.config.vocab_size, (2, 5))).logits
+    assert logits.shape == (2, 5, model.config.vocab_size) and torch.isfinite(logits).all()

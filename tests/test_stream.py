@@ -70,6 +70,8 @@ def test_features_follow_row_major_order_across_rows_and_slices():
     assert torch.equal(b.features[int(Modality.IMAGE_UND)], torch.cat([f1, f2]))
     part = b.slice(1, 3)  # row 0: features 0..1; row 1: features 1..2 of f2
     assert torch.equal(part.features[int(Modality.IMAGE_UND)], torch.cat([f1, f2[1:3]]))
+    moved = b.to("cpu")
+    assert torch.equal(moved.meta.stack(), b.meta.stack()) and torch.equal(moved.labels, b.labels)
 
 
 @pytest.mark.parametrize("make, message", [
