@@ -5,26 +5,24 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from omniar.data.shapeworld.scene import Obj, Scene, star_points
-from omniar.data.shapeworld.world import BACKGROUND, COLORS
+from omniar.data.shapeworld.scene import Scene, star_points
+from omniar.data.shapeworld.world import BACKGROUND, COLORS, SHAPES, SIZES
 
 SUPERSAMPLE = 4
 
 
-def _draw(draw: ImageDraw.ImageDraw, obj: Obj, side: int) -> None:
-    cx, cy, r = obj.cx * side, obj.cy * side, obj.r * side
-    color = COLORS[obj.color]
-    if obj.shape == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=color)
-    elif obj.shape == "square":
-        s = r * 0.9  # a square of the same half-extent looks larger than the circle: shrink it a little
-        draw.rectangle((cx - s, cy - s, cx + s, cy + s), fill=color)
-    elif obj.shape == "triangle":
-        draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=color)
-    elif obj.shape == "star":
-        draw.polygon(star_points(cx, cy + 0.1 * r, 1.05 * r), fill=color)
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
+    """One shape of half-extent r (pixels) centred at (cx, cy): its box is [cx - r, cx + r] x [cy - r, cy + r]."""
+    if shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif shape == "square":
+        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=fill)
+    elif shape == "star":
+        draw.polygon(star_points(cx, cy + 0.1 * r, 1.05 * r), fill=fill)
     else:
-        raise ValueError(f"unknown shape {obj.shape!r}")
+        raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
 
 
 def render(scene: Scene, side: int = 64) -> np.ndarray:
@@ -35,7 +33,7 @@ def render(scene: Scene, side: int = 64) -> np.ndarray:
     img = Image.new("RGB", (big, big), BACKGROUND)
     draw = ImageDraw.Draw(img)
     for obj in scene.objects:
-        _draw(draw, obj, big)
+        draw_shape(draw, obj.shape, obj.cx * big, obj.cy * big, obj.r * big, COLORS[obj.color])
     out = np.asarray(img.resize((side, side), Image.Resampling.BOX), dtype=np.uint8)
     if scene.textured:  # light texture: low-amplitude noise on the background only
         rng = np.random.default_rng(scene.texture_seed)
@@ -43,3 +41,11 @@ def render(scene: Scene, side: int = 64) -> np.ndarray:
         background = np.all(out == BACKGROUND, axis=-1, keepdims=True)
         out = np.where(background, np.clip(out.astype(np.int16) + noise, 0, 255), out).astype(np.uint8)
     return out
+
+
+def coverage(shape: str, size: str, cx: float, cy: float, side: int) -> np.ndarray:
+    """(side, side) float coverage in [0, 1] of one shape drawn exactly as `render` draws it."""
+    big = side * SUPERSAMPLE
+    img = Image.new("L", (big, big), 0)
+    draw_shape(ImageDraw.Draw(img), shape, cx * big, cy * big, SIZES[size] * big, 255)
+    return np.asarray(img.resize((side, side), Image.Resampling.BOX), dtype=np.float32) / 255.0
