@@ -35,6 +35,7 @@ bench: $(VENV)/.dev
 	$(PY) bench/decode.py
 	$(PY) bench/gemv.py
 	$(PY) bench/train_throughput.py
+	$(PY) bench/shapeworld_judge.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

@@ -1,13 +1,12 @@
 """ShapeWorld scenes, rendering and the analytic parser (the independent judge of later issues)."""
 
-import io
 import random
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
 
 from omniar.data.shapeworld import Scene, parse_image, render, sample_scene
+from omniar.data.shapeworld.render import degrade
 from omniar.data.shapeworld.scene import MARGIN
 from omniar.data.shapeworld.world import BACKGROUND, COLORS
 
@@ -53,13 +52,6 @@ def test_parser_reads_clean_renders_exactly():
         for o in s.objects:
             match = next(p for p in got if (p.shape, p.color) == (o.shape, o.color))
             assert abs(match.cx - o.cx) < 0.01 and abs(match.cy - o.cy) < 0.01
-
-
-def degrade(img: np.ndarray, sigma: float = 1.0, quality: int = 50) -> np.ndarray:
-    im = Image.fromarray(img).filter(ImageFilter.GaussianBlur(sigma))
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=quality)
-    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
 def test_parser_survives_blur_and_jpeg():

@@ -49,3 +49,17 @@ def coverage(shape: str, size: str, cx: float, cy: float, side: int) -> np.ndarr
     img = Image.new("L", (big, big), 0)
     draw_shape(ImageDraw.Draw(img), shape, cx * big, cy * big, SIZES[size] * big, 255)
     return np.asarray(img.resize((side, side), Image.Resampling.BOX), dtype=np.float32) / 255.0
+
+
+def degrade(img: np.ndarray, blur_sigma: float = 1.0, jpeg_quality: int = 50) -> np.ndarray:
+    """Gaussian blur then JPEG round trip: the stress test of the parser (and a stand-in for generated images)."""
+    import io
+
+    from PIL import ImageFilter
+
+    im = Image.fromarray(img)
+    if blur_sigma > 0:
+        im = im.filter(ImageFilter.GaussianBlur(blur_sigma))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=jpeg_quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
