@@ -1,0 +1,63 @@
+"""ShapeWorld prompts: text <-> structure, scenes that satisfy them, and the GenEval-style judge."""
+
+import random
+
+import pytest
+
+from omniar.data.shapeworld import render
+from omniar.data.shapeworld.judge import prompt_satisfied, relation_holds, score_images
+from omniar.data.shapeworld.language import KINDS, Phrase, Prompt, parse_prompt
+from omniar.data.shapeworld.scene import Obj
+from omniar.data.shapeworld.tasks import sample_prompt, scene_for_prompt
+
+
+def test_prompt_text_round_trips_for_every_kind():
+    rng = random.Random(0)
+    for kind in KINDS:
+        for _ in range(30):
+            p = sample_prompt(rng, kind)
+            assert p.kind == kind and parse_prompt(p.text) == p
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("a big red circle", "single_object"), ("a red circle.", "colors"), ("Three green triangles", "counting"),
+    ("a red circle and a blue square", "two_object"), ("a red star and a cyan star", "color_attr"),
+    ("a pink square below a yellow circle", "position"),
+])
+def test_prompt_parser_reads_the_grammar(text, kind):
+    assert parse_prompt(text).kind == kind
+
+
+@pytest.mark.parametrize("text", ["a red", "two red circle", "a circle and", "a magenta circle", ""])
+def test_prompt_parser_rejects_other_text(text):
+    with pytest.raises(ValueError, match="ShapeWorld prompt|disagreement"):
+        parse_prompt(text)
+
+
+def test_judge_rules_on_hand_made_scenes():
+    red_c, blue_s = Obj("circle", "red", "big", 0.2, 0.5), Obj("square", "blue", "small", 0.7, 0.5)
+    assert relation_holds(red_c, blue_s, "left of") and not relation_holds(red_c, blue_s, "above")
+    assert prompt_satisfied("a red circle left of a blue square", [red_c, blue_s])
+    assert not prompt_satisfied("a red circle right of a blue square", [red_c, blue_s])
+    assert prompt_satisfied("a big red circle", [red_c]) and not prompt_satisfied("a small red circle", [red_c])
+    assert not prompt_satisfied("two red circles", [red_c])
+    assert prompt_satisfied(Prompt("counting", (Phrase("circle", "red", count=2),)), [red_c, red_c])
+    assert not prompt_satisfied("a red circle and a red circle", [red_c])  # two different objects are needed
+
+
+def test_ground_truth_images_score_high_and_shuffled_prompts_low():
+    rng = random.Random(11)
+    prompts = [sample_prompt(rng) for _ in range(180)]
+    images = [render(scene_for_prompt(p, rng)) for p in prompts]
+    own = score_images([p.text for p in prompts], images)
+    shuffled = score_images(prompts[1:] + prompts[:1], images)
+    assert own["overall"] >= 0.99 and set(own) >= set(KINDS)
+    assert shuffled["overall"] <= 0.15
+
+
+def test_held_out_pairs_never_appear_in_prompts():
+    held_out = {("red", "circle"), ("blue", "star"), ("green", "square")}
+    rng = random.Random(3)
+    for _ in range(2000):
+        p = sample_prompt(rng, exclude=held_out)
+        assert not any((ph.color, ph.shape) in held_out for ph in p.phrases), p.text
