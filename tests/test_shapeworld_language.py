@@ -61,3 +61,54 @@ def test_held_out_pairs_never_appear_in_prompts():
     for _ in range(2000):
         p = sample_prompt(rng, exclude=held_out)
         assert not any((ph.color, ph.shape) in held_out for ph in p.phrases), p.text
+
+
+def test_answers_follow_from_the_scene():
+    from omniar.data.shapeworld.judge import answer_correct, score_answers
+    from omniar.data.shapeworld.scene import Scene
+    from omniar.data.shapeworld.tasks import QA_KINDS, sample_qa
+
+    scene = Scene([Obj("circle", "red", "big", 0.2, 0.5), Obj("square", "blue", "small", 0.8, 0.5)])
+    rng = random.Random(0)
+    seen = {}
+    for _ in range(200):
+        qa = sample_qa(scene, rng)
+        seen[qa.kind] = qa
+        expected = {"what color is the circle?": "red", "what shape is the blue object?": "square",
+                    "how many circles are there?": "one", "is the red circle left of the blue square?": "yes",
+                    "is the blue square left of the red circle?": "no", "is there a red circle?": "yes"}
+        if qa.question in expected:
+            assert qa.answer == expected[qa.question]
+    assert set(seen) == set(QA_KINDS)
+    assert answer_correct("The Red.", "red") and answer_correct("2", "two") and not answer_correct("blue", "red")
+    assert score_answers(["yes", "no"], ["yes", "yes"]) == 0.5
+
+
+def test_edits_are_consistent_and_the_edit_judge_can_fail():
+    from omniar.data.shapeworld.judge import score_edits
+    from omniar.data.shapeworld.scene import sample_scene
+    from omniar.data.shapeworld.tasks import EDIT_KINDS, sample_edit
+
+    rng = random.Random(5)
+    edits = []
+    for kind in EDIT_KINDS * 20:
+        e = sample_edit(sample_scene(rng), rng, kind)
+        if e is not None:
+            edits.append(e)
+    assert {e.kind for e in edits} == set(EDIT_KINDS)
+    instructions = [e.instruction for e in edits]
+    src, tgt = [render(e.source) for e in edits], [render(e.target) for e in edits]
+    truth = score_edits(instructions, src, tgt)
+    assert truth["satisfied"] == 1.0 and truth["preserved"] == 1.0
+    unedited = score_edits(instructions, src, src)
+    assert unedited["satisfied"] == 0.0 and unedited["preserved"] == 1.0
+    assert score_edits(instructions[1:] + instructions[:1], src, tgt)["satisfied"] <= 0.1
+
+
+def test_captions_are_judged_against_the_scene():
+    from omniar.data.shapeworld.judge import caption_correct
+
+    objs = [Obj("circle", "red", "big", 0.2, 0.5), Obj("square", "blue", "small", 0.8, 0.5)]
+    assert caption_correct("a red circle left of a blue square", objs)
+    assert not caption_correct("a red circle right of a blue square", objs)
+    assert not caption_correct("a purple elephant", objs)

@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from omniar.data.shapeworld.world import COLORS, RELATIONS, SHAPES, SIZES
 
 KINDS = ("single_object", "colors", "counting", "two_object", "color_attr", "position")
-NUMBERS = {1: "one", 2: "two", 3: "three"}
+NUMBER_WORDS = ("zero", "one", "two", "three", "four")
+NUMBERS = {1: "one", 2: "two", 3: "three"}  # counts a prompt can ask for
+
+
+def article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,7 @@ class Phrase:
     def text(self) -> str:
         words = [w for w in (self.size, self.color) if w]
         if self.count == 1:
-            return " ".join(["a", *words, self.shape])
+            return " ".join([article(words[0] if words else self.shape), *words, self.shape])
         return " ".join([NUMBERS[self.count], *words, self.shape + "s"])
 
     def matches(self, obj) -> bool:

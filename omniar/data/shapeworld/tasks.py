@@ -1,4 +1,5 @@
-"""Samples of the world's tasks: prompts with scenes that satisfy them (text-to-image, captioning).
+"""Samples of the world's tasks: prompts with scenes that satisfy them (text-to-image, captioning), questions
+with their answers (VQA) and edit instructions with the scenes they produce (editing).
 
 Held-out compositions: `exclude` names (colour, shape) pairs that must never appear in a prompt, so a split can
 keep them for measuring compositional generalisation.
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Collection
+from dataclasses import dataclass, replace
 
-from omniar.data.shapeworld.language import KINDS, Phrase, Prompt
+from omniar.data.shapeworld.judge import relation_holds
+from omniar.data.shapeworld.language import KINDS, NUMBER_WORDS, Phrase, Prompt, article
 from omniar.data.shapeworld.scene import Obj, Scene, fits, place
 from omniar.data.shapeworld.world import COLORS, RELATIONS, SHAPES, SIZES
 
@@ -91,3 +94,109 @@ def scene_for_prompt(prompt: Prompt, rng: random.Random, max_objects: int = 3) -
                 objects.append(obj)
         rng.shuffle(objects)
         return Scene(objects, textured=rng.random() < 0.5, texture_seed=rng.randrange(2**31))
+
+
+# ---- questions and answers -----------------------------------------------------------------------------------
+QA_KINDS = ("color", "shape", "count", "position", "exist")
+
+
+@dataclass(frozen=True)
+class QA:
+    question: str
+    answer: str
+    kind: str
+
+
+def _unique(objects: list[Obj], **attrs) -> list[Obj]:
+    return [o for o in objects if all(getattr(o, k) == v for k, v in attrs.items())]
+
+
+def sample_qa(scene: Scene, rng: random.Random, kind: str | None = None) -> QA:
+    """A question about `scene` whose answer follows from it unambiguously."""
+    objs = scene.objects
+    kinds = [kind] if kind else list(QA_KINDS)
+    rng.shuffle(kinds)
+    for k in kinds:
+        if k == "color":
+            shapes = [s for s in SHAPES if len(_unique(objs, shape=s)) == 1]
+            if shapes:
+                s = rng.choice(shapes)
+                return QA(f"what color is the {s}?", _unique(objs, shape=s)[0].color, k)
+        elif k == "shape":
+            colors = [c for c in COLORS if len(_unique(objs, color=c)) == 1]
+            if colors:
+                c = rng.choice(colors)
+                return QA(f"what shape is the {c} object?", _unique(objs, color=c)[0].shape, k)
+        elif k == "count":
+            if rng.random() < 0.5:
+                s = rng.choice(SHAPES)
+                return QA(f"how many {s}s are there?", NUMBER_WORDS[len(_unique(objs, shape=s))], k)
+            c = rng.choice(list(COLORS))
+            return QA(f"how many {c} objects are there?", NUMBER_WORDS[len(_unique(objs, color=c))], k)
+        elif k == "position":
+            named = [o for o in objs if len(_unique(objs, shape=o.shape, color=o.color)) == 1]
+            pairs = [(a, b, r) for a in named for b in named if a is not b for r in RELATIONS
+                     if relation_holds(a, b, r) or relation_holds(b, a, r)]
+            if pairs:
+                a, b, r = rng.choice(pairs)
+                answer = "yes" if relation_holds(a, b, r) else "no"
+                return QA(f"is the {a.color} {a.shape} {r} the {b.color} {b.shape}?", answer, k)
+        elif k == "exist":
+            c, s = rng.choice(list(COLORS)), rng.choice(SHAPES)
+            if rng.random() < 0.5 and objs:
+                o = rng.choice(objs)
+                c, s = o.color, o.shape
+            return QA(f"is there {article(c)} {c} {s}?", "yes" if _unique(objs, color=c, shape=s) else "no", k)
+        else:
+            raise ValueError(f"unknown question kind {k!r}; known: {', '.join(QA_KINDS)}")
+    raise ValueError(f"no {kind} question can be asked about this scene")
+
+
+# ---- edits ------------------------------------------------------------------------------------------------------
+EDIT_KINDS = ("recolor", "remove", "add", "move")
+MOVES = {"left": (-0.25, 0.0), "right": (0.25, 0.0), "up": (0.0, -0.25), "down": (0.0, 0.25)}
+
+
+@dataclass(frozen=True)
+class Edit:
+    instruction: str
+    kind: str
+    source: Scene
+    target: Scene
+
+
+def sample_edit(scene: Scene, rng: random.Random, kind: str | None = None) -> Edit | None:
+    """An instruction with the scene it produces; None when `kind` cannot apply (e.g. nothing to move)."""
+    named = [o for o in scene.objects if len(_unique(scene.objects, shape=o.shape, color=o.color)) == 1]
+    kinds = [kind] if kind else list(EDIT_KINDS)
+    rng.shuffle(kinds)
+    for k in kinds:
+        others = lambda o: [x for x in scene.objects if x is not o]  # noqa: E731
+        if k == "recolor" and named:
+            o = rng.choice(named)
+            new = rng.choice([c for c in COLORS if c != o.color and not _unique(scene.objects, shape=o.shape, color=c)])
+            target = others(o) + [replace(o, color=new)]
+            return Edit(f"make the {o.color} {o.shape} {new}", k, scene, replace_objects(scene, target))
+        if k == "remove" and named and len(scene.objects) > 1:
+            o = rng.choice(named)
+            return Edit(f"remove the {o.color} {o.shape}", k, scene, replace_objects(scene, others(o)))
+        if k == "add" and len(scene.objects) < 3:
+            c, s = _pair(rng, {(o.color, o.shape) for o in scene.objects})
+            size = rng.choice(list(SIZES))
+            obj = place(rng, s, c, size, scene.objects)
+            if obj is not None:
+                target = replace_objects(scene, scene.objects + [obj])
+                return Edit(f"add {article(size)} {size} {c} {s}", k, scene, target)
+        if k == "move" and named:
+            o = rng.choice(named)
+            direction = rng.choice(list(MOVES))
+            dx, dy = MOVES[direction]
+            moved = replace(o, cx=round(o.cx + dx, 4), cy=round(o.cy + dy, 4))
+            if fits(moved, others(o)):
+                return Edit(f"move the {o.color} {o.shape} {direction}", k, scene,
+                            replace_objects(scene, others(o) + [moved]))
+    return None
+
+
+def replace_objects(scene: Scene, objects: list[Obj]) -> Scene:
+    return Scene(list(objects), scene.textured, scene.texture_seed)
