@@ -1,0 +1,1 @@
+"""Audio utilities: resampling, espeak-ng synthesis, grammar-constrained recognition, word error rate."""
