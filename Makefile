@@ -36,6 +36,7 @@ bench: $(VENV)/.dev
 	$(PY) bench/gemv.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/shapeworld_judge.py
+	$(PY) bench/shapeworld_speech.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache
