@@ -63,6 +63,37 @@ def _generate_text(args) -> None:
         print(p + tok.decode(o))
 
 
+def _data_make(args) -> None:
+    import time
+
+    from omniar.data.shapeworld.dataset import make_dataset
+
+    t = time.perf_counter()
+    manifest = make_dataset(args.out, args.num, split=args.split, side=args.side, speech=not args.no_speech,
+                            workers=args.workers, start=args.start)
+    print(f"{args.num} {args.split} samples in {time.perf_counter() - t:.1f} s: {manifest.resolve()}")
+
+
+def _data_show(args) -> None:
+    import shutil
+
+    from omniar.data.manifest import read_manifest
+    from omniar.data.shapeworld.dataset import contact_sheet
+
+    root = Path(args.dir)
+    manifest = root / f"{args.split}.jsonl"
+    records = [r for _, r in zip(range(args.num), (rec for _, rec in read_manifest(manifest)))]
+    out = root / "show"
+    out.mkdir(exist_ok=True)
+    contact_sheet(records, root).save(out / f"{args.split}_contact_sheet.png")
+    for r in records[:4]:
+        print(f"{r.get('id', '')}: {r.get('caption', '')} | {r.get('question', '')} -> {r.get('answer', '')}")
+        for a in r.get("audio", [])[:1]:
+            name = f"{r.get('id', 'sample')}_{a.get('role', 'audio')}{Path(a['path']).suffix}"
+            shutil.copy(root / a["path"], out / name)
+    print(f"contact sheet and audio: {out.resolve()}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="omniar", description="Unified multimodal autoregressive models.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -102,6 +133,24 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--repetition-penalty", type=float, default=1.0)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_generate_text)
+
+    p = sub.add_parser("data", help="make or inspect datasets")
+    dsub = p.add_subparsers(dest="what", required=True)
+    d = dsub.add_parser("make", help="materialise a built-in dataset")
+    d.add_argument("world", choices=["shapeworld"])
+    d.add_argument("--out", required=True)
+    d.add_argument("--num", type=int, required=True)
+    d.add_argument("--split", default="train", choices=["train", "val", "test", "heldout"])
+    d.add_argument("--start", type=int, default=0, help="first sample index (to grow a dataset)")
+    d.add_argument("--side", type=int, default=64)
+    d.add_argument("--workers", type=int, default=2)
+    d.add_argument("--no-speech", action="store_true")
+    d.set_defaults(func=_data_make)
+    d = dsub.add_parser("show", help="contact sheet and a few audio files of a dataset")
+    d.add_argument("dir")
+    d.add_argument("--split", default="train")
+    d.add_argument("--num", type=int, default=32)
+    d.set_defaults(func=_data_show)
 
     args = ap.parse_args(argv)
     try:

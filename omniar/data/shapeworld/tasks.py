@@ -63,8 +63,8 @@ def _place_related(rng: random.Random, a: Obj, b_spec: tuple[str, str, str], rel
     return None
 
 
-def scene_for_prompt(prompt: Prompt, rng: random.Random, max_objects: int = 3) -> Scene:
-    """A scene that satisfies `prompt`, with random distractors that fit none of its phrases."""
+def scene_for_prompt(prompt: Prompt, rng: random.Random, max_objects: int = 3, exclude: Collection[Pair] = ()) -> Scene:
+    """A scene that satisfies `prompt`, with random distractors that fit none of its phrases (nor `exclude`)."""
     while True:
         objects: list[Obj] = []
         specs = [(p.shape, p.color or rng.choice(list(COLORS)), p.size or rng.choice(list(SIZES)))
@@ -85,7 +85,7 @@ def scene_for_prompt(prompt: Prompt, rng: random.Random, max_objects: int = 3) -
                 continue
         extra = rng.randint(0, max(0, max_objects - len(objects)))
         for _ in range(extra):
-            shape, color = rng.choice(SHAPES), rng.choice(list(COLORS))
+            color, shape = _pair(rng, exclude)
             distractor = Obj(shape, color, rng.choice(list(SIZES)), 0.0, 0.0)
             if any(p.matches(distractor) for p in prompt.phrases):
                 continue
@@ -165,8 +165,10 @@ class Edit:
     target: Scene
 
 
-def sample_edit(scene: Scene, rng: random.Random, kind: str | None = None) -> Edit | None:
-    """An instruction with the scene it produces; None when `kind` cannot apply (e.g. nothing to move)."""
+def sample_edit(scene: Scene, rng: random.Random, kind: str | None = None,
+                exclude: Collection[Pair] = ()) -> Edit | None:
+    """An instruction with the scene it produces; None when `kind` cannot apply (e.g. nothing to move).
+    New objects and colours never form a pair of `exclude`."""
     named = [o for o in scene.objects if len(_unique(scene.objects, shape=o.shape, color=o.color)) == 1]
     kinds = [kind] if kind else list(EDIT_KINDS)
     rng.shuffle(kinds)
@@ -174,14 +176,18 @@ def sample_edit(scene: Scene, rng: random.Random, kind: str | None = None) -> Ed
         others = lambda o: [x for x in scene.objects if x is not o]  # noqa: E731
         if k == "recolor" and named:
             o = rng.choice(named)
-            new = rng.choice([c for c in COLORS if c != o.color and not _unique(scene.objects, shape=o.shape, color=c)])
+            colors = [c for c in COLORS if c != o.color and (c, o.shape) not in exclude
+                      and not _unique(scene.objects, shape=o.shape, color=c)]
+            if not colors:
+                continue
+            new = rng.choice(colors)
             target = others(o) + [replace(o, color=new)]
             return Edit(f"make the {o.color} {o.shape} {new}", k, scene, replace_objects(scene, target))
         if k == "remove" and named and len(scene.objects) > 1:
             o = rng.choice(named)
             return Edit(f"remove the {o.color} {o.shape}", k, scene, replace_objects(scene, others(o)))
         if k == "add" and len(scene.objects) < 3:
-            c, s = _pair(rng, {(o.color, o.shape) for o in scene.objects})
+            c, s = _pair(rng, exclude, {(o.color, o.shape) for o in scene.objects})
             size = rng.choice(list(SIZES))
             obj = place(rng, s, c, size, scene.objects)
             if obj is not None:

@@ -1,0 +1,88 @@
+"""ShapeWorld datasets on disk and the JSONL manifest loader (also for users' own data)."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from omniar.cli import main
+from omniar.data.manifest import ManifestError, iter_samples, load_audio, load_image, read_manifest
+from omniar.data.shapeworld import Scene, parse_image
+from omniar.data.shapeworld.dataset import (
+    HELD_OUT_PAIRS,
+    is_held_out,
+    make_dataset,
+    make_sample,
+    mentions_held_out,
+)
+from omniar.data.shapeworld.judge import prompt_satisfied
+from omniar.data.shapeworld.language import parse_prompt
+
+
+def test_samples_are_pure_functions_of_split_and_index():
+    assert make_sample("train", 7) == make_sample("train", 7)
+    assert make_sample("train", 7) != make_sample("test", 7)
+
+
+def test_held_out_compositions_never_reach_the_other_splits():
+    for split in ("train", "val", "test"):
+        for i in range(400):
+            s = make_sample(split, i)
+            assert not is_held_out(parse_prompt(s["caption"])), s["caption"]
+            assert not mentions_held_out(s["question"])
+            assert not any((o["color"], o["shape"]) in HELD_OUT_PAIRS for o in s["scene"]["objects"])
+            if s["edit"]:
+                assert not mentions_held_out(s["edit"]["instruction"])
+                assert not any((o["color"], o["shape"]) in HELD_OUT_PAIRS for o in s["edit"]["scene"]["objects"])
+    assert all(is_held_out(parse_prompt(make_sample("heldout", i)["caption"])) for i in range(200))
+
+
+def test_make_dataset_writes_a_manifest_the_loader_reads_back(tmp_path):
+    manifest = make_dataset(tmp_path, 6, split="test", workers=1, progress=False)
+    samples = list(iter_samples(manifest))
+    assert [s["id"] for s in samples] == [f"test-{i:06d}" for i in range(6)]
+    for s in samples:
+        assert s["image"].shape == (64, 64, 3)
+        assert prompt_satisfied(s["caption"], parse_image(s["image"]))  # the image shows its caption
+        assert prompt_satisfied(s["caption"], Scene.from_dict(s["scene"]).objects)
+        assert [a["role"] for a in s["audio"]] == ["caption", "question", "answer"]
+        assert all(len(a["wav"]) > 1600 for a in s["audio"])
+        if s["edit"]:
+            assert s["edit"]["target_image"].shape == (64, 64, 3)
+    again = make_dataset(tmp_path / "again", 6, split="test", workers=2, progress=False)
+    assert [json.loads(x) for x in again.read_text().splitlines()] == [
+        json.loads(x) for x in manifest.read_text().splitlines()]
+
+
+def test_cli_makes_and_shows_a_dataset(tmp_path, capsys):
+    main(["data", "make", "shapeworld", "--out", str(tmp_path), "--num", "3", "--no-speech", "--workers", "1"])
+    main(["data", "show", str(tmp_path), "--num", "3"])
+    assert (tmp_path / "show" / "train_contact_sheet.png").is_file()
+    assert "contact sheet" in capsys.readouterr().out
+
+
+def test_manifest_errors_name_the_file_and_line(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "ok.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png at all")
+    sf.write(tmp_path / "22k.wav", np.zeros(2205, np.float32), 22050)
+    m = tmp_path / "m.jsonl"
+    cases = [
+        ('{"image": "missing.png"}', "m.jsonl:1: image file not found"),
+        ('{"image": "bad.png"}', "m.jsonl:1: cannot read image"),
+        ('{"audio": [{"path": "22k.wav"}]}', "m.jsonl:1: audio .*22k.wav is 22050 Hz, expected 16000"),
+        ('{"image": "ok.png"}\n{"image": ', "m.jsonl:2: malformed manifest line"),
+        ('[1, 2]', "m.jsonl:1: a manifest line must be a JSON object"),
+        ('{"audio": "x.wav"}', "'audio' must be a list"),
+    ]
+    for text, message in cases:
+        m.write_text(text + "\n")
+        with pytest.raises(ManifestError, match=message):
+            list(iter_samples(m))
+    with pytest.raises(ManifestError, match="manifest not found"):
+        list(read_manifest(tmp_path / "none.jsonl"))
+    assert load_image(tmp_path / "ok.png").shape == (8, 8, 3)
+    with pytest.raises(ManifestError, match="audio file not found"):
+        load_audio(tmp_path / "none.wav")
