@@ -69,3 +69,22 @@ def test_parser_sees_nothing_in_an_empty_scene_and_rejects_bad_images():
         parse_image(np.zeros((64, 64), dtype=np.uint8))
     with pytest.raises(ValueError, match="square"):
         parse_image(np.zeros((64, 32, 3), dtype=np.uint8))
+
+
+def test_videos_move_at_constant_velocity_and_their_judge_can_fail():
+    from omniar.data.shapeworld.video import render_video, sample_video, video_caption_satisfied
+
+    rng = random.Random(4)
+    videos = [sample_video(rng) for _ in range(20)]
+    for v in videos:
+        assert len(v.frames) == 8
+        for k in range(len(v.frames[0].objects)):
+            xs = [f.objects[k].cx for f in v.frames]
+            ys = [f.objects[k].cy for f in v.frames]
+            assert np.allclose(np.diff(xs), xs[1] - xs[0], atol=2e-4) and np.allclose(np.diff(ys), ys[1] - ys[0],
+                                                                                       atol=2e-4)
+    clips = [render_video(v) for v in videos]
+    assert clips[0].shape == (8, 64, 64, 3)
+    assert all(video_caption_satisfied(v.caption, c) for v, c in zip(videos, clips))
+    assert not any(video_caption_satisfied(v.caption, c[::-1]) for v, c in zip(videos, clips))  # played backwards
+    assert not any(video_caption_satisfied(v.caption, c[:1].repeat(8, 0)) for v, c in zip(videos, clips))  # still
