@@ -94,6 +94,21 @@ def _data_show(args) -> None:
     print(f"contact sheet and audio: {out.resolve()}")
 
 
+def _eval_shapeworld(args) -> None:
+    from omniar.data.shapeworld.benchmark import evaluate, format_scores, write_reference
+
+    if args.write_reference:
+        path = write_reference(args.write_reference, args.num)
+        print(f"reference predictions (ground truth of {args.num} test samples): {path.resolve()}")
+        return
+    if not args.predictions:
+        sys.exit("error: give --predictions FILE (or --write-reference DIR for the format and the ceiling)")
+    scores = evaluate(args.predictions)
+    print(format_scores(scores))
+    if args.json:
+        Path(args.json).write_text(json.dumps(scores, indent=2))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="omniar", description="Unified multimodal autoregressive models.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -152,10 +167,19 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--num", type=int, default=32)
     d.set_defaults(func=_data_show)
 
+    p = sub.add_parser("eval", help="benchmarks")
+    esub = p.add_subparsers(dest="what", required=True)
+    e = esub.add_parser("shapeworld", help="score a predictions file with the ShapeWorld judges")
+    e.add_argument("--predictions", help="JSONL of model outputs (see omniar.data.shapeworld.benchmark)")
+    e.add_argument("--json", help="also write the scores as JSON here")
+    e.add_argument("--write-reference", metavar="DIR", help="write ground-truth predictions (format + ceiling)")
+    e.add_argument("--num", type=int, default=50, help="samples for --write-reference")
+    e.set_defaults(func=_eval_shapeworld)
+
     args = ap.parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # includes ManifestError
         sys.exit(f"error: {e}")
 
 

@@ -86,3 +86,28 @@ def test_manifest_errors_name_the_file_and_line(tmp_path):
     assert load_image(tmp_path / "ok.png").shape == (8, 8, 3)
     with pytest.raises(ManifestError, match="audio file not found"):
         load_audio(tmp_path / "none.wav")
+
+
+def test_benchmark_scores_reference_predictions_and_catches_wrong_ones(tmp_path, capsys):
+    from omniar.data.shapeworld.benchmark import evaluate, write_reference
+
+    path = write_reference(tmp_path, num=8)
+    scores = evaluate(path)
+    assert scores["t2i"]["overall"] == 1.0 and scores["vqa"]["exact_match"] == 1.0
+    assert scores["caption"]["correct"] == 1.0 and scores["edit"]["satisfied"] == 1.0
+    assert scores["asr"]["wer"] == 0.0 and scores["tts"]["wer"] <= 0.15
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    t2i = [r for r in records if r["task"] == "t2i"]
+    wrong = [dict(r, image=t2i[(i + 1) % len(t2i)]["image"]) for i, r in enumerate(t2i)]  # someone else's image
+    wrong += [dict(r, prediction="purple") for r in records if r["task"] == "vqa"]
+    (tmp_path / "wrong.jsonl").write_text("".join(json.dumps(r) + "\n" for r in wrong))
+    bad = evaluate(tmp_path / "wrong.jsonl")
+    assert bad["t2i"]["overall"] < 0.5 and bad["vqa"]["exact_match"] < 0.5
+    main(["eval", "shapeworld", "--predictions", str(path), "--json", str(tmp_path / "s.json")])
+    assert "| t2i | overall | 1.000 |" in capsys.readouterr().out
+    (tmp_path / "e.jsonl").write_text('{"task": "t2i", "prompt": "a red circle"}\n')
+    with pytest.raises(ManifestError, match="e.jsonl:1: t2i record lacks image"):
+        evaluate(tmp_path / "e.jsonl")
+    (tmp_path / "e.jsonl").write_text('{"task": "dance"}\n')
+    with pytest.raises(ManifestError, match="unknown task 'dance'"):
+        evaluate(tmp_path / "e.jsonl")
