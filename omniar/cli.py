@@ -69,8 +69,13 @@ def _data_make(args) -> None:
     from omniar.data.shapeworld.dataset import make_dataset
 
     t = time.perf_counter()
-    manifest = make_dataset(args.out, args.num, split=args.split, side=args.side, speech=not args.no_speech,
-                            workers=args.workers, start=args.start)
+    if args.video:
+        from omniar.data.shapeworld.video import make_video_dataset
+
+        manifest = make_video_dataset(args.out, args.num, split=args.split, side=args.side)
+    else:
+        manifest = make_dataset(args.out, args.num, split=args.split, side=args.side, speech=not args.no_speech,
+                                workers=args.workers, start=args.start)
     print(f"{args.num} {args.split} samples in {time.perf_counter() - t:.1f} s: {manifest.resolve()}")
 
 
@@ -160,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--side", type=int, default=64)
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--no-speech", action="store_true")
+    d.add_argument("--video", action="store_true", help="moving-shape videos (PNG strips) instead")
     d.set_defaults(func=_data_make)
     d = dsub.add_parser("show", help="contact sheet and a few audio files of a dataset")
     d.add_argument("dir")

@@ -88,3 +88,26 @@ def test_videos_move_at_constant_velocity_and_their_judge_can_fail():
     assert all(video_caption_satisfied(v.caption, c) for v, c in zip(videos, clips))
     assert not any(video_caption_satisfied(v.caption, c[::-1]) for v, c in zip(videos, clips))  # played backwards
     assert not any(video_caption_satisfied(v.caption, c[:1].repeat(8, 0)) for v, c in zip(videos, clips))  # still
+
+
+def test_video_dataset_round_trip(tmp_path):
+    import json
+
+    from omniar.cli import main
+    from omniar.data.shapeworld.video import load_video, video_caption_satisfied
+
+    main(["data", "make", "shapeworld", "--video", "--out", str(tmp_path), "--num", "3", "--split", "val"])
+    records = [json.loads(x) for x in (tmp_path / "videos-val.jsonl").read_text().splitlines()]
+    assert len(records) == 3
+    for r in records:
+        frames = load_video(tmp_path / r["frames"], r["num_frames"])
+        assert frames.shape == (8, 64, 64, 3) and video_caption_satisfied(r["caption"], frames)
+
+
+@pytest.mark.parametrize("side, count", [(128, 12), (256, 3)])
+def test_parser_reads_larger_renders(side, count):
+    rng = random.Random(side)
+    for _ in range(count):
+        s = sample_scene(rng)
+        got = parse_image(render(s, side))
+        assert sorted((o.shape, o.color, o.size) for o in got) == sorted((o.shape, o.color, o.size) for o in s.objects)

@@ -6,10 +6,14 @@ object through the frames with the scene parser.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
 
 from omniar.data.shapeworld.language import article
 from omniar.data.shapeworld.parse import parse_image
@@ -88,3 +92,34 @@ def video_caption_satisfied(caption: str, frames: np.ndarray) -> bool:
         if along < MIN_TRAVEL or across > along / 2:
             return False
     return True
+
+
+def make_video_dataset(out: str | Path, num: int, split: str = "train", side: int = 64, num_frames: int = 8,
+                       progress: bool = True) -> Path:
+    """Write `num` videos of `split` as PNG strips (frames side by side) with a manifest `videos-<split>.jsonl`."""
+    from omniar.data.shapeworld.dataset import SPLITS
+
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    out = Path(out)
+    (out / "videos" / split).mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in tqdm(range(num), disable=not progress, desc=f"shapeworld videos {split}", unit="video"):
+        video = sample_video(random.Random(f"shapeworld-video/{split}/{i}"), num_frames)
+        rel = f"videos/{split}/{i:06d}.png"
+        Image.fromarray(np.concatenate(list(render_video(video, side)), axis=1)).save(out / rel)
+        records.append({"id": f"video-{split}-{i:06d}", "caption": video.caption, "frames": rel,
+                        "num_frames": num_frames, "scenes": [f.to_dict() for f in video.frames]})
+    manifest = out / f"videos-{split}.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return manifest
+
+
+def load_video(path: str | Path, num_frames: int) -> np.ndarray:
+    """(T, H, W, 3) frames from a PNG strip written by `make_video_dataset`."""
+    from omniar.data.manifest import load_image
+
+    strip = load_image(path)
+    if strip.shape[1] % num_frames:
+        raise ValueError(f"{path}: width {strip.shape[1]} is not {num_frames} frames")
+    return np.stack(np.split(strip, num_frames, axis=1))
