@@ -114,6 +114,25 @@ def _eval_shapeworld(args) -> None:
         Path(args.json).write_text(json.dumps(scores, indent=2))
 
 
+def _tokenizer_train_text(args) -> None:
+    from omniar.tokenizers.text import TextTokenizer
+
+    if args.data:
+        from omniar.data.manifest import manifest_texts
+
+        texts = list(manifest_texts(args.data))
+    else:
+        from omniar.data.shapeworld.corpus import world_text
+
+        texts = list(world_text(args.samples))
+    tok = TextTokenizer.train(texts, vocab_size=args.vocab_size)
+    path = tok.save(args.out)
+    n_tokens = sum(len(tok.encode(t)) for t in texts)
+    n_bytes = sum(len(t.encode()) for t in texts)
+    print(f"{len(texts)} texts, vocabulary {tok.vocab_size}, {n_bytes / max(1, n_tokens):.2f} bytes/token: "
+          f"{path.resolve()}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="omniar", description="Unified multimodal autoregressive models.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -172,6 +191,17 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--split", default="train")
     d.add_argument("--num", type=int, default=32)
     d.set_defaults(func=_data_show)
+
+    p = sub.add_parser("tokenizer", help="train tokenizers")
+    tsub = p.add_subparsers(dest="what", required=True)
+    t = tsub.add_parser("train", help="train a tokenizer")
+    ttsub = t.add_subparsers(dest="modality", required=True)
+    t = ttsub.add_parser("text", help="byte-level BPE with the stream's special tokens")
+    t.add_argument("--data", help="manifest (.jsonl), folder of manifests, or text file (default: ShapeWorld text)")
+    t.add_argument("--out", required=True)
+    t.add_argument("--vocab-size", type=int, default=1024)
+    t.add_argument("--samples", type=int, default=2000, help="ShapeWorld samples per split when --data is not given")
+    t.set_defaults(func=_tokenizer_train_text)
 
     p = sub.add_parser("eval", help="benchmarks")
     esub = p.add_subparsers(dest="what", required=True)

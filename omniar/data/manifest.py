@@ -89,3 +89,31 @@ def iter_samples(path: str | Path, load: tuple[str, ...] = ("image", "audio", "e
         if "edit" in load and isinstance(record.get("edit"), dict) and "target" in record["edit"]:
             sample["edit"] = {**record["edit"], "target_image": load_image(root / record["edit"]["target"], where)}
         yield sample
+
+
+TEXT_FIELDS = ("caption", "question", "answer", "text", "prediction")
+
+
+def manifest_texts(path: str | Path) -> Iterator[str]:
+    """Every text of a manifest (captions, questions, answers, edit instructions, transcripts), or of a plain text
+    file (one text per line), or of every `*.jsonl` manifest in a directory."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.jsonl"))
+        if not files:
+            raise ManifestError(f"no *.jsonl manifest in {path}")
+        for f in files:
+            yield from manifest_texts(f)
+        return
+    if path.suffix != ".jsonl":
+        if not path.is_file():
+            raise ManifestError(f"text file not found: {path}")
+        yield from (line for line in path.read_text().splitlines() if line.strip())
+        return
+    for _, r in read_manifest(path):
+        yield from (r[k] for k in TEXT_FIELDS if isinstance(r.get(k), str))
+        if isinstance(r.get("edit"), dict) and isinstance(r["edit"].get("instruction"), str):
+            yield r["edit"]["instruction"]
+        for a in r.get("audio", []) if isinstance(r.get("audio"), list) else []:
+            if isinstance(a, dict) and isinstance(a.get("transcript"), str):
+                yield a["transcript"]

@@ -1,0 +1,92 @@
+"""Text tokenizer: byte-level BPE trained with the `tokenizers` library, plus the token stream's special tokens.
+
+Byte-level means any text round-trips exactly (unknown characters fall back to bytes). The special tokens
+(`SPECIAL_TOKENS`: padding, sequence bounds, modality markers, task and turn tokens) are single ids that plain
+text can never produce - not even text that spells one out, like "<boi>". Saved as a standard `tokenizer.json`,
+which Hugging Face's tokenizers also read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+SPECIAL_TOKENS = (
+    "<pad>", "<bos>", "<eos>",  # sequence
+    "<boi>", "<eoi>", "<boa>", "<eoa>", "<ref>", "</ref>",  # modality boundaries (image, audio, edit reference)
+    "<t2i>", "<i2t>", "<vqa>", "<edit>", "<tts>", "<asr>", "<lm>",  # tasks
+    "<user>", "<assistant>", "<eot>",  # turns
+)
+TOKENIZER_NAME = "tokenizer.json"
+
+
+class TextTokenizer:
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.tokenizer.encode_special_tokens = True  # "<boi>" typed in text is text, not a marker
+        missing = [t for t in SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
+        if missing:
+            raise ValueError(f"tokenizer lacks special tokens: {', '.join(missing)}")
+        self.pad, self.bos, self.eos = (self.token_id(t) for t in ("<pad>", "<bos>", "<eos>"))
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2) -> TextTokenizer:
+        """Learn merges from `texts`; the vocabulary holds the specials, the 256 bytes, then merges."""
+        if vocab_size < 256 + len(SPECIAL_TOKENS):
+            raise ValueError(f"vocab_size must be >= {256 + len(SPECIAL_TOKENS)} (bytes + special tokens)")
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+                                      special_tokens=list(SPECIAL_TOKENS),
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def token_id(self, token: str) -> int:
+        i = self.tokenizer.token_to_id(token)
+        if i is None or token not in SPECIAL_TOKENS:
+            raise ValueError(f"unknown special token {token!r}; known: {' '.join(SPECIAL_TOKENS)}")
+        return i
+
+    def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        return ([self.bos] if bos else []) + ids + ([self.eos] if eos else [])
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is out of range for vocab_size {self.vocab_size}")
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special)
+
+    def save(self, directory: str | Path) -> Path:
+        from omniar.checkpoint import atomic_write
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / TOKENIZER_NAME
+        atomic_write(path, lambda p: self.tokenizer.save(str(p)))
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TextTokenizer:
+        path = Path(directory)
+        path = path / TOKENIZER_NAME if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"no {TOKENIZER_NAME} at {path}")
+        try:
+            return cls(Tokenizer.from_file(str(path)))
+        except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+            if isinstance(e, ValueError) and "special tokens" in str(e):
+                raise
+            raise ValueError(f"corrupt tokenizer file {path}: {e}") from None
