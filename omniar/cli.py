@@ -133,6 +133,38 @@ def _tokenizer_train_text(args) -> None:
           f"{path.resolve()}")
 
 
+def _tokenizer_train_image(args) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from omniar.tokenizers.image import ImageTokenizerConfig
+    from omniar.tokenizers.train_image import (
+        evaluate_image_tokenizer,
+        shapeworld_images,
+        to_tensor,
+        train_image_tokenizer,
+    )
+
+    if args.data:
+        from omniar.data.manifest import iter_samples
+
+        images = np.stack([s["image"] for s in iter_samples(args.data, load=("image",)) if "image" in s])
+    else:
+        images = shapeworld_images(args.num_images)
+    config = ImageTokenizerConfig(image_size=images.shape[1], bits=args.bits,
+                                  scales=tuple(args.scales) if args.scales else ImageTokenizerConfig.scales)
+    model = train_image_tokenizer(args.out, images, config, steps=args.steps, batch=args.batch)
+    out = Path(args.out)
+    report = evaluate_image_tokenizer(model, args.eval_images)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    x = to_tensor(images[:16])
+    recon = model.decode(model.encode(x))
+    grid = np.concatenate([np.concatenate(list(t.permute(0, 2, 3, 1).numpy()), axis=1) for t in (x, recon)], axis=0)
+    Image.fromarray((grid * 255).round().astype(np.uint8)).save(out / "reconstructions.png")
+    print(json.dumps(report))
+    print(f"tokenizer: {(out / 'checkpoint').resolve()} (report.json, reconstructions.png, metrics.jsonl)")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="omniar", description="Unified multimodal autoregressive models.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -202,6 +234,17 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--vocab-size", type=int, default=1024)
     t.add_argument("--samples", type=int, default=2000, help="ShapeWorld samples per split when --data is not given")
     t.set_defaults(func=_tokenizer_train_text)
+
+    t = ttsub.add_parser("image", help="multi-scale bitwise (BSQ) image tokenizer")
+    t.add_argument("--data", help="manifest with images (default: ShapeWorld train renders)")
+    t.add_argument("--out", required=True)
+    t.add_argument("--steps", type=int, default=3000)
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--bits", type=int, default=16)
+    t.add_argument("--scales", type=int, nargs="+", help="scale schedule, e.g. 1 2 3 4 6 8 (one scale: raster)")
+    t.add_argument("--num-images", type=int, default=20000)
+    t.add_argument("--eval-images", type=int, default=500)
+    t.set_defaults(func=_tokenizer_train_image)
 
     p = sub.add_parser("eval", help="benchmarks")
     esub = p.add_subparsers(dest="what", required=True)

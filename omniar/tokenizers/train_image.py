@@ -1,0 +1,135 @@
+"""Training and evaluation of the image tokenizer on ShapeWorld renders (or a manifest's images).
+
+Resumable: `out/checkpoint` holds the tokenizer, the optimizer state and the step (safetensors + JSON); the data
+order and the learning rate are functions of the step, so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from omniar.checkpoint import atomic_write, read_tensors, write_tensors
+from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, reconstruction_loss
+
+
+def shapeworld_images(num: int, split: str = "train", side: int = 64) -> np.ndarray:
+    """(num, side, side, 3) uint8 renders of the split's scenes (and their edit targets), deterministic."""
+    from omniar.data.shapeworld.dataset import make_sample
+    from omniar.data.shapeworld.render import render
+    from omniar.data.shapeworld.scene import Scene
+
+    out, i = [], 0
+    while len(out) < num:
+        s = make_sample(split, i)
+        out.append(render(Scene.from_dict(s["scene"]), side))
+        if s["edit"] is not None and len(out) < num:
+            out.append(render(Scene.from_dict(s["edit"]["scene"]), side))
+        i += 1
+    return np.stack(out)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+
+
+def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageTokenizerConfig | None = None,
+                          steps: int = 3000, batch: int = 32, lr: float = 2e-3, seed: int = 0,
+                          progress: bool = True, resume: bool = True, stop_at: int | None = None) -> ImageTokenizer:
+    """Train for `steps` (learning-rate schedule over `steps`); `stop_at` ends early with a checkpoint, from which
+    a later call with `resume=True` continues exactly."""
+    stop_at = steps if stop_at is None else min(stop_at, steps)
+    out = Path(out)
+    ckpt = out / "checkpoint"
+    torch.manual_seed(seed)
+    model = ImageTokenizer(config or ImageTokenizerConfig(image_size=images.shape[1]))
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99))
+    step = 0
+    if resume and (ckpt / "trainer.json").is_file():
+        loaded = ImageTokenizer.from_pretrained(ckpt)
+        model.load_state_dict(loaded.state_dict())
+        meta = json.loads((ckpt / "trainer.json").read_text())
+        state: dict = {}
+        for key, t in read_tensors(ckpt / "optimizer.safetensors").items():
+            pid, name = key.split(".", 1)
+            state.setdefault(int(pid), {})[name] = t
+        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        step = meta["step"]
+    data = to_tensor(images)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = (out / "metrics.jsonl").open("a")
+    bar = tqdm(total=steps, initial=step, disable=not progress, desc="image tokenizer", unit="step")
+    t0 = time.perf_counter()
+    model.train()
+    while step < stop_at:
+        rng = np.random.default_rng(seed * 1_000_003 + step)
+        x = data[torch.from_numpy(rng.integers(0, len(data), batch))]
+        warm = min(1.0, (step + 1) / 100)
+        for g in opt.param_groups:
+            g["lr"] = lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        recon, _, commit, balance = model(x)
+        rec = reconstruction_loss(recon, x)
+        loss = rec + 0.25 * commit + 0.1 * balance
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % 50 == 0 or step == stop_at:
+            m = {"step": step, "loss": loss.item(), "recon": rec.item(), "commit": commit.item(),
+                 "balance": balance.item(), "seconds": round(time.perf_counter() - t0, 1)}
+            bar.set_postfix(loss=f"{m['loss']:.4f}")
+            metrics.write(json.dumps(m) + "\n")
+            metrics.flush()
+        if step % 500 == 0 or step == stop_at:
+            _save(model, opt, step, ckpt)
+    bar.close()
+    metrics.close()
+    return model.eval()
+
+
+def _save(model: ImageTokenizer, opt: torch.optim.Optimizer, step: int, ckpt: Path) -> None:
+    model.save_pretrained(ckpt)
+    state = opt.state_dict()
+    tensors = {f"{pid}.{k}": (v if torch.is_tensor(v) else torch.tensor(v))
+               for pid, st in state["state"].items() for k, v in st.items()}
+    write_tensors(ckpt / "optimizer.safetensors", tensors)
+    meta = {"step": step, "param_groups": state["param_groups"]}
+    atomic_write(ckpt / "trainer.json", lambda p: Path(p).write_text(json.dumps(meta)))
+
+
+@torch.no_grad()
+def evaluate_image_tokenizer(model: ImageTokenizer, num: int = 500, split: str = "test") -> dict:
+    """PSNR, judge parse match of reconstructions, bit usage, on `num` renders of `split`."""
+    from omniar.data.shapeworld.dataset import make_sample
+    from omniar.data.shapeworld.parse import parse_image
+    from omniar.data.shapeworld.render import render
+    from omniar.data.shapeworld.scene import Scene
+
+    scenes = [Scene.from_dict(make_sample(split, i)["scene"]) for i in range(num)]
+    x = to_tensor(np.stack([render(s, model.config.image_size) for s in scenes]))
+    psnrs, matches, bit_sum, bit_count = [], 0, 0, 0
+    for a in range(0, num, 50):
+        xb = x[a : a + 50]
+        bits = model.encode(xb)
+        recon = model.decode(bits)
+        mse = ((recon - xb) ** 2).mean(dim=(1, 2, 3))
+        psnrs += (10 * torch.log10(1 / mse.clamp(min=1e-10))).tolist()
+        flat = torch.cat([b.permute(0, 2, 3, 1).reshape(-1, model.config.bits) for b in bits]).float()
+        bit_sum = bit_sum + flat.sum(0)
+        bit_count += len(flat)
+        imgs = (recon.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        for img, scene in zip(imgs, scenes[a : a + 50]):
+            got = sorted((o.shape, o.color, o.size) for o in parse_image(img))
+            matches += got == sorted((o.shape, o.color, o.size) for o in scene.objects)
+    usage = (bit_sum / bit_count).tolist()
+    return {"psnr": float(np.mean(psnrs)), "parse_match": matches / num, "bit_mean_min": min(usage),
+            "bit_mean_max": max(usage), "tokens_per_image": model.config.tokens_per_image,
+            "bits_per_token": model.config.bits, "images": num}

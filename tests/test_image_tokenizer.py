@@ -1,0 +1,104 @@
+"""The multi-scale bitwise image tokenizer: shapes, determinism, save/load, self-correction, resume, errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
+from omniar.tokenizers.train_image import shapeworld_images, to_tensor, train_image_tokenizer
+
+SMALL = dict(channels=16, bits=8)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return to_tensor(shapeworld_images(6))
+
+
+def test_encode_decode_shapes_and_determinism(images):
+    tok = ImageTokenizer(ImageTokenizerConfig(**SMALL)).eval()
+    bits = tok.encode(images)
+    assert [tuple(b.shape) for b in bits] == [(6, 8, s, s) for s in (1, 2, 3, 4, 6, 8)]
+    assert all(b.dtype == torch.bool for b in bits)
+    assert tok.config.tokens_per_image == 130
+    out = tok.decode(bits)
+    assert out.shape == (6, 3, 64, 64) and 0 <= out.min() and out.max() <= 1
+    assert all(torch.equal(a, b) for a, b in zip(bits, tok.encode(images)))
+    inputs = tok.ar_inputs(bits)
+    assert [tuple(x.shape) for x in inputs] == [(6, 8, s, s) for s in (2, 3, 4, 6, 8)]
+
+
+def test_raster_schedule_is_one_scale(images):
+    tok = ImageTokenizer(ImageTokenizerConfig(scales=(8,), **SMALL)).eval()
+    bits = tok.encode(images)
+    assert len(bits) == 1 and bits[0].shape == (6, 8, 8, 8) and tok.ar_inputs(bits) == []
+
+
+def test_self_correction_is_the_clean_path_at_p0_and_differs_above(images):
+    torch.manual_seed(0)
+    tok = ImageTokenizer(ImageTokenizerConfig(**SMALL)).eval()
+    clean = tok.encode(images)
+    inputs, targets = tok.self_correct(images, torch.zeros(6))
+    assert all(torch.equal(a, b) for a, b in zip(targets, clean))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(inputs, tok.ar_inputs(clean)))
+    assert torch.allclose(tok.decode(targets), tok.decode(clean))
+    g = torch.Generator().manual_seed(1)
+    noisy_inputs, noisy_targets = tok.self_correct(images, torch.full((6,), 0.3), generator=g)
+    assert torch.equal(noisy_targets[0], clean[0])  # nothing before the first scale to corrupt
+    assert any(not torch.equal(a, b) for a, b in zip(noisy_targets[1:], clean[1:]))  # later targets corrected
+    assert not torch.allclose(noisy_inputs[-1], inputs[-1])
+
+
+def test_save_load_round_trip(images, tmp_path):
+    tok = ImageTokenizer(ImageTokenizerConfig(**SMALL)).eval()
+    tok.save_pretrained(tmp_path)
+    again = ImageTokenizer.from_pretrained(tmp_path)
+    bits = tok.encode(images)
+    assert torch.equal(tok.decode(bits), again.decode(bits))
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    imgs = shapeworld_images(12)
+    cfg = ImageTokenizerConfig(**SMALL)
+    straight = train_image_tokenizer(tmp_path / "a", imgs, cfg, steps=4, batch=4, progress=False)
+    train_image_tokenizer(tmp_path / "b", imgs, cfg, steps=4, batch=4, progress=False, stop_at=2)
+    resumed = train_image_tokenizer(tmp_path / "b", imgs, cfg, steps=4, batch=4, progress=False)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.rand(2, 3, 32, 32), "reads 64x64 images"),
+    (torch.rand(2, 1, 64, 64), r"\(B, 3, 64, 64\)"),
+    (torch.zeros(2, 3, 64, 64, dtype=torch.uint8), "float"),
+])
+def test_bad_images_are_named(bad, message):
+    tok = ImageTokenizer(ImageTokenizerConfig(**SMALL))
+    with pytest.raises(ValueError, match=message):
+        tok.encode(bad)
+
+
+def test_bad_bits_and_configs_are_named():
+    tok = ImageTokenizer(ImageTokenizerConfig(**SMALL))
+    with pytest.raises(ValueError, match="bits for 6 scales"):
+        tok.decode([torch.zeros(1, 8, 1, 1, dtype=torch.bool)])
+    with pytest.raises(ValueError, match="bits of scale 2"):
+        tok.decode([torch.zeros(1, 8, s, s, dtype=torch.bool) for s in (1, 3, 3, 4, 6, 8)])
+    with pytest.raises(ValueError, match="last scale must equal the latent side 8"):
+        ImageTokenizerConfig(scales=(1, 2, 4))
+    with pytest.raises(ValueError, match="unknown config key"):
+        ImageTokenizerConfig.from_dict({"bitz": 3})
+    assert np.isfinite(tok.quantizer.gain.detach().numpy()).all()
+
+
+def test_cli_trains_and_reports(tmp_path, capsys):
+    import json
+
+    from omniar.cli import main
+
+    main(["tokenizer", "train", "image", "--out", str(tmp_path), "--steps", "2", "--batch", "4", "--bits", "8",
+          "--num-images", "8", "--eval-images", "4"])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report) >= {"psnr", "parse_match", "bit_mean_min", "bit_mean_max", "tokens_per_image"}
+    assert (tmp_path / "reconstructions.png").is_file() and (tmp_path / "checkpoint" / "trainer.json").is_file()
+    assert "tokenizer:" in capsys.readouterr().out
