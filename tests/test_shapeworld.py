@@ -111,3 +111,18 @@ def test_parser_reads_larger_renders(side, count):
         s = sample_scene(rng)
         got = parse_image(render(s, side))
         assert sorted((o.shape, o.color, o.size) for o in got) == sorted((o.shape, o.color, o.size) for o in s.objects)
+
+
+@pytest.mark.slow
+def test_parser_accuracy_on_2000_test_scenes():
+    """The acceptance bar, at full size (about a minute): >= 99.5% clean, >= 97% after blur + JPEG."""
+    rng = random.Random(123)
+    scenes = [sample_scene(rng) for _ in range(2000)]
+
+    def exact(scene, img):
+        return sorted((o.shape, o.color, o.size) for o in parse_image(img)) == sorted(
+            (o.shape, o.color, o.size) for o in scene.objects)
+
+    images = [render(s) for s in scenes]
+    assert sum(exact(s, i) for s, i in zip(scenes, images)) / 2000 >= 0.995
+    assert sum(exact(s, degrade(i)) for s, i in zip(scenes, images)) / 2000 >= 0.97
