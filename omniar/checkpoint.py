@@ -77,3 +77,33 @@ def load_state_strict(module: nn.Module, tensors: dict[str, Tensor], source: str
     with torch.no_grad():
         for name, t in expected.items():
             t.copy_(tensors[name])
+
+
+TRAINER_NAME = "trainer.json"
+OPTIMIZER_NAME = "optimizer.safetensors"
+
+
+def save_training_state(directory: str | Path, optimizer: torch.optim.Optimizer, step: int, **extra) -> None:
+    """Optimizer state (tensors in safetensors, hyper-parameters in JSON) and the step, beside a saved model."""
+    directory = Path(directory)
+    state = optimizer.state_dict()
+    tensors = {f"{pid}.{k}": v if torch.is_tensor(v) else torch.tensor(v)
+               for pid, st in state["state"].items() for k, v in st.items()}
+    write_tensors(directory / OPTIMIZER_NAME, tensors)
+    meta = {"step": step, "param_groups": state["param_groups"], **extra}
+    atomic_write(directory / TRAINER_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+
+
+def load_training_state(directory: str | Path, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore `optimizer` from `save_training_state`'s files; return the JSON metadata (step, ...)."""
+    directory = Path(directory)
+    meta_path = directory / TRAINER_NAME
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"no {TRAINER_NAME} in {directory}: not a training checkpoint")
+    meta = json.loads(meta_path.read_text())
+    state: dict = {}
+    for key, t in read_tensors(directory / OPTIMIZER_NAME).items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = t
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return meta

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from omniar.checkpoint import atomic_write, read_tensors, write_tensors
+from omniar.checkpoint import load_training_state, save_training_state
 from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, reconstruction_loss
 
 
@@ -52,15 +52,8 @@ def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageToke
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99))
     step = 0
     if resume and (ckpt / "trainer.json").is_file():
-        loaded = ImageTokenizer.from_pretrained(ckpt)
-        model.load_state_dict(loaded.state_dict())
-        meta = json.loads((ckpt / "trainer.json").read_text())
-        state: dict = {}
-        for key, t in read_tensors(ckpt / "optimizer.safetensors").items():
-            pid, name = key.split(".", 1)
-            state.setdefault(int(pid), {})[name] = t
-        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        step = meta["step"]
+        model.load_state_dict(ImageTokenizer.from_pretrained(ckpt).state_dict())
+        step = load_training_state(ckpt, opt)["step"]
     data = to_tensor(images)
     out.mkdir(parents=True, exist_ok=True)
     metrics = (out / "metrics.jsonl").open("a")
@@ -97,12 +90,7 @@ def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageToke
 
 def _save(model: ImageTokenizer, opt: torch.optim.Optimizer, step: int, ckpt: Path) -> None:
     model.save_pretrained(ckpt)
-    state = opt.state_dict()
-    tensors = {f"{pid}.{k}": (v if torch.is_tensor(v) else torch.tensor(v))
-               for pid, st in state["state"].items() for k, v in st.items()}
-    write_tensors(ckpt / "optimizer.safetensors", tensors)
-    meta = {"step": step, "param_groups": state["param_groups"]}
-    atomic_write(ckpt / "trainer.json", lambda p: Path(p).write_text(json.dumps(meta)))
+    save_training_state(ckpt, opt, step)
 
 
 @torch.no_grad()

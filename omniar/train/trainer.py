@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from omniar.checkpoint import atomic_write, read_tensors, write_tensors
+from omniar.checkpoint import load_training_state, save_training_state
 from omniar.model.decoder import OmniDecoder
 from omniar.stream.collate import Batch
 from omniar.train.losses import weighted_cross_entropy
@@ -106,31 +106,11 @@ class Trainer:
         """Model (config.json + model.safetensors), optimizer.safetensors and trainer.json, each written atomically."""
         directory = Path(directory)
         self.model.save_pretrained(directory)
-        tensors, groups = {}, []
-        state = self.optimizer.state_dict()
-        for pid, st in state["state"].items():
-            for k, v in st.items():
-                tensors[f"{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-        for g in state["param_groups"]:
-            groups.append({k: v for k, v in g.items()})
-        write_tensors(directory / "optimizer.safetensors", tensors)
-        meta = {"step": self.step, "config": asdict(self.config), "param_groups": groups}
-        atomic_write(directory / "trainer.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+        save_training_state(directory, self.optimizer, self.step, config=asdict(self.config))
         return directory
 
     def resume(self, directory: str | Path) -> None:
         """Load model weights, optimizer state and step from `save`'s directory."""
         directory = Path(directory)
-        loaded = OmniDecoder.from_pretrained(directory)
-        self.model.load_state_dict(loaded.state_dict())
-        meta_path = directory / "trainer.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"no trainer.json in {directory}: not a training checkpoint")
-        meta = json.loads(meta_path.read_text())
-        tensors = read_tensors(directory / "optimizer.safetensors")
-        state: dict = {}
-        for key, t in tensors.items():
-            pid, name = key.split(".", 1)
-            state.setdefault(int(pid), {})[name] = t
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        self.step = meta["step"]
+        self.step = load_training_state(directory, self.optimizer)["step"]  # first: it names a non-training dir
+        self.model.load_state_dict(OmniDecoder.from_pretrained(directory).state_dict())
