@@ -11,6 +11,19 @@ from pathlib import Path
 from omniar.modality import Modality
 
 
+def build_strict(cls, d: dict):
+    """Build dataclass `cls` from a dict; an unknown key is an error that names it (and the closest known key)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = [k for k in d if k not in known]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, known, n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"unknown config key(s) for {cls.__name__}: {', '.join(hints)}")
+    return cls(**d)
+
+
 @dataclass
 class DecoderConfig:
     """Everything that shapes an `OmniDecoder`. Field names follow Qwen2 where one exists."""
@@ -82,16 +95,7 @@ class DecoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> DecoderConfig:
-        """Build from a dict; an unknown key is an error that names it (and the closest known key)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = [k for k in d if k not in known]
-        if unknown:
-            hints = []
-            for k in unknown:
-                close = difflib.get_close_matches(k, known, n=1)
-                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ValueError(f"unknown config key(s) for {cls.__name__}: {', '.join(hints)}")
-        return cls(**d)
+        return build_strict(cls, d)
 
     @classmethod
     def load(cls, path: str | Path) -> DecoderConfig:

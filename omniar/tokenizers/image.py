@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from omniar.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_state_strict, read_tensors, save_checkpoint
+from omniar.model.config import build_strict
 from omniar.tokenizers.bsq import MultiScaleBSQ
 
 MODEL_TYPE = "omniar-image-tokenizer"
@@ -43,11 +44,7 @@ class ImageTokenizerConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ImageTokenizerConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown config key(s) for {cls.__name__}: {', '.join(unknown)}")
-        return cls(**d)
+        return build_strict(cls, d)
 
 
 class ResBlock(nn.Module):

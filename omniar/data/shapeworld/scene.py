@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from omniar.data.shapeworld.world import COLORS, SHAPES, SIZES
 
@@ -34,7 +34,6 @@ class Scene:
     objects: list[Obj]
     textured: bool = False
     texture_seed: int = 0
-    meta: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"objects": [asdict(o) for o in self.objects], "textured": self.textured,
