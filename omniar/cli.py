@@ -165,6 +165,26 @@ def _tokenizer_train_image(args) -> None:
     print(f"tokenizer: {(out / 'checkpoint').resolve()} (report.json, reconstructions.png, metrics.jsonl)")
 
 
+def _tokenizer_train_speech(args) -> None:
+    import time
+
+    from omniar.tokenizers.train_speech import (
+        evaluate_speech_codec,
+        manifest_speech,
+        shapeworld_speech,
+        train_speech_codec,
+    )
+
+    t = time.perf_counter()
+    clips = manifest_speech(args.data) if args.data else shapeworld_speech(args.utterances, progress=True)
+    codec = train_speech_codec(args.out, clips, steps=args.steps, batch=args.batch)
+    minutes = round((time.perf_counter() - t) / 60, 2)
+    report = evaluate_speech_codec(codec, args.eval_captions, out=args.out, extra={"train_minutes": minutes},
+                                   progress=True)
+    print(json.dumps(report))
+    print(f"codec: {(Path(args.out) / 'checkpoint').resolve()} (report.json, sample*.wav, metrics.jsonl)")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="omniar", description="Unified multimodal autoregressive models.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -245,6 +265,15 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--num-images", type=int, default=20000)
     t.add_argument("--eval-images", type=int, default=500)
     t.set_defaults(func=_tokenizer_train_image)
+
+    t = ttsub.add_parser("speech", help="streaming speech codec: one VQ codebook, 50 tokens/s, ISTFT decoder")
+    t.add_argument("--data", help="manifest or dataset folder with audio (default: ShapeWorld train speech)")
+    t.add_argument("--out", required=True)
+    t.add_argument("--steps", type=int, default=2500)
+    t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--utterances", type=int, default=2000, help="ShapeWorld utterances when --data is not given")
+    t.add_argument("--eval-captions", type=int, default=300)
+    t.set_defaults(func=_tokenizer_train_speech)
 
     p = sub.add_parser("eval", help="benchmarks")
     esub = p.add_subparsers(dest="what", required=True)
