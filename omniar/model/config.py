@@ -50,6 +50,12 @@ class DecoderConfig:
     routing: dict[str, str] = field(default_factory=dict)
     # Modalities that arrive as continuous features (n, d) instead of token ids, with their width d.
     feature_dims: dict[str, int] = field(default_factory=dict)
+    # OneCAT's Scale-Aware Adapter: per-scale LoRA of this rank (0: none) on one expert's FFN, chosen by each
+    # token's scale (its block in the stream), for next-scale images of up to `num_scales` scales.
+    scale_adapter_rank: int = 0
+    scale_adapter_alpha: float = 16.0
+    scale_adapter_expert: str = "gen"
+    num_scales: int = 0
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
@@ -72,6 +78,13 @@ class DecoderConfig:
                 raise ValueError(f"routing sends {mod!r} to unknown expert {expert!r}; experts: {self.experts}")
         for mod in self.feature_dims:
             Modality.parse(mod)
+        if self.scale_adapter_rank:
+            if self.scale_adapter_expert not in self.experts:
+                raise ValueError(f"scale_adapter_expert {self.scale_adapter_expert!r} is not an expert; experts: "
+                                 f"{self.experts}")
+            if self.num_scales < 1 or self.scale_adapter_rank < 0:
+                raise ValueError(f"a scale adapter needs num_scales >= 1 and rank > 0, got num_scales "
+                                 f"{self.num_scales}, rank {self.scale_adapter_rank}")
         half = self.head_dim // 2
         if self.rope_sections is None:
             self.rope_sections = (half - 2 * (half // 4), half // 4, half // 4)

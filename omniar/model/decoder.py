@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from omniar.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_state_strict, read_tensors, save_checkpoint
 from omniar.masks import PositionMeta, build_attention_mask
 from omniar.modality import Modality
+from omniar.model.adapter import ScaleAdaptedSwiGLU
 from omniar.model.attention import CAUSAL
 from omniar.model.block import DecoderBlock
 from omniar.model.cache import DecoderCache
@@ -80,7 +81,7 @@ class OmniDecoder(nn.Module):
         positions = self._positions(positions, cache, B, L, input_ids.device)
         rope = self.rope(positions)
         mask = self._mask(meta, cache, B, L, input_ids.device)
-        routing = self.router(meta.modality if meta is not None else None)
+        routing = self.router(*((meta.modality, meta.block) if meta is not None else (None, None)))
         for i, block in enumerate(self.blocks):
             x = block(x, rope, mask, routing, cache.layers[i] if cache is not None else None)
         x = self.norm(x)
@@ -159,6 +160,14 @@ class OmniDecoder(nn.Module):
         if start == 0 and (meta is None or meta.is_plain_causal()):
             return CAUSAL if L > 1 else None
         return build_attention_mask(keys[:, start:], keys)[:, None]
+
+    def set_scale_adapter(self, enabled: bool = True, merge: bool = False) -> None:
+        """Switch the Scale-Aware Adapter on or off (ablation); `merge` precomputes each scale's merged weights."""
+        for m in self.modules():
+            if isinstance(m, ScaleAdaptedSwiGLU):
+                m.enabled = enabled
+                if merge:
+                    m.merge()
 
     def train(self, mode: bool = True) -> OmniDecoder:
         if mode:

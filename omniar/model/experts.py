@@ -11,18 +11,21 @@ import torch
 from torch import Tensor, nn
 
 from omniar.modality import Modality
+from omniar.model.adapter import ScaleAdaptedSwiGLU
 from omniar.model.config import DecoderConfig
 from omniar.model.ffn import SwiGLU
 
 
 class Routing:
-    """Which expert serves which token of a (B, L) batch; shared by all layers of one forward."""
+    """Which expert serves which token of a (B, L) batch; shared by all layers of one forward. `scale` (B, L) is
+    each token's scale for a Scale-Aware Adapter (None: the batch has no scale-adapted tokens)."""
 
-    def __init__(self, expert_ids: Tensor | None, num_experts: int, default: int = 0):
+    def __init__(self, expert_ids: Tensor | None, num_experts: int, default: int = 0, scale: Tensor | None = None):
         self.single: int | None = default  # all tokens go to this expert: no gather needed
         self.groups: list[tuple[int, int]] = []  # (expert, token count) in sorted order
         self.order: Tensor | None = None  # tokens sorted by expert
         self.inverse: Tensor | None = None
+        self.scale = scale  # (B, L) while single; flat in sorted order otherwise
         if expert_ids is None or num_experts == 1:
             return
         flat = expert_ids.reshape(-1)
@@ -33,6 +36,8 @@ class Routing:
             return
         self.single = None
         self.order = torch.argsort(flat, stable=True)
+        if scale is not None:
+            self.scale = scale.reshape(-1)[self.order]
         self.inverse = torch.empty_like(self.order)
         self.inverse[self.order] = torch.arange(len(flat), device=flat.device)
         self.groups = [(e, counts[e]) for e in used]
@@ -54,28 +59,37 @@ class Router(nn.Module):
         with torch.no_grad():
             self.table.copy_(torch.tensor(self._table, dtype=torch.long, device="cpu"))
 
-    def forward(self, modality: Tensor | None) -> Routing:
+    def forward(self, modality: Tensor | None, scale: Tensor | None = None) -> Routing:
         if modality is None or self.num_experts == 1:
-            return Routing(None, self.num_experts, self.text_expert)
-        return Routing(self.table[modality], self.num_experts, self.text_expert)
+            return Routing(None, self.num_experts, self.text_expert, scale if modality is not None else None)
+        return Routing(self.table[modality], self.num_experts, self.text_expert, scale)
 
 
 class ModalityExperts(nn.Module):
-    """E SwiGLU experts; with E == 1 this is the dense FFN of Qwen2."""
+    """E SwiGLU experts; with E == 1 this is the dense FFN of Qwen2. The expert named by
+    `config.scale_adapter_expert` carries the Scale-Aware Adapter when `config.scale_adapter_rank` > 0."""
 
     def __init__(self, config: DecoderConfig):
         super().__init__()
-        self.experts = nn.ModuleList(SwiGLU(config.hidden_size, config.intermediate_size) for _ in config.experts)
+        D, inter = config.hidden_size, config.intermediate_size
+        self.adapted = config.experts.index(config.scale_adapter_expert) if config.scale_adapter_rank else None
+        self.experts = nn.ModuleList(
+            ScaleAdaptedSwiGLU(D, inter, config.num_scales, config.scale_adapter_rank, config.scale_adapter_alpha)
+            if e == self.adapted else SwiGLU(D, inter) for e in range(len(config.experts)))
 
     def forward(self, x: Tensor, routing: Routing) -> Tensor:
         if routing.single is not None:
-            return self.experts[routing.single](x)
+            return self._run(routing.single, x, routing.scale)
         flat = x.reshape(-1, x.shape[-1])[routing.order]
         outs, at = [], 0
         for e, n in routing.groups:
-            outs.append(self.experts[e](flat[at : at + n]))
+            scale = routing.scale[at : at + n] if routing.scale is not None else None
+            outs.append(self._run(e, flat[at : at + n], scale))
             at += n
         return torch.cat(outs)[routing.inverse].reshape(x.shape)
+
+    def _run(self, e: int, x: Tensor, scale: Tensor | None) -> Tensor:
+        return self.experts[e](x, scale) if e == self.adapted else self.experts[e](x)
 
 
 def upcycle_experts(model: nn.Module, experts: tuple[str, ...], routing: dict[str, str]) -> nn.Module:

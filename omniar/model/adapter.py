@@ -1,0 +1,83 @@
+"""OneCAT's Scale-Aware Adapter: per-scale LoRA on the generation expert's FFN, chosen by each token's scale.
+
+For a token of scale k, each adapted projection computes W x + (alpha / r) B_k A_k x (LoRA, Hu et al. 2021):
+A_k is (r, in) with a Kaiming-uniform start and B_k is (out, r) with a zero start, so a new adapter leaves the
+model's outputs unchanged. The scale of a token is its `block` in the stream's metadata (collate numbers the
+scales of a next-scale image 0, 1, ...). `enabled = False` switches the adapter off (ablation); `merge()`
+precomputes W + (alpha / r) B_k A_k for every scale, after which a forward whose tokens all have one scale -
+every step of next-scale decoding - runs the plain matmul with the merged weight. Training drops the merged copies.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from omniar.model.ffn import SwiGLU
+
+
+class ScaleLoRA(nn.Module):
+    """The per-scale low-rank deltas of one Linear (in -> out)."""
+
+    def __init__(self, in_features: int, out_features: int, num_scales: int, rank: int, alpha: float):
+        super().__init__()
+        self.rank, self.factor = rank, alpha / rank
+        bound = 1 / math.sqrt(in_features)  # nn.Linear's Kaiming-uniform bound, as in the LoRA reference code
+        self.A = nn.Parameter(torch.empty(num_scales, rank, in_features).uniform_(-bound, bound))
+        self.B = nn.Parameter(torch.zeros(num_scales, out_features, rank))
+
+    def delta(self, x: Tensor, scale: Tensor) -> Tensor:
+        """(alpha / r) B_k A_k x for rows x (N, in) of scales `scale` (N,)."""
+        out = x.new_zeros(x.shape[0], self.B.shape[1])
+        for k in scale.unique().tolist():
+            rows = scale == k
+            out[rows] = (x[rows] @ self.A[k].t()) @ self.B[k].t()
+        return out * self.factor
+
+    def merged(self, weight: Tensor, k: int) -> Tensor:
+        return weight + self.factor * (self.B[k] @ self.A[k])
+
+
+class ScaleAdaptedSwiGLU(SwiGLU):
+    """A SwiGLU expert with a Scale-Aware Adapter on its gate/up and down projections."""
+
+    def __init__(self, hidden: int, intermediate: int, num_scales: int, rank: int, alpha: float):
+        super().__init__(hidden, intermediate)
+        self.num_scales = num_scales
+        self.gate_up_lora = ScaleLoRA(hidden, 2 * intermediate, num_scales, rank, alpha)
+        self.down_lora = ScaleLoRA(intermediate, hidden, num_scales, rank, alpha)
+        self.enabled = True
+        self._merged: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def forward(self, x: Tensor, scale: Tensor | None = None) -> Tensor:
+        """x (N, hidden) or (B, L, hidden); `scale` the matching scale of every token (None: no adapter)."""
+        if not self.enabled or scale is None:
+            return super().forward(x)
+        shape = x.shape
+        x, scale = x.reshape(-1, shape[-1]), scale.reshape(-1).to(x.device)
+        if x.shape[0] != scale.shape[0]:
+            raise ValueError(f"{x.shape[0]} tokens but {scale.shape[0]} scale ids")
+        if len(scale) and (int(scale.min()) < 0 or int(scale.max()) >= self.num_scales):
+            raise ValueError(f"scale ids must be in [0, {self.num_scales}), got [{int(scale.min())}, "
+                             f"{int(scale.max())}]")
+        if self._merged and len(scale) and bool((scale == scale[0]).all()):
+            gate_up_w, down_w = self._merged[int(scale[0])]
+            gate, up = F.linear(x, gate_up_w).split(self.intermediate, dim=-1)
+            return F.linear(F.silu(gate) * up, down_w).reshape(shape)
+        gate, up = (self.gate_up(x) + self.gate_up_lora.delta(x, scale)).split(self.intermediate, dim=-1)
+        h = F.silu(gate) * up
+        return (self.down(h) + self.down_lora.delta(h, scale)).reshape(shape)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Precompute each scale's merged weights (inference); `train()` drops them."""
+        self._merged = {k: (self.gate_up_lora.merged(self.gate_up.weight, k),
+                            self.down_lora.merged(self.down.weight, k)) for k in range(self.num_scales)}
+
+    def train(self, mode: bool = True) -> ScaleAdaptedSwiGLU:
+        if mode:
+            self._merged = {}
+        return super().train(mode)

@@ -1,0 +1,87 @@
+"""Next-scale bitwise generation (Infinity, OneCAT): the generation tokens' input embedding and the bitwise head.
+
+Input at the positions of scale k (VAR's teacher forcing): the image tokenizer's AR input for scale k - the
+running reconstruction after scales < k, area-downsampled to s_k x s_k, d channels (`ImageTokenizer.ar_inputs`)
+-> Linear(d, D) -> GELU, plus a learned embedding of k. Scale 0 has no earlier scale: its single position reads a
+learned start vector. The decoder's `image_gen` feature projection (a Linear(D, D)) is the MLP's second layer, as
+for understanding patches. The stream places scale tokens at the centres of the final grid's cells (`collate`),
+which gives the 2-D positions scaled to the final grid.
+
+Head: Linear(D, 2d), two logits per bit, trained with the mean binary cross-entropy over bits and sampled bit by
+bit (temperature, top-k, top-p; with two outcomes top-k 1 is greedy and top-p keeps the likelier bit alone when
+its probability reaches p).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from omniar.generation.sampling import SamplingParams, sample
+
+
+class ScaleInputEmbed(nn.Module):
+    def __init__(self, bits: int, hidden: int, num_scales: int):
+        super().__init__()
+        self.bits, self.num_scales = bits, num_scales
+        self.proj = nn.Linear(bits, hidden)
+        self.start = nn.Parameter(torch.randn(hidden) * 0.02)
+        self.scale = nn.Embedding(num_scales, hidden)
+        nn.init.normal_(self.scale.weight, std=0.02)
+
+    def forward(self, ar_inputs: list[Tensor], batch: int, first: int = 0) -> Tensor:
+        """Embeddings (batch, T, D) of scales first, first + 1, ... in scale-major, row-major order.
+
+        ar_inputs[j] (batch, d, s, s) is the input of scale first + j for scales > 0; scale 0 needs none (pass
+        the inputs of scales 1.. only, with first=0, and scale 0's start vector is put in front)."""
+        parts = []
+        if first == 0:
+            parts.append((self.start + self.scale.weight[0]).expand(batch, 1, -1))
+        for j, x in enumerate(ar_inputs):
+            k = first + j + (first == 0)
+            if k >= self.num_scales:
+                raise ValueError(f"scale {k} is beyond the {self.num_scales} scales of this embedding")
+            if x.dim() != 4 or x.shape[:2] != (batch, self.bits):
+                raise ValueError(f"AR input of scale {k} must be ({batch}, {self.bits}, s, s), got {tuple(x.shape)}")
+            tokens = x.flatten(2).transpose(1, 2)
+            parts.append(F.gelu(self.proj(tokens)) + self.scale.weight[k])
+        if not parts:
+            raise ValueError("no scales to embed")
+        return torch.cat(parts, 1)
+
+
+class BitwiseHead(nn.Module):
+    def __init__(self, hidden: int, bits: int):
+        super().__init__()
+        self.bits = bits
+        self.proj = nn.Linear(hidden, 2 * bits)
+
+    def forward(self, h: Tensor) -> Tensor:
+        """(..., D) -> (..., bits, 2) logits of each bit being 0 or 1."""
+        return self.proj(h).unflatten(-1, (self.bits, 2))
+
+
+def bitwise_loss(logits: Tensor, bits: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy over bits of logits (N, d, 2) against bits (N, d); `weights` (N,) weighs tokens."""
+    if logits.shape[:-1] != bits.shape or logits.shape[-1] != 2:
+        raise ValueError(f"logits {tuple(logits.shape)} do not match bits {tuple(bits.shape)} (expected (..., 2))")
+    ce = F.cross_entropy(logits.reshape(-1, 2).float(), bits.reshape(-1).long(), reduction="none").view(bits.shape)
+    per_token = ce.mean(-1)
+    if weights is None:
+        return per_token.mean()
+    return (per_token * weights).sum() / weights.sum().clamp(min=1e-8)
+
+
+def sample_bits(logits: Tensor, params: SamplingParams | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+    """Bits (B, ..., d) drawn from logits (B, ..., d, 2); per-row knobs (B,) apply to every bit of their row."""
+    params = params or SamplingParams()
+    per_row = logits[..., 0].numel() // logits.shape[0]
+
+    def spread(value):
+        t = torch.as_tensor(value)
+        return value if t.dim() == 0 else t.repeat_interleave(per_row)
+
+    flat = SamplingParams(spread(params.temperature), spread(params.top_k), spread(params.top_p))
+    return sample(logits.reshape(-1, 2), flat, generator=generator).view(logits.shape[:-1]).bool()
