@@ -1,0 +1,109 @@
+"""Next-scale image generation with the KV cache (VAR / Infinity / OneCAT), batched, with classifier-free guidance.
+
+The rows are laid out exactly as in training (`OmniModel.sample`) with placeholder generation features, collated
+left-padded so every row's scales occupy the same final columns. Then:
+
+    pass 0:      the prompt (and <boi>) plus scale 0's start position -> bits of scale 0
+    pass k >= 1: scale k's positions, whose inputs are the tokenizer's running reconstruction after scales < k
+                 (area-downsampled to s_k) -> bits of scale k
+
+so an image costs one forward pass per scale, the prompt prefill included in the first. With guidance the
+unconditional rows (prompt dropped, as in training's condition dropout) run in the same passes; the per-bit
+log-probabilities are combined as uncond + w_k (cond - uncond), with w_k constant or ramped linearly from 1 at
+the first scale to `cfg` at the last (VAR's schedule).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from omniar.generation.sampling import SamplingParams
+from omniar.modality import Modality
+from omniar.model.bitwise import sample_bits
+from omniar.omni.model import Example, OmniModel, as_images
+from omniar.stream.collate import collate
+
+
+def guidance_weights(cfg: float, scales: int, schedule: str = "linear") -> list[float]:
+    if schedule == "constant":
+        return [cfg] * scales
+    if schedule == "linear":
+        return [1 + (cfg - 1) * k / max(1, scales - 1) for k in range(scales)]
+    raise ValueError(f"cfg schedule must be 'constant' or 'linear', got {schedule!r}")
+
+
+def row_params(params: SamplingParams, i: int) -> SamplingParams:
+    """Row i's knobs of per-row (tensor or sequence) sampling parameters."""
+    def pick(v):
+        t = torch.as_tensor(v)
+        return v if t.dim() == 0 else t[i].item()
+
+    return SamplingParams(pick(params.temperature), pick(params.top_k), pick(params.top_p))
+
+
+@torch.inference_mode()
+def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequence | None = None,
+                    cfg: float = 1.0, cfg_schedule: str = "linear", params: SamplingParams | None = None,
+                    seeds: Sequence[int] | None = None, return_bits: bool = False):
+    """Images (B, 3, S, S) in [0, 1] for text prompts - or, with `sources` (one image per prompt), edits of them
+    (guidance then drops the instruction and keeps the reference image). `params` sample each bit (default
+    greedy); `seeds` gives each row its own generator, so a row's image does not depend on its batch. With
+    return_bits, also the bits per scale."""
+    if not prompts:
+        raise ValueError("generate_images needs at least one prompt")
+    if sources is not None and len(sources) != len(prompts):
+        raise ValueError(f"{len(sources)} source images for {len(prompts)} prompts: give one per prompt")
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts: give one per prompt")
+    generators = [torch.Generator().manual_seed(int(s)) for s in (seeds if seeds is not None else [0] * len(prompts))]
+    params = params or SamplingParams(temperature=0.0)
+    model.eval()
+    n, guided = len(prompts), cfg != 1.0
+    task = "t2i" if sources is None else "edit"
+    examples = [Example(task, p, image=torch.zeros(3, model.image_size, model.image_size),
+                        source=None if sources is None else sources[i]) for i, p in enumerate(prompts)]
+    rows = examples + (examples if guided else [])
+    und = None
+    if sources is not None:
+        und = model.patch_embed(as_images(list(sources), model.image_size))
+        und = torch.cat([und, und]) if guided else und
+    T = sum(s * s for s in model.scales)
+    D = model.decoder.config.hidden_size
+    placeholder = torch.zeros(T, D)
+    samples = [model.sample(ex, None if und is None else und[i], placeholder, drop_prompt=i >= n)
+               for i, ex in enumerate(rows)]
+    for s in samples:  # generation stops at the last scale: no <eoi> position
+        s.segments[-1].end = None
+    batch = collate(samples, pad_side="left", pad_id=model.text.pad)
+    L = batch.input_ids.shape[1]
+    start = L - T  # first generation column, identical in every row
+    gen_key = int(Modality.IMAGE_GEN)
+    quantizer = model.tokenizer.quantizer
+    side = model.scales[-1]
+    weights = guidance_weights(cfg, len(model.scales), cfg_schedule)
+    cache = model.decoder.new_cache()
+    bits, f_hat, at = [], None, start
+    for k, s in enumerate(model.scales):
+        stop = at + s * s
+        piece = batch.slice(0 if k == 0 else at, stop)
+        if k == 0:
+            emb = model.scale_embed([], batch=len(rows))
+        else:
+            emb = model.scale_embed([quantizer.down(f_hat, s)], batch=n, first=k)
+            emb = torch.cat([emb, emb]) if guided else emb
+        inputs = piece.model_inputs()
+        inputs["features"] = {**inputs["features"], gen_key: emb.reshape(-1, D)}
+        hidden = model.decoder(**inputs, cache=cache).hidden[:, -s * s:]
+        logp = model.bit_head(hidden).float().log_softmax(-1)  # (rows, s*s, d, 2)
+        if guided:
+            logp = logp[n:] + weights[k] * (logp[:n] - logp[n:])
+        b = torch.cat([sample_bits(logp[i : i + 1], row_params(params, i), g) for i, g in enumerate(generators)])
+        b = b.transpose(1, 2).reshape(n, -1, s, s)
+        bits.append(b)
+        contribution = quantizer.contribution(quantizer.codes(b), k, side)
+        f_hat = contribution if f_hat is None else f_hat + contribution
+        at = stop
+    images = model.tokenizer.decode(bits)
+    return (images, bits) if return_bits else images

@@ -1,0 +1,226 @@
+"""`OmniModel`: the OneCAT composition - one decoder that understands, generates and edits images.
+
+    text ids ------------------------------> token embedding ----\
+    understanding image -> PatchEmbed ----> image_und features --+--> OmniDecoder (experts text / und / gen,
+    target image -> ImageTokenizer bits -> AR inputs                |    causal text, bidirectional understanding
+                 -> ScaleInputEmbed ------> image_gen features --/     image, block-causal scales)
+    hidden at text positions -> text head (CE); hidden at generation positions -> BitwiseHead (bitwise CE)
+
+An `Example` is one training item of a task; `OmniModel.batch(examples)` embeds every image of a batch in one
+call (patch embedding, tokenizer encoding with bitwise self-correction) and lays the examples out as stream
+`Sample`s (omniar.stream), so the decoder sees exactly the layout generation will build. Stream layouts:
+
+    t2i      <t2i> prompt <boi> [scales 0..K-1] <eoi>
+    caption  <i2t> <boi> [understanding image] <eoi> caption <eos>
+    vqa      <vqa> <boi> [understanding image] <eoi> question <assistant> answer <eos>
+    edit     <edit> <ref> [understanding image] </ref> instruction <boi> [scales] <eoi>
+    text     <lm> text <eos>
+
+Generation (`generate_images`) is next-scale decoding with the KV cache: one prefill that ends with scale 0's
+start position, then one forward pass per further scale; classifier-free guidance runs the conditional and
+unconditional rows in the same batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from omniar.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_state_strict, read_tensors, save_checkpoint
+from omniar.modality import Modality
+from omniar.model.bitwise import BitwiseHead, ScaleInputEmbed, bitwise_loss
+from omniar.model.config import DecoderConfig, build_strict
+from omniar.model.decoder import OmniDecoder
+from omniar.model.patch_embed import PatchEmbed
+from omniar.stream.collate import Batch, collate
+from omniar.stream.segment import Sample, Segment
+from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
+from omniar.tokenizers.text import TextTokenizer
+from omniar.train.losses import weighted_cross_entropy
+
+MODEL_TYPE = "omniar-omni"
+TASKS = ("t2i", "caption", "vqa", "edit", "text")
+TASK_TOKENS = {"t2i": "<t2i>", "caption": "<i2t>", "vqa": "<vqa>", "edit": "<edit>", "text": "<lm>"}
+
+
+@dataclass
+class OmniConfig:
+    decoder: dict = field(default_factory=dict)  # DecoderConfig fields (vocab and feature widths are set here)
+    image: dict = field(default_factory=dict)  # ImageTokenizerConfig fields
+    patch: int = 4  # understanding patch size (then 2 x 2 unshuffle: 8 x 8 pixels per token)
+    patch_channels: int = 64
+    bit_loss_weight: float = 1.0
+    cfg_dropout: float = 0.1  # t2i / edit prompts dropped in training, for classifier-free guidance
+    max_flip: float = 0.3  # bitwise self-correction: flip probability ~ U{0, ..., max_flip} per image
+
+    @classmethod
+    def from_dict(cls, d: dict) -> OmniConfig:
+        return build_strict(cls, d)
+
+
+@dataclass
+class Example:
+    """One training item. Images are (3, S, S) float tensors in [0, 1] or (S, S, 3) uint8 arrays."""
+
+    task: str
+    text: str = ""  # t2i prompt, caption, vqa question, edit instruction, or plain text
+    answer: str = ""  # vqa answer
+    image: Tensor | np.ndarray | None = None  # t2i / edit target (generated), caption / vqa input (understood)
+    source: Tensor | np.ndarray | None = None  # edit: the reference image
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; known: {', '.join(TASKS)}")
+        if self.task != "text" and self.image is None:
+            raise ValueError(f"a {self.task} example needs an image")
+        if self.task == "edit" and self.source is None:
+            raise ValueError("an edit example needs a source image")
+
+
+def as_images(images, side: int) -> Tensor:
+    """A list of images (uint8 (S, S, 3) arrays or float (3, S, S) tensors) -> float (N, 3, S, S)."""
+    out = []
+    for im in images:
+        t = torch.from_numpy(np.asarray(im)).permute(2, 0, 1).float() / 255 if isinstance(im, np.ndarray) else im
+        if t.shape != (3, side, side):
+            raise ValueError(f"images must be {side}x{side} RGB for this model, got shape {tuple(t.shape)}")
+        out.append(t.float())
+    return torch.stack(out)
+
+
+class OmniModel(nn.Module):
+    def __init__(self, config: OmniConfig, text_tokenizer: TextTokenizer, image_tokenizer: ImageTokenizer):
+        super().__init__()
+        self.config, self.text, self.tokenizer = config, text_tokenizer, image_tokenizer
+        img = image_tokenizer.config
+        dec = DecoderConfig.from_dict({**config.decoder, "vocab_size": text_tokenizer.vocab_size})
+        D = dec.hidden_size
+        dec = DecoderConfig.from_dict({**dec.to_dict(), "feature_dims": {"image_und": D, "image_gen": D}})
+        if dec.scale_adapter_rank and dec.num_scales < len(img.scales):
+            raise ValueError(f"the scale adapter has {dec.num_scales} scales but the tokenizer {len(img.scales)}")
+        self.decoder = OmniDecoder(dec)
+        self.patch_embed = PatchEmbed(D, config.patch, config.patch_channels, img.image_size)
+        self.scale_embed = ScaleInputEmbed(img.bits, D, len(img.scales))
+        self.bit_head = BitwiseHead(D, img.bits)
+        image_tokenizer.requires_grad_(False).eval()
+        self.ids = {name: text_tokenizer.token_id(tok) for name, tok in
+                    {**TASK_TOKENS, "boi": "<boi>", "eoi": "<eoi>", "ref": "<ref>", "ref_end": "</ref>",
+                     "eos": "<eos>", "assistant": "<assistant>"}.items()}
+
+    @property
+    def scales(self) -> tuple[int, ...]:
+        return self.tokenizer.config.scales
+
+    @property
+    def image_size(self) -> int:
+        return self.tokenizer.config.image_size
+
+    def train(self, mode: bool = True) -> OmniModel:
+        super().train(mode)
+        self.tokenizer.eval()  # frozen: never in training mode
+        return self
+
+    # ---- layouts ----------------------------------------------------------------------------------------------
+    def gen_segment(self, features: Tensor) -> Segment:
+        return Segment("image_gen", features=features, scales=[(s, s) for s in self.scales],
+                       begin=self.ids["boi"], end=self.ids["eoi"])
+
+    def und_segment(self, features: Tensor, begin: str = "boi", end: str = "eoi") -> Segment:
+        return Segment("image_und", features=features, grid=self.patch_embed.grid(), begin=self.ids[begin],
+                       end=self.ids[end])
+
+    def sample(self, ex: Example, und: Tensor | None, gen: Tensor | None, drop_prompt: bool = False) -> Sample:
+        """The stream layout of one example (module docstring), given its embedded images."""
+        enc, eos = self.text.encode, self.ids["eos"]
+        prompt = [] if drop_prompt else enc(ex.text)
+        segs: list[Segment] = []
+        if ex.task == "t2i":
+            if prompt:
+                segs.append(Segment("text", prompt))
+            segs.append(self.gen_segment(gen))
+        elif ex.task == "caption":
+            segs += [self.und_segment(und), Segment("text", enc(ex.text) + [eos], loss=True)]
+        elif ex.task == "vqa":
+            segs += [self.und_segment(und), Segment("text", enc(ex.text) + [self.ids["assistant"]]),
+                     Segment("text", enc(ex.answer) + [eos], loss=True)]
+        elif ex.task == "edit":
+            segs.append(self.und_segment(und, "ref", "ref_end"))
+            if prompt:
+                segs.append(Segment("text", prompt))
+            segs.append(self.gen_segment(gen))
+        else:
+            segs.append(Segment("text", enc(ex.text) + [eos], loss=True))
+        return Sample(segs, task=self.ids[ex.task])
+
+    # ---- training -----------------------------------------------------------------------------------------------
+    def batch(self, examples: list[Example], generator: torch.Generator | None = None,
+              max_len: int | None = None) -> tuple[Batch, Tensor]:
+        """(collated batch, target bits (N_gen, d) in stream order); images embedded in one call per kind.
+        With a generator, applies condition dropout and bitwise self-correction (training)."""
+        side = self.image_size
+        und_images = [ex.source if ex.task == "edit" else ex.image for ex in examples
+                      if ex.task in ("caption", "vqa", "edit")]
+        gen_images = [ex.image for ex in examples if ex.task in ("t2i", "edit")]
+        und = iter(self.patch_embed(as_images(und_images, side))) if und_images else iter(())
+        gen, targets = iter(()), torch.zeros(0, self.tokenizer.config.bits, dtype=torch.bool)
+        if gen_images:
+            x = as_images(gen_images, side)
+            if generator is not None:
+                levels = torch.randint(0, 4, (len(x),), generator=generator)
+                flip = levels.float() / 3 * self.config.max_flip
+            else:
+                flip = torch.zeros(len(x))
+            inputs, bits = self.tokenizer.self_correct(x, flip, generator)
+            gen = iter(self.scale_embed(inputs, batch=len(x)))
+            targets = torch.cat([b.flatten(2).transpose(1, 2) for b in bits], 1).reshape(-1, bits[0].shape[1])
+        samples = []
+        for ex in examples:
+            drop = generator is not None and ex.task in ("t2i", "edit") and bool(
+                torch.rand((), generator=generator) < self.config.cfg_dropout)
+            u = next(und) if ex.task in ("caption", "vqa", "edit") else None
+            g = next(gen) if ex.task in ("t2i", "edit") else None
+            samples.append(self.sample(ex, u, g, drop))
+        return collate(samples, max_len=max_len, pad_id=self.text.pad), targets
+
+    def loss(self, batch: Batch, target_bits: Tensor) -> tuple[Tensor, dict]:
+        """Text CE (task-weighted) + bit_loss_weight * bitwise CE at generation positions."""
+        out = self.decoder(**batch.model_inputs())
+        parts = {}
+        total = out.logits.new_zeros(())
+        if (batch.labels != -100).any():
+            parts["text"] = weighted_cross_entropy(out.logits, batch.labels, batch.loss_weights)
+            total = total + parts["text"]
+        gen = batch.meta.modality == Modality.IMAGE_GEN
+        if gen.any():
+            parts["bits"] = bitwise_loss(self.bit_head(out.hidden[gen]), target_bits)
+            total = total + self.config.bit_loss_weight * parts["bits"]
+        return total, {k: v.item() for k, v in parts.items()}
+
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        cfg = {"model_type": MODEL_TYPE, **dataclasses.asdict(self.config),
+               "image": dataclasses.asdict(self.tokenizer.config)}
+        self.text.save(directory)
+        return save_checkpoint(directory, cfg, self.state_dict())
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> OmniModel:
+        directory = Path(directory)
+        path = directory / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: not an omniar model directory")
+        d = json.loads(path.read_text())
+        kind = d.pop("model_type", None)
+        if kind != MODEL_TYPE:
+            raise ValueError(f"{path} is a {kind!r} checkpoint, not an OmniModel ({MODEL_TYPE!r})")
+        config = OmniConfig.from_dict(d)
+        model = cls(config, TextTokenizer.load(directory), ImageTokenizer(ImageTokenizerConfig.from_dict(config.image)))
+        load_state_strict(model, read_tensors(directory / WEIGHTS_NAME), source=str(directory / WEIGHTS_NAME))
+        return model.eval()

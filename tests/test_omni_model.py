@@ -1,0 +1,152 @@
+"""OmniModel (the OneCAT composition): stream layouts of every task, the training loss, next-scale generation with
+the KV cache == teacher forcing, one forward pass per scale with CFG rows batched, batch == per item, save/load."""
+
+import pytest
+import torch
+
+from omniar.generation.sampling import SamplingParams
+from omniar.modality import Modality
+from omniar.omni.generate import generate_images, guidance_weights
+from omniar.omni.model import Example, OmniConfig, OmniModel
+from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
+from omniar.tokenizers.text import TextTokenizer
+
+TEXTS = ["a red circle", "a blue square left of a green star", "how many circles are there?", "two",
+         "make the circle blue", "there is a small yellow triangle"] * 4
+
+
+def tiny_model(seed=0, adapter=True):
+    torch.manual_seed(seed)
+    text = TextTokenizer.train(TEXTS, vocab_size=300)
+    image = ImageTokenizer(ImageTokenizerConfig(image_size=32, channels=16, bits=8, downsample=2,
+                                                scales=(1, 2, 4, 8)))
+    decoder = dict(hidden_size=48, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64,
+                   experts=("text", "und", "gen"), routing={"image_und": "und", "image_gen": "gen"})
+    if adapter:
+        decoder.update(scale_adapter_rank=2, num_scales=4)
+    model = OmniModel(OmniConfig(decoder=decoder, patch=4, patch_channels=8), text, image)
+    with torch.no_grad():  # non-zero adapters, so that they matter in every check
+        for name, p in model.named_parameters():
+            if "_lora.B" in name:
+                p.normal_(std=0.02)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def examples(n_img=32):
+    g = torch.Generator().manual_seed(0)
+
+    def img():
+        return torch.rand(3, n_img, n_img, generator=g)
+
+    return [Example("t2i", "a red circle", image=img()), Example("caption", "a blue square", image=img()),
+            Example("vqa", "how many circles are there?", answer="two", image=img()),
+            Example("edit", "make the circle blue", image=img(), source=img()), Example("text", "a green star")]
+
+
+def test_layouts_route_every_image_token_to_its_expert(model):
+    batch, bits = model.batch(examples())
+    mod = batch.meta.modality
+    T = 1 + 4 + 16 + 64
+    assert int((mod == Modality.IMAGE_GEN).sum()) == 2 * T == len(bits)  # t2i and edit targets
+    assert int((mod == Modality.IMAGE_UND).sum()) == 3 * 16  # caption, vqa, edit source: 4 x 4 patch tokens
+    scale_of_gen = batch.meta.block[mod == Modality.IMAGE_GEN][:T]
+    assert scale_of_gen.tolist() == [0] + [1] * 4 + [2] * 16 + [3] * 64
+    loss, parts = model.loss(batch, bits)
+    assert set(parts) == {"text", "bits"} and torch.isfinite(loss)
+
+
+def test_a_short_training_run_lowers_the_loss():
+    model = tiny_model(adapter=True).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(30):
+        batch, bits = model.batch(examples(), generator=g)
+        loss, _ = model.loss(batch, bits)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    assert all(p.grad is None for p in model.tokenizer.parameters())  # the image tokenizer stays frozen
+
+
+def teacher_forced_bits(model, prompt, bits):
+    """Greedy bits from one uncached forward over the whole image, its inputs built from `bits`."""
+    emb = model.scale_embed(model.tokenizer.ar_inputs(bits), batch=1)[0]
+    sample = model.sample(Example("t2i", prompt, image=torch.zeros(3, 32, 32)), None, emb)
+    from omniar.stream.collate import collate
+
+    batch = collate([sample])
+    with torch.no_grad():
+        hidden = model.decoder(**batch.model_inputs()).hidden
+    logits = model.bit_head(hidden[batch.meta.modality == Modality.IMAGE_GEN])
+    return logits.argmax(-1).bool()
+
+
+def test_cached_next_scale_decoding_equals_teacher_forcing(model):
+    _, bits = generate_images(model, ["a red circle"], return_bits=True)
+    flat = torch.cat([b.flatten(2).transpose(1, 2) for b in bits], 1)[0]
+    assert torch.equal(teacher_forced_bits(model, "a red circle", bits), flat)
+
+
+def test_one_forward_pass_per_scale_with_guidance_rows_batched(model):
+    calls = []
+    hook = model.decoder.register_forward_hook(lambda m, args, kw_out=None: calls.append(1))
+    try:
+        images = generate_images(model, ["a red circle", "a blue square left of a green star"], cfg=3.0)
+    finally:
+        hook.remove()
+    assert images.shape == (2, 3, 32, 32) and len(calls) == len(model.scales)
+
+
+def test_batch_generation_equals_one_by_one_with_seeds(model):
+    prompts = ["a red circle", "a blue square left of a green star", "two"]
+    params = SamplingParams(temperature=1.0, top_p=0.95)
+    _, together = generate_images(model, prompts, cfg=2.0, params=params, seeds=[1, 2, 3], return_bits=True)
+    for i, p in enumerate(prompts):
+        _, alone = generate_images(model, [p], cfg=2.0, params=params, seeds=[i + 1], return_bits=True)
+        assert all(torch.equal(a[0], b[i]) for a, b in zip(alone, together))
+    _, other = generate_images(model, prompts, cfg=2.0, params=params, seeds=[4, 5, 6], return_bits=True)
+    assert not all(torch.equal(a, b) for a, b in zip(other, together))
+
+
+def test_editing_reads_the_reference_image(model):
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.rand(3, 32, 32, generator=g), torch.rand(3, 32, 32, generator=g)
+    out = generate_images(model, ["make the circle blue"] * 2, sources=[a, b])
+    assert out.shape == (2, 3, 32, 32)
+    same = generate_images(model, ["make the circle blue"], sources=[a])
+    assert torch.allclose(out[:1], same, atol=1e-5) and not torch.allclose(out[0], out[1])
+
+
+def test_save_load_round_trip(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    loaded = OmniModel.from_pretrained(tmp_path)
+    a = generate_images(model, ["a red circle"], cfg=2.0)
+    b = generate_images(loaded, ["a red circle"], cfg=2.0)
+    assert torch.equal(a, b)
+
+
+def test_guidance_schedule_and_named_errors(model, tmp_path):
+    assert guidance_weights(3.0, 5, "linear") == [1.0, 1.5, 2.0, 2.5, 3.0]
+    assert guidance_weights(3.0, 2, "constant") == [3.0, 3.0]
+    with pytest.raises(ValueError, match="cfg schedule"):
+        guidance_weights(3.0, 2, "cosine")
+    with pytest.raises(ValueError, match="unknown task"):
+        Example("draw", "x", image=torch.zeros(3, 32, 32))
+    with pytest.raises(ValueError, match="needs an image"):
+        Example("caption", "x")
+    with pytest.raises(ValueError, match="32x32"):
+        model.batch([Example("t2i", "a red circle", image=torch.zeros(3, 64, 64))])
+    with pytest.raises(ValueError, match="one per prompt"):
+        generate_images(model, ["a", "b"], seeds=[1])
+    model.decoder.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="not an OmniModel"):
+        OmniModel.from_pretrained(tmp_path)
