@@ -7,7 +7,7 @@ PIP := $(PY) -m pip install --quiet -c constraints.txt
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-slow lint bench clean
+.PHONY: demo test test-slow lint bench bench-tokenizers clean
 
 $(VENV)/.core: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,13 @@ bench: $(VENV)/.dev
 	$(PY) bench/train_throughput.py
 	$(PY) bench/shapeworld_judge.py
 	$(PY) bench/shapeworld_speech.py
+
+# trains both tokenizers with their defaults (~30 minutes on 2 cores), then the image recipe's ablation
+bench-tokenizers: $(VENV)/.dev
+	$(VENV)/bin/omniar tokenizer train image --out out/imgtok
+	$(PY) bench/image_tokenizer.py --model out/imgtok/checkpoint
+	$(PY) bench/speech_codec.py --out out/speech
+	$(PY) bench/image_tokenizer.py --ablate
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

@@ -146,14 +146,18 @@ def _tokenizer_train_image(args) -> None:
     )
 
     if args.data:
-        from omniar.data.manifest import iter_samples
+        from omniar.data.manifest import ManifestError, iter_samples, manifest_files
 
-        images = np.stack([s["image"] for s in iter_samples(args.data, load=("image",)) if "image" in s])
+        files = manifest_files(args.data)
+        images = [s["image"] for f in files for s in iter_samples(f, load=("image",)) if "image" in s]
+        if not images:
+            raise ManifestError(f"no images in {', '.join(map(str, files))}")
+        images = np.stack(images)
     else:
         images = shapeworld_images(args.num_images)
     config = ImageTokenizerConfig(image_size=images.shape[1], bits=args.bits,
                                   scales=tuple(args.scales) if args.scales else ImageTokenizerConfig.scales)
-    model = train_image_tokenizer(args.out, images, config, steps=args.steps, batch=args.batch)
+    model = train_image_tokenizer(args.out, images, config, steps=args.steps, batch=args.batch, lr=args.lr)
     out = Path(args.out)
     report = evaluate_image_tokenizer(model, args.eval_images)
     (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -256,10 +260,11 @@ def main(argv: list[str] | None = None) -> None:
     t.set_defaults(func=_tokenizer_train_text)
 
     t = ttsub.add_parser("image", help="multi-scale bitwise (BSQ) image tokenizer")
-    t.add_argument("--data", help="manifest with images (default: ShapeWorld train renders)")
+    t.add_argument("--data", help="manifest or dataset folder with images (default: ShapeWorld train renders)")
     t.add_argument("--out", required=True)
-    t.add_argument("--steps", type=int, default=3000)
+    t.add_argument("--steps", type=int, default=3500)
     t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--lr", type=float, default=5e-4)
     t.add_argument("--bits", type=int, default=16)
     t.add_argument("--scales", type=int, nargs="+", help="scale schedule, e.g. 1 2 3 4 6 8 (one scale: raster)")
     t.add_argument("--num-images", type=int, default=20000)

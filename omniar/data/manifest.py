@@ -94,15 +94,26 @@ def iter_samples(path: str | Path, load: tuple[str, ...] = ("image", "audio", "e
 TEXT_FIELDS = ("caption", "question", "answer", "text", "prediction")
 
 
+def manifest_files(path: str | Path) -> list[Path]:
+    """The manifests a training `--data` names: the file itself, or in a dataset directory its train.jsonl (else
+    every *.jsonl in it)."""
+    path = Path(path)
+    if not path.is_dir():
+        if not path.is_file():
+            raise ManifestError(f"manifest not found: {path}")
+        return [path]
+    files = [path / "train.jsonl"] if (path / "train.jsonl").is_file() else sorted(path.glob("*.jsonl"))
+    if not files:
+        raise ManifestError(f"no *.jsonl manifest in {path}")
+    return files
+
+
 def manifest_texts(path: str | Path) -> Iterator[str]:
     """Every text of a manifest (captions, questions, answers, edit instructions, transcripts), or of a plain text
-    file (one text per line), or of every `*.jsonl` manifest in a directory."""
+    file (one text per line), or of a dataset directory's manifests (`manifest_files`)."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.glob("*.jsonl"))
-        if not files:
-            raise ManifestError(f"no *.jsonl manifest in {path}")
-        for f in files:
+        for f in manifest_files(path):
             yield from manifest_texts(f)
         return
     if path.suffix != ".jsonl":

@@ -64,7 +64,7 @@ class MultiScaleBSQ(nn.Module):
             q, b, u = self.quantize(self.down(f - f_hat, s))
             f_hat = f_hat + self.contribution(q, k, size)
             bits.append(b)
-            commit = commit + ((u - q.detach()) ** 2).sum(1).mean()
+            commit = commit + ((u - q.detach()) ** 2).mean()  # per element, as Infinity
             soft = (u * math.sqrt(self.dim)).clamp(-1, 1) * 0.5 + 0.5  # ~ probability that each bit is 1
             balance = balance + ((soft.mean(dim=(0, 2, 3)) - 0.5) ** 2).mean()
         return f_hat, bits, commit / len(self.scales), balance / len(self.scales)

@@ -40,10 +40,16 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageTokenizerConfig | None = None,
-                          steps: int = 3000, batch: int = 32, lr: float = 2e-3, seed: int = 0,
+                          steps: int = 3500, batch: int = 32, lr: float = 5e-4, seed: int = 0,
+                          commit_weight: float = 0.0, balance_weight: float = 0.01,
                           progress: bool = True, resume: bool = True, stop_at: int | None = None) -> ImageTokenizer:
     """Train for `steps` (learning-rate schedule over `steps`); `stop_at` ends early with a checkpoint, from which
-    a later call with `resume=True` continues exactly."""
+    a later call with `resume=True` continues exactly.
+
+    Loss: reconstruction (L1 + L2 + image gradients) + commit_weight * commitment + balance_weight * bit balance.
+    The defaults come from the ablation in BENCHMARKS.md: at this budget any commitment term (even Infinity's
+    0.25 on the per-element mean) freezes the encoder near its random initial hash and costs ~3 dB; a strong
+    balance term forces background tokens onto random bits; lr 2e-3 trains the quantised path worse than 5e-4."""
     stop_at = steps if stop_at is None else min(stop_at, steps)
     out = Path(out)
     ckpt = out / "checkpoint"
@@ -68,7 +74,7 @@ def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageToke
             g["lr"] = lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
         recon, _, commit, balance = model(x)
         rec = reconstruction_loss(recon, x)
-        loss = rec + 0.25 * commit + 0.1 * balance
+        loss = rec + commit_weight * commit + balance_weight * balance
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -48,15 +48,9 @@ def shapeworld_speech(num: int, split: str = "train", progress: bool = False) ->
 
 def manifest_speech(path: str | Path) -> list[np.ndarray]:
     """Every audio clip of a manifest, or of a dataset directory (its train.jsonl, else all its *.jsonl)."""
-    from omniar.data.manifest import ManifestError, iter_samples
+    from omniar.data.manifest import ManifestError, iter_samples, manifest_files
 
-    path = Path(path)
-    if path.is_dir():
-        files = [path / "train.jsonl"] if (path / "train.jsonl").is_file() else sorted(path.glob("*.jsonl"))
-        if not files:
-            raise ManifestError(f"no *.jsonl manifest in {path}")
-    else:
-        files = [path]
+    files = manifest_files(path)
     clips = [a["wav"] for f in files for s in iter_samples(f, load=("audio",)) for a in s.get("audio", [])]
     if not clips:
         raise ManifestError(f"no audio in {', '.join(map(str, files))}")
