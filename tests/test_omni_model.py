@@ -150,3 +150,51 @@ def test_guidance_schedule_and_named_errors(model, tmp_path):
     model.decoder.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="not an OmniModel"):
         OmniModel.from_pretrained(tmp_path)
+
+
+def test_describe_decodes_with_the_cache_like_teacher_forcing(model):
+    from omniar.omni.understand import describe
+    from omniar.stream.collate import collate
+    from omniar.stream.segment import Segment
+
+    g = torch.Generator().manual_seed(5)
+    images = [torch.rand(3, 32, 32, generator=g) for _ in range(3)]
+    questions = ["how many circles are there?", "two", "a red circle"]
+    answers = describe(model, images, questions, max_new_tokens=6)
+    assert answers == [describe(model, [im], [q], max_new_tokens=6)[0] for im, q in zip(images, questions)]
+    # the greedy continuation, re-run without the cache, picks the same tokens (then <eos>, if it stopped)
+    for i in range(3):
+        ids = describe(model, [images[i]], [questions[i]], max_new_tokens=6, return_ids=True)[0]
+        und = model.patch_embed(images[i][None])[0]
+        s = model.sample(Example("vqa", questions[i], image=images[i]), und, None)
+        s.segments[-1] = Segment("text", ids + [model.ids["eos"]])
+        batch = collate([s])
+        with torch.no_grad():
+            logits = model.decoder(**batch.model_inputs()).logits[0]
+        L = logits.shape[0]
+        picked = logits[L - len(ids) - 2 : L - 1].argmax(-1).tolist()
+        assert picked[:-1] == ids and (len(ids) == 6 or picked[-1] == model.ids["eos"])
+    captions = describe(model, images[:2])
+    assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
+    with pytest.raises(ValueError, match="one per image"):
+        describe(model, images, questions[:1])
+
+
+def test_understanding_learns_to_answer_about_the_image():
+    """Two images, one question: after a short run the answer depends on the image (the patch path works)."""
+    from omniar.omni.understand import describe
+
+    model = tiny_model(adapter=False).train()
+    g = torch.Generator().manual_seed(0)
+    red, blue = torch.zeros(3, 32, 32), torch.zeros(3, 32, 32)
+    red[0], blue[2] = 1.0, 1.0
+    data = [Example("vqa", "a red circle", answer="two", image=red),
+            Example("vqa", "a red circle", answer="make the circle blue", image=blue)]
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(60):
+        batch, bits = model.batch(data, generator=g)
+        loss, _ = model.loss(batch, bits)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert describe(model, [red, blue], ["a red circle"] * 2, max_new_tokens=8) == ["two", "make the circle blue"]

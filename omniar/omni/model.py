@@ -87,7 +87,7 @@ def as_images(images, side: int) -> Tensor:
     """A list of images (uint8 (S, S, 3) arrays or float (3, S, S) tensors) -> float (N, 3, S, S)."""
     out = []
     for im in images:
-        t = torch.from_numpy(np.asarray(im)).permute(2, 0, 1).float() / 255 if isinstance(im, np.ndarray) else im
+        t = torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 255 if isinstance(im, np.ndarray) else im
         if t.shape != (3, side, side):
             raise ValueError(f"images must be {side}x{side} RGB for this model, got shape {tuple(t.shape)}")
         out.append(t.float())

@@ -1,8 +1,10 @@
 """A plain training loop: AdamW, warm-up + cosine learning rate, gradient clipping, progress bar, JSONL metrics,
 atomic checkpoints (model + optimizer + step, all safetensors/JSON) and exact resume.
 
-Data comes from `batch_for_step(step) -> Batch`, a pure function of the step, so a resumed run sees exactly the
-batches the uninterrupted run would have seen (resume == uninterrupted is a test).
+Data comes from `batch_for_step(step)`, a pure function of the step, so a resumed run sees exactly the batches the
+uninterrupted run would have seen (resume == uninterrupted is a test). The batch is a `Batch` for a plain decoder
+(task-weighted cross-entropy), or anything a `loss_fn(model, batch) -> (loss, {name: value})` understands, e.g.
+an `OmniModel`'s (batch, target bits).
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from omniar.checkpoint import load_training_state, save_training_state
@@ -42,34 +46,42 @@ class TrainConfig:
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def decoder_loss(model: OmniDecoder, batch: Batch) -> tuple[Tensor, dict]:
+    """Task-weighted next-token cross-entropy of a plain decoder."""
+    out = model(**batch.model_inputs())
+    return weighted_cross_entropy(out.logits, batch.labels, batch.loss_weights), {}
+
+
 class Trainer:
-    def __init__(self, model: OmniDecoder, batch_for_step: Callable[[int], Batch], config: TrainConfig,
-                 out_dir: str | Path | None = None, progress: bool = True):
+    def __init__(self, model: nn.Module, batch_for_step: Callable[[int], Any], config: TrainConfig,
+                 out_dir: str | Path | None = None, progress: bool = True,
+                 loss_fn: Callable[[nn.Module, Any], tuple[Tensor, dict]] | None = None):
         self.model, self.batch_for_step, self.config = model, batch_for_step, config
+        self.loss_fn = loss_fn or decoder_loss
         self.out_dir = Path(out_dir) if out_dir is not None else None
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self.progress = progress
-        decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+        trainable = [p for p in model.parameters() if p.requires_grad]  # frozen parts (a tokenizer) stay out
+        decay = [p for p in trainable if p.dim() >= 2]
+        no_decay = [p for p in trainable if p.dim() < 2]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                             {"params": no_decay, "weight_decay": 0.0}],
                                            lr=config.lr, betas=config.betas, fused=False)
         self.step = 0
 
-    def train_step(self, batch: Batch) -> dict:
+    def train_step(self, batch) -> dict:
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr_at(self.step)
-        out = self.model(**batch.model_inputs())
-        loss = weighted_cross_entropy(out.logits, batch.labels, batch.loss_weights)
+        loss, parts = self.loss_fn(self.model, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         lr = self.config.lr_at(self.step)
         self.step += 1
-        return {"step": self.step, "loss": loss.item(), "grad_norm": float(grad_norm), "lr": lr}
+        return {"step": self.step, "loss": loss.item(), **parts, "grad_norm": float(grad_norm), "lr": lr}
 
     def fit(self, until: int | None = None) -> list[dict]:
         """Train to step `until` (default: config.steps); returns the logged metrics."""
@@ -82,7 +94,8 @@ class Trainer:
             while self.step < until:
                 batch = self.batch_for_step(self.step)
                 m = self.train_step(batch)
-                tokens += int((batch.meta.doc >= 0).sum())
+                collated = batch[0] if isinstance(batch, tuple) else batch
+                tokens += int((collated.meta.doc >= 0).sum())
                 if self.step % self.config.log_every == 0 or self.step == until:
                     m["tokens_per_s"] = tokens / (time.perf_counter() - t0)
                     log.append(m)
@@ -113,4 +126,4 @@ class Trainer:
         """Load model weights, optimizer state and step from `save`'s directory."""
         directory = Path(directory)
         self.step = load_training_state(directory, self.optimizer)["step"]  # first: it names a non-training dir
-        self.model.load_state_dict(OmniDecoder.from_pretrained(directory).state_dict())
+        self.model.load_state_dict(type(self.model).from_pretrained(directory).state_dict())
