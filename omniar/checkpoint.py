@@ -79,6 +79,22 @@ def load_state_strict(module: nn.Module, tensors: dict[str, Tensor], source: str
             t.copy_(tensors[name])
 
 
+def read_config(directory: str | Path, model_type: str, what: str) -> dict:
+    """The config dict of a `save_checkpoint` directory holding a `model_type` model (a `what`), without the
+    model_type key; named errors for a missing or malformed file and for another kind of checkpoint."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: not a {what} checkpoint")
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    kind = d.pop("model_type", None) if isinstance(d, dict) else None
+    if kind != model_type:
+        raise ValueError(f"{path} is not a {what} config: model_type {kind!r}, expected {model_type!r}")
+    return d
+
+
 TRAINER_NAME = "trainer.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
 

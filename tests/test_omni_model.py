@@ -148,7 +148,7 @@ def test_guidance_schedule_and_named_errors(model, tmp_path):
     with pytest.raises(ValueError, match="one per prompt"):
         generate_images(model, ["a", "b"], seeds=[1])
     model.decoder.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="not an OmniModel"):
+    with pytest.raises(ValueError, match="not a unified model"):
         OmniModel.from_pretrained(tmp_path)
 
 

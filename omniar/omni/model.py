@@ -24,7 +24,6 @@ unconditional rows in the same batch.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from omniar.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_state_strict, read_tensors, save_checkpoint
+from omniar.checkpoint import WEIGHTS_NAME, load_state_strict, read_config, read_tensors, save_checkpoint
 from omniar.modality import Modality
 from omniar.model.bitwise import BitwiseHead, ScaleInputEmbed, bitwise_loss
 from omniar.model.config import DecoderConfig, build_strict
@@ -213,13 +212,7 @@ class OmniModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> OmniModel:
         directory = Path(directory)
-        path = directory / CONFIG_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: not an omniar model directory")
-        d = json.loads(path.read_text())
-        kind = d.pop("model_type", None)
-        if kind != MODEL_TYPE:
-            raise ValueError(f"{path} is a {kind!r} checkpoint, not an OmniModel ({MODEL_TYPE!r})")
+        d = read_config(directory, MODEL_TYPE, "unified model (OmniModel)")
         config = OmniConfig.from_dict(d)
         model = cls(config, TextTokenizer.load(directory), ImageTokenizer(ImageTokenizerConfig.from_dict(config.image)))
         load_state_strict(model, read_tensors(directory / WEIGHTS_NAME), source=str(directory / WEIGHTS_NAME))

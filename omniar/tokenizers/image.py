@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from omniar.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_state_strict, read_tensors, save_checkpoint
+from omniar.checkpoint import WEIGHTS_NAME, load_state_strict, read_config, read_tensors, save_checkpoint
 from omniar.model.config import build_strict
 from omniar.tokenizers.bsq import MultiScaleBSQ
 
@@ -143,15 +143,8 @@ class ImageTokenizer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> ImageTokenizer:
-        import json
-
         directory = Path(directory)
-        path = directory / CONFIG_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
-        d = json.loads(path.read_text())
-        if d.pop("model_type", MODEL_TYPE) != MODEL_TYPE:
-            raise ValueError(f"{path} is not an image tokenizer config")
+        d = read_config(directory, MODEL_TYPE, "image tokenizer")
         model = cls(ImageTokenizerConfig.from_dict(d))
         load_state_strict(model, read_tensors(directory / WEIGHTS_NAME), source=str(directory / WEIGHTS_NAME))
         return model.eval()

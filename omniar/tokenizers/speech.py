@@ -19,7 +19,6 @@ and chunked decoding equals whole-utterance decoding up to float rounding (tests
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from omniar.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_state_strict, read_tensors, save_checkpoint
+from omniar.checkpoint import WEIGHTS_NAME, load_state_strict, read_config, read_tensors, save_checkpoint
 from omniar.model.config import build_strict
 from omniar.tokenizers.vq import VectorQuantizer
 
@@ -292,15 +291,7 @@ class SpeechCodec(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> SpeechCodec:
         directory = Path(directory)
-        path = directory / CONFIG_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: not a speech codec checkpoint")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
-        if not isinstance(d, dict) or d.pop("model_type", None) != MODEL_TYPE:
-            raise ValueError(f"{path} is not a speech codec config (model_type {MODEL_TYPE!r})")
+        d = read_config(directory, MODEL_TYPE, "speech codec")
         model = cls(SpeechCodecConfig.from_dict(d))
         load_state_strict(model, read_tensors(directory / WEIGHTS_NAME), source=str(directory / WEIGHTS_NAME))
         return model.eval()
