@@ -26,11 +26,11 @@ from omniar.tokenizers.train_image import (
 )
 
 VARIANTS = {  # name: keyword arguments of train_image_tokenizer
-    "default (no commitment, balance 0.01, lr 5e-4)": {},
+    "default (no commitment, balance 0.01, lr 2e-3)": {},
     "+ commitment 0.25 (Infinity's weight)": {"commit_weight": 0.25},
     "+ commitment 4.0 (the first run's weight)": {"commit_weight": 4.0},
     "balance 0.1": {"balance_weight": 0.1},
-    "lr 2e-3": {"lr": 2e-3},
+    "lr 5e-4": {"lr": 5e-4},
 }
 
 

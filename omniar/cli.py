@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--out", required=True)
     t.add_argument("--steps", type=int, default=3500)
     t.add_argument("--batch", type=int, default=32)
-    t.add_argument("--lr", type=float, default=5e-4)
+    t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--bits", type=int, default=16)
     t.add_argument("--scales", type=int, nargs="+", help="scale schedule, e.g. 1 2 3 4 6 8 (one scale: raster)")
     t.add_argument("--num-images", type=int, default=20000)
