@@ -198,3 +198,34 @@ def test_understanding_learns_to_answer_about_the_image():
         loss.backward()
         opt.step()
     assert describe(model, [red, blue], ["a red circle"] * 2, max_new_tokens=8) == ["two", "make the circle blue"]
+
+
+def test_three_branch_edit_guidance_is_one_batch_and_reduces_to_the_plain_edit(model):
+    g = torch.Generator().manual_seed(4)
+    sources = [torch.rand(3, 32, 32, generator=g) for _ in range(2)]
+    calls = []
+    hook = model.decoder.register_forward_hook(lambda m, args, out: calls.append(args))
+    try:
+        guided = generate_images(model, ["make the circle blue"] * 2, sources=sources, cfg=3.0, image_cfg=1.5)
+    finally:
+        hook.remove()
+    assert guided.shape == (2, 3, 32, 32) and len(calls) == len(model.scales)
+    plain = generate_images(model, ["make the circle blue"] * 2, sources=sources)
+    # image_cfg 0 and text weight 1: l = l_empty + (l_full - l_empty) = l_full
+    reduced = generate_images(model, ["make the circle blue"] * 2, sources=sources, cfg=1.0, image_cfg=0.0)
+    assert torch.allclose(reduced, plain, atol=1e-5)
+    with pytest.raises(ValueError, match="give `sources`"):
+        generate_images(model, ["a red circle"], image_cfg=1.5)
+
+
+def test_condition_dropout_drops_edit_prompts_and_references():
+    model = tiny_model(adapter=False)
+    model.config.cfg_dropout = 0.5
+    ex = examples()[3]  # the edit
+    g = torch.Generator().manual_seed(0)
+    layouts = set()
+    for _ in range(40):
+        batch, _ = model.batch([ex], generator=g)
+        mod = batch.meta.modality[0]
+        layouts.add((int((mod == Modality.IMAGE_UND).sum()), int((batch.meta.doc[0] >= 0).sum())))
+    assert len(layouts) == 4  # with/without the reference x with/without the instruction

@@ -10,7 +10,9 @@ left-padded so every row's scales occupy the same final columns. Then:
 so an image costs one forward pass per scale, the prompt prefill included in the first. With guidance the
 unconditional rows (prompt dropped, as in training's condition dropout) run in the same passes; the per-bit
 log-probabilities are combined as uncond + w_k (cond - uncond), with w_k constant or ramped linearly from 1 at
-the first scale to `cfg` at the last (VAR's schedule).
+the first scale to `cfg` at the last (VAR's schedule). Editing with `image_cfg` uses OneCAT's three branches in
+one batch - full (reference + instruction), text-only (instruction), empty: l_I = (l_full + image_cfg l_text) /
+(1 + image_cfg), l = l_empty + w_k (l_I - l_empty).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def row_params(params: SamplingParams, i: int) -> SamplingParams:
 
 @torch.inference_mode()
 def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequence | None = None,
-                    cfg: float = 1.0, cfg_schedule: str = "linear", params: SamplingParams | None = None,
+                    cfg: float = 1.0, cfg_schedule: str = "linear", image_cfg: float | None = None,
+                    params: SamplingParams | None = None,
                     seeds: Sequence[int] | None = None, return_bits: bool = False):
     """Images (B, 3, S, S) in [0, 1] for text prompts - or, with `sources` (one image per prompt), edits of them
     (guidance then drops the instruction and keeps the reference image). `params` sample each bit (default
@@ -60,23 +63,25 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
     generators = [torch.Generator().manual_seed(int(s)) for s in (seeds if seeds is not None else [0] * len(prompts))]
     params = params or SamplingParams(temperature=0.0)
     model.eval()
-    n, guided = len(prompts), cfg != 1.0
+    if image_cfg is not None and sources is None:
+        raise ValueError("image_cfg guides edits: give `sources`")
+    n = len(prompts)
     task = "t2i" if sources is None else "edit"
     examples = [Example(task, p, image=torch.zeros(3, model.image_size, model.image_size),
                         source=None if sources is None else sources[i]) for i, p in enumerate(prompts)]
-    rows = examples + (examples if guided else [])
-    und = None
-    if sources is not None:
-        und = model.patch_embed(as_images(list(sources), model.image_size))
-        und = torch.cat([und, und]) if guided else und
+    # row groups: (drop prompt, drop image) - conditional first, then the unconditional branches
+    branches = [(False, False)] + ([(False, True), (True, True)] if image_cfg is not None else
+                                   [(True, False)] if cfg != 1.0 else [])
+    und = None if sources is None else model.patch_embed(as_images(list(sources), model.image_size))
     T = sum(s * s for s in model.scales)
     D = model.decoder.config.hidden_size
     placeholder = torch.zeros(T, D)
-    samples = [model.sample(ex, None if und is None else und[i], placeholder, drop_prompt=i >= n)
-               for i, ex in enumerate(rows)]
+    samples = [model.sample(ex, None if und is None else und[i], placeholder, drop_prompt=dp, drop_image=di)
+               for dp, di in branches for i, ex in enumerate(examples)]
     for s in samples:  # generation stops at the last scale: no <eoi> position
         s.segments[-1].end = None
     batch = collate(samples, pad_side="left", pad_id=model.text.pad)
+    groups = len(branches)
     L = batch.input_ids.shape[1]
     start = L - T  # first generation column, identical in every row
     gen_key = int(Modality.IMAGE_GEN)
@@ -89,16 +94,21 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
         stop = at + s * s
         piece = batch.slice(0 if k == 0 else at, stop)
         if k == 0:
-            emb = model.scale_embed([], batch=len(rows))
+            emb = model.scale_embed([], batch=n * groups)
         else:
-            emb = model.scale_embed([quantizer.down(f_hat, s)], batch=n, first=k)
-            emb = torch.cat([emb, emb]) if guided else emb
+            emb = model.scale_embed([quantizer.down(f_hat, s)], batch=n, first=k).repeat(groups, 1, 1)
         inputs = piece.model_inputs()
         inputs["features"] = {**inputs["features"], gen_key: emb.reshape(-1, D)}
         hidden = model.decoder(**inputs, cache=cache).hidden[:, -s * s:]
-        logp = model.bit_head(hidden).float().log_softmax(-1)  # (rows, s*s, d, 2)
-        if guided:
-            logp = logp[n:] + weights[k] * (logp[:n] - logp[n:])
+        logp = model.bit_head(hidden).float().log_softmax(-1).unflatten(0, (groups, n))  # (groups, n, s*s, d, 2)
+        if image_cfg is not None:
+            full, text, empty = logp
+            guided = (full + image_cfg * text) / (1 + image_cfg)
+            logp = empty + weights[k] * (guided - empty)
+        elif groups == 2:
+            logp = logp[1] + weights[k] * (logp[0] - logp[1])
+        else:
+            logp = logp[0]
         b = torch.cat([sample_bits(logp[i : i + 1], row_params(params, i), g) for i, g in enumerate(generators)])
         b = b.transpose(1, 2).reshape(n, -1, s, s)
         bits.append(b)

@@ -55,7 +55,7 @@ class OmniConfig:
     patch: int = 4  # understanding patch size (then 2 x 2 unshuffle: 8 x 8 pixels per token)
     patch_channels: int = 64
     bit_loss_weight: float = 1.0
-    cfg_dropout: float = 0.1  # t2i / edit prompts dropped in training, for classifier-free guidance
+    cfg_dropout: float = 0.1  # t2i / edit prompts and edit references dropped (independently) in training, for CFG
     max_flip: float = 0.3  # bitwise self-correction: flip probability ~ U{0, ..., max_flip} per image
 
     @classmethod
@@ -134,8 +134,10 @@ class OmniModel(nn.Module):
         return Segment("image_und", features=features, grid=self.patch_embed.grid(), begin=self.ids[begin],
                        end=self.ids[end])
 
-    def sample(self, ex: Example, und: Tensor | None, gen: Tensor | None, drop_prompt: bool = False) -> Sample:
-        """The stream layout of one example (module docstring), given its embedded images."""
+    def sample(self, ex: Example, und: Tensor | None, gen: Tensor | None, drop_prompt: bool = False,
+               drop_image: bool = False) -> Sample:
+        """The stream layout of one example (module docstring), given its embedded images; `drop_prompt` and
+        `drop_image` (edit: the reference) give the unconditional layouts of classifier-free guidance."""
         enc, eos = self.text.encode, self.ids["eos"]
         prompt = [] if drop_prompt else enc(ex.text)
         segs: list[Segment] = []
@@ -149,7 +151,8 @@ class OmniModel(nn.Module):
             segs += [self.und_segment(und), Segment("text", enc(ex.text) + [self.ids["assistant"]]),
                      Segment("text", enc(ex.answer) + [eos], loss=True)]
         elif ex.task == "edit":
-            segs.append(self.und_segment(und, "ref", "ref_end"))
+            if not drop_image:
+                segs.append(self.und_segment(und, "ref", "ref_end"))
             if prompt:
                 segs.append(Segment("text", prompt))
             segs.append(self.gen_segment(gen))
@@ -180,11 +183,12 @@ class OmniModel(nn.Module):
             targets = torch.cat([b.flatten(2).transpose(1, 2) for b in bits], 1).reshape(-1, bits[0].shape[1])
         samples = []
         for ex in examples:
-            drop = generator is not None and ex.task in ("t2i", "edit") and bool(
-                torch.rand((), generator=generator) < self.config.cfg_dropout)
+            drop_prompt = drop_image = False
+            if generator is not None and ex.task in ("t2i", "edit"):  # condition dropout, each independently
+                drop_prompt, drop_image = (torch.rand(2, generator=generator) < self.config.cfg_dropout).tolist()
             u = next(und) if ex.task in ("caption", "vqa", "edit") else None
             g = next(gen) if ex.task in ("t2i", "edit") else None
-            samples.append(self.sample(ex, u, g, drop))
+            samples.append(self.sample(ex, u, g, drop_prompt, drop_image and ex.task == "edit"))
         return collate(samples, max_len=max_len, pad_id=self.text.pad), targets
 
     def loss(self, batch: Batch, target_bits: Tensor) -> tuple[Tensor, dict]:
