@@ -189,6 +189,80 @@ def _tokenizer_train_speech(args) -> None:
     print(f"codec: {(Path(args.out) / 'checkpoint').resolve()} (report.json, sample*.wav, metrics.jsonl)")
 
 
+def _overrides(pairs: list[str]) -> dict:
+    """key=value pairs (values parsed as JSON when they can be) -> dict."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set takes key=value, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _train_omni(args) -> None:
+    import torch
+
+    from omniar.omni.model import OmniModel, omni_preset
+    from omniar.omni.train import Recipe, train_omni
+    from omniar.tokenizers.image import ImageTokenizer
+    from omniar.tokenizers.text import TextTokenizer
+
+    torch.manual_seed(args.seed)
+    tasks = {k: float(v) for k, v in _overrides(args.tasks.split(",")).items()}
+    recipe = Recipe(tasks=tasks, examples_per_step=args.batch, steps=args.steps, lr=args.lr)
+    out = Path(args.out)
+    if (out / "checkpoint" / "trainer.json").is_file():
+        model = OmniModel.from_pretrained(out / "checkpoint")
+        print(f"resuming {out / 'checkpoint'}")
+    else:
+        model = OmniModel(omni_preset(args.preset, **_overrides(args.set)), TextTokenizer.load(args.text_tokenizer),
+                          ImageTokenizer.from_pretrained(args.image_tokenizer))
+    train_omni(model, out, recipe, seed=args.seed)
+    print(f"checkpoint: {(out / 'checkpoint').resolve()}")
+
+
+def _generate_image(args) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from omniar.generation.sampling import SamplingParams
+    from omniar.omni.generate import generate_images
+    from omniar.omni.model import OmniModel
+
+    model = OmniModel.from_pretrained(args.model)
+    sources = None
+    if args.image:
+        from omniar.data.manifest import load_image
+
+        sources = [load_image(args.image)] * len(args.prompts)
+    images = generate_images(model, args.prompts, sources=sources, cfg=args.cfg, image_cfg=args.image_cfg,
+                             params=SamplingParams(temperature=args.temperature, top_p=args.top_p),
+                             seeds=[args.seed + i for i in range(len(args.prompts))])
+    out = Path(args.output)
+    arrays = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    for i, a in enumerate(arrays):
+        path = out if len(arrays) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
+        Image.fromarray(a).save(path)
+        print(path)
+
+
+def _ask(args) -> None:
+    from omniar.data.manifest import load_image
+    from omniar.omni.model import OmniModel
+    from omniar.omni.understand import describe
+
+    model = OmniModel.from_pretrained(args.model)
+    image = load_image(args.image)
+    questions = args.questions or None
+    images = [image] * (len(questions) if questions else 1)
+    for text in describe(model, images, questions):
+        print(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="omniar", description="Unified multimodal autoregressive models.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -216,8 +290,38 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_train_text)
 
+    t = tsub.add_parser("omni", help="OmniModel (OneCAT) on ShapeWorld: t2i, caption, vqa, edit, text")
+    t.add_argument("--out", required=True, help="run directory (resumes from its checkpoint if there is one)")
+    t.add_argument("--preset", default="onecat-tiny")
+    t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="decoder config overrides, e.g. num_layers=2")
+    t.add_argument("--text-tokenizer", required=True, help="directory with tokenizer.json")
+    t.add_argument("--image-tokenizer", required=True, help="image tokenizer checkpoint directory")
+    t.add_argument("--tasks", default="t2i=0.4,caption=0.15,vqa=0.25,edit=0.15,text=0.05")
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--batch", type=int, default=16, help="examples per step")
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_train_omni)
+
+    p = sub.add_parser("ask", help="answer questions about an image (or caption it) with an OmniModel")
+    p.add_argument("--model", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("questions", nargs="*", help="none: caption the image")
+    p.set_defaults(func=_ask)
+
     p = sub.add_parser("generate", help="generate from a checkpoint")
     gsub = p.add_subparsers(dest="what", required=True)
+    t = gsub.add_parser("image", help="text-to-image (or, with --image, an edit of it) with an OmniModel")
+    t.add_argument("--model", required=True)
+    t.add_argument("prompts", nargs="+")
+    t.add_argument("-o", "--output", default="out.png", help="one prompt: this file; more: name-0.png, ...")
+    t.add_argument("--image", help="edit this image (the prompts are instructions)")
+    t.add_argument("--cfg", type=float, default=3.0)
+    t.add_argument("--image-cfg", type=float, help="edits: OneCAT's three-branch guidance with this image weight")
+    t.add_argument("--temperature", type=float, default=0.0, help="per bit; 0 = greedy")
+    t.add_argument("--top-p", type=float, default=1.0)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_generate_image)
     t = gsub.add_parser("text")
     t.add_argument("--model", required=True, help="checkpoint directory")
     t.add_argument("prompts", nargs="+")
