@@ -229,3 +229,15 @@ def test_condition_dropout_drops_edit_prompts_and_references():
         mod = batch.meta.modality[0]
         layouts.add((int((mod == Modality.IMAGE_UND).sum()), int((batch.meta.doc[0] >= 0).sum())))
     assert len(layouts) == 4  # with/without the reference x with/without the instruction
+
+
+def test_prompts_longer_than_the_context_are_named(model):
+    from omniar.omni.understand import describe
+
+    long = "a red circle " * 200
+    with pytest.raises(ValueError, match=r"prompt 0 \('a red circle.*more than the model's context of 512"):
+        generate_images(model, [long])
+    with pytest.raises(ValueError, match="t2i example 0 needs"):
+        model.batch([Example("t2i", long, image=torch.zeros(3, 32, 32))])
+    with pytest.raises(ValueError, match="question 0 needs .* \\+ 1000 to generate"):
+        describe(model, [torch.zeros(3, 32, 32)], ["how many circles are there?"], max_new_tokens=1000)

@@ -81,6 +81,7 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
     for s in samples:  # generation stops at the last scale: no <eoi> position
         s.segments[-1].end = None
     batch = collate(samples, pad_side="left", pad_id=model.text.pad)
+    model.check_context(batch, [f"prompt {i % n} ({prompts[i % n][:40]!r})" for i in range(len(samples))])
     groups = len(branches)
     L = batch.input_ids.shape[1]
     start = L - T  # first generation column, identical in every row

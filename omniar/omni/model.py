@@ -57,6 +57,7 @@ class OmniConfig:
     bit_loss_weight: float = 1.0
     cfg_dropout: float = 0.1  # t2i / edit prompts and edit references dropped (independently) in training, for CFG
     max_flip: float = 0.3  # bitwise self-correction: flip probability ~ U{0, ..., max_flip} per image
+    max_length: int = 512  # the context: positions of one example (prompt, images and answer)
 
     @classmethod
     def from_dict(cls, d: dict) -> OmniConfig:
@@ -212,7 +213,19 @@ class OmniModel(nn.Module):
             u = next(und) if ex.task in ("caption", "vqa", "edit") else None
             g = next(gen) if ex.task in ("t2i", "edit") else None
             samples.append(self.sample(ex, u, g, drop_prompt, drop_image and ex.task == "edit"))
-        return collate(samples, max_len=max_len, pad_id=self.text.pad), targets
+        batch = collate(samples, max_len=max_len, pad_id=self.text.pad)
+        if max_len is None:
+            self.check_context(batch, [f"{ex.task} example {i}" for i, ex in enumerate(examples)])
+        return batch, targets
+
+    def check_context(self, batch: Batch, names: list[str], reserve: int = 0) -> None:
+        """A named error when a row (plus `reserve` positions still to generate) exceeds the context."""
+        lengths = (batch.meta.doc >= 0).sum(1).tolist()
+        for name, n in zip(names, lengths):
+            if n + reserve > self.config.max_length:
+                extra = f" + {reserve} to generate" if reserve else ""
+                raise ValueError(f"{name} needs {n}{extra} positions, more than the model's context of "
+                                 f"{self.config.max_length} (OmniConfig.max_length): shorten the prompt")
 
     def loss(self, batch: Batch, target_bits: Tensor) -> tuple[Tensor, dict]:
         """Text CE (task-weighted) + bit_loss_weight * bitwise CE at generation positions."""
