@@ -7,7 +7,6 @@ order and the learning rate are functions of the step, so a resumed run continue
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from tqdm.auto import tqdm
 
 from omniar.checkpoint import load_training_state, save_training_state
 from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, reconstruction_loss
+from omniar.train.trainer import warm_cosine
 
 
 def shapeworld_images(num: int, split: str = "train", side: int = 64) -> np.ndarray:
@@ -68,9 +68,8 @@ def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageToke
     while step < stop_at:
         rng = np.random.default_rng(seed * 1_000_003 + step)
         x = data[torch.from_numpy(rng.integers(0, len(data), batch))]
-        warm = min(1.0, (step + 1) / 100)
         for g in opt.param_groups:
-            g["lr"] = lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+            g["lr"] = warm_cosine(step, steps, lr, floor=0.1)
         recon, _, commit, balance = model(x)
         rec = reconstruction_loss(recon, x)
         loss = rec + commit_weight * commit + balance_weight * balance

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from omniar.checkpoint import load_training_state, save_training_state
 from omniar.tokenizers.speech import SpeechCodec, SpeechCodecConfig, magnitude
+from omniar.train.trainer import warm_cosine
 
 STFT_RESOLUTIONS = ((128, 32), (256, 64), (512, 128), (1024, 256))  # (n_fft, hop)
 
@@ -120,9 +121,8 @@ def train_speech_codec(out: str | Path, clips: list[np.ndarray], config: SpeechC
     while step < stop_at:
         rng = np.random.default_rng([seed, 0, step])
         x = _crops(stream, rng, batch, length)
-        warm = min(1.0, (step + 1) / 100)
         for g in opt.param_groups:
-            g["lr"] = lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+            g["lr"] = warm_cosine(step, steps, lr, floor=0.05)
         y, ids, commit = codec(x, generator=torch.Generator().manual_seed(seed * 1_000_003 + step))
         stft, mel = codec_losses(codec, y, x)
         loss = stft + mel_weight * mel + commit_weight * commit

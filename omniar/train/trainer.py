@@ -27,6 +27,13 @@ from omniar.stream.collate import Batch
 from omniar.train.losses import weighted_cross_entropy
 
 
+def warm_cosine(step: int, steps: int, lr: float, warmup: int = 100, floor: float = 0.1) -> float:
+    """The tokenizers' schedule: linear warm-up over `warmup` steps times a cosine from lr down to floor * lr over
+    all `steps` (a function of the step, so resumed runs follow it exactly)."""
+    warm = min(1.0, (step + 1) / warmup)
+    return lr * warm * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / steps)))
+
+
 @dataclass
 class TrainConfig:
     steps: int = 300
