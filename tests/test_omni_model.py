@@ -15,16 +15,18 @@ TEXTS = ["a red circle", "a blue square left of a green star", "how many circles
          "make the circle blue", "there is a small yellow triangle"] * 4
 
 
-def tiny_model(seed=0, adapter=True):
+def tiny_model(seed=0, adapter=True, raster=False):
     torch.manual_seed(seed)
     text = TextTokenizer.train(TEXTS, vocab_size=300)
     image = ImageTokenizer(ImageTokenizerConfig(image_size=32, channels=16, bits=8, downsample=2,
-                                                scales=(1, 2, 4, 8)))
+                                                scales=(8,) if raster else (1, 2, 4, 8)))
     decoder = dict(hidden_size=48, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64,
-                   experts=("text", "und", "gen"), routing={"image_und": "und", "image_gen": "gen"})
+                   experts=("text", "und", "gen"),
+                   routing={"image_und": "und", "image_gen": "gen", "image_raster": "gen"})
     if adapter:
         decoder.update(scale_adapter_rank=2, num_scales=4)
-    model = OmniModel(OmniConfig(decoder=decoder, patch=4, patch_channels=8), text, image)
+    model = OmniModel(OmniConfig(decoder=decoder, patch=4, patch_channels=8,
+                                 generation="raster" if raster else "next_scale"), text, image)
     with torch.no_grad():  # non-zero adapters, so that they matter in every check
         for name, p in model.named_parameters():
             if "_lora.B" in name:
@@ -241,3 +243,38 @@ def test_prompts_longer_than_the_context_are_named(model):
         model.batch([Example("t2i", long, image=torch.zeros(3, 32, 32))])
     with pytest.raises(ValueError, match="question 0 needs .* \\+ 1000 to generate"):
         describe(model, [torch.zeros(3, 32, 32)], ["how many circles are there?"], max_new_tokens=1000)
+
+
+def test_raster_baseline_decodes_token_by_token_like_teacher_forcing():
+    """The raster baseline (single-scale tokenizer, next-token decoding): one forward pass per token, CFG rows
+    batched; the cached greedy tokens are what one uncached teacher-forced pass predicts."""
+    from omniar.stream.collate import collate
+
+    model = tiny_model(adapter=False, raster=True)
+    calls = []
+    hook = model.decoder.register_forward_hook(lambda m, args, out: calls.append(1))
+    try:
+        _, bits = generate_images(model, ["a red circle", "two"], cfg=2.0, return_bits=True)
+    finally:
+        hook.remove()
+    assert len(bits) == 1 and bits[0].shape == (2, 8, 8, 8) and len(calls) == 64
+    _, plain = generate_images(model, ["a red circle"], return_bits=True)
+    codes = model.tokenizer.quantizer.codes(plain[0]).flatten(2).transpose(1, 2)
+    emb = model.scale_embed.raster(codes, 0, 64)[0]
+    batch = collate([model.sample(Example("t2i", "a red circle", image=torch.zeros(3, 32, 32)), None, emb)])
+    with torch.no_grad():
+        hidden = model.decoder(**batch.model_inputs()).hidden
+    forced = model.bit_head(hidden[batch.meta.modality == Modality.IMAGE_RASTER]).argmax(-1).bool()
+    assert torch.equal(forced, plain[0].flatten(2).transpose(1, 2)[0])
+    batch, targets = model.batch(examples())
+    loss, parts = model.loss(batch, targets)
+    assert int((batch.meta.modality == Modality.IMAGE_RASTER).sum()) == 2 * 64 == len(targets) and "bits" in parts
+
+
+def test_generation_kind_must_match_the_tokenizer():
+    text = TextTokenizer.train(TEXTS, vocab_size=300)
+    single = ImageTokenizer(ImageTokenizerConfig(image_size=32, channels=16, bits=8, downsample=2, scales=(8,)))
+    with pytest.raises(ValueError, match="next_scale generation needs a multi-scale image tokenizer"):
+        OmniModel(OmniConfig(decoder=dict(hidden_size=48, num_layers=1, num_heads=4, num_kv_heads=2)), text, single)
+    with pytest.raises(ValueError, match="generation must be one of"):
+        OmniConfig(generation="diffusion")

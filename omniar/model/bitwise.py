@@ -2,10 +2,12 @@
 
 Input at the positions of scale k (VAR's teacher forcing): the image tokenizer's AR input for scale k - the
 running reconstruction after scales < k, area-downsampled to s_k x s_k, d channels (`ImageTokenizer.ar_inputs`)
--> Linear(d, D) -> GELU, plus a learned embedding of k. Scale 0 has no earlier scale: its single position reads a
-learned start vector. The decoder's `image_gen` feature projection (a Linear(D, D)) is the MLP's second layer, as
-for understanding patches. The stream places scale tokens at the centres of the final grid's cells (`collate`),
-which gives the 2-D positions scaled to the final grid.
+-> Linear(d, D) -> GELU, plus a learned embedding of k and a learned 2-D position embedding of the final grid
+area-downsampled to s_k x s_k (VAR adds absolute positions too: at the coarse scales the inputs are nearly
+uniform, and without them the tokens of a scale could not tell their places apart). Scale 0 has no earlier
+scale: its single position reads a learned start vector. The decoder's `image_gen` feature projection (a
+Linear(D, D)) is the MLP's second layer, as for understanding patches. The stream places scale tokens at the
+centres of the final grid's cells (`collate`), which gives the 2-D positions scaled to the final grid.
 
 Head: Linear(D, 2d), two logits per bit, trained with the mean binary cross-entropy over bits and sampled bit by
 bit (temperature, top-k, top-p; with two outcomes top-k 1 is greedy and top-p keeps the likelier bit alone when
@@ -22,13 +24,19 @@ from omniar.generation.sampling import SamplingParams, sample
 
 
 class ScaleInputEmbed(nn.Module):
-    def __init__(self, bits: int, hidden: int, num_scales: int):
+    def __init__(self, bits: int, hidden: int, num_scales: int, side: int = 1):
         super().__init__()
         self.bits, self.num_scales = bits, num_scales
         self.proj = nn.Linear(bits, hidden)
         self.start = nn.Parameter(torch.randn(hidden) * 0.02)
         self.scale = nn.Embedding(num_scales, hidden)
+        self.pos = nn.Parameter(torch.randn(1, hidden, side, side) * 0.02)  # the final grid's positions
         nn.init.normal_(self.scale.weight, std=0.02)
+
+    def position(self, size: int) -> Tensor:
+        """(size * size, D) position embeddings of a size x size scale: the final grid's, area-downsampled."""
+        pos = self.pos if size == self.pos.shape[-1] else F.interpolate(self.pos, size=(size, size), mode="area")
+        return pos[0].flatten(1).t()
 
     def forward(self, ar_inputs: list[Tensor], batch: int, first: int = 0) -> Tensor:
         """Embeddings (batch, T, D) of scales first, first + 1, ... in scale-major, row-major order.
@@ -37,7 +45,7 @@ class ScaleInputEmbed(nn.Module):
         the inputs of scales 1.. only, with first=0, and scale 0's start vector is put in front)."""
         parts = []
         if first == 0:
-            parts.append((self.start + self.scale.weight[0]).expand(batch, 1, -1))
+            parts.append((self.start + self.scale.weight[0] + self.position(1)).expand(batch, 1, -1))
         for j, x in enumerate(ar_inputs):
             k = first + j + (first == 0)
             if k >= self.num_scales:
@@ -45,10 +53,22 @@ class ScaleInputEmbed(nn.Module):
             if x.dim() != 4 or x.shape[:2] != (batch, self.bits):
                 raise ValueError(f"AR input of scale {k} must be ({batch}, {self.bits}, s, s), got {tuple(x.shape)}")
             tokens = x.flatten(2).transpose(1, 2)
-            parts.append(F.gelu(self.proj(tokens)) + self.scale.weight[k])
+            parts.append(F.gelu(self.proj(tokens)) + self.scale.weight[k] + self.position(x.shape[-1]))
         if not parts:
             raise ValueError("no scales to embed")
         return torch.cat(parts, 1)
+
+    def raster(self, codes: Tensor, first: int, stop: int) -> Tensor:
+        """Next-token inputs (B, stop - first, D) of raster positions [first, stop) of a single-scale image:
+        position t reads the code of token t - 1 (codes (B, >= stop - 1, d), row-major), position 0 the start
+        vector; plus the position embedding of t (the Chameleon / AR-Omni baseline)."""
+        parts = []
+        if first == 0:
+            parts.append(self.start.expand(codes.shape[0], 1, -1))
+        if stop > max(first, 1):
+            parts.append(F.gelu(self.proj(codes[:, max(first, 1) - 1 : stop - 1])))
+        side = self.pos.shape[-1]
+        return torch.cat(parts, 1) + self.scale.weight[0] + self.position(side)[first:stop]
 
 
 class BitwiseHead(nn.Module):

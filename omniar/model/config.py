@@ -39,6 +39,7 @@ class DecoderConfig:
     # Frequency pairs given to the (t, row, col) position components (Qwen2-VL M-RoPE). None: a quarter each
     # to row and col, the rest to t. Text positions have t == row == col, so text sees plain 1-D RoPE.
     rope_sections: tuple[int, int, int] | None = None
+    rope_interleaved: bool = True  # spread each component over all frequencies (Qwen3-VL); False: Qwen2-VL blocks
     norm_eps: float = 1e-6
     qkv_bias: bool = False
     qk_norm: bool = False  # RMSNorm on each head's queries and keys (Chameleon / AR-Omni stability)

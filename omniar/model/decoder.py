@@ -45,7 +45,7 @@ class OmniDecoder(nn.Module):
         self.feature_proj = nn.ModuleDict({Modality.parse(m).name.lower(): nn.Linear(d, D)
                                            for m, d in config.feature_dims.items()})
         self.router = Router(config)
-        self.rope = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_sections)
+        self.rope = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_sections, config.rope_interleaved)
         self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(D, config.norm_eps)
         self.lm_head = None if config.tie_embeddings else Linear(D, config.vocab_size, bias=False)

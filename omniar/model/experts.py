@@ -35,9 +35,12 @@ class Routing:
             self.single = used[0]
             return
         self.single = None
-        self.order = torch.argsort(flat, stable=True)
-        if scale is not None:
-            self.scale = scale.reshape(-1)[self.order]
+        if scale is not None:  # sorted by expert, then by scale: a Scale-Aware Adapter gets contiguous scales
+            scale = scale.reshape(-1)
+            self.order = torch.argsort(flat * (int(scale.max()) + 1) + scale, stable=True)
+            self.scale = scale[self.order]
+        else:
+            self.order = torch.argsort(flat, stable=True)
         self.inverse = torch.empty_like(self.order)
         self.inverse[self.order] = torch.arange(len(flat), device=flat.device)
         self.groups = [(e, counts[e]) for e in used]

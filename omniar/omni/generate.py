@@ -1,18 +1,20 @@
-"""Next-scale image generation with the KV cache (VAR / Infinity / OneCAT), batched, with classifier-free guidance.
+"""Image generation with the KV cache, batched, with classifier-free guidance: next-scale (VAR / Infinity /
+OneCAT) or, for the raster baseline, next-token (Chameleon / AR-Omni).
 
 The rows are laid out exactly as in training (`OmniModel.sample`) with placeholder generation features, collated
-left-padded so every row's scales occupy the same final columns. Then:
+left-padded so every row's image positions occupy the same final columns. Then, next-scale:
 
     pass 0:      the prompt (and <boi>) plus scale 0's start position -> bits of scale 0
     pass k >= 1: scale k's positions, whose inputs are the tokenizer's running reconstruction after scales < k
                  (area-downsampled to s_k) -> bits of scale k
 
-so an image costs one forward pass per scale, the prompt prefill included in the first. With guidance the
-unconditional rows (prompt dropped, as in training's condition dropout) run in the same passes; the per-bit
-log-probabilities are combined as uncond + w_k (cond - uncond), with w_k constant or ramped linearly from 1 at
-the first scale to `cfg` at the last (VAR's schedule). Editing with `image_cfg` uses OneCAT's three branches in
-one batch - full (reference + instruction), text-only (instruction), empty: l_I = (l_full + image_cfg l_text) /
-(1 + image_cfg), l = l_empty + w_k (l_I - l_empty).
+so an image costs one forward pass per scale, the prompt prefill included in the first. The raster baseline
+runs the same loop with one token per pass (its input: the previous token's code), 64 passes for an 8 x 8 grid.
+With guidance the unconditional rows (prompt dropped, as in training's condition dropout) run in the same
+passes; the per-bit log-probabilities are combined as uncond + w_k (cond - uncond), with w_k constant or ramped
+linearly from 1 at the first scale to `cfg` at the last (VAR's schedule; raster: constant). Editing with
+`image_cfg` uses OneCAT's three branches in one batch - full (reference + instruction), text-only
+(instruction), empty: l_I = (l_full + image_cfg l_text) / (1 + image_cfg), l = l_empty + w_k (l_I - l_empty).
 """
 
 from __future__ import annotations
@@ -80,28 +82,22 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
                for dp, di in branches for i, ex in enumerate(examples)]
     for s in samples:  # generation stops at the last scale: no <eoi> position
         s.segments[-1].end = None
+    model.check_context(samples, [f"prompt {i % n} ({prompts[i % n][:40]!r})" for i in range(len(samples))])
     batch = collate(samples, pad_side="left", pad_id=model.text.pad)
-    model.check_context(batch, [f"prompt {i % n} ({prompts[i % n][:40]!r})" for i in range(len(samples))])
     groups = len(branches)
+    steps = _NextScale(model, n) if model.gen_modality == Modality.IMAGE_GEN else _Raster(model, n)
+    weights = guidance_weights(cfg, len(steps.sizes), cfg_schedule) if isinstance(steps, _NextScale) else (
+        [cfg] * len(steps.sizes))  # raster: constant guidance over tokens
     L = batch.input_ids.shape[1]
-    start = L - T  # first generation column, identical in every row
-    gen_key = int(Modality.IMAGE_GEN)
-    quantizer = model.tokenizer.quantizer
-    side = model.scales[-1]
-    weights = guidance_weights(cfg, len(model.scales), cfg_schedule)
+    at = L - T  # first image column, identical in every row
+    gen_key = int(model.gen_modality)
     cache = model.decoder.new_cache()
-    bits, f_hat, at = [], None, start
-    for k, s in enumerate(model.scales):
-        stop = at + s * s
-        piece = batch.slice(0 if k == 0 else at, stop)
-        if k == 0:
-            emb = model.scale_embed([], batch=n * groups)
-        else:
-            emb = model.scale_embed([quantizer.down(f_hat, s)], batch=n, first=k).repeat(groups, 1, 1)
+    for k, size in enumerate(steps.sizes):
+        piece = batch.slice(0 if k == 0 else at, at + size)
         inputs = piece.model_inputs()
-        inputs["features"] = {**inputs["features"], gen_key: emb.reshape(-1, D)}
-        hidden = model.decoder(**inputs, cache=cache).hidden[:, -s * s:]
-        logp = model.bit_head(hidden).float().log_softmax(-1).unflatten(0, (groups, n))  # (groups, n, s*s, d, 2)
+        inputs["features"] = {**inputs["features"], gen_key: steps.inputs(k).repeat(groups, 1, 1).reshape(-1, D)}
+        hidden = model.decoder(**inputs, cache=cache).hidden[:, -size:]
+        logp = model.bit_head(hidden).float().log_softmax(-1).unflatten(0, (groups, n))  # (groups, n, size, d, 2)
         if image_cfg is not None:
             full, text, empty = logp
             guided = (full + image_cfg * text) / (1 + image_cfg)
@@ -110,11 +106,56 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
             logp = logp[1] + weights[k] * (logp[0] - logp[1])
         else:
             logp = logp[0]
-        b = torch.cat([sample_bits(logp[i : i + 1], row_params(params, i), g) for i, g in enumerate(generators)])
-        b = b.transpose(1, 2).reshape(n, -1, s, s)
-        bits.append(b)
-        contribution = quantizer.contribution(quantizer.codes(b), k, side)
-        f_hat = contribution if f_hat is None else f_hat + contribution
-        at = stop
+        steps.add(k, torch.cat([sample_bits(logp[i : i + 1], row_params(params, i), g)
+                                for i, g in enumerate(generators)]))
+        at += size
+    bits = steps.bits()
     images = model.tokenizer.decode(bits)
     return (images, bits) if return_bits else images
+
+
+class _NextScale:
+    """Decoding state of next-scale generation: one step per scale, inputs from the running reconstruction."""
+
+    def __init__(self, model: OmniModel, n: int):
+        self.model, self.n, self.scales = model, n, model.scales
+        self.sizes = [s * s for s in self.scales]
+        self.per_scale: list = []
+        self.f_hat = None
+
+    def inputs(self, k: int):
+        embed = self.model.scale_embed
+        if k == 0:
+            return embed([], batch=self.n)
+        return embed([self.model.tokenizer.quantizer.down(self.f_hat, self.scales[k])], batch=self.n, first=k)
+
+    def add(self, k: int, bits) -> None:
+        s = self.scales[k]
+        b = bits.transpose(1, 2).reshape(self.n, -1, s, s)
+        self.per_scale.append(b)
+        q = self.model.tokenizer.quantizer
+        contribution = q.contribution(q.codes(b), k, self.scales[-1])
+        self.f_hat = contribution if self.f_hat is None else self.f_hat + contribution
+
+    def bits(self) -> list:
+        return self.per_scale
+
+
+class _Raster:
+    """Decoding state of the raster baseline: one token per step, its input the previous token's code."""
+
+    def __init__(self, model: OmniModel, n: int):
+        self.model, self.n, self.side = model, n, model.scales[0]
+        self.sizes = [1] * self.side**2
+        self.codes = torch.zeros(n, 0, model.tokenizer.config.bits)
+        self.tokens: list = []
+
+    def inputs(self, k: int):
+        return self.model.scale_embed.raster(self.codes, k, k + 1)
+
+    def add(self, k: int, bits) -> None:
+        self.tokens.append(bits)
+        self.codes = torch.cat([self.codes, self.model.tokenizer.quantizer.codes(bits)], 1)
+
+    def bits(self) -> list:
+        return [torch.cat(self.tokens, 1).transpose(1, 2).reshape(self.n, -1, self.side, self.side)]

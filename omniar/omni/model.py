@@ -48,10 +48,17 @@ TASKS = ("t2i", "caption", "vqa", "edit", "text")
 TASK_TOKENS = {"t2i": "<t2i>", "caption": "<i2t>", "vqa": "<vqa>", "edit": "<edit>", "text": "<lm>"}
 
 
+GENERATION = ("next_scale", "raster")
+
+
 @dataclass
 class OmniConfig:
     decoder: dict = field(default_factory=dict)  # DecoderConfig fields (vocab and feature widths are set here)
     image: dict = field(default_factory=dict)  # ImageTokenizerConfig fields
+    preset: str = ""  # the preset this config came from (a resumed run must name the same one)
+    # "next_scale": OneCAT / Infinity, one forward pass per scale of a multi-scale tokenizer; "raster": the
+    # Chameleon / AR-Omni baseline, one token per forward pass over a single-scale tokenizer's grid
+    generation: str = "next_scale"
     patch: int = 4  # understanding patch size (then 2 x 2 unshuffle: 8 x 8 pixels per token)
     patch_channels: int = 64
     bit_loss_weight: float = 1.0
@@ -59,30 +66,33 @@ class OmniConfig:
     max_flip: float = 0.3  # bitwise self-correction: flip probability ~ U{0, ..., max_flip} per image
     max_length: int = 512  # the context: positions of one example (prompt, images and answer)
 
+    def __post_init__(self) -> None:
+        if self.generation not in GENERATION:
+            raise ValueError(f"generation must be one of {', '.join(GENERATION)}, got {self.generation!r}")
+
     @classmethod
     def from_dict(cls, d: dict) -> OmniConfig:
         return build_strict(cls, d)
 
 
 # Named OmniModel presets (data): the decoder's fields plus the patch embedding; vocabulary and feature widths
-# come from the tokenizers. onecat-tiny: 4.9M trainable parameters; 400 steps of 16 t2i examples take ~3.3 min on
-# 2 CPU cores and already give the right colour in most images.
+# come from the tokenizers. onecat-tiny: 4.9M trainable parameters, sized for 2 CPU cores (BENCHMARKS.md);
+# raster-tiny is the same decoder decoding a single-scale tokenizer's codes token by token (the baseline).
+_EXPERTS = dict(experts=("text", "und", "gen"), routing={"image_und": "und", "image_gen": "gen", "image_raster": "gen"})
+_TINY = dict(hidden_size=192, num_layers=4, num_heads=6, num_kv_heads=2, intermediate_size=512, **_EXPERTS)
 OMNI_PRESETS: dict[str, dict] = {
-    "onecat-tiny": dict(decoder=dict(hidden_size=192, num_layers=4, num_heads=6, num_kv_heads=2,
-                                     intermediate_size=512, experts=("text", "und", "gen"),
-                                     routing={"image_und": "und", "image_gen": "gen"}, scale_adapter_rank=8,
-                                     num_scales=6), patch=4, patch_channels=32),
+    "onecat-tiny": dict(decoder=dict(_TINY, scale_adapter_rank=8, num_scales=6), patch=4, patch_channels=32),
+    "raster-tiny": dict(decoder=_TINY, generation="raster", patch=4, patch_channels=32),
     "onecat-small": dict(decoder=dict(hidden_size=384, num_layers=8, num_heads=6, num_kv_heads=2,
-                                      intermediate_size=1024, qkv_bias=True, experts=("text", "und", "gen"),
-                                      routing={"image_und": "und", "image_gen": "gen"}, scale_adapter_rank=16,
-                                      num_scales=6), patch=4, patch_channels=64),
+                                      intermediate_size=1024, qkv_bias=True, scale_adapter_rank=16, num_scales=6,
+                                      **_EXPERTS), patch=4, patch_channels=64),
 }
 
 
 def omni_preset(name: str, **decoder_overrides) -> OmniConfig:
     if name not in OMNI_PRESETS:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(sorted(OMNI_PRESETS))}")
-    d = dict(OMNI_PRESETS[name])
+    d = dict(OMNI_PRESETS[name], preset=name)
     d["decoder"] = {**d["decoder"], **decoder_overrides}
     return OmniConfig.from_dict(d)
 
@@ -124,12 +134,19 @@ class OmniModel(nn.Module):
         img = image_tokenizer.config
         dec = DecoderConfig.from_dict({**config.decoder, "vocab_size": text_tokenizer.vocab_size})
         D = dec.hidden_size
-        dec = DecoderConfig.from_dict({**dec.to_dict(), "feature_dims": {"image_und": D, "image_gen": D}})
+        raster = config.generation == "raster"
+        self.gen_modality = Modality.IMAGE_RASTER if raster else Modality.IMAGE_GEN
+        gen_name = self.gen_modality.name.lower()
+        dec = DecoderConfig.from_dict({**dec.to_dict(), "feature_dims": {"image_und": D, gen_name: D}})
+        if raster != (len(img.scales) == 1):
+            raise ValueError(f"{config.generation} generation needs a {'single' if raster else 'multi'}-scale image "
+                             f"tokenizer; this one has scales {img.scales} (train one with --scales "
+                             f"{img.scales[-1] if raster else '1 2 3 4 6 8'})")
         if dec.scale_adapter_rank and dec.num_scales < len(img.scales):
             raise ValueError(f"the scale adapter has {dec.num_scales} scales but the tokenizer {len(img.scales)}")
         self.decoder = OmniDecoder(dec)
         self.patch_embed = PatchEmbed(D, config.patch, config.patch_channels, img.image_size)
-        self.scale_embed = ScaleInputEmbed(img.bits, D, len(img.scales))
+        self.scale_embed = ScaleInputEmbed(img.bits, D, len(img.scales), img.scales[-1])
         self.bit_head = BitwiseHead(D, img.bits)
         image_tokenizer.requires_grad_(False).eval()
         self.ids = {name: text_tokenizer.token_id(tok) for name, tok in
@@ -151,8 +168,9 @@ class OmniModel(nn.Module):
 
     # ---- layouts ----------------------------------------------------------------------------------------------
     def gen_segment(self, features: Tensor) -> Segment:
-        return Segment("image_gen", features=features, scales=[(s, s) for s in self.scales],
-                       begin=self.ids["boi"], end=self.ids["eoi"])
+        layout = dict(grid=(self.scales[0],) * 2) if self.gen_modality == Modality.IMAGE_RASTER else dict(
+            scales=[(s, s) for s in self.scales])
+        return Segment(self.gen_modality, features=features, begin=self.ids["boi"], end=self.ids["eoi"], **layout)
 
     def und_segment(self, features: Tensor, begin: str = "boi", end: str = "eoi") -> Segment:
         return Segment("image_und", features=features, grid=self.patch_embed.grid(), begin=self.ids[begin],
@@ -186,9 +204,15 @@ class OmniModel(nn.Module):
 
     # ---- training -----------------------------------------------------------------------------------------------
     def batch(self, examples: list[Example], generator: torch.Generator | None = None,
-              max_len: int | None = None) -> tuple[Batch, Tensor]:
+              pack: bool = False) -> tuple[Batch, Tensor]:
         """(collated batch, target bits (N_gen, d) in stream order); images embedded in one call per kind.
-        With a generator, applies condition dropout and bitwise self-correction (training)."""
+        With a generator, applies condition dropout and bitwise self-correction (training). With `pack`, the
+        image-generation examples come first, one per row, and the short ones share rows of that length."""
+        order = list(range(len(examples)))
+        if pack:  # stable: generation examples (the longest) first, each group in its own order
+            order.sort(key=lambda i: examples[i].task not in ("t2i", "edit"))
+        names = [f"{examples[i].task} example {i}" for i in order]
+        examples = [examples[i] for i in order]
         side = self.image_size
         und_images = [ex.source if ex.task == "edit" else ex.image for ex in examples
                       if ex.task in ("caption", "vqa", "edit")]
@@ -197,13 +221,18 @@ class OmniModel(nn.Module):
         gen, targets = iter(()), torch.zeros(0, self.tokenizer.config.bits, dtype=torch.bool)
         if gen_images:
             x = as_images(gen_images, side)
-            if generator is not None:
-                levels = torch.randint(0, 4, (len(x),), generator=generator)
-                flip = levels.float() / 3 * self.config.max_flip
+            if self.gen_modality == Modality.IMAGE_RASTER:  # next-token inputs: the previous token's code
+                bits = self.tokenizer.encode(x)
+                codes = self.tokenizer.quantizer.codes(bits[0]).flatten(2).transpose(1, 2)
+                gen = iter(self.scale_embed.raster(codes, 0, codes.shape[1]))
             else:
-                flip = torch.zeros(len(x))
-            inputs, bits = self.tokenizer.self_correct(x, flip, generator)
-            gen = iter(self.scale_embed(inputs, batch=len(x)))
+                if generator is not None:  # bitwise self-correction
+                    levels = torch.randint(0, 4, (len(x),), generator=generator)
+                    flip = levels.float() / 3 * self.config.max_flip
+                else:
+                    flip = torch.zeros(len(x))
+                inputs, bits = self.tokenizer.self_correct(x, flip, generator)
+                gen = iter(self.scale_embed(inputs, batch=len(x)))
             targets = torch.cat([b.flatten(2).transpose(1, 2) for b in bits], 1).reshape(-1, bits[0].shape[1])
         samples = []
         for ex in examples:
@@ -213,18 +242,16 @@ class OmniModel(nn.Module):
             u = next(und) if ex.task in ("caption", "vqa", "edit") else None
             g = next(gen) if ex.task in ("t2i", "edit") else None
             samples.append(self.sample(ex, u, g, drop_prompt, drop_image and ex.task == "edit"))
-        batch = collate(samples, max_len=max_len, pad_id=self.text.pad)
-        if max_len is None:
-            self.check_context(batch, [f"{ex.task} example {i}" for i, ex in enumerate(examples)])
-        return batch, targets
+        self.check_context(samples, names)
+        max_len = max(len(s) for s in samples) if pack else None
+        return collate(samples, max_len=max_len, pad_id=self.text.pad), targets
 
-    def check_context(self, batch: Batch, names: list[str], reserve: int = 0) -> None:
-        """A named error when a row (plus `reserve` positions still to generate) exceeds the context."""
-        lengths = (batch.meta.doc >= 0).sum(1).tolist()
-        for name, n in zip(names, lengths):
-            if n + reserve > self.config.max_length:
+    def check_context(self, samples: list[Sample], names: list[str], reserve: int = 0) -> None:
+        """A named error when a sample (plus `reserve` positions still to generate) exceeds the context."""
+        for name, s in zip(names, samples):
+            if len(s) + reserve > self.config.max_length:
                 extra = f" + {reserve} to generate" if reserve else ""
-                raise ValueError(f"{name} needs {n}{extra} positions, more than the model's context of "
+                raise ValueError(f"{name} needs {len(s)}{extra} positions, more than the model's context of "
                                  f"{self.config.max_length} (OmniConfig.max_length): shorten the prompt")
 
     def loss(self, batch: Batch, target_bits: Tensor) -> tuple[Tensor, dict]:
@@ -235,7 +262,7 @@ class OmniModel(nn.Module):
         if (batch.labels != -100).any():
             parts["text"] = weighted_cross_entropy(out.logits, batch.labels, batch.loss_weights)
             total = total + parts["text"]
-        gen = batch.meta.modality == Modality.IMAGE_GEN
+        gen = batch.meta.modality == self.gen_modality
         if gen.any():
             parts["bits"] = bitwise_loss(self.bit_head(out.hidden[gen]), target_bits)
             total = total + self.config.bit_loss_weight * parts["bits"]

@@ -28,6 +28,7 @@ class Recipe:
     steps: int = 1000
     lr: float = 2e-3
     warmup: int = 50
+    pack: bool = True  # short examples share rows (documents isolated by the mask): less padding
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in TASKS]
@@ -77,7 +78,7 @@ def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, 
 
     def batch_for_step(step: int):
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        return model.batch(examples_for_step(recipe, step, model.image_size, seed), generator=g)
+        return model.batch(examples_for_step(recipe, step, model.image_size, seed), generator=g, pack=recipe.pack)
 
     trainer = Trainer(model, batch_for_step, TrainConfig(steps=recipe.steps, lr=recipe.lr, warmup=recipe.warmup,
                                                          log_every=10),

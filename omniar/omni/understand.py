@@ -37,9 +37,9 @@ def describe(model: OmniModel, images: Sequence, questions: Sequence[str] | None
         s = model.sample(ex, und[i], None)
         s.segments.pop()  # the target text: that is what we generate
         samples.append(s)
-    batch = collate(samples, pad_side="left", pad_id=model.text.pad)
-    model.check_context(batch, [f"question {i}" if questions else f"image {i}" for i in range(len(samples))],
+    model.check_context(samples, [f"question {i}" if questions else f"image {i}" for i in range(len(samples))],
                         reserve=max_new_tokens)
+    batch = collate(samples, pad_side="left", pad_id=model.text.pad)
     cache = model.decoder.new_cache()
     logits = model.decoder(**batch.model_inputs(), cache=cache, logits_to_keep=1).logits[:, -1]
     eos = model.ids["eos"]

@@ -71,3 +71,8 @@ class Sample:
 
     segments: list[Segment]
     task: int | None = None
+
+    def __len__(self) -> int:
+        """Positions of the laid-out sample: task token, segments and their boundary markers."""
+        markers = sum((s.begin is not None) + (s.end is not None) for s in self.segments)
+        return (self.task is not None) + markers + sum(len(s) for s in self.segments)

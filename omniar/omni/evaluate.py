@@ -1,0 +1,144 @@
+"""The ShapeWorld benchmark of an `OmniModel`: it generates, edits, answers and captions for a split's samples,
+writes the predictions file of `omniar.data.shapeworld.benchmark` (PNG media beside it), and scores that file
+with the independent judges - the same scoring any other model's predictions get.
+
+Everything is batched: text-to-image rows with their guidance rows, edits with their three branches, and
+questions/captions decoded in lockstep with the KV cache.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from omniar.generation.sampling import SamplingParams
+from omniar.omni.generate import generate_images
+from omniar.omni.model import OmniModel
+from omniar.omni.understand import describe
+
+EVAL_TASKS = ("t2i", "vqa", "caption", "edit")
+
+
+@dataclass
+class ImageSampling:
+    """How images are decoded in the benchmark: guidance (weight, schedule over scales, edit image weight) and
+    per-bit sampling. Chosen on the validation split (BENCHMARKS.md), never on test."""
+
+    cfg: float = 3.0
+    cfg_schedule: str = "linear"
+    image_cfg: float | None = None
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def params(self) -> SamplingParams:
+        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+
+
+def _uint8(images) -> np.ndarray:
+    return (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def predict_shapeworld(model: OmniModel, out: str | Path, num: int = 200, split: str = "test",
+                       tasks: tuple[str, ...] = EVAL_TASKS, sampling: ImageSampling | None = None,
+                       batch_size: int = 50, seed: int = 0, progress: bool = True) -> tuple[Path, dict]:
+    """Run the model on samples 0..num-1 of `split` (edits: the first `num` samples that have one) and write
+    out/predictions.jsonl with its media. Returns (path, {task: seconds spent producing its outputs})."""
+    from omniar.data.shapeworld.dataset import make_sample
+    from omniar.data.shapeworld.render import render
+    from omniar.data.shapeworld.scene import Scene
+
+    unknown = [t for t in tasks if t not in EVAL_TASKS]
+    if unknown:
+        raise ValueError(f"unknown evaluation task(s) {unknown}; known: {', '.join(EVAL_TASKS)}")
+    sampling = sampling or ImageSampling()
+    out = Path(out)
+    (out / "media").mkdir(parents=True, exist_ok=True)
+    side = model.image_size
+    samples = [make_sample(split, i) for i in range(num)]
+    images = [render(Scene.from_dict(s["scene"]), side) for s in samples]
+    records: list[dict] = []
+    seconds: dict[str, float] = {}
+    bar = tqdm(total=num * len(tasks), disable=not progress, desc=f"benchmark {split}", unit="item")
+
+    def save(name: str, array: np.ndarray) -> str:
+        Image.fromarray(array).save(out / "media" / name)
+        return f"media/{name}"
+
+    for task in tasks:
+        t0 = time.perf_counter()
+        if task == "t2i":
+            for a in range(0, num, batch_size):
+                chunk = samples[a : a + batch_size]
+                gen = generate_images(model, [s["caption"] for s in chunk], cfg=sampling.cfg,
+                                      cfg_schedule=sampling.cfg_schedule, params=sampling.params(),
+                                      seeds=[seed + a + i for i in range(len(chunk))])
+                for i, (s, img) in enumerate(zip(chunk, _uint8(gen))):
+                    records.append({"task": "t2i", "prompt": s["caption"], "kind": s["kind"],
+                                    "image": save(f"t2i-{a + i:05d}.png", img)})
+                bar.update(len(chunk))
+        elif task in ("vqa", "caption"):
+            for a in range(0, num, batch_size):
+                chunk, pix = samples[a : a + batch_size], images[a : a + batch_size]
+                questions = [s["question"] for s in chunk] if task == "vqa" else None
+                texts = describe(model, pix, questions)
+                for s, text in zip(chunk, texts):
+                    if task == "vqa":
+                        records.append({"task": "vqa", "question": s["question"], "answer": s["answer"],
+                                        "qa_kind": s["qa_kind"], "prediction": text})
+                    else:
+                        records.append({"task": "caption", "scene": s["scene"], "prediction": text})
+                bar.update(len(chunk))
+        else:
+            edits, i = [], 0
+            while len(edits) < num:
+                s = make_sample(split, i)
+                if s["edit"] is not None:
+                    edits.append(s)
+                i += 1
+            for a in range(0, num, batch_size):
+                chunk = edits[a : a + batch_size]
+                sources = [render(Scene.from_dict(s["scene"]), side) for s in chunk]
+                gen = generate_images(model, [s["edit"]["instruction"] for s in chunk], sources=sources,
+                                      cfg=sampling.cfg, cfg_schedule=sampling.cfg_schedule,
+                                      image_cfg=sampling.image_cfg, params=sampling.params(),
+                                      seeds=[seed + a + i for i in range(len(chunk))])
+                for j, (s, src, img) in enumerate(zip(chunk, sources, _uint8(gen))):
+                    records.append({"task": "edit", "instruction": s["edit"]["instruction"],
+                                    "source": save(f"edit-{a + j:05d}-source.png", src),
+                                    "edited": save(f"edit-{a + j:05d}.png", img)})
+                bar.update(len(chunk))
+        seconds[task] = time.perf_counter() - t0
+    bar.close()
+    path = out / "predictions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path, seconds
+
+
+def evaluate_model(model: OmniModel, out: str | Path, num: int = 200, heldout: int = 0,
+                   tasks: tuple[str, ...] = EVAL_TASKS, sampling: ImageSampling | None = None,
+                   split: str = "test", batch_size: int = 50, progress: bool = True) -> dict:
+    """Scores of the model on `split` (and text-to-image on `heldout` prompts of the held-out split), with the
+    settings and timings; writes out/<split>/predictions.jsonl (+ media) and out/scores.json."""
+    from omniar.data.shapeworld.benchmark import evaluate
+
+    sampling = sampling or ImageSampling()
+    out = Path(out)
+    result: dict = {"split": split, "num": num, "sampling": asdict(sampling)}
+    path, seconds = predict_shapeworld(model, out / split, num, split, tasks, sampling, batch_size,
+                                       progress=progress)
+    result["scores"] = evaluate(path)
+    result["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+    if heldout and "t2i" in tasks:
+        path, seconds = predict_shapeworld(model, out / "heldout", heldout, "heldout", ("t2i",), sampling,
+                                           batch_size, progress=progress)
+        result["heldout"] = evaluate(path)["t2i"]
+        result["seconds"]["heldout_t2i"] = round(seconds["t2i"], 2)
+    (out / "scores.json").write_text(json.dumps(result, indent=2))
+    return result
