@@ -9,14 +9,18 @@ from pathlib import Path
 
 
 def _demo(args) -> None:
-    from omniar.demo import run_demo
+    from omniar.demo import DemoPlan, run_demo
 
-    report = run_demo(args.out, steps=args.steps, seed=args.seed)
-    print(f"held-out loss {report['held_out_loss']:.3f} | grammatical samples {report['grammatical_sampled']:.0%}"
-          f" | {report['train_seconds']} s training")
-    for r in report["samples"][:6]:
-        print(f"  {r['text']}")
-    print(f"demo output: {Path(args.out).resolve()} (report.md, report.json, checkpoint/, metrics.jsonl)")
+    plan = DemoPlan.for_budget(args.budget, seed=args.seed)
+    report = run_demo(args.out, plan, cache=args.cache, use_cache=not args.no_cache)
+    from omniar.data.shapeworld.benchmark import format_scores
+
+    scores = dict(report["scores"])
+    if report.get("heldout"):
+        scores["heldout_t2i"] = report["heldout"]
+    print(format_scores(scores))
+    print(f"model: {report['checkpoint']}")
+    print(f"demo output: {(Path(args.out) / 'report.html').resolve()} ({report['wall_seconds'] / 60:.1f} min)")
 
 
 def _info(args) -> None:
@@ -267,9 +271,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="omniar", description="Unified multimodal autoregressive models.")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="main job: train a tiny model, generate, write a report")
+    p = sub.add_parser("demo", help="main job: data, tokenizers, staged onecat-tiny training, benchmark, report")
     p.add_argument("--out", default="out/demo")
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--budget", type=float, default=45.0, help="minutes on 2 CPU cores (sets every step count)")
+    p.add_argument("--cache", help="checkpoint cache (default: out/cache beside --out)")
+    p.add_argument("--no-cache", action="store_true", help="rebuild every step")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
 

@@ -1,76 +1,187 @@
-"""`make demo` for now: a text-only train-and-generate run on the built-in toy corpus, with a report.
+"""`make demo`: OneCAT end to end on ShapeWorld within a time budget - data, tokenizers, the staged training of
+`onecat-tiny`, the benchmark with the independent judges, and an HTML report.
 
-Makes the corpus, trains the `text-tiny` decoder on 2 CPU cores in a couple of minutes, measures held-out loss,
-generates continuations with the KV cache, judges them against the corpus grammar, and writes a report.
-The multimodal ShapeWorld demo replaces this in a later issue.
+The budget (minutes on 2 CPU cores, default 45) is turned into step counts by `DemoPlan.for_budget` from rates
+measured on such a machine (BENCHMARKS.md), so a run is a pure function of (budget, seed) and its products can be
+cached: every step's output lives in cache/<step>-<hash of its settings and of its inputs' hashes>/ and is reused
+when its `done.json` is there (an interrupted training step resumes from its checkpoint).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from omniar.data.toy import corpus, is_grammatical
-from omniar.generation import SamplingParams, generate
-from omniar.stream.collate import collate
-from omniar.stream.segment import Sample, Segment
-from omniar.train.losses import weighted_cross_entropy
-from omniar.train.text import train_text
-
-PROMPTS = ["a big red", "there are", "the blue", "a green star and", "a small yellow circle is", "the white"]
+# Rates on 2 CPU cores (BENCHMARKS.md, "make demo"): image-tokenizer steps (32 images) and onecat-tiny steps (16
+# mixed examples) per minute, and the benchmark's cost per evaluated item (all four tasks) in minutes.
+TOKENIZER_STEPS_PER_MIN = 120
+MODEL_STEPS_PER_MIN = 110
+EVAL_MIN_PER_ITEM = 0.012
+CACHE_VERSION = 1  # bump when a change to the code makes cached products stale
 
 
-def held_out_loss(model, tokenizer, lines: list[str]) -> float:
-    batch = collate([Sample([Segment("text", tokenizer.encode(t, eos=True), loss=True)]) for t in lines],
-                    pad_id=tokenizer.pad)
-    with torch.no_grad():
-        logits = model(**batch.model_inputs()).logits
-    return weighted_cross_entropy(logits, batch.labels, batch.loss_weights).item()
+@dataclass
+class DemoPlan:
+    budget: float = 45.0  # minutes
+    seed: int = 0
+    preset: str = "onecat-tiny"
+    overrides: dict = field(default_factory=dict)  # decoder config overrides (tests use tiny ones)
+    text_samples: int = 2000
+    tokenizer_steps: int = 1500
+    tokenizer_images: int = 20_000
+    stage_steps: dict[str, int] = field(default_factory=lambda: {"stage1": 1200, "stage2": 1000, "stage3": 400})
+    eval_num: int = 200  # test samples per task
+    heldout_num: int = 100  # held-out compositions (text-to-image)
+    examples_per_step: int = 16
+
+    @classmethod
+    def for_budget(cls, minutes: float = 45.0, **kw) -> DemoPlan:
+        """Step counts that fit `minutes` on 2 CPU cores: ~25% image tokenizer, ~8% benchmark, ~2% data and text
+        tokenizer, the rest training (stages 45 / 40 / 15%)."""
+        if minutes <= 0:
+            raise ValueError(f"the budget must be a positive number of minutes, got {minutes}")
+        tok = min(3500, max(10, round(0.25 * minutes * TOKENIZER_STEPS_PER_MIN)))
+        num = min(200, max(4, round(0.08 * minutes / EVAL_MIN_PER_ITEM / 1.5)))
+        train = max(6, round((0.73 * minutes - 1.5 * num * EVAL_MIN_PER_ITEM) * MODEL_STEPS_PER_MIN))
+        stages = {"stage1": round(0.45 * train), "stage2": round(0.4 * train)}
+        stages["stage3"] = train - sum(stages.values())
+        return cls(budget=minutes, tokenizer_steps=tok, tokenizer_images=min(20_000, tok * 32),
+                   stage_steps=stages, eval_num=num, heldout_num=num // 2, **kw)
 
 
-def run_demo(out: str | Path = "out/demo", steps: int = 400, seed: int = 0, progress: bool = True) -> dict:
+def _digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps({**key, "version": CACHE_VERSION}, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class Cache:
+    """Step products under root/<name>-<digest>/, complete when done.json is there."""
+
+    def __init__(self, root: str | Path, enabled: bool = True):
+        self.root, self.enabled = Path(root), enabled
+
+    def run(self, name: str, key: dict, build: Callable[[Path], dict]) -> tuple[Path, dict, bool]:
+        """(directory, build's summary, whether it came from the cache)."""
+        d = self.root / f"{name}-{_digest(key)}"
+        done = d / "done.json"
+        if self.enabled and done.is_file():
+            return d, json.loads(done.read_text()), True
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True))
+        t0 = time.perf_counter()
+        summary = {**build(d), "seconds": round(time.perf_counter() - t0, 1)}
+        tmp = done.with_suffix(".tmp")
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(done)
+        return d, summary, False
+
+
+def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: str | Path | None = None,
+             use_cache: bool = True, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Run the whole pipeline; writes out/report.html, out/report.json and out/eval/. Returns the report."""
+    import torch
+
+    from omniar.omni.evaluate import evaluate_model
+    from omniar.omni.model import OmniModel, omni_preset
+    from omniar.omni.report import write_report
+    from omniar.omni.train import train_stages
+    from omniar.tokenizers.image import ImageTokenizer
+    from omniar.tokenizers.text import TextTokenizer
+
+    plan = plan or DemoPlan.for_budget()
     out = Path(out)
-    t0 = time.perf_counter()
-    train_lines, val_lines = corpus(20_000, seed=seed), corpus(256, seed=seed + 1)
-    model, tokenizer, log = train_text(train_lines, out, steps=steps, seed=seed, progress=progress)
-    train_s = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    store = Cache(cache if cache is not None else out.parent / "cache", enabled=use_cache)
+    steps: dict[str, dict] = {}
+    t_start = time.perf_counter()
 
-    prompts = PROMPTS * 4
-    ids = [tokenizer.encode(p) for p in prompts]
-    t1 = time.perf_counter()
-    greedy = generate(model, ids[: len(PROMPTS)], 48, SamplingParams(temperature=0.0), eos_id=tokenizer.eos,
-                      pad_id=tokenizer.pad)
-    sampled = generate(model, ids, 48, SamplingParams(temperature=0.8, top_p=0.95), eos_id=tokenizer.eos,
-                       pad_id=tokenizer.pad, generator=torch.Generator().manual_seed(seed))
-    gen_s = time.perf_counter() - t1
-    rows = []
-    for kind, outs, ps in (("greedy", greedy, PROMPTS), ("sampled", sampled, prompts)):
-        for p, o in zip(ps, outs):
-            text = p + tokenizer.decode(o)
-            rows.append({"mode": kind, "prompt": p, "text": text, "grammatical": is_grammatical(text)})
-    grammatical = sum(r["grammatical"] for r in rows if r["mode"] == "sampled") / len(prompts)
+    def step(name: str, key: dict, build: Callable[[Path], dict]) -> Path:
+        log(f"[demo] {name} ...")
+        d, summary, cached = store.run(name, key, build)
+        steps[name] = {**summary, "cached": cached, "dir": str(d)}
+        took = "cached" if cached else f"{summary['seconds']} s"
+        log(f"[demo] {name}: {took} -> {d}")
+        return d
+
+    # 1. data: the evaluation splits as a ShapeWorld dataset on disk (training samples are drawn on the fly)
+    def make_data(d: Path) -> dict:
+        from omniar.data.shapeworld.dataset import make_dataset
+
+        for split, num in (("test", plan.eval_num), ("heldout", plan.heldout_num)):
+            make_dataset(d, num, split, speech=False, workers=1, progress=progress)
+        return {"test": plan.eval_num, "heldout": plan.heldout_num}
+
+    data_key = {"eval_num": plan.eval_num, "heldout_num": plan.heldout_num}
+    data_dir = step("data", data_key, make_data)
+
+    # 2. tokenizers
+    def text_tokenizer(d: Path) -> dict:
+        from omniar.data.shapeworld.corpus import world_text
+
+        tok = TextTokenizer.train(list(world_text(plan.text_samples)))
+        tok.save(d)
+        return {"vocab_size": tok.vocab_size}
+
+    text_key = {"samples": plan.text_samples}
+    text_dir = step("text-tokenizer", text_key, text_tokenizer)
+
+    def image_tokenizer(d: Path) -> dict:
+        from omniar.tokenizers.train_image import evaluate_image_tokenizer, shapeworld_images, train_image_tokenizer
+
+        torch.manual_seed(plan.seed)
+        model = train_image_tokenizer(d, shapeworld_images(plan.tokenizer_images), steps=plan.tokenizer_steps,
+                                      progress=progress)
+        return evaluate_image_tokenizer(model, min(500, 5 * plan.eval_num))
+
+    image_key = {"steps": plan.tokenizer_steps, "images": plan.tokenizer_images, "seed": plan.seed}
+    image_dir = step("image-tokenizer", image_key, image_tokenizer)
+
+    # 3. the staged training of the model, one cached step per stage
+    model_key = {"preset": plan.preset, "overrides": plan.overrides, "text": _digest(text_key),
+                 "image": _digest(image_key), "seed": plan.seed, "batch": plan.examples_per_step}
+    previous = None
+    for name, n in plan.stage_steps.items():
+        model_key = {**model_key, "stage": name, "steps": n}
+
+        def train(d: Path, name=name, n=n, previous=previous) -> dict:
+            torch.manual_seed(plan.seed)
+            if previous is None:
+                model = OmniModel(omni_preset(plan.preset, **plan.overrides), TextTokenizer.load(text_dir),
+                                  ImageTokenizer.from_pretrained(image_dir / "checkpoint"))
+            else:
+                model = OmniModel.from_pretrained(previous)
+            from omniar.omni.train import STAGES
+
+            stages = {name: dataclasses.replace(STAGES[name], examples_per_step=plan.examples_per_step)}
+            logs = train_stages(model, d, {name: n}, seed=plan.seed, progress=progress, stages=stages)
+            last = logs.get(name, [{}])[-1] if logs.get(name) else {}
+            return {"steps": n, "loss": last.get("loss"), "tokens_per_s": last.get("tokens_per_s")}
+
+        previous = step(f"train-{name}", model_key, train) / name / "checkpoint"
+    model = OmniModel.from_pretrained(previous)
+
+    # 4. the benchmark (test split + held-out compositions), judged independently
+    eval_dir = out / "eval"
+    t0 = time.perf_counter()
+    result = evaluate_model(model, eval_dir, num=plan.eval_num, heldout=plan.heldout_num, progress=progress)
+    steps["benchmark"] = {"seconds": round(time.perf_counter() - t0, 1), "cached": False, "dir": str(eval_dir)}
+
     report = {
-        "model": model.num_parameters(),
-        "train_steps": steps,
-        "train_seconds": round(train_s, 1),
-        "train_tokens_per_s": round(log[-1]["tokens_per_s"]) if log else None,
-        "final_train_loss": round(log[-1]["loss"], 4) if log else None,
-        "held_out_loss": round(held_out_loss(model, tokenizer, val_lines), 4),
-        "grammatical_sampled": grammatical,
-        "grammatical_greedy": sum(r["grammatical"] for r in rows if r["mode"] == "greedy") / len(PROMPTS),
-        "generate_seconds": round(gen_s, 2),
-        "samples": rows,
+        "plan": dataclasses.asdict(plan),
+        "parameters": {k: int(v) for k, v in model.decoder.num_parameters().items()},
+        "steps": steps,
+        "scores": result["scores"],
+        "heldout": result.get("heldout"),
+        "sampling": result["sampling"],
+        "wall_seconds": round(time.perf_counter() - t_start, 1),
+        "data": str(data_dir),
+        "checkpoint": str(previous),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    lines = ["# omniar demo (text-only toy corpus)", "",
-             f"- model: {report['model']['total']:,} parameters; {steps} steps in {report['train_seconds']} s "
-             f"({report['train_tokens_per_s']} tokens/s)",
-             f"- loss: train {report['final_train_loss']}, held-out {report['held_out_loss']} (nats/byte)",
-             f"- grammatical continuations: sampled {grammatical:.0%}, greedy {report['grammatical_greedy']:.0%}",
-             "", "| mode | text | grammatical |", "|---|---|---|"]
-    lines += [f"| {r['mode']} | {r['text']} | {'yes' if r['grammatical'] else 'no'} |" for r in rows]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    write_report(out / "report.html", report, eval_dir, metrics=[Path(steps[f"train-{n}"]["dir"]) / n /
+                                                                  "metrics.jsonl" for n in plan.stage_steps])
     return report

@@ -72,14 +72,10 @@ def test_byte_tokenizer_round_trip_and_errors(tmp_path):
         ByteTokenizer.load(tmp_path)
 
 
-def test_demo_and_cli_run_end_to_end(tmp_path, capsys):
-    main(["demo", "--out", str(tmp_path / "demo"), "--steps", "3"])
-    out = capsys.readouterr().out
-    assert "demo output:" in out
-    report = json.loads((tmp_path / "demo" / "report.json").read_text())
-    assert report["train_steps"] == 3 and len(report["samples"]) == 30
-    assert (tmp_path / "demo" / "report.md").is_file()
-    ckpt = tmp_path / "demo" / "checkpoint"
+def test_text_training_and_cli_run_end_to_end(tmp_path, capsys):
+    main(["train", "text", "--out", str(tmp_path / "text"), "--steps", "3"])
+    ckpt = tmp_path / "text" / "checkpoint"
+    assert capsys.readouterr().out.startswith("checkpoint:")
     main(["generate", "text", "--model", str(ckpt), "a red", "--max-new-tokens", "5", "--temperature", "0"])
     assert capsys.readouterr().out.startswith("a red")
     main(["info", "--preset", "onecat-tiny"])

@@ -24,6 +24,7 @@ unconditional rows in the same batch.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,7 +118,9 @@ class Example:
 
 
 def as_images(images, side: int) -> Tensor:
-    """A list of images (uint8 (S, S, 3) arrays or float (3, S, S) tensors) -> float (N, 3, S, S)."""
+    """A list of images (uint8 (S, S, 3) arrays or float (3, S, S) tensors), or one image -> float (N, 3, S, S)."""
+    if isinstance(images, (np.ndarray, Tensor)) and images.ndim == 3:
+        images = [images]
     out = []
     for im in images:
         t = torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 255 if isinstance(im, np.ndarray) else im
@@ -267,6 +270,38 @@ class OmniModel(nn.Module):
             parts["bits"] = bitwise_loss(self.bit_head(out.hidden[gen]), target_bits)
             total = total + self.config.bit_loss_weight * parts["bits"]
         return total, {k: v.item() for k, v in parts.items()}
+
+    # ---- the Python API (batched; see omni/generate.py and omni/understand.py for every knob) ----------------
+    def generate_image(self, prompts: str | Sequence[str], cfg: float = 3.0, **kw) -> Tensor:
+        """Images (B, 3, S, S) in [0, 1] for text prompts."""
+        from omniar.omni.generate import generate_images
+
+        return generate_images(self, [prompts] if isinstance(prompts, str) else list(prompts), cfg=cfg, **kw)
+
+    def edit_image(self, images, instructions: str | Sequence[str], cfg: float = 3.0, **kw) -> Tensor:
+        """Edits of `images` (one per instruction; a single image is used for every instruction)."""
+        from omniar.omni.generate import generate_images
+
+        instructions = [instructions] if isinstance(instructions, str) else list(instructions)
+        images = as_images(images, self.image_size)
+        if len(images) == 1:
+            images = images.expand(len(instructions), -1, -1, -1)
+        return generate_images(self, instructions, sources=images, cfg=cfg, **kw)
+
+    def answer(self, images, questions: str | Sequence[str], **kw) -> list[str]:
+        """Answers to `questions` (one image per question; a single image is used for every question)."""
+        from omniar.omni.understand import describe
+
+        questions = [questions] if isinstance(questions, str) else list(questions)
+        images = as_images(images, self.image_size)
+        if len(images) == 1:
+            images = images.expand(len(questions), -1, -1, -1)
+        return describe(self, images, questions, **kw)
+
+    def caption(self, images, **kw) -> list[str]:
+        from omniar.omni.understand import describe
+
+        return describe(self, as_images(images, self.image_size), **kw)
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:

@@ -8,6 +8,7 @@ model config's `bit_loss_weight` on generated bits).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ class Recipe:
     examples_per_step: int = 16
     steps: int = 1000
     lr: float = 2e-3
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
     warmup: int = 50
     pack: bool = True  # short examples share rows (documents isolated by the mask): less padding
 
@@ -36,6 +38,18 @@ class Recipe:
             raise ValueError(f"unknown task(s) {unknown} in the recipe; known: {', '.join(TASKS)}")
         if not self.tasks or min(self.tasks.values()) < 0 or sum(self.tasks.values()) <= 0:
             raise ValueError(f"task ratios must be >= 0 with a positive sum, got {self.tasks}")
+
+
+# OneCAT's staged recipe on ShapeWorld (each stage starts from the previous stage's weights with a fresh optimizer):
+# stage 1 pretrains generation with captioning beside it (the understanding path learns to read images); stage 2
+# is unified mid-training on every task; stage 3 fine-tunes on the same mixture at a lower learning rate. `steps`
+# here are placeholders: `train_stages` (and `omniar demo --budget`) set them.
+_ALL = {"t2i": 0.4, "caption": 0.15, "vqa": 0.25, "edit": 0.15, "text": 0.05}
+STAGES: dict[str, Recipe] = {
+    "stage1": Recipe(tasks={"t2i": 0.6, "caption": 0.3, "text": 0.1}, lr=2e-3, min_lr_ratio=0.5, warmup=50),
+    "stage2": Recipe(tasks=dict(_ALL), lr=1.5e-3, min_lr_ratio=0.2, warmup=20),
+    "stage3": Recipe(tasks=dict(_ALL), lr=5e-4, min_lr_ratio=0.1, warmup=10),
+}
 
 
 def shapeworld_example(task: str, index: int, side: int, split: str = "train") -> Example:
@@ -81,8 +95,27 @@ def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, 
         return model.batch(examples_for_step(recipe, step, model.image_size, seed), generator=g, pack=recipe.pack)
 
     trainer = Trainer(model, batch_for_step, TrainConfig(steps=recipe.steps, lr=recipe.lr, warmup=recipe.warmup,
-                                                         log_every=10),
+                                                         min_lr_ratio=recipe.min_lr_ratio, log_every=10),
                       out_dir=out, progress=progress, loss_fn=lambda m, b: m.loss(*b))
     if resume and (out / "checkpoint" / "trainer.json").is_file():
         trainer.resume(out / "checkpoint")
     return trainer.fit(until)
+
+
+def train_stages(model: OmniModel, out: str | Path, steps: dict[str, int], seed: int = 0, progress: bool = True,
+                 stages: dict[str, Recipe] | None = None) -> dict[str, list[dict]]:
+    """Train `model` through the stages named in `steps` (in order, e.g. {"stage1": 600, "stage2": 400}), each in
+    out/<stage> from the previous stage's weights; a stage whose checkpoint already holds its steps is skipped and
+    an interrupted one resumes. Returns each stage's logged metrics."""
+    stages = stages or STAGES
+    unknown = [s for s in steps if s not in stages]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; known: {', '.join(stages)}")
+    out = Path(out)
+    logs = {}
+    for i, (name, n) in enumerate(steps.items()):
+        if n <= 0:
+            continue
+        recipe = dataclasses.replace(stages[name], steps=n, warmup=min(stages[name].warmup, max(1, n // 10)))
+        logs[name] = train_omni(model, out / name, recipe, seed=seed * 100 + i, progress=progress)
+    return logs

@@ -1,0 +1,154 @@
+"""The demo's HTML report: scores against the targets, training curves, and what the model made - text-to-image
+grids for test and held-out prompts, edits before/after, answers and captions next to their images. One static
+page; images are the benchmark's own PNGs, linked relative to the page."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+
+# The OneCAT issue's acceptance targets: (task, metric) -> minimum
+TARGETS = {("t2i", "overall"): 0.80, ("t2i", "single"): 0.95, ("heldout", "overall"): 0.60,
+           ("vqa", "exact_match"): 0.95, ("caption", "correct"): 0.90, ("edit", "satisfied"): 0.80,
+           ("edit", "preserved"): 0.95}
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+.grid{display:flex;flex-wrap:wrap;gap:10px}.cell{width:132px;font-size:11px}.cell img{width:128px;
+image-rendering:pixelated;border:1px solid #999}.ok{color:#070}.bad{color:#a00}code{background:#f4f4f4}"""
+
+
+def _esc(x) -> str:
+    return html.escape(str(x))
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _score_rows(report: dict) -> str:
+    rows = []
+    tables = dict(report.get("scores") or {})
+    if report.get("heldout"):
+        tables["heldout"] = report["heldout"]
+    for task, sc in tables.items():
+        for metric, value in sc.items():
+            if metric == "count" or not isinstance(value, (int, float)):
+                continue
+            target = TARGETS.get((task, metric))
+            mark = "" if target is None else (f"<span class=ok>&ge; {target}</span>" if value >= target
+                                              else f"<span class=bad>&lt; {target}</span>")
+            rows.append(f"<tr><td>{task}</td><td>{metric}</td><td>{value:.3f}</td><td>{mark}</td>"
+                        f"<td>{sc.get('count', '')}</td></tr>")
+    return "<table><tr><th>task</th><th>metric</th><th>score</th><th>target</th><th>items</th></tr>" + \
+        "".join(rows) + "</table>"
+
+
+def _curve(metrics: list[Path]) -> str:
+    """An inline SVG of the training loss over all stages (stage boundaries dashed)."""
+    points, bounds, offset = [], [], 0
+    for path in metrics:
+        rows = _records(path)
+        points += [(offset + r["step"], r["loss"]) for r in rows]
+        offset += rows[-1]["step"] if rows else 0
+        bounds.append(offset)
+    if len(points) < 2:
+        return "<p>(no training metrics)</p>"
+    w, h = 700, 200
+    x_max = max(p[0] for p in points)
+    y_lo, y_hi = min(p[1] for p in points), max(p[1] for p in points)
+    span = max(y_hi - y_lo, 1e-6)
+
+    def xy(x, y):
+        return f"{40 + (w - 50) * x / x_max:.1f},{10 + (h - 30) * (1 - (y - y_lo) / span):.1f}"
+
+    lines = "".join(f'<line x1="{xy(b, y_lo).split(",")[0]}" y1="10" x2="{xy(b, y_lo).split(",")[0]}" '
+                    f'y2="{h - 20}" stroke="#bbb" stroke-dasharray="4"/>' for b in bounds[:-1])
+    poly = " ".join(xy(x, y) for x, y in points)
+    return (f'<svg width="{w}" height="{h}" style="border:1px solid #ddd">{lines}<polyline fill="none" '
+            f'stroke="#36c" stroke-width="1.5" points="{poly}"/><text x="4" y="16" font-size="11">{y_hi:.3f}'
+            f'</text><text x="4" y="{h - 22}" font-size="11">{y_lo:.3f}</text><text x="{w - 80}" y="{h - 4}" '
+            f'font-size="11">step {x_max}</text></svg>')
+
+
+def _input_images(records: list[dict], task: str, split_dir: Path, limit: int) -> list[str]:
+    """Render the inputs of the first `limit` understanding items (the predictions file does not hold them)."""
+    from PIL import Image
+
+    from omniar.data.shapeworld.dataset import make_sample
+    from omniar.data.shapeworld.render import render
+    from omniar.data.shapeworld.scene import Scene
+
+    names = []
+    split = split_dir.name
+    for i, _ in enumerate([r for r in records if r["task"] == task][:limit]):
+        name = f"media/input-{i:05d}.png"
+        if not (split_dir / name).is_file():
+            Image.fromarray(render(Scene.from_dict(make_sample(split, i)["scene"]))).save(split_dir / name)
+        names.append(name)
+    return names
+
+
+def write_report(path: str | Path, report: dict, eval_dir: str | Path, metrics: list[Path] = (),
+                 show: int = 24) -> Path:
+    from omniar.data.shapeworld.judge import answer_correct, caption_correct
+    from omniar.data.shapeworld.scene import Scene
+
+    path, eval_dir = Path(path), Path(eval_dir)
+    rel = Path(os.path.relpath(eval_dir, path.parent))
+    test, heldout = _records(eval_dir / "test" / "predictions.jsonl"), _records(eval_dir / "heldout" /
+                                                                                 "predictions.jsonl")
+    plan = report.get("plan", {})
+    parts = [f"<html><head><meta charset=utf-8><title>omniar demo</title><style>{_CSS}</style></head><body>",
+             "<h1>omniar demo: OneCAT on ShapeWorld</h1>",
+             f"<p>Preset <code>{_esc(plan.get('preset'))}</code>, "
+             f"{report.get('parameters', {}).get('total', 0):,} decoder parameters; budget {plan.get('budget')} "
+             f"min, wall {report.get('wall_seconds', 0) / 60:.1f} min. Image sampling: "
+             f"<code>{_esc(json.dumps(report.get('sampling')))}</code>.</p>",
+             "<h2>Scores (independent judges)</h2>", _score_rows(report),
+             "<h2>Steps</h2><table><tr><th>step</th><th>seconds</th><th>cached</th><th>summary</th></tr>"]
+    for name, s in report.get("steps", {}).items():
+        summary = {k: v for k, v in s.items() if k not in ("seconds", "cached", "dir")}
+        parts.append(f"<tr><td>{name}</td><td>{s.get('seconds', '')}</td><td>{'yes' if s.get('cached') else ''}"
+                     f"</td><td><code>{_esc(json.dumps(summary))}</code></td></tr>")
+    parts += ["</table>", "<h2>Training loss</h2>", _curve(list(metrics))]
+
+    for title, sub, records in (("Text to image: held-out compositions", "heldout", heldout),
+                                ("Text to image: test prompts", "test", test)):
+        cells = [f'<div class=cell><img src="{rel}/{sub}/{r["image"]}"><br>{_esc(r["prompt"])}</div>'
+                 for r in [r for r in records if r["task"] == "t2i"][:show]]
+        if cells:
+            parts += [f"<h2>{title}</h2><div class=grid>", *cells, "</div>"]
+
+    edits = [r for r in test if r["task"] == "edit"][: show // 2]
+    if edits:
+        parts.append("<h2>Edits (before / after)</h2><table><tr><th>instruction</th><th>source</th><th>edited</th>"
+                     "</tr>")
+        parts += [f'<tr><td>{_esc(r["instruction"])}</td><td><div class=cell><img src="{rel}/test/{r["source"]}">'
+                  f'</div></td><td><div class=cell><img src="{rel}/test/{r["edited"]}"></div></td></tr>'
+                  for r in edits]
+        parts.append("</table>")
+
+    for task in ("vqa", "caption"):
+        rows = [r for r in test if r["task"] == task][:show]
+        if not rows:
+            continue
+        images = _input_images(test, task, eval_dir / "test", len(rows))
+        head = "question</th><th>answer</th><th>model" if task == "vqa" else "model caption"
+        parts.append(f"<h2>{'Visual question answering' if task == 'vqa' else 'Captions'}</h2><table><tr>"
+                     f"<th>image</th><th>{head}</th><th>correct</th></tr>")
+        for r, img in zip(rows, images):
+            if task == "vqa":
+                ok = answer_correct(r["prediction"], r["answer"])
+                text = f'{_esc(r["question"])}</td><td>{_esc(r["answer"])}</td><td>{_esc(r["prediction"])}'
+            else:
+                ok = caption_correct(r["prediction"], Scene.from_dict(r["scene"]).objects)
+                text = _esc(r["prediction"])
+            parts.append(f'<tr><td><div class=cell><img src="{rel}/test/{img}"></div></td><td>{text}</td>'
+                         f'<td class={"ok" if ok else "bad"}>{"yes" if ok else "no"}</td></tr>')
+        parts.append("</table>")
+    parts.append("</body></html>")
+    path.write_text("\n".join(parts))
+    return path

@@ -1,0 +1,57 @@
+"""`make demo`'s pipeline with a tiny plan: every step runs, the report shows what the model made, a second run
+comes from the checkpoint cache, and the budget sets the step counts."""
+
+import json
+import re
+
+import pytest
+
+from omniar.demo import DemoPlan, run_demo
+from omniar.omni.model import OmniModel
+
+TINY = DemoPlan(budget=0.5, tokenizer_steps=3, tokenizer_images=64, stage_steps={"stage1": 2, "stage2": 2, "stage3": 1},
+                eval_num=4, heldout_num=2, text_samples=200, examples_per_step=4,
+                overrides=dict(hidden_size=48, num_layers=1, num_heads=4, num_kv_heads=2, intermediate_size=64))
+
+
+def test_demo_runs_every_step_and_a_second_run_comes_from_the_cache(tmp_path):
+    lines = []
+    report = run_demo(tmp_path / "demo", TINY, progress=False, log=lines.append)
+    assert not any(s["cached"] for s in report["steps"].values())
+    assert list(report["steps"]) == ["data", "text-tokenizer", "image-tokenizer", "train-stage1", "train-stage2",
+                                     "train-stage3", "benchmark"]
+    assert [report["steps"][f"train-stage{i}"]["steps"] for i in (1, 2, 3)] == [2, 2, 1]
+    for task in ("t2i", "vqa", "caption", "edit"):
+        assert report["scores"][task]["count"] == 4
+    assert report["heldout"]["count"] == 2
+    page = (tmp_path / "demo" / "report.html").read_text()
+    images = re.findall(r'src="([^"]+)"', page)
+    assert len(images) >= 2 + 4 + 2 * 4 + 4 + 4  # held-out and test grids, edits, vqa and caption inputs
+    assert all((tmp_path / "demo" / src).is_file() for src in images)
+    assert "Scores" in page and "Training loss" in page and "<polyline" in page
+    model = OmniModel.from_pretrained(report["checkpoint"])
+    assert model.config.preset == "onecat-tiny" and model.decoder.config.num_layers == 1
+
+    stage3 = tmp_path / "cache" / report["steps"]["train-stage3"]["dir"].rsplit("/", 1)[1]
+    weights = (stage3 / "stage3" / "checkpoint" / "model.safetensors").stat().st_mtime_ns
+    again = run_demo(tmp_path / "demo", TINY, progress=False, log=lines.append)
+    cached = {k: v["cached"] for k, v in again["steps"].items()}
+    assert all(cached[k] for k in cached if k != "benchmark"), cached
+    assert (stage3 / "stage3" / "checkpoint" / "model.safetensors").stat().st_mtime_ns == weights
+    assert again["scores"] == report["scores"]  # same weights, same seeds: the same outputs, judged the same
+
+    longer = DemoPlan(**{**TINY.__dict__, "stage_steps": {"stage1": 2, "stage2": 2, "stage3": 2}})
+    third = run_demo(tmp_path / "demo", longer, progress=False, log=lines.append)
+    cached = {k: v["cached"] for k, v in third["steps"].items()}
+    assert cached["train-stage2"] and not cached["train-stage3"]  # only what changed is retrained
+    json.dumps(third)
+
+
+def test_budget_sets_the_step_counts():
+    default = DemoPlan.for_budget()
+    assert default.budget == 45 and default.eval_num == 200 and default.heldout_num == 100
+    small, big = DemoPlan.for_budget(10), DemoPlan.for_budget(90)
+    assert sum(small.stage_steps.values()) < sum(default.stage_steps.values()) < sum(big.stage_steps.values())
+    assert small.tokenizer_steps < default.tokenizer_steps <= big.tokenizer_steps
+    with pytest.raises(ValueError, match="positive number of minutes"):
+        DemoPlan.for_budget(0)
