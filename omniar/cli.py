@@ -11,7 +11,7 @@ from pathlib import Path
 def _demo(args) -> None:
     from omniar.demo import DemoPlan, run_demo
 
-    plan = DemoPlan.for_budget(args.budget, seed=args.seed)
+    plan = DemoPlan.for_budget(args.budget, seed=args.seed, distill=args.distill)
     report = run_demo(args.out, plan, cache=args.cache, use_cache=not args.no_cache)
     from omniar.data.shapeworld.benchmark import format_scores
 
@@ -217,15 +217,25 @@ def _train_omni(args) -> None:
 
     torch.manual_seed(args.seed)
     tasks = {k: float(v) for k, v in _overrides(args.tasks.split(",")).items()}
-    recipe = Recipe(tasks=tasks, examples_per_step=args.batch, steps=args.steps, lr=args.lr)
+    teacher = OmniModel.from_pretrained(args.teacher) if args.teacher else None
+    recipe = Recipe(tasks=tasks, examples_per_step=args.batch, steps=args.steps, lr=args.lr,
+                    distill=args.distill if teacher is not None else 0.0)
     out = Path(args.out)
     if (out / "checkpoint" / "trainer.json").is_file():
         model = OmniModel.from_pretrained(out / "checkpoint")
+        if args.preset != model.config.preset:
+            sys.exit(f"error: {out / 'checkpoint'} was trained from preset {model.config.preset!r}, not "
+                     f"{args.preset!r}: give --preset {model.config.preset} to resume it, or a new --out")
         print(f"resuming {out / 'checkpoint'}")
     else:
-        model = OmniModel(omni_preset(args.preset, **_overrides(args.set)), TextTokenizer.load(args.text_tokenizer),
+        config = omni_preset(args.preset, **_overrides(args.set))
+        if teacher is not None:
+            from omniar.omni.teacher import distill_config
+
+            config = distill_config(config, teacher)
+        model = OmniModel(config, TextTokenizer.load(args.text_tokenizer),
                           ImageTokenizer.from_pretrained(args.image_tokenizer))
-    train_omni(model, out, recipe, seed=args.seed)
+    train_omni(model, out, recipe, seed=args.seed, teacher=teacher)
     print(f"checkpoint: {(out / 'checkpoint').resolve()}")
 
 
@@ -276,6 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget", type=float, default=45.0, help="minutes on 2 CPU cores (sets every step count)")
     p.add_argument("--cache", help="checkpoint cache (default: out/cache beside --out)")
     p.add_argument("--no-cache", action="store_true", help="rebuild every step")
+    p.add_argument("--distill", type=float, default=0.0,
+                   help="> 0: train a ViT-encoder teacher and distil it into stage 1 with this weight")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
 
@@ -303,6 +315,9 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--text-tokenizer", required=True, help="directory with tokenizer.json")
     t.add_argument("--image-tokenizer", required=True, help="image tokenizer checkpoint directory")
     t.add_argument("--tasks", default="t2i=0.4,caption=0.15,vqa=0.25,edit=0.15,text=0.05")
+    t.add_argument("--teacher", help="distil this ViT-encoder teacher into the model (train one: --preset "
+                   "vit-teacher-tiny --tasks caption=0.5,vqa=0.5)")
+    t.add_argument("--distill", type=float, default=1.0, help="distillation weight (with --teacher)")
     t.add_argument("--steps", type=int, default=1000)
     t.add_argument("--batch", type=int, default=16, help="examples per step")
     t.add_argument("--lr", type=float, default=2e-3)
@@ -317,17 +332,19 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("generate", help="generate from a checkpoint")
     gsub = p.add_subparsers(dest="what", required=True)
-    t = gsub.add_parser("image", help="text-to-image (or, with --image, an edit of it) with an OmniModel")
-    t.add_argument("--model", required=True)
-    t.add_argument("prompts", nargs="+")
-    t.add_argument("-o", "--output", default="out.png", help="one prompt: this file; more: name-0.png, ...")
-    t.add_argument("--image", help="edit this image (the prompts are instructions)")
-    t.add_argument("--cfg", type=float, default=3.0)
-    t.add_argument("--image-cfg", type=float, help="edits: OneCAT's three-branch guidance with this image weight")
-    t.add_argument("--temperature", type=float, default=0.0, help="per bit; 0 = greedy")
-    t.add_argument("--top-p", type=float, default=1.0)
-    t.add_argument("--seed", type=int, default=0)
-    t.set_defaults(func=_generate_image)
+    for t, edit in ((gsub.add_parser("image", help="text-to-image (or, with --image, an edit of it) with an "
+                                   "OmniModel"), False),
+                    (sub.add_parser("edit", help="edit an image by instructions with an OmniModel"), True)):
+        t.add_argument("--model", required=True)
+        t.add_argument("prompts", nargs="+", metavar="instructions" if edit else "prompts")
+        t.add_argument("-o", "--output", default="out.png", help="one prompt: this file; more: name-0.png, ...")
+        t.add_argument("--image", required=edit, help="edit this image (the prompts are instructions)")
+        t.add_argument("--cfg", type=float, default=3.0)
+        t.add_argument("--image-cfg", type=float, help="edits: OneCAT's three-branch guidance with this image weight")
+        t.add_argument("--temperature", type=float, default=0.0, help="per bit; 0 = greedy")
+        t.add_argument("--top-p", type=float, default=1.0)
+        t.add_argument("--seed", type=int, default=0)
+        t.set_defaults(func=_generate_image)
     t = gsub.add_parser("text")
     t.add_argument("--model", required=True, help="checkpoint directory")
     t.add_argument("prompts", nargs="+")

@@ -38,6 +38,8 @@ class DemoPlan:
     eval_num: int = 200  # test samples per task
     heldout_num: int = 100  # held-out compositions (text-to-image)
     examples_per_step: int = 16
+    distill: float = 0.0  # > 0: train the ViT teacher first and distil it into stage 1 with this weight
+    teacher_steps: int = 0
 
     @classmethod
     def for_budget(cls, minutes: float = 45.0, **kw) -> DemoPlan:
@@ -50,8 +52,12 @@ class DemoPlan:
         train = max(6, round((0.73 * minutes - 1.5 * num * EVAL_MIN_PER_ITEM) * MODEL_STEPS_PER_MIN))
         stages = {"stage1": round(0.45 * train), "stage2": round(0.4 * train)}
         stages["stage3"] = train - sum(stages.values())
-        return cls(budget=minutes, tokenizer_steps=tok, tokenizer_images=min(20_000, tok * 32),
+        plan = cls(budget=minutes, tokenizer_steps=tok, tokenizer_images=min(20_000, tok * 32),
                    stage_steps=stages, eval_num=num, heldout_num=num // 2, **kw)
+        if plan.distill > 0 and not plan.teacher_steps:  # the teacher's steps come out of stage 1's
+            plan.teacher_steps = round(0.25 * stages["stage1"])
+            plan.stage_steps["stage1"] -= plan.teacher_steps
+        return plan
 
 
 def _digest(key: dict) -> str:
@@ -140,9 +146,27 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
     image_key = {"steps": plan.tokenizer_steps, "images": plan.tokenizer_images, "seed": plan.seed}
     image_dir = step("image-tokenizer", image_key, image_tokenizer)
 
-    # 3. the staged training of the model, one cached step per stage
+    # 3. optionally, the ViT-encoder teacher for stage 1's understanding distillation
+    teacher = None
+    teacher_key = {"steps": plan.teacher_steps, "text": _digest(text_key), "image": _digest(image_key),
+                   "seed": plan.seed, "batch": plan.examples_per_step}
+    if plan.distill > 0:
+        from omniar.omni.teacher import train_teacher
+
+        def teach(d: Path) -> dict:
+            torch.manual_seed(plan.seed)
+            train_teacher(d, TextTokenizer.load(text_dir), ImageTokenizer.from_pretrained(image_dir / "checkpoint"),
+                          plan.teacher_steps, seed=plan.seed, progress=progress,
+                          examples_per_step=plan.examples_per_step)
+            return {"steps": plan.teacher_steps}
+
+        teacher = OmniModel.from_pretrained(step("teacher", teacher_key, teach) / "checkpoint")
+
+    # 4. the staged training of the model, one cached step per stage
     model_key = {"preset": plan.preset, "overrides": plan.overrides, "text": _digest(text_key),
                  "image": _digest(image_key), "seed": plan.seed, "batch": plan.examples_per_step}
+    if teacher is not None:
+        model_key.update(teacher=_digest(teacher_key), distill=plan.distill)
     previous = None
     for name, n in plan.stage_steps.items():
         model_key = {**model_key, "stage": name, "steps": n}
@@ -150,21 +174,29 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
         def train(d: Path, name=name, n=n, previous=previous) -> dict:
             torch.manual_seed(plan.seed)
             if previous is None:
-                model = OmniModel(omni_preset(plan.preset, **plan.overrides), TextTokenizer.load(text_dir),
+                config = omni_preset(plan.preset, **plan.overrides)
+                if teacher is not None:
+                    from omniar.omni.teacher import distill_config
+
+                    config = distill_config(config, teacher)
+                model = OmniModel(config, TextTokenizer.load(text_dir),
                                   ImageTokenizer.from_pretrained(image_dir / "checkpoint"))
             else:
                 model = OmniModel.from_pretrained(previous)
             from omniar.omni.train import STAGES
 
-            stages = {name: dataclasses.replace(STAGES[name], examples_per_step=plan.examples_per_step)}
-            logs = train_stages(model, d, {name: n}, seed=plan.seed, progress=progress, stages=stages)
+            distill = plan.distill if name == "stage1" and teacher is not None else 0.0
+            stages = {name: dataclasses.replace(STAGES[name], examples_per_step=plan.examples_per_step,
+                                                distill=distill)}
+            logs = train_stages(model, d, {name: n}, seed=plan.seed, progress=progress, stages=stages,
+                                teacher=teacher if distill else None)
             last = logs.get(name, [{}])[-1] if logs.get(name) else {}
             return {"steps": n, "loss": last.get("loss"), "tokens_per_s": last.get("tokens_per_s")}
 
         previous = step(f"train-{name}", model_key, train) / name / "checkpoint"
     model = OmniModel.from_pretrained(previous)
 
-    # 4. the benchmark (test split + held-out compositions), judged independently
+    # 5. the benchmark (test split + held-out compositions), judged independently
     eval_dir = out / "eval"
     t0 = time.perf_counter()
     result = evaluate_model(model, eval_dir, num=plan.eval_num, heldout=plan.heldout_num, progress=progress)

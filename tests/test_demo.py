@@ -47,11 +47,25 @@ def test_demo_runs_every_step_and_a_second_run_comes_from_the_cache(tmp_path):
     json.dumps(third)
 
 
+def test_demo_with_distillation_trains_the_teacher_first(tmp_path):
+    plan = DemoPlan(**{**TINY.__dict__, "distill": 1.0, "teacher_steps": 2})
+    report = run_demo(tmp_path / "demo", plan, progress=False, log=lambda s: None)
+    assert list(report["steps"])[3:5] == ["teacher", "train-stage1"]
+    model = OmniModel.from_pretrained(report["checkpoint"])
+    assert model.config.distill_dim == 128  # the vit-teacher-tiny width
+    stage1 = report["steps"]["train-stage1"]["dir"]
+    metrics = [json.loads(line) for line in open(f"{stage1}/stage1/metrics.jsonl")]
+    assert "distill" in metrics[-1]
+
+
 def test_budget_sets_the_step_counts():
     default = DemoPlan.for_budget()
     assert default.budget == 45 and default.eval_num == 200 and default.heldout_num == 100
     small, big = DemoPlan.for_budget(10), DemoPlan.for_budget(90)
     assert sum(small.stage_steps.values()) < sum(default.stage_steps.values()) < sum(big.stage_steps.values())
     assert small.tokenizer_steps < default.tokenizer_steps <= big.tokenizer_steps
+    distilled = DemoPlan.for_budget(45, distill=1.0)
+    assert distilled.teacher_steps > 0
+    assert distilled.teacher_steps + distilled.stage_steps["stage1"] == default.stage_steps["stage1"]
     with pytest.raises(ValueError, match="positive number of minutes"):
         DemoPlan.for_budget(0)

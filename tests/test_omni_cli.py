@@ -36,9 +36,26 @@ def test_train_resume_generate_edit_and_ask(run, capsys):
     main(["generate", "image", "--model", ckpt, "make the circle blue", "--image", str(run / "g-0.png"),
           "--image-cfg", "1.5", "-o", str(run / "e.png")])
     assert Image.open(run / "e.png").size == (32, 32)
+    main(["edit", "--model", ckpt, "--image", str(run / "g-0.png"), "make the circle blue", "-o", str(run / "f.png")])
+    assert Image.open(run / "f.png").size == (32, 32)
     capsys.readouterr()
     main(["ask", "--model", ckpt, "--image", str(run / "g-0.png"), "how many circles are there?", "two"])
     assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_teacher_distillation_and_preset_mismatch_on_resume(run):
+    import json
+
+    common = ["--text-tokenizer", str(run / "tok"), "--image-tokenizer", str(run / "img"), "--batch", "3",
+              "--steps", "2"]
+    main(["train", "omni", "--out", str(run / "teacher"), "--preset", "vit-teacher-tiny", "--set", "num_layers=1",
+          "--tasks", "caption=0.5,vqa=0.5", *common])
+    main(["train", "omni", "--out", str(run / "student"), "--set", *TINY, "--teacher",
+          str(run / "teacher" / "checkpoint"), "--tasks", "caption=1", *common])
+    metrics = [json.loads(line) for line in (run / "student" / "metrics.jsonl").read_text().splitlines()]
+    assert "distill" in metrics[-1]
+    with pytest.raises(SystemExit, match="trained from preset 'onecat-tiny', not 'raster-tiny'"):
+        main(["train", "omni", "--out", str(run / "run"), "--preset", "raster-tiny", *common])
 
 
 def test_named_errors(run):

@@ -164,6 +164,16 @@ def test_a_new_adapter_changes_nothing_and_merging_changes_nothing():
     assert torch.allclose(ffn(x, scale), unmerged, atol=1e-5)
     mixed = torch.tensor([0, 1, 2, 3, 2, 1])
     assert torch.allclose(ffn(x, mixed), adapted()(x, mixed), atol=1e-6)  # mixed scales use the LoRA path
+    merged = ffn._merged
+    ffn.merge()
+    assert ffn._merged is merged  # unchanged weights: nothing recomputed
+    with torch.no_grad():
+        ffn.down_lora.B.mul_(2)  # weights changed in place (an optimizer step, load_state_dict)
+    ffn.merge()
+    assert ffn._merged is not merged
+    fresh = ffn(x, scale)
+    ffn._merged = {}
+    assert torch.allclose(fresh, ffn(x, scale), atol=1e-5) and not torch.allclose(fresh, unmerged, atol=1e-3)
     ffn.train()
     assert not ffn._merged
 

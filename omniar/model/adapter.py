@@ -55,6 +55,7 @@ class ScaleAdaptedSwiGLU(SwiGLU):
         self.down_lora = ScaleLoRA(intermediate, hidden, num_scales, rank, alpha)
         self.enabled = True
         self._merged: dict[int, tuple[Tensor, Tensor]] = {}
+        self._merged_at: tuple[int, ...] = ()
 
     def forward(self, x: Tensor, scale: Tensor | None = None) -> Tensor:
         """x (N, hidden) or (B, L, hidden); `scale` the matching scale of every token (None: no adapter)."""
@@ -75,11 +76,19 @@ class ScaleAdaptedSwiGLU(SwiGLU):
         h = F.silu(gate) * up
         return (self.down(h) + self.down_lora.delta(h, scale)).reshape(shape)
 
+    def _versions(self) -> tuple[int, ...]:
+        return tuple(p._version for p in (self.gate_up.weight, self.down.weight, self.gate_up_lora.A,
+                                          self.gate_up_lora.B, self.down_lora.A, self.down_lora.B))
+
     @torch.no_grad()
     def merge(self) -> None:
-        """Precompute each scale's merged weights (inference); `train()` drops them."""
+        """Precompute each scale's merged weights (inference); `train()` drops them. A no-op while the weights
+        are unchanged since the last merge (their in-place version counters say so)."""
+        if self._merged and self._merged_at == self._versions():
+            return
         self._merged = {k: (self.gate_up_lora.merged(self.gate_up.weight, k),
                             self.down_lora.merged(self.down.weight, k)) for k in range(self.num_scales)}
+        self._merged_at = self._versions()
 
     def train(self, mode: bool = True) -> ScaleAdaptedSwiGLU:
         if mode:

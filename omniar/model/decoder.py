@@ -169,6 +169,13 @@ class OmniDecoder(nn.Module):
                 if merge:
                     m.merge()
 
+    def merge_scale_adapter(self) -> None:
+        """(Re)compute the merged per-scale weights of every enabled adapter: decoding then runs plain matmuls.
+        Generation calls it each time, so the merged copies always match the current weights."""
+        for m in self.modules():
+            if isinstance(m, ScaleAdaptedSwiGLU) and m.enabled:
+                m.merge()
+
     def train(self, mode: bool = True) -> OmniDecoder:
         if mode:
             drop_slabs(self)  # the decode-time weight copies are not needed while training

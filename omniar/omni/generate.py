@@ -65,6 +65,7 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
     generators = [torch.Generator().manual_seed(int(s)) for s in (seeds if seeds is not None else [0] * len(prompts))]
     params = params or SamplingParams(temperature=0.0)
     model.eval()
+    model.decoder.merge_scale_adapter()  # each scale's forward pass has one scale: merged weights, no LoRA matmuls
     if image_cfg is not None and sources is None:
         raise ValueError("image_cfg guides edits: give `sources`")
     n = len(prompts)
@@ -74,7 +75,7 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
     # row groups: (drop prompt, drop image) - conditional first, then the unconditional branches
     branches = [(False, False)] + ([(False, True), (True, True)] if image_cfg is not None else
                                    [(True, False)] if cfg != 1.0 else [])
-    und = None if sources is None else model.patch_embed(as_images(list(sources), model.image_size))
+    und = None if sources is None else model.und_features(as_images(list(sources), model.image_size))
     T = sum(s * s for s in model.scales)
     D = model.decoder.config.hidden_size
     placeholder = torch.zeros(T, D)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from omniar.checkpoint import WEIGHTS_NAME, load_state_strict, read_config, read_tensors, save_checkpoint
@@ -62,6 +63,12 @@ class OmniConfig:
     generation: str = "next_scale"
     patch: int = 4  # understanding patch size (then 2 x 2 unshuffle: 8 x 8 pixels per token)
     patch_channels: int = 64
+    # a ViT encoder (bidirectional layers) over the patch tokens: 0 for OneCAT's encoder-free model; > 0 makes
+    # the distillation teacher (omni/teacher.py), whose encoder outputs are the targets of the student
+    vision_layers: int = 0
+    # understanding distillation: the width of the teacher's features, matched by a Linear(D, distill_dim) of the
+    # student's last hidden state at understanding-image positions (0: no distillation head)
+    distill_dim: int = 0
     bit_loss_weight: float = 1.0
     cfg_dropout: float = 0.1  # t2i / edit prompts and edit references dropped (independently) in training, for CFG
     max_flip: float = 0.3  # bitwise self-correction: flip probability ~ U{0, ..., max_flip} per image
@@ -84,6 +91,9 @@ _TINY = dict(hidden_size=192, num_layers=4, num_heads=6, num_kv_heads=2, interme
 OMNI_PRESETS: dict[str, dict] = {
     "onecat-tiny": dict(decoder=dict(_TINY, scale_adapter_rank=8, num_scales=6), patch=4, patch_channels=32),
     "raster-tiny": dict(decoder=_TINY, generation="raster", patch=4, patch_channels=32),
+    # the understanding-distillation teacher (omni/teacher.py): a ViT encoder (3 layers) + a small dense decoder
+    "vit-teacher-tiny": dict(decoder=dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+                                          intermediate_size=384), vision_layers=3, patch=4, patch_channels=32),
     "onecat-small": dict(decoder=dict(hidden_size=384, num_layers=8, num_heads=6, num_kv_heads=2,
                                       intermediate_size=1024, qkv_bias=True, scale_adapter_rank=16, num_scales=6,
                                       **_EXPERTS), patch=4, patch_channels=64),
@@ -130,6 +140,13 @@ def as_images(images, side: int) -> Tensor:
     return torch.stack(out)
 
 
+def vision_encoder(width: int, heads: int, layers: int) -> nn.Module:
+    """A ViT encoder over patch tokens (which carry their positions): pre-norm bidirectional Transformer layers."""
+    layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu", batch_first=True,
+                                       norm_first=True)
+    return nn.Sequential(nn.TransformerEncoder(layer, layers, enable_nested_tensor=False), nn.LayerNorm(width))
+
+
 class OmniModel(nn.Module):
     def __init__(self, config: OmniConfig, text_tokenizer: TextTokenizer, image_tokenizer: ImageTokenizer):
         super().__init__()
@@ -149,6 +166,8 @@ class OmniModel(nn.Module):
             raise ValueError(f"the scale adapter has {dec.num_scales} scales but the tokenizer {len(img.scales)}")
         self.decoder = OmniDecoder(dec)
         self.patch_embed = PatchEmbed(D, config.patch, config.patch_channels, img.image_size)
+        self.vision = vision_encoder(D, dec.num_heads, config.vision_layers) if config.vision_layers else None
+        self.distill_proj = nn.Linear(D, config.distill_dim) if config.distill_dim else None
         self.scale_embed = ScaleInputEmbed(img.bits, D, len(img.scales), img.scales[-1])
         self.bit_head = BitwiseHead(D, img.bits)
         image_tokenizer.requires_grad_(False).eval()
@@ -168,6 +187,11 @@ class OmniModel(nn.Module):
         super().train(mode)
         self.tokenizer.eval()  # frozen: never in training mode
         return self
+
+    def und_features(self, images: Tensor) -> Tensor:
+        """Understanding-image tokens (B, T, D): the patch embedding, then the ViT encoder if there is one."""
+        x = self.patch_embed(images)
+        return x if self.vision is None else self.vision(x)
 
     # ---- layouts ----------------------------------------------------------------------------------------------
     def gen_segment(self, features: Tensor) -> Segment:
@@ -207,10 +231,11 @@ class OmniModel(nn.Module):
 
     # ---- training -----------------------------------------------------------------------------------------------
     def batch(self, examples: list[Example], generator: torch.Generator | None = None,
-              pack: bool = False) -> tuple[Batch, Tensor]:
+              pack: bool = False, teacher: OmniModel | None = None) -> tuple[Tensor, ...]:
         """(collated batch, target bits (N_gen, d) in stream order); images embedded in one call per kind.
         With a generator, applies condition dropout and bitwise self-correction (training). With `pack`, the
-        image-generation examples come first, one per row, and the short ones share rows of that length."""
+        image-generation examples come first, one per row, and the short ones share rows of that length. With a
+        `teacher`, a third element: its features (N_und, width) of the understanding images in stream order."""
         order = list(range(len(examples)))
         if pack:  # stable: generation examples (the longest) first, each group in its own order
             order.sort(key=lambda i: examples[i].task not in ("t2i", "edit"))
@@ -220,7 +245,12 @@ class OmniModel(nn.Module):
         und_images = [ex.source if ex.task == "edit" else ex.image for ex in examples
                       if ex.task in ("caption", "vqa", "edit")]
         gen_images = [ex.image for ex in examples if ex.task in ("t2i", "edit")]
-        und = iter(self.patch_embed(as_images(und_images, side))) if und_images else iter(())
+        und_pixels = as_images(und_images, side) if und_images else None
+        und = iter(self.und_features(und_pixels)) if und_images else iter(())
+        taught = iter(())
+        if teacher is not None and und_images:
+            with torch.no_grad():
+                taught = iter(teacher.eval().und_features(und_pixels))
         gen, targets = iter(()), torch.zeros(0, self.tokenizer.config.bits, dtype=torch.bool)
         if gen_images:
             x = as_images(gen_images, side)
@@ -237,17 +267,25 @@ class OmniModel(nn.Module):
                 inputs, bits = self.tokenizer.self_correct(x, flip, generator)
                 gen = iter(self.scale_embed(inputs, batch=len(x)))
             targets = torch.cat([b.flatten(2).transpose(1, 2) for b in bits], 1).reshape(-1, bits[0].shape[1])
-        samples = []
+        samples, features = [], []
         for ex in examples:
             drop_prompt = drop_image = False
             if generator is not None and ex.task in ("t2i", "edit"):  # condition dropout, each independently
                 drop_prompt, drop_image = (torch.rand(2, generator=generator) < self.config.cfg_dropout).tolist()
             u = next(und) if ex.task in ("caption", "vqa", "edit") else None
+            t = next(taught, None) if ex.task in ("caption", "vqa", "edit") else None
             g = next(gen) if ex.task in ("t2i", "edit") else None
-            samples.append(self.sample(ex, u, g, drop_prompt, drop_image and ex.task == "edit"))
+            drop_image = drop_image and ex.task == "edit"
+            samples.append(self.sample(ex, u, g, drop_prompt, drop_image))
+            if t is not None and not drop_image:  # a dropped reference is not in the stream
+                features.append(t)
         self.check_context(samples, names)
         max_len = max(len(s) for s in samples) if pack else None
-        return collate(samples, max_len=max_len, pad_id=self.text.pad), targets
+        batch = collate(samples, max_len=max_len, pad_id=self.text.pad)
+        if teacher is None:
+            return batch, targets
+        width = teacher.decoder.config.hidden_size
+        return batch, targets, torch.cat(features) if features else torch.zeros(0, width)
 
     def check_context(self, samples: list[Sample], names: list[str], reserve: int = 0) -> None:
         """A named error when a sample (plus `reserve` positions still to generate) exceeds the context."""
@@ -257,11 +295,24 @@ class OmniModel(nn.Module):
                 raise ValueError(f"{name} needs {len(s)}{extra} positions, more than the model's context of "
                                  f"{self.config.max_length} (OmniConfig.max_length): shorten the prompt")
 
-    def loss(self, batch: Batch, target_bits: Tensor) -> tuple[Tensor, dict]:
-        """Text CE (task-weighted) + bit_loss_weight * bitwise CE at generation positions."""
+    def loss(self, batch: Batch, target_bits: Tensor, teacher: Tensor | None = None,
+             distill_weight: float = 1.0) -> tuple[Tensor, dict]:
+        """Text CE (task-weighted) + bit_loss_weight * bitwise CE at generation positions; with `teacher`
+        features (N_und, distill_dim) in stream order, + distill_weight * (MSE + 1 - cosine) between them and the
+        projected last hidden state at the understanding-image positions."""
         out = self.decoder(**batch.model_inputs())
         parts = {}
         total = out.logits.new_zeros(())
+        if teacher is not None:
+            if self.distill_proj is None:
+                raise ValueError("distillation needs a student with OmniConfig.distill_dim = the teacher's width")
+            und = batch.meta.modality == Modality.IMAGE_UND
+            if int(und.sum()) != len(teacher):
+                raise ValueError(f"{len(teacher)} teacher features for {int(und.sum())} understanding positions")
+            if len(teacher):
+                pred = self.distill_proj(out.hidden[und])
+                parts["distill"] = F.mse_loss(pred, teacher) + (1 - F.cosine_similarity(pred, teacher, -1)).mean()
+                total = total + distill_weight * parts["distill"]
         if (batch.labels != -100).any():
             parts["text"] = weighted_cross_entropy(out.logits, batch.labels, batch.loss_weights)
             total = total + parts["text"]

@@ -31,6 +31,7 @@ class Recipe:
     min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
     warmup: int = 50
     pack: bool = True  # short examples share rows (documents isolated by the mask): less padding
+    distill: float = 0.0  # weight of understanding distillation (needs a teacher; omni/teacher.py)
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in TASKS]
@@ -84,26 +85,32 @@ def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool:
 
 
 def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, seed: int = 0,
-               progress: bool = True, resume: bool = True, until: int | None = None) -> list[dict]:
+               progress: bool = True, resume: bool = True, until: int | None = None,
+               teacher: OmniModel | None = None) -> list[dict]:
     """Train `model` on ShapeWorld by `recipe`; writes out/checkpoint (model, optimizer, step) and metrics.jsonl.
-    Resumes from out/checkpoint when it holds a training state."""
+    Resumes from out/checkpoint when it holds a training state. A recipe with `distill` > 0 needs the `teacher`
+    (frozen) whose understanding features the student's image positions learn to match."""
     recipe = recipe or Recipe()
     out = Path(out)
+    if recipe.distill > 0 and teacher is None:
+        raise ValueError("this recipe distills understanding (distill > 0): give a teacher (omni/teacher.py)")
+    teacher = teacher.requires_grad_(False).eval() if recipe.distill > 0 else None
 
     def batch_for_step(step: int):
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        return model.batch(examples_for_step(recipe, step, model.image_size, seed), generator=g, pack=recipe.pack)
+        return model.batch(examples_for_step(recipe, step, model.image_size, seed), generator=g, pack=recipe.pack,
+                           teacher=teacher)
 
     trainer = Trainer(model, batch_for_step, TrainConfig(steps=recipe.steps, lr=recipe.lr, warmup=recipe.warmup,
                                                          min_lr_ratio=recipe.min_lr_ratio, log_every=10),
-                      out_dir=out, progress=progress, loss_fn=lambda m, b: m.loss(*b))
+                      out_dir=out, progress=progress, loss_fn=lambda m, b: m.loss(*b, distill_weight=recipe.distill))
     if resume and (out / "checkpoint" / "trainer.json").is_file():
         trainer.resume(out / "checkpoint")
     return trainer.fit(until)
 
 
 def train_stages(model: OmniModel, out: str | Path, steps: dict[str, int], seed: int = 0, progress: bool = True,
-                 stages: dict[str, Recipe] | None = None) -> dict[str, list[dict]]:
+                 stages: dict[str, Recipe] | None = None, teacher: OmniModel | None = None) -> dict[str, list[dict]]:
     """Train `model` through the stages named in `steps` (in order, e.g. {"stage1": 600, "stage2": 400}), each in
     out/<stage> from the previous stage's weights; a stage whose checkpoint already holds its steps is skipped and
     an interrupted one resumes. Returns each stage's logged metrics."""
@@ -117,5 +124,6 @@ def train_stages(model: OmniModel, out: str | Path, steps: dict[str, int], seed:
         if n <= 0:
             continue
         recipe = dataclasses.replace(stages[name], steps=n, warmup=min(stages[name].warmup, max(1, n // 10)))
-        logs[name] = train_omni(model, out / name, recipe, seed=seed * 100 + i, progress=progress)
+        logs[name] = train_omni(model, out / name, recipe, seed=seed * 100 + i, progress=progress,
+                                teacher=teacher)
     return logs

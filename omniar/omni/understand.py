@@ -29,7 +29,7 @@ def describe(model: OmniModel, images: Sequence, questions: Sequence[str] | None
     model.eval()
     params = params or SamplingParams(temperature=0.0)
     pixels = as_images(list(images), model.image_size)
-    und = model.patch_embed(pixels)
+    und = model.und_features(pixels)
     samples = []
     for i in range(len(images)):
         ex = Example("caption", image=pixels[i]) if questions is None else Example("vqa", questions[i],
