@@ -17,22 +17,9 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 
 import torch
-
-
-def paired_times(fns, repeats: int) -> list[list[float]]:
-    for fn in fns:
-        fn()  # warm-up
-    times: list[list[float]] = [[] for _ in fns]
-    for r in range(repeats):
-        order = list(enumerate(fns))
-        for i, fn in order if r % 2 == 0 else order[::-1]:
-            t = time.perf_counter()
-            fn()
-            times[i].append(time.perf_counter() - t)
-    return times
+from decode import paired_times  # bench/decode.py: interleaved (ABBA) rounds
 
 
 def random_model(preset: str, scales: tuple[int, ...]):

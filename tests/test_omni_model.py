@@ -278,3 +278,16 @@ def test_generation_kind_must_match_the_tokenizer():
         OmniModel(OmniConfig(decoder=dict(hidden_size=48, num_layers=1, num_heads=4, num_kv_heads=2)), text, single)
     with pytest.raises(ValueError, match="generation must be one of"):
         OmniConfig(generation="diffusion")
+
+
+def test_python_api_is_batched_and_broadcasts_one_image(model):
+    one = model.generate_image("a red circle", seeds=[3])
+    two = model.generate_image(["a red circle", "two blue squares"], seeds=[3, 4])
+    assert one.shape == (1, 3, 32, 32) and torch.allclose(one[0], two[0], atol=1e-5)  # independent of its batch
+    edits = model.edit_image(two[0], ["make the circle blue", "remove the circle"], seeds=[0, 1])
+    assert edits.shape == (2, 3, 32, 32)
+    answers = model.answer(two[0], ["how many circles are there?", "two"], max_new_tokens=4)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    assert len(model.caption(two, max_new_tokens=4)) == 2
+    with pytest.raises(ValueError, match="32x32 RGB"):
+        model.answer(torch.zeros(3, 16, 16), "how many?")

@@ -22,7 +22,7 @@ def describe(model: OmniModel, images: Sequence, questions: Sequence[str] | None
              generator: torch.Generator | None = None, return_ids: bool = False) -> list[str] | list[list[int]]:
     """Captions of `images`, or with `questions` (one per image) the answers; with return_ids, the token ids
     (without the final <eos>) instead of the text."""
-    if not images:
+    if len(images) == 0:
         raise ValueError("describe needs at least one image")
     if questions is not None and len(questions) != len(images):
         raise ValueError(f"{len(questions)} questions for {len(images)} images: give one per image")
