@@ -22,7 +22,7 @@ from pathlib import Path
 TOKENIZER_STEPS_PER_MIN = 120
 MODEL_STEPS_PER_MIN = 110
 EVAL_MIN_PER_ITEM = 0.012
-CACHE_VERSION = 1  # bump when a change to the code makes cached products stale
+CACHE_VERSION = 2  # bump when a change to the code makes cached products stale
 
 
 @dataclass
@@ -94,7 +94,8 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
     from omniar.omni.evaluate import evaluate_model
     from omniar.omni.model import OmniModel, omni_preset
     from omniar.omni.report import write_report
-    from omniar.omni.train import train_stages
+    from omniar.omni.teacher import distill_config, train_teacher
+    from omniar.omni.train import STAGES, train_stages
     from omniar.tokenizers.image import ImageTokenizer
     from omniar.tokenizers.text import TextTokenizer
 
@@ -151,8 +152,6 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
     teacher_key = {"steps": plan.teacher_steps, "text": _digest(text_key), "image": _digest(image_key),
                    "seed": plan.seed, "batch": plan.examples_per_step}
     if plan.distill > 0:
-        from omniar.omni.teacher import train_teacher
-
         def teach(d: Path) -> dict:
             torch.manual_seed(plan.seed)
             train_teacher(d, TextTokenizer.load(text_dir), ImageTokenizer.from_pretrained(image_dir / "checkpoint"),
@@ -162,38 +161,33 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
 
         teacher = OmniModel.from_pretrained(step("teacher", teacher_key, teach) / "checkpoint")
 
-    # 4. the staged training of the model, one cached step per stage
-    model_key = {"preset": plan.preset, "overrides": plan.overrides, "text": _digest(text_key),
-                 "image": _digest(image_key), "seed": plan.seed, "batch": plan.examples_per_step}
+    # 4. the staged training of the model, one cached step per stage (its key includes the previous stage's)
+    base_key = {"preset": plan.preset, "overrides": plan.overrides, "text": _digest(text_key),
+                "image": _digest(image_key), "seed": plan.seed, "batch": plan.examples_per_step}
     if teacher is not None:
-        model_key.update(teacher=_digest(teacher_key), distill=plan.distill)
-    previous = None
+        base_key.update(teacher=_digest(teacher_key), distill=plan.distill)
+    stages = {name: dataclasses.replace(recipe, examples_per_step=plan.examples_per_step,
+                                        distill=plan.distill if name == "stage1" and teacher is not None else 0.0)
+              for name, recipe in STAGES.items()}
+    previous, key = None, base_key
     for name, n in plan.stage_steps.items():
-        model_key = {**model_key, "stage": name, "steps": n}
+        key = {**base_key, "stage": name, "steps": n, "after": _digest(key)}
 
         def train(d: Path, name=name, n=n, previous=previous) -> dict:
             torch.manual_seed(plan.seed)
             if previous is None:
                 config = omni_preset(plan.preset, **plan.overrides)
                 if teacher is not None:
-                    from omniar.omni.teacher import distill_config
-
                     config = distill_config(config, teacher)
                 model = OmniModel(config, TextTokenizer.load(text_dir),
                                   ImageTokenizer.from_pretrained(image_dir / "checkpoint"))
             else:
                 model = OmniModel.from_pretrained(previous)
-            from omniar.omni.train import STAGES
+            metrics = train_stages(model, d, {name: n}, seed=plan.seed, progress=progress, stages=stages,
+                                   teacher=teacher if stages[name].distill else None).get(name) or [{}]
+            return {"steps": n, "loss": metrics[-1].get("loss"), "tokens_per_s": metrics[-1].get("tokens_per_s")}
 
-            distill = plan.distill if name == "stage1" and teacher is not None else 0.0
-            stages = {name: dataclasses.replace(STAGES[name], examples_per_step=plan.examples_per_step,
-                                                distill=distill)}
-            logs = train_stages(model, d, {name: n}, seed=plan.seed, progress=progress, stages=stages,
-                                teacher=teacher if distill else None)
-            last = logs.get(name, [{}])[-1] if logs.get(name) else {}
-            return {"steps": n, "loss": last.get("loss"), "tokens_per_s": last.get("tokens_per_s")}
-
-        previous = step(f"train-{name}", model_key, train) / name / "checkpoint"
+        previous = step(f"train-{name}", key, train) / name / "checkpoint"
     model = OmniModel.from_pretrained(previous)
 
     # 5. the benchmark (test split + held-out compositions), judged independently

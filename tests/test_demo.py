@@ -40,10 +40,11 @@ def test_demo_runs_every_step_and_a_second_run_comes_from_the_cache(tmp_path):
     assert (stage3 / "stage3" / "checkpoint" / "model.safetensors").stat().st_mtime_ns == weights
     assert again["scores"] == report["scores"]  # same weights, same seeds: the same outputs, judged the same
 
-    longer = DemoPlan(**{**TINY.__dict__, "stage_steps": {"stage1": 2, "stage2": 2, "stage3": 2}})
+    longer = DemoPlan(**{**TINY.__dict__, "stage_steps": {"stage1": 2, "stage2": 3, "stage3": 1}})
     third = run_demo(tmp_path / "demo", longer, progress=False, log=lines.append)
     cached = {k: v["cached"] for k, v in third["steps"].items()}
-    assert cached["train-stage2"] and not cached["train-stage3"]  # only what changed is retrained
+    # only what changed is retrained, and every stage after it (stage 3 starts from the new stage 2)
+    assert cached["train-stage1"] and not cached["train-stage2"] and not cached["train-stage3"]
     json.dumps(third)
 
 

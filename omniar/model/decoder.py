@@ -166,8 +166,8 @@ class OmniDecoder(nn.Module):
         for m in self.modules():
             if isinstance(m, ScaleAdaptedSwiGLU):
                 m.enabled = enabled
-                if merge:
-                    m.merge()
+        if merge:
+            self.merge_scale_adapter()
 
     def merge_scale_adapter(self) -> None:
         """(Re)compute the merged per-scale weights of every enabled adapter: decoding then runs plain matmuls.

@@ -62,7 +62,8 @@ def predict_shapeworld(model: OmniModel, out: str | Path, num: int = 200, split:
     (out / "media").mkdir(parents=True, exist_ok=True)
     side = model.image_size
     samples = [make_sample(split, i) for i in range(num)]
-    images = [render(Scene.from_dict(s["scene"]), side) for s in samples]
+    understood = {"vqa", "caption"} & set(tasks)  # only they read the samples' images
+    images = [render(Scene.from_dict(s["scene"]), side) for s in samples] if understood else []
     records: list[dict] = []
     seconds: dict[str, float] = {}
     bar = tqdm(total=num * len(tasks), disable=not progress, desc=f"benchmark {split}", unit="item")

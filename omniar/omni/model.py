@@ -231,7 +231,7 @@ class OmniModel(nn.Module):
 
     # ---- training -----------------------------------------------------------------------------------------------
     def batch(self, examples: list[Example], generator: torch.Generator | None = None,
-              pack: bool = False, teacher: OmniModel | None = None) -> tuple[Tensor, ...]:
+              pack: bool = False, teacher: OmniModel | None = None) -> tuple:
         """(collated batch, target bits (N_gen, d) in stream order); images embedded in one call per kind.
         With a generator, applies condition dropout and bitwise self-correction (training). With `pack`, the
         image-generation examples come first, one per row, and the short ones share rows of that length. With a
@@ -334,20 +334,19 @@ class OmniModel(nn.Module):
         from omniar.omni.generate import generate_images
 
         instructions = [instructions] if isinstance(instructions, str) else list(instructions)
-        images = as_images(images, self.image_size)
-        if len(images) == 1:
-            images = images.expand(len(instructions), -1, -1, -1)
-        return generate_images(self, instructions, sources=images, cfg=cfg, **kw)
+        return generate_images(self, instructions, sources=self._one_per(images, len(instructions)), cfg=cfg, **kw)
 
     def answer(self, images, questions: str | Sequence[str], **kw) -> list[str]:
         """Answers to `questions` (one image per question; a single image is used for every question)."""
         from omniar.omni.understand import describe
 
         questions = [questions] if isinstance(questions, str) else list(questions)
+        return describe(self, self._one_per(images, len(questions)), questions, **kw)
+
+    def _one_per(self, images, n: int) -> Tensor:
+        """Images as (n, 3, S, S): a single image is used for all n."""
         images = as_images(images, self.image_size)
-        if len(images) == 1:
-            images = images.expand(len(questions), -1, -1, -1)
-        return describe(self, images, questions, **kw)
+        return images.expand(n, -1, -1, -1) if len(images) == 1 else images
 
     def caption(self, images, **kw) -> list[str]:
         from omniar.omni.understand import describe

@@ -61,20 +61,24 @@ def _curve(metrics: list[Path]) -> str:
     y_lo, y_hi = min(p[1] for p in points), max(p[1] for p in points)
     span = max(y_hi - y_lo, 1e-6)
 
-    def xy(x, y):
-        return f"{40 + (w - 50) * x / x_max:.1f},{10 + (h - 30) * (1 - (y - y_lo) / span):.1f}"
+    def sx(x):
+        return f"{40 + (w - 50) * x / x_max:.1f}"
 
-    lines = "".join(f'<line x1="{xy(b, y_lo).split(",")[0]}" y1="10" x2="{xy(b, y_lo).split(",")[0]}" '
-                    f'y2="{h - 20}" stroke="#bbb" stroke-dasharray="4"/>' for b in bounds[:-1])
-    poly = " ".join(xy(x, y) for x, y in points)
+    def sy(y):
+        return f"{10 + (h - 30) * (1 - (y - y_lo) / span):.1f}"
+
+    lines = "".join(f'<line x1="{sx(b)}" y1="10" x2="{sx(b)}" y2="{h - 20}" stroke="#bbb" stroke-dasharray="4"/>'
+                    for b in bounds[:-1])
+    poly = " ".join(f"{sx(x)},{sy(y)}" for x, y in points)
     return (f'<svg width="{w}" height="{h}" style="border:1px solid #ddd">{lines}<polyline fill="none" '
             f'stroke="#36c" stroke-width="1.5" points="{poly}"/><text x="4" y="16" font-size="11">{y_hi:.3f}'
             f'</text><text x="4" y="{h - 22}" font-size="11">{y_lo:.3f}</text><text x="{w - 80}" y="{h - 4}" '
             f'font-size="11">step {x_max}</text></svg>')
 
 
-def _input_images(records: list[dict], task: str, split_dir: Path, limit: int) -> list[str]:
-    """Render the inputs of the first `limit` understanding items (the predictions file does not hold them)."""
+def _input_images(split_dir: Path, count: int) -> list[str]:
+    """Render the inputs of the split's first `count` samples (the understanding items' images, which the
+    predictions file does not hold), once."""
     from PIL import Image
 
     from omniar.data.shapeworld.dataset import make_sample
@@ -83,7 +87,7 @@ def _input_images(records: list[dict], task: str, split_dir: Path, limit: int) -
 
     names = []
     split = split_dir.name
-    for i, _ in enumerate([r for r in records if r["task"] == task][:limit]):
+    for i in range(count):
         name = f"media/input-{i:05d}.png"
         if not (split_dir / name).is_file():
             Image.fromarray(render(Scene.from_dict(make_sample(split, i)["scene"]))).save(split_dir / name)
@@ -135,7 +139,7 @@ def write_report(path: str | Path, report: dict, eval_dir: str | Path, metrics: 
         rows = [r for r in test if r["task"] == task][:show]
         if not rows:
             continue
-        images = _input_images(test, task, eval_dir / "test", len(rows))
+        images = _input_images(eval_dir / "test", len(rows))
         head = "question</th><th>answer</th><th>model" if task == "vqa" else "model caption"
         parts.append(f"<h2>{'Visual question answering' if task == 'vqa' else 'Captions'}</h2><table><tr>"
                      f"<th>image</th><th>{head}</th><th>correct</th></tr>")

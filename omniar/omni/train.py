@@ -113,17 +113,18 @@ def train_stages(model: OmniModel, out: str | Path, steps: dict[str, int], seed:
                  stages: dict[str, Recipe] | None = None, teacher: OmniModel | None = None) -> dict[str, list[dict]]:
     """Train `model` through the stages named in `steps` (in order, e.g. {"stage1": 600, "stage2": 400}), each in
     out/<stage> from the previous stage's weights; a stage whose checkpoint already holds its steps is skipped and
-    an interrupted one resumes. Returns each stage's logged metrics."""
+    an interrupted one resumes. Each stage draws its own examples (seeded by its place in `stages`), also when
+    the stages are trained one call at a time. Returns each stage's logged metrics."""
     stages = stages or STAGES
     unknown = [s for s in steps if s not in stages]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; known: {', '.join(stages)}")
     out = Path(out)
     logs = {}
-    for i, (name, n) in enumerate(steps.items()):
+    for name, n in steps.items():
         if n <= 0:
             continue
         recipe = dataclasses.replace(stages[name], steps=n, warmup=min(stages[name].warmup, max(1, n // 10)))
-        logs[name] = train_omni(model, out / name, recipe, seed=seed * 100 + i, progress=progress,
-                                teacher=teacher)
+        logs[name] = train_omni(model, out / name, recipe, seed=seed * 100 + list(stages).index(name),
+                                progress=progress, teacher=teacher)
     return logs
