@@ -119,6 +119,25 @@ def test_batch_generation_equals_one_by_one_with_seeds(model):
     assert not all(torch.equal(a, b) for a, b in zip(other, together))
 
 
+def test_a_bits_prefix_is_kept_and_the_rest_generated_from_it(model):
+    prompts = ["a red circle", "two"]
+    params = SamplingParams(temperature=1.0)
+    _, bits = generate_images(model, prompts, cfg=2.0, params=params, seeds=[1, 2], return_bits=True)
+    # its own coarse scales as the prefix: the same image (a row's draws do not depend on the prefix)
+    _, again = generate_images(model, prompts, cfg=2.0, params=params, seeds=[1, 2], prefix=bits[:2],
+                               return_bits=True)
+    assert all(torch.equal(a, b) for a, b in zip(again, bits))
+    other = [~b for b in bits[:2]]  # another layout: kept, and the later scales follow it
+    _, forced = generate_images(model, prompts, cfg=2.0, params=params, seeds=[1, 2], prefix=other,
+                                return_bits=True)
+    assert all(torch.equal(a, b) for a, b in zip(forced[:2], other))
+    assert not all(torch.equal(a, b) for a, b in zip(forced[2:], bits[2:]))
+    with pytest.raises(ValueError, match="prefix bits of scale 2 must be"):
+        generate_images(model, prompts, prefix=[bits[0], bits[1][:, :, :1]])
+    with pytest.raises(ValueError, match="a prefix of 5 scales"):
+        generate_images(model, prompts, prefix=bits + bits[:1])
+
+
 def test_editing_reads_the_reference_image(model):
     g = torch.Generator().manual_seed(3)
     a, b = torch.rand(3, 32, 32, generator=g), torch.rand(3, 32, 32, generator=g)

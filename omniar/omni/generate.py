@@ -51,11 +51,13 @@ def row_params(params: SamplingParams, i: int) -> SamplingParams:
 def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequence | None = None,
                     cfg: float = 1.0, cfg_schedule: str = "linear", image_cfg: float | None = None,
                     params: SamplingParams | None = None,
-                    seeds: Sequence[int] | None = None, return_bits: bool = False):
+                    seeds: Sequence[int] | None = None, prefix: Sequence | None = None, return_bits: bool = False):
     """Images (B, 3, S, S) in [0, 1] for text prompts - or, with `sources` (one image per prompt), edits of them
     (guidance then drops the instruction and keeps the reference image). `params` sample each bit (default
-    greedy); `seeds` gives each row its own generator, so a row's image does not depend on its batch. With
-    return_bits, also the bits per scale."""
+    greedy); `seeds` gives each row its own generator, so a row's image does not depend on its batch. `prefix`
+    (next-scale): the bits of the first K scales, each (B, d, s_k, s_k) as `ImageTokenizer.encode` gives them,
+    which are kept and the later scales generated from them (complete an image from its coarse layout; where
+    quality is lost per scale: bench/omni_scale_forcing.py). With return_bits, also the bits per scale."""
     if not prompts:
         raise ValueError("generate_images needs at least one prompt")
     if sources is not None and len(sources) != len(prompts):
@@ -83,6 +85,8 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
                for dp, di in branches for i, ex in enumerate(examples)]
     for s in samples:  # generation stops at the last scale: no <eoi> position
         s.segments[-1].end = None
+    if prefix is not None:
+        _check_prefix(model, prefix, n)
     model.check_context(samples, [f"prompt {i % n} ({prompts[i % n][:40]!r})" for i in range(len(samples))])
     batch = collate(samples, pad_side="left", pad_id=model.text.pad)
     groups = len(branches)
@@ -107,12 +111,25 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
             logp = logp[1] + weights[k] * (logp[0] - logp[1])
         else:
             logp = logp[0]
-        steps.add(k, torch.cat([sample_bits(logp[i : i + 1], row_params(params, i), g)
-                                for i, g in enumerate(generators)]))
+        drawn = torch.cat([sample_bits(logp[i : i + 1], row_params(params, i), g) for i, g in enumerate(generators)])
+        if prefix is not None and k < len(prefix):  # drawn all the same: a row's generator does not depend on K
+            drawn = prefix[k].flatten(2).transpose(1, 2).to(drawn.dtype)
+        steps.add(k, drawn)
         at += size
     bits = steps.bits()
     images = model.tokenizer.decode(bits)
     return (images, bits) if return_bits else images
+
+
+def _check_prefix(model: OmniModel, prefix: Sequence, n: int) -> None:
+    if model.gen_modality != Modality.IMAGE_GEN:
+        raise ValueError("a bits prefix needs next-scale generation (this model decodes raster tokens)")
+    if len(prefix) > len(model.scales):
+        raise ValueError(f"a prefix of {len(prefix)} scales for a model with {len(model.scales)}")
+    d = model.tokenizer.config.bits
+    for s, b in zip(model.scales, prefix):
+        if tuple(b.shape) != (n, d, s, s):
+            raise ValueError(f"prefix bits of scale {s} must be ({n}, {d}, {s}, {s}), got {tuple(b.shape)}")
 
 
 class _NextScale:
