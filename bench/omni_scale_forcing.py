@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 
 from omniar.data.shapeworld.dataset import make_sample
@@ -23,10 +22,7 @@ from omniar.data.shapeworld.scene import Scene
 from omniar.generation.sampling import SamplingParams
 from omniar.omni.generate import generate_images
 from omniar.omni.model import OmniModel, as_images
-
-
-def uint8(images: torch.Tensor) -> np.ndarray:
-    return (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+from omniar.tokenizers.train_image import to_uint8
 
 
 def main() -> None:
@@ -48,7 +44,7 @@ def main() -> None:
     seeds = [args.seed + i for i in range(args.num)]
 
     def score(imgs: torch.Tensor) -> float:
-        return score_images(prompts, uint8(imgs))["overall"]
+        return score_images(prompts, to_uint8(imgs))["overall"]
 
     scales = model.scales
     print(f"model: {args.model} | {args.num} {args.split} prompts | cfg {args.cfg} | temperature {args.temperature}")

@@ -240,12 +240,12 @@ def _train_omni(args) -> None:
 
 
 def _generate_image(args) -> None:
-    import numpy as np
     from PIL import Image
 
     from omniar.generation.sampling import SamplingParams
     from omniar.omni.generate import generate_images
     from omniar.omni.model import OmniModel
+    from omniar.tokenizers.train_image import to_uint8
 
     model = OmniModel.from_pretrained(args.model)
     sources = None
@@ -257,7 +257,7 @@ def _generate_image(args) -> None:
                              params=SamplingParams(temperature=args.temperature, top_p=args.top_p),
                              seeds=[args.seed + i for i in range(len(args.prompts))])
     out = Path(args.output)
-    arrays = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    arrays = to_uint8(images)
     for i, a in enumerate(arrays):
         path = out if len(arrays) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
         Image.fromarray(a).save(path)

@@ -114,7 +114,8 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
         log(f"[demo] {name}: {took} -> {d}")
         return d
 
-    # 1. data: the evaluation splits as a ShapeWorld dataset on disk (training samples are drawn on the fly)
+    # 1. data: the evaluation splits as a ShapeWorld dataset on disk - the report shows its renders beside the
+    # answers and captions (training samples are drawn on the fly, the benchmark regenerates its samples)
     def make_data(d: Path) -> dict:
         from omniar.data.shapeworld.dataset import make_dataset
 
@@ -208,6 +209,6 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
         "checkpoint": str(previous),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    write_report(out / "report.html", report, eval_dir, metrics=[Path(steps[f"train-{n}"]["dir"]) / n /
-                                                                  "metrics.jsonl" for n in plan.stage_steps])
+    write_report(out / "report.html", report, eval_dir, data_dir,
+                 metrics=[Path(steps[f"train-{n}"]["dir"]) / n / "metrics.jsonl" for n in plan.stage_steps])
     return report

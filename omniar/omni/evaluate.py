@@ -21,6 +21,7 @@ from omniar.generation.sampling import SamplingParams
 from omniar.omni.generate import generate_images
 from omniar.omni.model import OmniModel
 from omniar.omni.understand import describe
+from omniar.tokenizers.train_image import to_uint8
 
 EVAL_TASKS = ("t2i", "vqa", "caption", "edit")
 
@@ -39,10 +40,6 @@ class ImageSampling:
 
     def params(self) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
-
-
-def _uint8(images) -> np.ndarray:
-    return (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
 
 
 def predict_shapeworld(model: OmniModel, out: str | Path, num: int = 200, split: str = "test",
@@ -80,7 +77,7 @@ def predict_shapeworld(model: OmniModel, out: str | Path, num: int = 200, split:
                 gen = generate_images(model, [s["caption"] for s in chunk], cfg=sampling.cfg,
                                       cfg_schedule=sampling.cfg_schedule, params=sampling.params(),
                                       seeds=[seed + a + i for i in range(len(chunk))])
-                for i, (s, img) in enumerate(zip(chunk, _uint8(gen))):
+                for i, (s, img) in enumerate(zip(chunk, to_uint8(gen))):
                     records.append({"task": "t2i", "prompt": s["caption"], "kind": s["kind"],
                                     "image": save(f"t2i-{a + i:05d}.png", img)})
                 bar.update(len(chunk))
@@ -110,7 +107,7 @@ def predict_shapeworld(model: OmniModel, out: str | Path, num: int = 200, split:
                                       cfg=sampling.cfg, cfg_schedule=sampling.cfg_schedule,
                                       image_cfg=sampling.image_cfg, params=sampling.params(),
                                       seeds=[seed + a + i for i in range(len(chunk))])
-                for j, (s, src, img) in enumerate(zip(chunk, sources, _uint8(gen))):
+                for j, (s, src, img) in enumerate(zip(chunk, sources, to_uint8(gen))):
                     records.append({"task": "edit", "instruction": s["edit"]["instruction"],
                                     "source": save(f"edit-{a + j:05d}-source.png", src),
                                     "edited": save(f"edit-{a + j:05d}.png", img)})

@@ -76,27 +76,17 @@ def _curve(metrics: list[Path]) -> str:
             f'font-size="11">step {x_max}</text></svg>')
 
 
-def _input_images(split_dir: Path, count: int) -> list[str]:
-    """Render the inputs of the split's first `count` samples (the understanding items' images, which the
-    predictions file does not hold), once."""
-    from PIL import Image
-
-    from omniar.data.shapeworld.dataset import make_sample
-    from omniar.data.shapeworld.render import render
-    from omniar.data.shapeworld.scene import Scene
-
-    names = []
-    split = split_dir.name
-    for i in range(count):
-        name = f"media/input-{i:05d}.png"
-        if not (split_dir / name).is_file():
-            Image.fromarray(render(Scene.from_dict(make_sample(split, i)["scene"]))).save(split_dir / name)
-        names.append(name)
-    return names
+def _input_images(data_dir: Path, page_dir: Path, count: int) -> list[str]:
+    """Links (relative to the page) to the renders of the test split's first `count` samples in the demo's
+    ShapeWorld dataset - the understanding items' inputs, which the predictions file does not hold."""
+    records = _records(data_dir / "test.jsonl")[:count]
+    return [os.path.relpath(data_dir / r["image"], page_dir) for r in records]
 
 
-def write_report(path: str | Path, report: dict, eval_dir: str | Path, metrics: list[Path] = (),
-                 show: int = 24) -> Path:
+def write_report(path: str | Path, report: dict, eval_dir: str | Path, data_dir: str | Path,
+                 metrics: list[Path] = (), show: int = 24) -> Path:
+    """The page at `path` for a demo `report`, linking the benchmark's outputs in `eval_dir` and the inputs in the
+    ShapeWorld dataset `data_dir` (the benchmark's test samples), with the loss curve of the `metrics` files."""
     from omniar.data.shapeworld.judge import answer_correct, caption_correct
     from omniar.data.shapeworld.scene import Scene
 
@@ -139,7 +129,7 @@ def write_report(path: str | Path, report: dict, eval_dir: str | Path, metrics: 
         rows = [r for r in test if r["task"] == task][:show]
         if not rows:
             continue
-        images = _input_images(eval_dir / "test", len(rows))
+        images = _input_images(Path(data_dir), path.parent, len(rows))
         head = "question</th><th>answer</th><th>model" if task == "vqa" else "model caption"
         parts.append(f"<h2>{'Visual question answering' if task == 'vqa' else 'Captions'}</h2><table><tr>"
                      f"<th>image</th><th>{head}</th><th>correct</th></tr>")
@@ -150,7 +140,7 @@ def write_report(path: str | Path, report: dict, eval_dir: str | Path, metrics: 
             else:
                 ok = caption_correct(r["prediction"], Scene.from_dict(r["scene"]).objects)
                 text = _esc(r["prediction"])
-            parts.append(f'<tr><td><div class=cell><img src="{rel}/test/{img}"></div></td><td>{text}</td>'
+            parts.append(f'<tr><td><div class=cell><img src="{img}"></div></td><td>{text}</td>'
                          f'<td class={"ok" if ok else "bad"}>{"yes" if ok else "no"}</td></tr>')
         parts.append("</table>")
     parts.append("</body></html>")

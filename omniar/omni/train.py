@@ -44,12 +44,11 @@ class Recipe:
 # OneCAT's staged recipe on ShapeWorld (each stage starts from the previous stage's weights with a fresh optimizer):
 # stage 1 pretrains generation with captioning beside it (the understanding path learns to read images); stage 2
 # is unified mid-training on every task; stage 3 fine-tunes on the same mixture at a lower learning rate. `steps`
-# here are placeholders: `train_stages` (and `omniar demo --budget`) set them.
-_ALL = {"t2i": 0.4, "caption": 0.15, "vqa": 0.25, "edit": 0.15, "text": 0.05}
+# here are placeholders: `train_stages` (and `omniar demo --budget`) set them; stages 2 and 3 use the default mix.
 STAGES: dict[str, Recipe] = {
     "stage1": Recipe(tasks={"t2i": 0.6, "caption": 0.3, "text": 0.1}, lr=2e-3, min_lr_ratio=0.5, warmup=50),
-    "stage2": Recipe(tasks=dict(_ALL), lr=1.5e-3, min_lr_ratio=0.2, warmup=20),
-    "stage3": Recipe(tasks=dict(_ALL), lr=5e-4, min_lr_ratio=0.1, warmup=10),
+    "stage2": Recipe(lr=1.5e-3, min_lr_ratio=0.2, warmup=20),
+    "stage3": Recipe(lr=5e-4, min_lr_ratio=0.1, warmup=10),
 }
 
 

@@ -36,7 +36,13 @@ def shapeworld_images(num: int, split: str = "train", side: int = 64) -> np.ndar
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, S, S, 3) -> float (N, 3, S, S) in [0, 1]."""
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float (N, 3, S, S) in [0, 1] -> uint8 (N, S, S, 3), the inverse of `to_tensor`."""
+    return (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
 
 
 def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageTokenizerConfig | None = None,
@@ -117,7 +123,7 @@ def evaluate_image_tokenizer(model: ImageTokenizer, num: int = 500, split: str =
         flat = torch.cat([b.permute(0, 2, 3, 1).reshape(-1, model.config.bits) for b in bits]).float()
         bit_sum = bit_sum + flat.sum(0)
         bit_count += len(flat)
-        imgs = (recon.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        imgs = to_uint8(recon)
         for img, scene in zip(imgs, scenes[a : a + 50]):
             got = sorted((o.shape, o.color, o.size) for o in parse_image(img))
             matches += got == sorted((o.shape, o.color, o.size) for o in scene.objects)
