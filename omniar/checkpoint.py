@@ -84,7 +84,9 @@ def read_config(directory: str | Path, model_type: str, what: str) -> dict:
     model_type key; named errors for a missing or malformed file and for another kind of checkpoint."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: not a {what} checkpoint")
+        nested = sorted(p.parent for p in Path(directory).glob(f"**/{CONFIG_NAME}"))[:3]
+        hint = f" (found one in {', '.join(map(str, nested))})" if nested else ""
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: it is not a saved {what}{hint}")
     try:
         d = json.loads(path.read_text())
     except json.JSONDecodeError as e:

@@ -210,23 +210,47 @@ def _overrides(pairs: list[str]) -> dict:
 def _train_omni(args) -> None:
     import torch
 
+    from omniar.omni.model import OmniModel
+
+    shards = args.shards or args.workers
+    if args.workers < 1 or shards % args.workers or shards > args.batch:
+        sys.exit(f"error: --shards {shards} must be a multiple of --workers {args.workers} and at most --batch "
+                 f"{args.batch}")
+    out = Path(args.out)
+    if (out / "checkpoint" / "trainer.json").is_file():
+        preset = OmniModel.from_pretrained(out / "checkpoint").config.preset
+        if args.preset != preset:
+            sys.exit(f"error: {out / 'checkpoint'} was trained from preset {preset!r}, not {args.preset!r}: give "
+                     f"--preset {preset} to resume it, or a new --out")
+        print(f"resuming {out / 'checkpoint'}")
+    if args.workers > 1:
+        from omniar.train.parallel import launch
+
+        launch(_train_omni_process, args.workers, args, shards,
+               threads=max(1, torch.get_num_threads() // args.workers))
+    else:
+        _train_omni_process(args, shards)
+    print(f"checkpoint: {(out / 'checkpoint').resolve()}")
+
+
+def _train_omni_process(args, shards: int) -> None:
+    """One process's part of `omniar train omni` (the only one, or one of --workers data-parallel ones)."""
+    import torch
+
     from omniar.omni.model import OmniModel, omni_preset
     from omniar.omni.train import Recipe, train_omni
     from omniar.tokenizers.image import ImageTokenizer
     from omniar.tokenizers.text import TextTokenizer
+    from omniar.train.parallel import DataParallel
 
     torch.manual_seed(args.seed)
     tasks = {k: float(v) for k, v in _overrides(args.tasks.split(",")).items()}
     teacher = OmniModel.from_pretrained(args.teacher) if args.teacher else None
-    recipe = Recipe(tasks=tasks, examples_per_step=args.batch, steps=args.steps, lr=args.lr,
+    recipe = Recipe(tasks=tasks, examples_per_step=args.batch, steps=args.steps, lr=args.lr, shards=shards,
                     distill=args.distill if teacher is not None else 0.0)
     out = Path(args.out)
     if (out / "checkpoint" / "trainer.json").is_file():
         model = OmniModel.from_pretrained(out / "checkpoint")
-        if args.preset != model.config.preset:
-            sys.exit(f"error: {out / 'checkpoint'} was trained from preset {model.config.preset!r}, not "
-                     f"{args.preset!r}: give --preset {model.config.preset} to resume it, or a new --out")
-        print(f"resuming {out / 'checkpoint'}")
     else:
         config = omni_preset(args.preset, **_overrides(args.set))
         if teacher is not None:
@@ -235,8 +259,8 @@ def _train_omni(args) -> None:
             config = distill_config(config, teacher)
         model = OmniModel(config, TextTokenizer.load(args.text_tokenizer),
                           ImageTokenizer.from_pretrained(args.image_tokenizer))
-    train_omni(model, out, recipe, seed=args.seed, teacher=teacher)
-    print(f"checkpoint: {(out / 'checkpoint').resolve()}")
+    train_omni(model, out, recipe, seed=args.seed, teacher=teacher,
+               parallel=DataParallel() if args.workers > 1 else None)
 
 
 def _generate_image(args) -> None:
@@ -322,6 +346,10 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--batch", type=int, default=16, help="examples per step")
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--shards", type=int, default=0, help="pieces per step, each its own forward/backward (gradient "
+                   "accumulation: less memory, the same update); default: --workers")
+    t.add_argument("--workers", type=int, default=1, help="data-parallel processes sharing each step's pieces "
+                   "(gloo; bench/train_parallel.py measures whether it pays on your machine)")
     t.set_defaults(func=_train_omni)
 
     p = sub.add_parser("ask", help="answer questions about an image (or caption it) with an OmniModel")

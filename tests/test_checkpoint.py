@@ -114,3 +114,12 @@ def test_corrupt_and_missing_files_are_named(tmp_path):
 def test_invalid_configs_are_named(bad, message):
     with pytest.raises(ValueError, match=message):
         DecoderConfig(**bad)
+
+
+def test_missing_config_names_a_nested_checkpoint(tmp_path):
+    from omniar.checkpoint import read_config, save_checkpoint
+
+    save_checkpoint(tmp_path / "run" / "checkpoint", {"model_type": "x"}, {"w": torch.zeros(1)})
+    with pytest.raises(FileNotFoundError, match=r"not a saved thing \(found one in .*run/checkpoint\)"):
+        read_config(tmp_path, "x", "thing")
+    assert read_config(tmp_path / "run" / "checkpoint", "x", "thing") == {}

@@ -21,7 +21,7 @@ def run(tmp_path_factory):
     args = ["train", "omni", "--out", str(root / "run"), "--set", *TINY, "--text-tokenizer", str(root / "tok"),
             "--image-tokenizer", str(root / "img"), "--batch", "3"]
     main(args + ["--steps", "2"])
-    main(args + ["--steps", "3"])  # resumes from step 2
+    main(args + ["--steps", "3", "--workers", "2"])  # resumes from step 2, in two data-parallel processes
     return root
 
 
@@ -68,4 +68,7 @@ def test_named_errors(run):
         main(["generate", "image", "--model", str(run / "img"), "a red circle"])
     with pytest.raises(SystemExit, match="--set takes key=value"):
         main(["train", "omni", "--out", str(run / "x"), "--set", "hidden_size", "--text-tokenizer",
+              str(run / "tok"), "--image-tokenizer", str(run / "img")])
+    with pytest.raises(SystemExit, match="--shards 3 must be a multiple of --workers 2"):
+        main(["train", "omni", "--out", str(run / "x"), "--workers", "2", "--shards", "3", "--text-tokenizer",
               str(run / "tok"), "--image-tokenizer", str(run / "img")])

@@ -38,3 +38,13 @@ def test_recipe_errors():
         Recipe(tasks={"draw": 1.0})
     with pytest.raises(ValueError, match="positive sum"):
         Recipe(tasks={"t2i": 0.0})
+
+
+def test_shards_partition_the_step_with_balanced_work():
+    recipe = Recipe(tasks={"t2i": 1, "vqa": 1, "edit": 1, "text": 1}, examples_per_step=16)
+    whole = sorted((x.task, x.text) for x in examples_for_step(recipe, 5, 32))
+    pieces = [examples_for_step(recipe, 5, 32, shard=i, shards=3) for i in range(3)]
+    assert sorted((x.task, x.text) for piece in pieces for x in piece) == whole
+    cost = {"edit": 3.0, "t2i": 2.0, "vqa": 1.0, "text": 0.3}
+    loads = [sum(cost[x.task] for x in piece) for piece in pieces]
+    assert max(loads) - min(loads) <= 3.0  # greedy longest-first: within one example's work

@@ -2,8 +2,10 @@
 
 Every step draws its examples from a generator seeded by the step (tasks by `Recipe.tasks` ratios, ShapeWorld
 train samples by index, condition dropout and bitwise self-correction), so a resumed run equals an
-uninterrupted one. The task's loss weights come from the recipe (`text_weight` on answers and captions, the
-model config's `bit_loss_weight` on generated bits).
+uninterrupted one. With `Recipe.shards` > 1 a step's examples are dealt into that many pieces of about equal
+work, each with its own generator: gradient accumulation in one process, or one process's share under
+data parallelism (`omniar.train.parallel`); the same update either way. The task's loss weights come from the
+recipe (`text_weight` on answers and captions, the model config's `bit_loss_weight` on generated bits).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 
 from omniar.omni.model import TASKS, Example, OmniModel
+from omniar.train.parallel import DataParallel
 from omniar.train.trainer import TrainConfig, Trainer
 
 
@@ -32,8 +35,12 @@ class Recipe:
     warmup: int = 50
     pack: bool = True  # short examples share rows (documents isolated by the mask): less padding
     distill: float = 0.0  # weight of understanding distillation (needs a teacher; omni/teacher.py)
+    shards: int = 1  # pieces per step (accumulated, or shared out among data-parallel processes)
 
     def __post_init__(self) -> None:
+        if not 1 <= self.shards <= self.examples_per_step:
+            raise ValueError(f"shards must be between 1 and examples_per_step ({self.examples_per_step}), "
+                             f"got {self.shards}")
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown} in the recipe; known: {', '.join(TASKS)}")
@@ -75,41 +82,60 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train") -
     return Example("text", f"{s['caption']}. {s['question']} {s['answer']}.")
 
 
-def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool: int = 1_000_000) -> list[Example]:
+def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool: int = 1_000_000,
+                      shard: int = 0, shards: int = 1) -> list[Example]:
+    """Step `step`'s examples (all of them by default), or those of piece `shard` of `shards`: the pieces get
+    about the same work (longest first, each to the lightest piece so far). Only the returned ones are rendered."""
     rng = np.random.default_rng([seed, step])
     names = list(recipe.tasks)
     p = np.array([recipe.tasks[t] for t in names], dtype=float)
     tasks = rng.choice(names, size=recipe.examples_per_step, p=p / p.sum())
-    return [shapeworld_example(t, int(rng.integers(pool)), side) for t in tasks]
+    picks = [(t, int(rng.integers(pool))) for t in tasks]
+    if shards > 1:
+        load, mine = [0.0] * shards, []
+        for i in sorted(range(len(picks)), key=lambda i: -_COST[picks[i][0]]):
+            lightest = load.index(min(load))
+            load[lightest] += _COST[picks[i][0]]
+            if lightest == shard:
+                mine.append(i)
+        picks = [picks[i] for i in sorted(mine)]
+    return [shapeworld_example(t, index, side) for t, index in picks]
+
+
+# Rough relative work of one example of each task (positions in the stream; an edit reads and writes an image).
+_COST = {"edit": 3.0, "t2i": 2.0, "caption": 1.0, "vqa": 1.0, "text": 0.3}
 
 
 def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, seed: int = 0,
                progress: bool = True, resume: bool = True, until: int | None = None,
-               teacher: OmniModel | None = None) -> list[dict]:
+               teacher: OmniModel | None = None, parallel: DataParallel | None = None) -> list[dict]:
     """Train `model` on ShapeWorld by `recipe`; writes out/checkpoint (model, optimizer, step) and metrics.jsonl.
     Resumes from out/checkpoint when it holds a training state. A recipe with `distill` > 0 needs the `teacher`
-    (frozen) whose understanding features the student's image positions learn to match."""
+    (frozen) whose understanding features the student's image positions learn to match. Under data parallelism
+    every process calls this with its `parallel`; `recipe.shards` must be a multiple of the process count."""
     recipe = recipe or Recipe()
     out = Path(out)
     if recipe.distill > 0 and teacher is None:
         raise ValueError("this recipe distills understanding (distill > 0): give a teacher (omni/teacher.py)")
     teacher = teacher.requires_grad_(False).eval() if recipe.distill > 0 else None
 
-    def batch_for_step(step: int):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        return model.batch(examples_for_step(recipe, step, model.image_size, seed), generator=g, pack=recipe.pack,
-                           teacher=teacher)
+    def batch_for_step(step: int, shard: int = 0, shards: int = 1):
+        g = torch.Generator().manual_seed((seed * 1_000_003 + step) * (1 if shards == 1 else 1_009) + shard)
+        examples = examples_for_step(recipe, step, model.image_size, seed, shard=shard, shards=shards)
+        return model.batch(examples, generator=g, pack=recipe.pack, teacher=teacher)
 
     trainer = Trainer(model, batch_for_step, TrainConfig(steps=recipe.steps, lr=recipe.lr, warmup=recipe.warmup,
                                                          min_lr_ratio=recipe.min_lr_ratio, log_every=10),
-                      out_dir=out, progress=progress, loss_fn=lambda m, b: m.loss(*b, distill_weight=recipe.distill))
+                      out_dir=out, progress=progress, loss_fn=lambda m, b: m.loss(*b, distill_weight=recipe.distill),
+                      shards=recipe.shards, parallel=parallel)
     if resume and (out / "checkpoint" / "trainer.json").is_file():
         trainer.resume(out / "checkpoint")
     return trainer.fit(until)
 
 
 def train_stages(model: OmniModel, out: str | Path, steps: dict[str, int], seed: int = 0, progress: bool = True,
-                 stages: dict[str, Recipe] | None = None, teacher: OmniModel | None = None) -> dict[str, list[dict]]:
+                 stages: dict[str, Recipe] | None = None, teacher: OmniModel | None = None,
+                 parallel: DataParallel | None = None) -> dict[str, list[dict]]:
     """Train `model` through the stages named in `steps` (in order, e.g. {"stage1": 600, "stage2": 400}), each in
     out/<stage> from the previous stage's weights; a stage whose checkpoint already holds its steps is skipped and
     an interrupted one resumes. Each stage draws its own examples (seeded by its place in `stages`), also when
@@ -125,5 +151,5 @@ def train_stages(model: OmniModel, out: str | Path, steps: dict[str, int], seed:
             continue
         recipe = dataclasses.replace(stages[name], steps=n, warmup=min(stages[name].warmup, max(1, n // 10)))
         logs[name] = train_omni(model, out / name, recipe, seed=seed * 100 + list(stages).index(name),
-                                progress=progress, teacher=teacher)
+                                progress=progress, teacher=teacher, parallel=parallel)
     return logs

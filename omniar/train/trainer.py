@@ -2,9 +2,11 @@
 atomic checkpoints (model + optimizer + step, all safetensors/JSON) and exact resume.
 
 Data comes from `batch_for_step(step)`, a pure function of the step, so a resumed run sees exactly the batches the
-uninterrupted run would have seen (resume == uninterrupted is a test). The batch is a `Batch` for a plain decoder
-(task-weighted cross-entropy), or anything a `loss_fn(model, batch) -> (loss, {name: value})` understands, e.g.
-an `OmniModel`'s (batch, target bits).
+uninterrupted run would have seen (resume == uninterrupted is a test). With `shards` > 1 a step's batch comes in
+pieces, `batch_for_step(step, shard, shards)`, each its own forward and backward (gradient accumulation), and
+with a `parallel` (`omniar.train.parallel.DataParallel`) the pieces are shared out among processes. The batch is
+a `Batch` for a plain decoder (task-weighted cross-entropy), or anything a `loss_fn(model, batch) -> (loss,
+{name: value})` understands, e.g. an `OmniModel`'s (batch, target bits).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from omniar.checkpoint import load_training_state, save_training_state
 from omniar.model.decoder import OmniDecoder
 from omniar.stream.collate import Batch
 from omniar.train.losses import weighted_cross_entropy
+from omniar.train.parallel import DataParallel
 
 
 def warm_cosine(step: int, steps: int, lr: float, warmup: int = 100, floor: float = 0.1) -> float:
@@ -62,14 +65,24 @@ def decoder_loss(model: OmniDecoder, batch: Batch) -> tuple[Tensor, dict]:
 class Trainer:
     def __init__(self, model: nn.Module, batch_for_step: Callable[[int], Any], config: TrainConfig,
                  out_dir: str | Path | None = None, progress: bool = True,
-                 loss_fn: Callable[[nn.Module, Any], tuple[Tensor, dict]] | None = None):
+                 loss_fn: Callable[[nn.Module, Any], tuple[Tensor, dict]] | None = None,
+                 shards: int = 1, parallel: DataParallel | None = None):
         self.model, self.batch_for_step, self.config = model, batch_for_step, config
         self.loss_fn = loss_fn or decoder_loss
+        self.parallel, self.shards = parallel, shards
+        rank, world = (parallel.rank, parallel.world) if parallel is not None else (0, 1)
+        if shards < 1 or shards % world:
+            raise ValueError(f"a step's {shards} shard(s) cannot be shared out evenly among {world} processes")
+        self.local_shards = range(rank * shards // world, (rank + 1) * shards // world)
+        self.is_main = rank == 0
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.progress = progress
+        self.progress = progress and self.is_main
         trainable = [p for p in model.parameters() if p.requires_grad]  # frozen parts (a tokenizer) stay out
+        self.trainable = trainable
+        if parallel is not None:
+            parallel.broadcast_(model)  # every process starts from rank 0's weights
         decay = [p for p in trainable if p.dim() >= 2]
         no_decay = [p for p in trainable if p.dim() < 2]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
@@ -77,32 +90,55 @@ class Trainer:
                                            lr=config.lr, betas=config.betas, fused=False)
         self.step = 0
 
-    def train_step(self, batch) -> dict:
+    def batches(self, step: int) -> list:
+        """This process's pieces of step `step`'s batch."""
+        if self.shards == 1:
+            return [self.batch_for_step(step)]
+        return [self.batch_for_step(step, shard, self.shards) for shard in self.local_shards]
+
+    def train_step(self, batches: list) -> dict:
+        """One optimizer step on this process's pieces of the batch (each piece's loss weighs 1 / shards). The
+        logged loss (and each named part) is the mean over the pieces that have it, across all processes; the
+        step's `tokens` are counted over all processes too."""
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr_at(self.step)
-        loss, parts = self.loss_fn(self.model, batch)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        sums: dict[str, list[float]] = {}
+        tokens = 0
+        for batch in batches:
+            loss, parts = self.loss_fn(self.model, batch)
+            (loss / self.shards).backward()
+            for name, value in {"loss": loss.item(), **parts}.items():
+                sums.setdefault(name, []).append(value)
+            collated = batch[0] if isinstance(batch, tuple) else batch
+            tokens += int((collated.meta.doc >= 0).sum())
+        if self.parallel is not None:
+            self.parallel.sum_gradients_(self.trainable)
+            gathered = self.parallel.gather((sums, tokens))
+            sums = {}
+            for rank_sums, _ in gathered:
+                for name, values in rank_sums.items():
+                    sums.setdefault(name, []).extend(values)
+            tokens = sum(t for _, t in gathered)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         lr = self.config.lr_at(self.step)
         self.step += 1
-        return {"step": self.step, "loss": loss.item(), **parts, "grad_norm": float(grad_norm), "lr": lr}
+        means = {name: sum(v) / len(v) for name, v in sums.items()}
+        return {"step": self.step, **means, "grad_norm": float(grad_norm), "lr": lr, "tokens": tokens}
 
     def fit(self, until: int | None = None) -> list[dict]:
         """Train to step `until` (default: config.steps); returns the logged metrics."""
         until = self.config.steps if until is None else until
         log = []
-        metrics_file = (self.out_dir / "metrics.jsonl").open("a") if self.out_dir is not None else None
+        metrics_file = (self.out_dir / "metrics.jsonl").open("a") if self.out_dir is not None and self.is_main else None
         bar = tqdm(total=until, initial=self.step, disable=not self.progress, desc="train", unit="step")
         tokens, t0 = 0, time.perf_counter()
         try:
             while self.step < until:
-                batch = self.batch_for_step(self.step)
-                m = self.train_step(batch)
-                collated = batch[0] if isinstance(batch, tuple) else batch
-                tokens += int((collated.meta.doc >= 0).sum())
+                m = self.train_step(self.batches(self.step))
+                tokens += m.pop("tokens")
                 if self.step % self.config.log_every == 0 or self.step == until:
                     m["tokens_per_s"] = tokens / (time.perf_counter() - t0)
                     log.append(m)
@@ -123,10 +159,14 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        """Model (config.json + model.safetensors), optimizer.safetensors and trainer.json, each written atomically."""
+        """Model (config.json + model.safetensors), optimizer.safetensors and trainer.json, each written atomically
+        (by the main process; the others wait for it)."""
         directory = Path(directory)
-        self.model.save_pretrained(directory)
-        save_training_state(directory, self.optimizer, self.step, config=asdict(self.config))
+        if self.is_main:
+            self.model.save_pretrained(directory)
+            save_training_state(directory, self.optimizer, self.step, config=asdict(self.config))
+        if self.parallel is not None:
+            self.parallel.barrier()
         return directory
 
     def resume(self, directory: str | Path) -> None:
