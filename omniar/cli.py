@@ -210,7 +210,8 @@ def _overrides(pairs: list[str]) -> dict:
 def _train_omni(args) -> None:
     import torch
 
-    from omniar.omni.model import OmniModel
+    from omniar.checkpoint import read_config
+    from omniar.omni.model import MODEL_TYPE
 
     shards = args.shards or args.workers
     if args.workers < 1 or shards % args.workers or shards > args.batch:
@@ -218,7 +219,7 @@ def _train_omni(args) -> None:
                  f"{args.batch}")
     out = Path(args.out)
     if (out / "checkpoint" / "trainer.json").is_file():
-        preset = OmniModel.from_pretrained(out / "checkpoint").config.preset
+        preset = read_config(out / "checkpoint", MODEL_TYPE, "unified model (OmniModel)").get("preset", "")
         if args.preset != preset:
             sys.exit(f"error: {out / 'checkpoint'} was trained from preset {preset!r}, not {args.preset!r}: give "
                      f"--preset {preset} to resume it, or a new --out")

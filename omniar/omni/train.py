@@ -82,6 +82,10 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train") -
     return Example("text", f"{s['caption']}. {s['question']} {s['answer']}.")
 
 
+# Rough relative work of one example of each task (positions in the stream; an edit reads and writes an image).
+_COST = {"edit": 3.0, "t2i": 2.0, "caption": 1.0, "vqa": 1.0, "text": 0.3}
+
+
 def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool: int = 1_000_000,
                       shard: int = 0, shards: int = 1) -> list[Example]:
     """Step `step`'s examples (all of them by default), or those of piece `shard` of `shards`: the pieces get
@@ -102,10 +106,6 @@ def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool:
     return [shapeworld_example(t, index, side) for t, index in picks]
 
 
-# Rough relative work of one example of each task (positions in the stream; an edit reads and writes an image).
-_COST = {"edit": 3.0, "t2i": 2.0, "caption": 1.0, "vqa": 1.0, "text": 0.3}
-
-
 def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, seed: int = 0,
                progress: bool = True, resume: bool = True, until: int | None = None,
                teacher: OmniModel | None = None, parallel: DataParallel | None = None) -> list[dict]:
@@ -120,6 +120,7 @@ def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, 
     teacher = teacher.requires_grad_(False).eval() if recipe.distill > 0 else None
 
     def batch_for_step(step: int, shard: int = 0, shards: int = 1):
+        # one piece keeps the seeds of unsharded runs; pieces (< 1009) get distinct seeds of their own
         g = torch.Generator().manual_seed((seed * 1_000_003 + step) * (1 if shards == 1 else 1_009) + shard)
         examples = examples_for_step(recipe, step, model.image_size, seed, shard=shard, shards=shards)
         return model.batch(examples, generator=g, pack=recipe.pack, teacher=teacher)

@@ -54,7 +54,7 @@ class DataParallel:
         dist.all_reduce(flat)
         parts = flat.split([p.numel() for p in params] + [len(params)])
         for p, g, used in zip(params, parts[:-1], parts[-1]):
-            p.grad = g.view_as(p).clone() if used > 0 else None
+            p.grad = g.view_as(p) if used > 0 else None  # views of the reduced buffer: no copy
 
     def gather(self, obj) -> list:
         """Every process's `obj` (small picklable values: metrics), in rank order."""

@@ -79,12 +79,12 @@ class Trainer:
         if self.out_dir is not None and self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         self.progress = progress and self.is_main
-        trainable = [p for p in model.parameters() if p.requires_grad]  # frozen parts (a tokenizer) stay out
-        self.trainable = trainable
+        # frozen parts (a tokenizer) stay out of the optimizer and the gradient all-reduce
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
         if parallel is not None:
             parallel.broadcast_(model)  # every process starts from rank 0's weights
-        decay = [p for p in trainable if p.dim() >= 2]
-        no_decay = [p for p in trainable if p.dim() < 2]
+        decay = [p for p in self.trainable if p.dim() >= 2]
+        no_decay = [p for p in self.trainable if p.dim() < 2]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                             {"params": no_decay, "weight_decay": 0.0}],
                                            lr=config.lr, betas=config.betas, fused=False)
