@@ -159,9 +159,11 @@ def _tokenizer_train_image(args) -> None:
         images = np.stack(images)
     else:
         images = shapeworld_images(args.num_images)
-    config = ImageTokenizerConfig(image_size=images.shape[1], bits=args.bits,
+    config = ImageTokenizerConfig(image_size=images.shape[1], bits=args.bits, prior_width=args.prior_width if
+                                  args.rate_weight else 0,
                                   scales=tuple(args.scales) if args.scales else ImageTokenizerConfig.scales)
-    model = train_image_tokenizer(args.out, images, config, steps=args.steps, batch=args.batch, lr=args.lr)
+    model = train_image_tokenizer(args.out, images, config, steps=args.steps, batch=args.batch, lr=args.lr,
+                                  rate_weight=args.rate_weight)
     out = Path(args.out)
     report = evaluate_image_tokenizer(model, args.eval_images)
     (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -423,6 +425,10 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--bits", type=int, default=16)
     t.add_argument("--scales", type=int, nargs="+", help="scale schedule, e.g. 1 2 3 4 6 8 (one scale: raster)")
+    t.add_argument("--rate-weight", type=float, default=0.0,
+                   help="weight of the rate term (bit_prior.py): > 0 makes each scale's bits predictable from the "
+                        "earlier scales, easier for a generator (the demo uses 0.02)")
+    t.add_argument("--prior-width", type=int, default=64, help="width of the bit prior the rate term trains")
     t.add_argument("--num-images", type=int, default=20000)
     t.add_argument("--eval-images", type=int, default=500)
     t.set_defaults(func=_tokenizer_train_image)

@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
-from omniar.tokenizers.train_image import shapeworld_images, to_tensor, train_image_tokenizer
+from omniar.tokenizers.train_image import (
+    evaluate_image_tokenizer,
+    shapeworld_images,
+    to_tensor,
+    train_image_tokenizer,
+)
 
 SMALL = dict(channels=16, bits=8)
 
@@ -97,8 +102,37 @@ def test_cli_trains_and_reports(tmp_path, capsys):
     from omniar.cli import main
 
     main(["tokenizer", "train", "image", "--out", str(tmp_path), "--steps", "2", "--batch", "4", "--bits", "8",
-          "--num-images", "8", "--eval-images", "4"])
+          "--num-images", "8", "--eval-images", "4", "--rate-weight", "0.1", "--prior-width", "16"])
     report = json.loads((tmp_path / "report.json").read_text())
-    assert set(report) >= {"psnr", "parse_match", "bit_mean_min", "bit_mean_max", "tokens_per_image"}
+    assert set(report) >= {"psnr", "parse_match", "bit_mean_min", "bit_mean_max", "tokens_per_image", "rate_per_scale"}
     assert (tmp_path / "reconstructions.png").is_file() and (tmp_path / "checkpoint" / "trainer.json").is_file()
     assert "tokenizer:" in capsys.readouterr().out
+
+
+def test_bit_prior_rate_falls_when_trained_and_round_trips(tmp_path):
+    imgs = shapeworld_images(16)
+    cfg = ImageTokenizerConfig(prior_width=16, **SMALL)
+    x = to_tensor(imgs)
+    torch.manual_seed(0)
+    before = ImageTokenizer(cfg).eval()  # the training run's starting point (it seeds 0 too)
+    tok = train_image_tokenizer(tmp_path, imgs, cfg, steps=60, batch=4, rate_weight=5.0, progress=False)
+    rate0, rate1 = before.bit_rate(x), tok.bit_rate(x)
+    assert len(rate1) == 6 and sum(rate1) < 0.85 * sum(rate0)  # untrained: ~ln 2 = 0.69 nats per bit
+    again = ImageTokenizer.from_pretrained(tmp_path / "checkpoint")
+    assert again.bit_rate(x) == rate1  # the prior is part of the checkpoint
+    bits = tok.encode(x)  # contexts: the AR inputs are f_hat before each scale, downsampled
+    ctx = tok.quantizer.contexts(bits)
+    assert not ctx[0].any() and all(torch.allclose(tok.quantizer.down(c, s), a) for c, s, a in
+                                    zip(ctx[1:], cfg.scales[1:], tok.ar_inputs(bits)))
+    report = evaluate_image_tokenizer(tok, 4)
+    assert len(report["rate_per_scale"]) == 6
+
+
+def test_rate_weight_and_prior_go_together(tmp_path):
+    imgs = shapeworld_images(4)
+    with pytest.raises(ValueError, match="needs a bit prior"):
+        train_image_tokenizer(tmp_path, imgs, ImageTokenizerConfig(**SMALL), steps=1, rate_weight=0.1, progress=False)
+    with pytest.raises(ValueError, match="needs a bit prior"):
+        train_image_tokenizer(tmp_path, imgs, ImageTokenizerConfig(prior_width=16, **SMALL), steps=1, progress=False)
+    with pytest.raises(ValueError, match="has no bit prior"):
+        ImageTokenizer(ImageTokenizerConfig(**SMALL)).bit_rate(to_tensor(imgs))

@@ -15,7 +15,7 @@ TEXTS = ["a red circle", "a blue square left of a green star", "how many circles
          "make the circle blue", "there is a small yellow triangle"] * 4
 
 
-def tiny_model(seed=0, adapter=True, raster=False):
+def tiny_model(seed=0, adapter=True, raster=False, bit_ar_width=0):
     torch.manual_seed(seed)
     text = TextTokenizer.train(TEXTS, vocab_size=300)
     image = ImageTokenizer(ImageTokenizerConfig(image_size=32, channels=16, bits=8, downsample=2,
@@ -26,17 +26,18 @@ def tiny_model(seed=0, adapter=True, raster=False):
     if adapter:
         decoder.update(scale_adapter_rank=2, num_scales=4)
     model = OmniModel(OmniConfig(decoder=decoder, patch=4, patch_channels=8,
-                                 generation="raster" if raster else "next_scale"), text, image)
-    with torch.no_grad():  # non-zero adapters, so that they matter in every check
+                                 generation="raster" if raster else "next_scale", bit_ar_width=bit_ar_width),
+                      text, image)
+    with torch.no_grad():  # non-zero adapters and bit conditioning, so that they matter in every check
         for name, p in model.named_parameters():
-            if "_lora.B" in name:
-                p.normal_(std=0.02)
+            if "_lora.B" in name or "bit_head.ar_" in name:
+                p.normal_(std=0.02 if "_lora.B" in name else 0.5)
     return model.eval()
 
 
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model()
+@pytest.fixture(scope="module", params=[0, 16], ids=["independent-bits", "autoregressive-bits"])
+def model(request):
+    return tiny_model(bit_ar_width=request.param)
 
 
 def examples(n_img=32):
@@ -88,7 +89,8 @@ def teacher_forced_bits(model, prompt, bits):
     batch = collate([sample])
     with torch.no_grad():
         hidden = model.decoder(**batch.model_inputs()).hidden
-    logits = model.bit_head(hidden[batch.meta.modality == Modality.IMAGE_GEN])
+    flat = torch.cat([b.flatten(2).transpose(1, 2) for b in bits], 1)[0]  # an autoregressive head reads them
+    logits = model.bit_head(hidden[batch.meta.modality == Modality.IMAGE_GEN], flat)
     return logits.argmax(-1).bool()
 
 

@@ -213,3 +213,45 @@ def test_adapter_config_errors():
         mixed_config(scale_adapter_rank=4)
     with pytest.raises(ValueError, match=r"scale ids must be in \[0, 4\)"):
         adapted()(torch.randn(2, 16), torch.tensor([0, 4]))
+
+
+def test_autoregressive_bit_head_reads_only_earlier_bits():
+    torch.manual_seed(0)
+    head = BitwiseHead(D, 8, ar_width=24)
+    with torch.no_grad():
+        head.ar_out.normal_()
+        head.ar_direct.normal_()
+    h, bits = torch.randn(5, D), torch.rand(5, 8) > 0.5
+    base = head(h, bits)
+    for j in range(8):  # brute force: flipping bit j changes exactly the logits of the bits after it
+        flipped = bits.clone()
+        flipped[:, j] ^= True
+        changed = (head(h, flipped) - base).abs().amax(dim=(0, 2)) > 0
+        assert changed.tolist() == [i > j for i in range(8)]
+    with pytest.raises(ValueError, match="needs the token's bits"):
+        head(h)
+
+
+def test_autoregressive_bits_draw_one_mode_where_independent_bits_blend_them():
+    """Tokens that are all ones or all zeros, half and half: independent bits (the right marginals, 1/2 each) draw
+    a blend, 2 of 2^8 patterns by chance; the autoregressive head learns the joint and draws whole tokens."""
+    torch.manual_seed(0)
+    h = torch.zeros(256, D)
+    target = (torch.arange(256) % 2).bool()[:, None].expand(256, 8)
+    drawn = {}
+    for width in (0, 16):
+        head = BitwiseHead(D, 8, ar_width=width)
+        opt = torch.optim.Adam(head.parameters(), lr=0.05)
+        for _ in range(150):
+            loss = bitwise_loss(head(h, target), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            bits = head.draw(h[:, None], 1, lambda logp: logp[0],
+                             lambda logp, g=g: sample_bits(logp, SamplingParams(temperature=1.0), g))[:, 0]
+        whole = (bits.all(-1) | ~bits.any(-1)).float().mean().item()
+        drawn[width] = (whole, bits.float().mean().item())
+    assert drawn[16][0] > 0.95 and drawn[0][0] < 0.1  # whole tokens vs blends
+    assert 0.3 < drawn[16][1] < 0.7 and 0.3 < drawn[0][1] < 0.7  # both keep the marginals

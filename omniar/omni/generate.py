@@ -102,16 +102,9 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
         inputs = piece.model_inputs()
         inputs["features"] = {**inputs["features"], gen_key: steps.inputs(k).repeat(groups, 1, 1).reshape(-1, D)}
         hidden = model.decoder(**inputs, cache=cache).hidden[:, -size:]
-        logp = model.bit_head(hidden).float().log_softmax(-1).unflatten(0, (groups, n))  # (groups, n, size, d, 2)
-        if image_cfg is not None:
-            full, text, empty = logp
-            guided = (full + image_cfg * text) / (1 + image_cfg)
-            logp = empty + weights[k] * (guided - empty)
-        elif groups == 2:
-            logp = logp[1] + weights[k] * (logp[0] - logp[1])
-        else:
-            logp = logp[0]
-        drawn = torch.cat([sample_bits(logp[i : i + 1], row_params(params, i), g) for i, g in enumerate(generators)])
+        drawn = model.bit_head.draw(hidden, groups, lambda logp, w=weights[k]: _guide(logp, w, image_cfg),
+                                    lambda logp: torch.cat([sample_bits(logp[i : i + 1], row_params(params, i), g)
+                                                            for i, g in enumerate(generators)]))
         if prefix is not None and k < len(prefix):  # drawn all the same: a row's generator does not depend on K
             drawn = prefix[k].flatten(2).transpose(1, 2).to(drawn.dtype)
         steps.add(k, drawn)
@@ -119,6 +112,14 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
     bits = steps.bits()
     images = model.tokenizer.decode(bits)
     return (images, bits) if return_bits else images
+
+
+def _guide(logp, w: float, image_cfg: float | None):
+    """Guided log-probabilities (N, ...) from those of the branches (groups, N, ...): module docstring."""
+    if image_cfg is not None:
+        full, text, empty = logp
+        return empty + w * ((full + image_cfg * text) / (1 + image_cfg) - empty)
+    return logp[1] + w * (logp[0] - logp[1]) if len(logp) == 2 else logp[0]
 
 
 def _check_prefix(model: OmniModel, prefix: Sequence, n: int) -> None:

@@ -70,6 +70,9 @@ class OmniConfig:
     # student's last hidden state at understanding-image positions (0: no distillation head)
     distill_dim: int = 0
     bit_loss_weight: float = 1.0
+    # > 0: each bit of a token conditioned on its earlier bits (BitwiseHead, MADE of this width); 0: Infinity's
+    # independent bits
+    bit_ar_width: int = 0
     cfg_dropout: float = 0.1  # t2i / edit prompts and edit references dropped (independently) in training, for CFG
     max_flip: float = 0.3  # bitwise self-correction: flip probability ~ U{0, ..., max_flip} per image
     max_length: int = 512  # the context: positions of one example (prompt, images and answer)
@@ -169,7 +172,7 @@ class OmniModel(nn.Module):
         self.vision = vision_encoder(D, dec.num_heads, config.vision_layers) if config.vision_layers else None
         self.distill_proj = nn.Linear(D, config.distill_dim) if config.distill_dim else None
         self.scale_embed = ScaleInputEmbed(img.bits, D, len(img.scales), img.scales[-1])
-        self.bit_head = BitwiseHead(D, img.bits)
+        self.bit_head = BitwiseHead(D, img.bits, config.bit_ar_width)
         image_tokenizer.requires_grad_(False).eval()
         self.ids = {name: text_tokenizer.token_id(tok) for name, tok in
                     {**TASK_TOKENS, "boi": "<boi>", "eoi": "<eoi>", "ref": "<ref>", "ref_end": "</ref>",
@@ -318,7 +321,7 @@ class OmniModel(nn.Module):
             total = total + parts["text"]
         gen = batch.meta.modality == self.gen_modality
         if gen.any():
-            parts["bits"] = bitwise_loss(self.bit_head(out.hidden[gen]), target_bits)
+            parts["bits"] = bitwise_loss(self.bit_head(out.hidden[gen], target_bits), target_bits)
             total = total + self.config.bit_loss_weight * parts["bits"]
         return total, {k: v.item() for k, v in parts.items()}
 

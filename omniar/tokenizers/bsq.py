@@ -6,7 +6,8 @@ For scales s_1 < ... < s_K (e.g. 1, 2, 3, 4, 6, 8 on an 8 x 8 latent f with d ch
     bits  = q_k > 0                                                  (d bits per token)
     f_hat = f_hat + gain_k * phi(bicubic-upsample(q_k))               (phi: optional 3x3 conv refinement)
 Decoding sums the scales' contributions from bits alone. The AR input for scale k + 1 is f_hat after scale k,
-area-downsampled to s_{k+1}. Bitwise self-correction (Infinity): flip bits of each scale with probability p,
+area-downsampled to s_{k+1}. With a `BitPrior` the quantiser also returns the rate of its bits given the earlier
+scales (bit_prior.py). Bitwise self-correction (Infinity): flip bits of each scale with probability p,
 accumulate the corrupted codes, and compute every later scale's target against the corrupted accumulation.
 """
 
@@ -52,22 +53,28 @@ class MultiScaleBSQ(nn.Module):
         return F.interpolate(x, size=(size, size), mode="area") if x.shape[-1] != size else x
 
     # ---- quantise / decode -------------------------------------------------------------------------------------
-    def forward(self, f: Tensor) -> tuple[Tensor, list[Tensor], Tensor, Tensor]:
-        """f (B, d, H, H) -> (f_hat with straight-through gradients, bits per scale, commitment, bit balance)."""
+    def forward(self, f: Tensor, prior: nn.Module | None = None) -> tuple[Tensor, list[Tensor], dict[str, Tensor]]:
+        """f (B, d, H, H) -> (f_hat with straight-through gradients, bits per scale, losses): "commit" and "balance",
+        and with a `prior` (`BitPrior`) "rate", the nats per bit of each scale's soft bits under it."""
         if f.shape[1] != self.dim or f.shape[-1] != self.scales[-1]:
             side = self.scales[-1]
             raise ValueError(f"latent must be (B, {self.dim}, {side}, {side}), got {tuple(f.shape)}")
         size = f.shape[-1]
         f_hat = torch.zeros_like(f)
-        bits, commit, balance = [], f.new_zeros(()), f.new_zeros(())
+        bits, commit, balance, rate = [], f.new_zeros(()), f.new_zeros(()), f.new_zeros(())
         for k, s in enumerate(self.scales):
             q, b, u = self.quantize(self.down(f - f_hat, s))
+            soft = (u * math.sqrt(self.dim)).clamp(-1, 1) * 0.5 + 0.5  # ~ probability that each bit is 1
+            if prior is not None:  # the context is what a generator sees at scale k (bit_prior.py)
+                rate = rate + F.binary_cross_entropy_with_logits(prior(f_hat.detach(), k), soft)
             f_hat = f_hat + self.contribution(q, k, size)
             bits.append(b)
             commit = commit + ((u - q.detach()) ** 2).mean()  # per element, as Infinity
-            soft = (u * math.sqrt(self.dim)).clamp(-1, 1) * 0.5 + 0.5  # ~ probability that each bit is 1
             balance = balance + ((soft.mean(dim=(0, 2, 3)) - 0.5) ** 2).mean()
-        return f_hat, bits, commit / len(self.scales), balance / len(self.scales)
+        losses = {"commit": commit / len(self.scales), "balance": balance / len(self.scales)}
+        if prior is not None:
+            losses["rate"] = rate / len(self.scales)
+        return f_hat, bits, losses
 
     def decode_bits(self, bits: list[Tensor]) -> Tensor:
         """Latent f_hat from bits per scale (B, d, s_k, s_k)."""
@@ -78,15 +85,20 @@ class MultiScaleBSQ(nn.Module):
             f_hat = f_hat + self.contribution(self.codes(b), k, size)
         return f_hat
 
-    def ar_inputs(self, bits: list[Tensor]) -> list[Tensor]:
-        """Teacher-forcing inputs: for k >= 1, f_hat after scales < k, downsampled to s_k (VAR's next-scale input)."""
+    def contexts(self, bits: list[Tensor]) -> list[Tensor]:
+        """f_hat before each scale k (B, d, H, H) - zeros before the first - from bits per scale."""
         self._check_bits(bits)
         size = self.scales[-1]
-        f_hat, inputs = 0, []
+        f_hat = torch.zeros(bits[0].shape[0], self.dim, size, size, device=bits[0].device)
+        out = [f_hat]
         for k, b in enumerate(bits[:-1]):
             f_hat = f_hat + self.contribution(self.codes(b), k, size)
-            inputs.append(self.down(f_hat, self.scales[k + 1]))
-        return inputs
+            out.append(f_hat)
+        return out
+
+    def ar_inputs(self, bits: list[Tensor]) -> list[Tensor]:
+        """Teacher-forcing inputs: for k >= 1, f_hat after scales < k, downsampled to s_k (VAR's next-scale input)."""
+        return [self.down(c, s) for c, s in zip(self.contexts(bits)[1:], self.scales[1:])]
 
     def self_correct(self, f: Tensor, flip_prob: Tensor, generator: torch.Generator | None = None
                      ) -> tuple[list[Tensor], list[Tensor]]:

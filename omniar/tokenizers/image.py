@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from omniar.checkpoint import WEIGHTS_NAME, load_state_strict, read_config, read_tensors, save_checkpoint
 from omniar.model.config import build_strict
+from omniar.tokenizers.bit_prior import BitPrior
 from omniar.tokenizers.bsq import MultiScaleBSQ
 
 MODEL_TYPE = "omniar-image-tokenizer"
@@ -30,6 +31,8 @@ class ImageTokenizerConfig:
     downsample: int = 3  # stride 2 ** downsample
     scales: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
     refine: bool = True
+    # width of the bits' context model (bit_prior.py), trained with the rate term; 0: none
+    prior_width: int = 0
 
     def __post_init__(self) -> None:
         self.scales = tuple(self.scales)
@@ -102,6 +105,7 @@ class ImageTokenizer(nn.Module):
         self.encoder = Encoder(config)
         self.quantizer = MultiScaleBSQ(config.bits, config.scales, config.refine)
         self.decoder = Decoder(config)
+        self.prior = BitPrior(config.bits, config.scales, config.prior_width) if config.prior_width else None
 
     def _check(self, images: Tensor) -> None:
         s = self.config.image_size
@@ -112,11 +116,12 @@ class ImageTokenizer(nn.Module):
         if not images.is_floating_point():
             raise ValueError(f"images must be float in [0, 1], got {images.dtype}")
 
-    def forward(self, images: Tensor) -> tuple[Tensor, list[Tensor], Tensor, Tensor]:
-        """Training pass: (reconstruction, bits per scale, commitment loss, bit-balance loss)."""
+    def forward(self, images: Tensor) -> tuple[Tensor, list[Tensor], dict[str, Tensor]]:
+        """Training pass: (reconstruction, bits per scale, the quantiser's losses: commit, balance and, with a
+        prior, rate)."""
         self._check(images)
-        f_hat, bits, commit, balance = self.quantizer(self.encoder(images * 2 - 1))
-        return self.decoder(f_hat) * 0.5 + 0.5, bits, commit, balance
+        f_hat, bits, losses = self.quantizer(self.encoder(images * 2 - 1), self.prior)
+        return self.decoder(f_hat) * 0.5 + 0.5, bits, losses
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> list[Tensor]:
@@ -130,6 +135,15 @@ class ImageTokenizer(nn.Module):
 
     def ar_inputs(self, bits: list[Tensor]) -> list[Tensor]:
         return self.quantizer.ar_inputs(bits)
+
+    @torch.no_grad()
+    def bit_rate(self, images: Tensor) -> list[float]:
+        """Nats per bit of each scale's bits under the prior (bit_prior.py): how much a generator must guess."""
+        if self.prior is None:
+            raise ValueError("this tokenizer has no bit prior (ImageTokenizerConfig.prior_width = 0)")
+        bits = self.encode(images)
+        return [F.binary_cross_entropy_with_logits(self.prior(c, k), b.float()).item()
+                for k, (c, b) in enumerate(zip(self.quantizer.contexts(bits), bits))]
 
     def self_correct(self, images: Tensor, flip_prob: Tensor, generator=None) -> tuple[list[Tensor], list[Tensor]]:
         self._check(images)

@@ -47,12 +47,13 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageTokenizerConfig | None = None,
                           steps: int = 3500, batch: int = 32, lr: float = 2e-3, seed: int = 0,
-                          commit_weight: float = 0.0, balance_weight: float = 0.01,
+                          commit_weight: float = 0.0, balance_weight: float = 0.01, rate_weight: float = 0.0,
                           progress: bool = True, resume: bool = True, stop_at: int | None = None) -> ImageTokenizer:
     """Train for `steps` (learning-rate schedule over `steps`); `stop_at` ends early with a checkpoint, from which
     a later call with `resume=True` continues exactly.
 
-    Loss: reconstruction (L1 + L2 + image gradients) + commit_weight * commitment + balance_weight * bit balance.
+    Loss: reconstruction (L1 + L2 + image gradients) + commit_weight * commitment + balance_weight * bit balance
+    + rate_weight * rate (the bits' nats under the config's bit prior given the earlier scales, bit_prior.py).
     No commitment by default (BENCHMARKS.md): it pulls each normalised residual onto its own sign pattern, so the
     encoder settles near its random initial hash (with weight 4.0 the full run reached 21.4 dB instead of 34.6)."""
     stop_at = steps if stop_at is None else min(stop_at, steps)
@@ -60,6 +61,9 @@ def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageToke
     ckpt = out / "checkpoint"
     torch.manual_seed(seed)
     model = ImageTokenizer(config or ImageTokenizerConfig(image_size=images.shape[1]))
+    if rate_weight < 0 or (rate_weight > 0) != (model.prior is not None):
+        raise ValueError(f"rate_weight {rate_weight} and prior_width {model.config.prior_width}: the rate term needs "
+                         "a bit prior and a bit prior trains only through a positive rate_weight (e.g. 64 and 0.02)")
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99))
     step = 0
     if resume and (ckpt / "trainer.json").is_file():
@@ -76,9 +80,11 @@ def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageToke
         x = data[torch.from_numpy(rng.integers(0, len(data), batch))]
         for g in opt.param_groups:
             g["lr"] = warm_cosine(step, steps, lr, floor=0.1)
-        recon, _, commit, balance = model(x)
+        recon, _, parts = model(x)
         rec = reconstruction_loss(recon, x)
-        loss = rec + commit_weight * commit + balance_weight * balance
+        loss = rec + commit_weight * parts["commit"] + balance_weight * parts["balance"]
+        if "rate" in parts:
+            loss = loss + rate_weight * parts["rate"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -86,8 +92,8 @@ def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageToke
         step += 1
         bar.update(1)
         if step % 50 == 0 or step == stop_at:
-            m = {"step": step, "loss": loss.item(), "recon": rec.item(), "commit": commit.item(),
-                 "balance": balance.item(), "seconds": round(time.perf_counter() - t0, 1)}
+            m = {"step": step, "loss": loss.item(), "recon": rec.item(), **{k: v.item() for k, v in parts.items()},
+                 "seconds": round(time.perf_counter() - t0, 1)}
             bar.set_postfix(loss=f"{m['loss']:.4f}")
             metrics.write(json.dumps(m) + "\n")
             metrics.flush()
@@ -128,6 +134,10 @@ def evaluate_image_tokenizer(model: ImageTokenizer, num: int = 500, split: str =
             got = sorted((o.shape, o.color, o.size) for o in parse_image(img))
             matches += got == sorted((o.shape, o.color, o.size) for o in scene.objects)
     usage = (bit_sum / bit_count).tolist()
-    return {"psnr": float(np.mean(psnrs)), "parse_match": matches / num, "bit_mean_min": min(usage),
-            "bit_mean_max": max(usage), "tokens_per_image": model.config.tokens_per_image,
-            "bits_per_token": model.config.bits, "images": num}
+    report = {"psnr": float(np.mean(psnrs)), "parse_match": matches / num, "bit_mean_min": min(usage),
+              "bit_mean_max": max(usage), "tokens_per_image": model.config.tokens_per_image,
+              "bits_per_token": model.config.bits, "images": num}
+    if model.prior is not None:  # nats per bit of each scale under the prior: what a generator must guess
+        report["rate_per_scale"] = [round(r, 4) for r in np.mean([model.bit_rate(x[a : a + 50])
+                                                                 for a in range(0, num, 50)], 0).tolist()]
+    return report
