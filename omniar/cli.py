@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--scales", type=int, nargs="+", help="scale schedule, e.g. 1 2 3 4 6 8 (one scale: raster)")
     t.add_argument("--rate-weight", type=float, default=0.0,
                    help="weight of the rate term (bit_prior.py): > 0 makes each scale's bits predictable from the "
-                        "earlier scales, easier for a generator (the demo uses 0.02)")
+                        "earlier scales (e.g. 0.02; BENCHMARKS.md: it has not raised the generation score yet)")
     t.add_argument("--prior-width", type=int, default=64, help="width of the bit prior the rate term trains")
     t.add_argument("--num-images", type=int, default=20000)
     t.add_argument("--eval-images", type=int, default=500)

@@ -137,11 +137,11 @@ class ImageTokenizer(nn.Module):
         return self.quantizer.ar_inputs(bits)
 
     @torch.no_grad()
-    def bit_rate(self, images: Tensor) -> list[float]:
-        """Nats per bit of each scale's bits under the prior (bit_prior.py): how much a generator must guess."""
+    def bit_rate(self, bits: list[Tensor]) -> list[float]:
+        """Nats per bit of each scale's bits (as `encode` gives them) under the prior (bit_prior.py): how much a
+        generator must guess."""
         if self.prior is None:
             raise ValueError("this tokenizer has no bit prior (ImageTokenizerConfig.prior_width = 0)")
-        bits = self.encode(images)
         return [F.binary_cross_entropy_with_logits(self.prior(c, k), b.float()).item()
                 for k, (c, b) in enumerate(zip(self.quantizer.contexts(bits), bits))]
 

@@ -119,11 +119,13 @@ def evaluate_image_tokenizer(model: ImageTokenizer, num: int = 500, split: str =
 
     scenes = [Scene.from_dict(make_sample(split, i)["scene"]) for i in range(num)]
     x = to_tensor(np.stack([render(s, model.config.image_size) for s in scenes]))
-    psnrs, matches, bit_sum, bit_count = [], 0, 0, 0
+    psnrs, matches, bit_sum, bit_count, rates = [], 0, 0, 0, []
     for a in range(0, num, 50):
         xb = x[a : a + 50]
         bits = model.encode(xb)
         recon = model.decode(bits)
+        if model.prior is not None:  # nats per bit of each scale under the prior: what a generator must guess
+            rates.append(model.bit_rate(bits))
         mse = ((recon - xb) ** 2).mean(dim=(1, 2, 3))
         psnrs += (10 * torch.log10(1 / mse.clamp(min=1e-10))).tolist()
         flat = torch.cat([b.permute(0, 2, 3, 1).reshape(-1, model.config.bits) for b in bits]).float()
@@ -137,7 +139,6 @@ def evaluate_image_tokenizer(model: ImageTokenizer, num: int = 500, split: str =
     report = {"psnr": float(np.mean(psnrs)), "parse_match": matches / num, "bit_mean_min": min(usage),
               "bit_mean_max": max(usage), "tokens_per_image": model.config.tokens_per_image,
               "bits_per_token": model.config.bits, "images": num}
-    if model.prior is not None:  # nats per bit of each scale under the prior: what a generator must guess
-        report["rate_per_scale"] = [round(r, 4) for r in np.mean([model.bit_rate(x[a : a + 50])
-                                                                 for a in range(0, num, 50)], 0).tolist()]
+    if rates:
+        report["rate_per_scale"] = [round(r, 4) for r in np.mean(rates, 0).tolist()]
     return report
