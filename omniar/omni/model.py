@@ -15,6 +15,14 @@ call (patch embedding, tokenizer encoding with bitwise self-correction) and lays
     vqa      <vqa> <boi> [understanding image] <eoi> question <assistant> answer <eos>
     edit     <edit> <ref> [understanding image] </ref> instruction <boi> [scales] <eoi>
     text     <lm> text <eos>
+    tts      <tts> text <boa> [speech codes] <eoa>                                   (with a speech codec)
+    asr      <asr> <boa> [speech codes] <eoa> text <eos>
+    svqa     <vqa> <boi> [understanding image] <eoi> <boa> [spoken question] <eoa> <assistant> answer <eos>
+
+Speech (AR-Omni) lives in the token stream as codec ids: the joint id space is the text tokenizer's ids, then the
+codec's codes (`speech_offset` + code). With `speech_vocab="joint"` one softmax covers all of it (AR-Omni); with
+"decoupled" each target is scored against its own modality's ids only - text, or speech codes plus <eoa> - as
+OmniMamba's per-modality heads do (finite-state decoding applies the same split at inference).
 
 Generation (`generate_images`) is next-scale decoding with the KV cache: one prefill that ends with scale 0's
 start position, then one forward pass per further scale; classifier-free guidance runs the conditional and
@@ -39,15 +47,20 @@ from omniar.model.bitwise import BitwiseHead, ScaleInputEmbed, bitwise_loss
 from omniar.model.config import DecoderConfig, build_strict
 from omniar.model.decoder import OmniDecoder
 from omniar.model.patch_embed import PatchEmbed
-from omniar.stream.collate import Batch, collate
+from omniar.stream.collate import IGNORE, Batch, collate
 from omniar.stream.segment import Sample, Segment
 from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
+from omniar.tokenizers.speech import SpeechCodec, SpeechCodecConfig
 from omniar.tokenizers.text import TextTokenizer
-from omniar.train.losses import weighted_cross_entropy
+from omniar.train.losses import token_cross_entropy
 
 MODEL_TYPE = "omniar-omni"
-TASKS = ("t2i", "caption", "vqa", "edit", "text")
-TASK_TOKENS = {"t2i": "<t2i>", "caption": "<i2t>", "vqa": "<vqa>", "edit": "<edit>", "text": "<lm>"}
+TASKS = ("t2i", "caption", "vqa", "edit", "text", "tts", "asr", "svqa")
+SPEECH_TASKS = ("tts", "asr", "svqa")
+TASK_TOKENS = {"t2i": "<t2i>", "caption": "<i2t>", "vqa": "<vqa>", "edit": "<edit>", "text": "<lm>", "tts": "<tts>",
+               "asr": "<asr>", "svqa": "<vqa>"}
+SPEECH_VOCAB = ("joint", "decoupled")
+UNDERSTANDS = ("caption", "vqa", "edit", "svqa")  # tasks that read an image (edit: its reference)
 
 
 GENERATION = ("next_scale", "raster")
@@ -57,6 +70,9 @@ GENERATION = ("next_scale", "raster")
 class OmniConfig:
     decoder: dict = field(default_factory=dict)  # DecoderConfig fields (vocab and feature widths are set here)
     image: dict = field(default_factory=dict)  # ImageTokenizerConfig fields
+    speech: dict = field(default_factory=dict)  # SpeechCodecConfig fields; empty: a model without speech
+    speech_vocab: str = "joint"  # "joint": one softmax over text and speech ids (AR-Omni); "decoupled": per modality
+    speech_expert: bool = False  # speech through an FFN expert of its own; False: shared with text
     preset: str = ""  # the preset this config came from (a resumed run must name the same one)
     # "next_scale": OneCAT / Infinity, one forward pass per scale of a multi-scale tokenizer; "raster": the
     # Chameleon / AR-Omni baseline, one token per forward pass over a single-scale tokenizer's grid
@@ -80,6 +96,8 @@ class OmniConfig:
     def __post_init__(self) -> None:
         if self.generation not in GENERATION:
             raise ValueError(f"generation must be one of {', '.join(GENERATION)}, got {self.generation!r}")
+        if self.speech_vocab not in SPEECH_VOCAB:
+            raise ValueError(f"speech_vocab must be one of {', '.join(SPEECH_VOCAB)}, got {self.speech_vocab!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> OmniConfig:
@@ -113,21 +131,66 @@ def omni_preset(name: str, **decoder_overrides) -> OmniConfig:
 
 @dataclass
 class Example:
-    """One training item. Images are (3, S, S) float tensors in [0, 1] or (S, S, 3) uint8 arrays."""
+    """One training item, or with its target left empty a prompt (a tts example without `speech`, an asr example
+    without `text`, an svqa example without `answer`). Images are (3, S, S) float tensors in [0, 1] or (S, S, 3)
+    uint8 arrays; `speech` is the speech codec's code ids of the utterance."""
 
     task: str
-    text: str = ""  # t2i prompt, caption, vqa question, edit instruction, or plain text
-    answer: str = ""  # vqa answer
+    text: str = ""  # t2i prompt, caption, vqa question, edit instruction, tts input / asr transcript, plain text
+    answer: str = ""  # vqa / svqa answer
     image: Tensor | np.ndarray | None = None  # t2i / edit target (generated), caption / vqa input (understood)
     source: Tensor | np.ndarray | None = None  # edit: the reference image
+    speech: Tensor | Sequence[int] | None = None  # tts target, asr input, svqa spoken question (codec codes)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; known: {', '.join(TASKS)}")
-        if self.task != "text" and self.image is None:
+        if self.task not in ("text", "tts", "asr") and self.image is None:
             raise ValueError(f"a {self.task} example needs an image")
         if self.task == "edit" and self.source is None:
             raise ValueError("an edit example needs a source image")
+        if self.task in ("asr", "svqa") and self.speech is None:
+            raise ValueError(f"an {self.task} example needs its speech (codec codes)")
+        if self.speech is not None:
+            self.speech = torch.as_tensor(self.speech, dtype=torch.long).reshape(-1)
+            if not len(self.speech):
+                raise ValueError(f"the {self.task} example's speech is empty")
+
+    @property
+    def target(self) -> bool:
+        """Whether the example holds what its task predicts (a training item) or not (a prompt)."""
+        return {"tts": self.speech is not None, "asr": bool(self.text), "svqa": bool(self.answer)}.get(self.task, True)
+
+
+@dataclass(frozen=True)
+class Reweighting:
+    """AR-Omni's task-aware loss reweighting of token targets: L = sum_t w_t CE_t / sum_t w_t, where w_t is the
+    weight of the example's task (`task`, default 1) times `tail_weight` for the last `tail` target tokens of the
+    tasks in `tail_tasks` (the end of the response: AR-Omni weights the last tokens of captioning and
+    speech-to-text 2.0). `tail` = 0 is off."""
+
+    task: dict[str, float] = field(default_factory=dict)
+    tail: int = 0
+    tail_weight: float = 2.0
+    tail_tasks: tuple[str, ...] = ("caption", "asr")
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in (*self.task, *self.tail_tasks) if t not in TASKS]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown} in the reweighting; known: {', '.join(TASKS)}")
+        if self.tail < 0 or self.tail_weight <= 0 or any(w <= 0 for w in self.task.values()):
+            raise ValueError("reweighting needs tail >= 0 and positive weights")
+
+    def segments(self, task: str, modality: str, ids: list[int], **kw) -> list[Segment]:
+        """The target segment of `task` (its markers in `kw`), split so its last `tail` tokens carry the tail
+        weight (text runs are causal within and across segments, so the split changes nothing else)."""
+        w = self.task.get(task, 1.0)
+        n = min(self.tail, len(ids)) if task in self.tail_tasks else 0
+        if n in (0, len(ids)):
+            return [Segment(modality, ids, loss=True, weight=w * (self.tail_weight if n else 1.0), **kw)]
+        end = kw.pop("end", None)
+        return [Segment(modality, ids[:-n], loss=True, weight=w, **kw),
+                Segment(modality, ids[-n:], loss=True, weight=w * self.tail_weight, end=end)]
 
 
 def as_images(images, side: int) -> Tensor:
@@ -151,11 +214,20 @@ def vision_encoder(width: int, heads: int, layers: int) -> nn.Module:
 
 
 class OmniModel(nn.Module):
-    def __init__(self, config: OmniConfig, text_tokenizer: TextTokenizer, image_tokenizer: ImageTokenizer):
+    def __init__(self, config: OmniConfig, text_tokenizer: TextTokenizer, image_tokenizer: ImageTokenizer,
+                 speech_codec: SpeechCodec | None = None):
         super().__init__()
         self.config, self.text, self.tokenizer = config, text_tokenizer, image_tokenizer
         img = image_tokenizer.config
-        dec = DecoderConfig.from_dict({**config.decoder, "vocab_size": text_tokenizer.vocab_size})
+        # the joint id space: text ids, then the speech codec's codes
+        self.speech_codec = speech_codec
+        self.speech_offset = text_tokenizer.vocab_size
+        codes = speech_codec.config.codebook_size if speech_codec is not None else 0
+        decoder = dict(config.decoder, vocab_size=text_tokenizer.vocab_size + codes)
+        if speech_codec is not None and config.speech_expert:
+            experts = tuple(decoder.get("experts", ("shared",)))
+            decoder.update(experts=(*experts, "speech"), routing={**decoder.get("routing", {}), "speech": "speech"})
+        dec = DecoderConfig.from_dict(decoder)
         D = dec.hidden_size
         raster = config.generation == "raster"
         self.gen_modality = Modality.IMAGE_RASTER if raster else Modality.IMAGE_GEN
@@ -174,9 +246,32 @@ class OmniModel(nn.Module):
         self.scale_embed = ScaleInputEmbed(img.bits, D, len(img.scales), img.scales[-1])
         self.bit_head = BitwiseHead(D, img.bits, config.bit_ar_width)
         image_tokenizer.requires_grad_(False).eval()
+        if speech_codec is not None:
+            speech_codec.requires_grad_(False).eval()
         self.ids = {name: text_tokenizer.token_id(tok) for name, tok in
                     {**TASK_TOKENS, "boi": "<boi>", "eoi": "<eoi>", "ref": "<ref>", "ref_end": "</ref>",
-                     "eos": "<eos>", "assistant": "<assistant>"}.items()}
+                     "eos": "<eos>", "assistant": "<assistant>", "user": "<user>", "eot": "<eot>",
+                     "boa": "<boa>", "eoa": "<eoa>", "pad": "<pad>"}.items()}
+
+    def joint_vocab(self):
+        """The layout of this model's id space for finite-state decoding (omniar.generation.fsm)."""
+        from omniar.generation.fsm import JointVocab
+
+        codes = self.speech_codec.config.codebook_size if self.speech_codec is not None else 0
+        return JointVocab(text=self.speech_offset, speech=range(self.speech_offset, self.speech_offset + codes),
+                          markers={k: self.ids[k] for k in ("pad", "eos", "eot", "boi", "eoi", "boa", "eoa", "user",
+                                                            "assistant")})
+
+    def speech_ids(self, codes: Tensor) -> list[int]:
+        """Codec codes -> ids of the joint space (named errors for a model without speech or bad codes)."""
+        if self.speech_codec is None:
+            raise ValueError("this model has no speech codec: build it with one (OmniModel(..., speech_codec=...)) "
+                             "for speech tasks")
+        K = self.speech_codec.config.codebook_size
+        codes = torch.as_tensor(codes, dtype=torch.long).reshape(-1)
+        if len(codes) and (int(codes.min()) < 0 or int(codes.max()) >= K):
+            raise ValueError(f"speech codes must be in [0, {K}), got {int(codes.min())}..{int(codes.max())}")
+        return (codes + self.speech_offset).tolist()
 
     @property
     def scales(self) -> tuple[int, ...]:
@@ -189,6 +284,8 @@ class OmniModel(nn.Module):
     def train(self, mode: bool = True) -> OmniModel:
         super().train(mode)
         self.tokenizer.eval()  # frozen: never in training mode
+        if self.speech_codec is not None:
+            self.speech_codec.eval()
         return self
 
     def und_features(self, images: Tensor) -> Tensor:
@@ -207,21 +304,43 @@ class OmniModel(nn.Module):
                        end=self.ids[end])
 
     def sample(self, ex: Example, und: Tensor | None, gen: Tensor | None, drop_prompt: bool = False,
-               drop_image: bool = False) -> Sample:
+               drop_image: bool = False, reweight: Reweighting | None = None) -> Sample:
         """The stream layout of one example (module docstring), given its embedded images; `drop_prompt` and
-        `drop_image` (edit: the reference) give the unconditional layouts of classifier-free guidance."""
-        enc, eos = self.text.encode, self.ids["eos"]
+        `drop_image` (edit: the reference) give the unconditional layouts of classifier-free guidance. An example
+        without its target (`Example.target`) gives the prompt that generation continues."""
+        enc, eos, ids = self.text.encode, self.ids["eos"], self.ids
+        reweight = reweight or Reweighting()
         prompt = [] if drop_prompt else enc(ex.text)
         segs: list[Segment] = []
+
+        def target(modality: str, tokens: list[int], **kw) -> None:
+            segs.extend(reweight.segments(ex.task, modality, tokens, **kw))
+
         if ex.task == "t2i":
             if prompt:
                 segs.append(Segment("text", prompt))
             segs.append(self.gen_segment(gen))
         elif ex.task == "caption":
-            segs += [self.und_segment(und), Segment("text", enc(ex.text) + [eos], loss=True)]
+            segs.append(self.und_segment(und))
+            target("text", enc(ex.text) + [eos])
         elif ex.task == "vqa":
-            segs += [self.und_segment(und), Segment("text", enc(ex.text) + [self.ids["assistant"]]),
-                     Segment("text", enc(ex.answer) + [eos], loss=True)]
+            segs += [self.und_segment(und), Segment("text", enc(ex.text) + [ids["assistant"]])]
+            target("text", enc(ex.answer) + [eos])
+        elif ex.task == "tts":
+            segs.append(Segment("text", enc(ex.text)))
+            if ex.target:
+                target("speech", self.speech_ids(ex.speech), begin=ids["boa"], end=ids["eoa"])
+            else:
+                segs.append(Segment("text", [ids["boa"]]))
+        elif ex.task == "asr":
+            segs.append(Segment("speech", self.speech_ids(ex.speech), begin=ids["boa"], end=ids["eoa"]))
+            if ex.target:
+                target("text", enc(ex.text) + [eos])
+        elif ex.task == "svqa":
+            segs += [self.und_segment(und), Segment("speech", self.speech_ids(ex.speech), begin=ids["boa"],
+                                                    end=ids["eoa"]), Segment("text", [ids["assistant"]])]
+            if ex.target:
+                target("text", enc(ex.answer) + [eos])
         elif ex.task == "edit":
             if not drop_image:
                 segs.append(self.und_segment(und, "ref", "ref_end"))
@@ -229,16 +348,21 @@ class OmniModel(nn.Module):
                 segs.append(Segment("text", prompt))
             segs.append(self.gen_segment(gen))
         else:
-            segs.append(Segment("text", enc(ex.text) + [eos], loss=True))
+            target("text", enc(ex.text) + [eos])
         return Sample(segs, task=self.ids[ex.task])
 
     # ---- training -----------------------------------------------------------------------------------------------
     def batch(self, examples: list[Example], generator: torch.Generator | None = None,
-              pack: bool = False, teacher: OmniModel | None = None) -> tuple:
+              pack: bool = False, teacher: OmniModel | None = None, reweight: Reweighting | None = None) -> tuple:
         """(collated batch, target bits (N_gen, d) in stream order); images embedded in one call per kind.
         With a generator, applies condition dropout and bitwise self-correction (training). With `pack`, the
         image-generation examples come first, one per row, and the short ones share rows of that length. With a
-        `teacher`, a third element: its features (N_und, width) of the understanding images in stream order."""
+        `teacher`, a third element: its features (N_und, width) of the understanding images in stream order.
+        `reweight`: the task-aware loss weights of the token targets."""
+        for i, ex in enumerate(examples):
+            if not ex.target:
+                raise ValueError(f"{ex.task} example {i} has no target to train on (tts: speech, asr: text, svqa: "
+                                 f"answer)")
         order = list(range(len(examples)))
         if pack:  # stable: generation examples (the longest) first, each group in its own order
             order.sort(key=lambda i: examples[i].task not in ("t2i", "edit"))
@@ -246,7 +370,7 @@ class OmniModel(nn.Module):
         examples = [examples[i] for i in order]
         side = self.image_size
         und_images = [ex.source if ex.task == "edit" else ex.image for ex in examples
-                      if ex.task in ("caption", "vqa", "edit")]
+                      if ex.task in UNDERSTANDS]
         gen_images = [ex.image for ex in examples if ex.task in ("t2i", "edit")]
         und_pixels = as_images(und_images, side) if und_images else None
         und = iter(self.und_features(und_pixels)) if und_images else iter(())
@@ -275,11 +399,11 @@ class OmniModel(nn.Module):
             drop_prompt = drop_image = False
             if generator is not None and ex.task in ("t2i", "edit"):  # condition dropout, each independently
                 drop_prompt, drop_image = (torch.rand(2, generator=generator) < self.config.cfg_dropout).tolist()
-            u = next(und) if ex.task in ("caption", "vqa", "edit") else None
-            t = next(taught, None) if ex.task in ("caption", "vqa", "edit") else None
+            u = next(und) if ex.task in UNDERSTANDS else None
+            t = next(taught, None) if ex.task in UNDERSTANDS else None
             g = next(gen) if ex.task in ("t2i", "edit") else None
             drop_image = drop_image and ex.task == "edit"
-            samples.append(self.sample(ex, u, g, drop_prompt, drop_image))
+            samples.append(self.sample(ex, u, g, drop_prompt, drop_image, reweight))
             if t is not None and not drop_image:  # a dropped reference is not in the stream
                 features.append(t)
         self.check_context(samples, names)
@@ -316,14 +440,34 @@ class OmniModel(nn.Module):
                 pred = self.distill_proj(out.hidden[und])
                 parts["distill"] = F.mse_loss(pred, teacher) + (1 - F.cosine_similarity(pred, teacher, -1)).mean()
                 total = total + distill_weight * parts["distill"]
-        if (batch.labels != -100).any():
-            parts["text"] = weighted_cross_entropy(out.logits, batch.labels, batch.loss_weights)
-            total = total + parts["text"]
+        labels = batch.labels
+        if (labels != IGNORE).any():
+            logits = out.logits
+            speech = self.is_speech_target(labels)
+            if self.config.speech_vocab == "decoupled" and self.speech_codec is not None:
+                logits = logits.masked_fill(speech[..., None] != self._speech_group(logits.device), float("-inf"))
+            ce = token_cross_entropy(logits, labels)
+            valid = labels != IGNORE
+            w = batch.loss_weights * valid
+            total = total + (ce * w).sum() / w.sum().clamp(min=1e-8)
+            for name, where in (("text", valid & ~speech), ("speech", valid & speech)):
+                if where.any():
+                    parts[name] = ce[where].mean()
         gen = batch.meta.modality == self.gen_modality
         if gen.any():
             parts["bits"] = bitwise_loss(self.bit_head(out.hidden[gen], target_bits), target_bits)
             total = total + self.config.bit_loss_weight * parts["bits"]
         return total, {k: v.item() for k, v in parts.items()}
+
+    def is_speech_target(self, labels: Tensor) -> Tensor:
+        """Targets scored by the speech vocabulary under `speech_vocab="decoupled"`: speech codes and <eoa>."""
+        return (labels >= self.speech_offset) | (labels == self.ids["eoa"])
+
+    def _speech_group(self, device) -> Tensor:
+        group = torch.zeros(self.decoder.config.vocab_size, dtype=torch.bool, device=device)
+        group[self.speech_offset:] = True
+        group[self.ids["eoa"]] = True
+        return group
 
     # ---- the Python API (batched; see omni/generate.py and omni/understand.py for every knob) ----------------
     def generate_image(self, prompts: str | Sequence[str], cfg: float = 3.0, **kw) -> Tensor:
@@ -360,7 +504,8 @@ class OmniModel(nn.Module):
     def save_pretrained(self, directory: str | Path) -> Path:
         directory = Path(directory)
         cfg = {"model_type": MODEL_TYPE, **dataclasses.asdict(self.config),
-               "image": dataclasses.asdict(self.tokenizer.config)}
+               "image": dataclasses.asdict(self.tokenizer.config),
+               "speech": dataclasses.asdict(self.speech_codec.config) if self.speech_codec is not None else {}}
         self.text.save(directory)
         return save_checkpoint(directory, cfg, self.state_dict())
 
@@ -369,6 +514,8 @@ class OmniModel(nn.Module):
         directory = Path(directory)
         d = read_config(directory, MODEL_TYPE, "unified model (OmniModel)")
         config = OmniConfig.from_dict(d)
-        model = cls(config, TextTokenizer.load(directory), ImageTokenizer(ImageTokenizerConfig.from_dict(config.image)))
+        speech = SpeechCodec(SpeechCodecConfig.from_dict(config.speech)) if config.speech else None
+        model = cls(config, TextTokenizer.load(directory), ImageTokenizer(ImageTokenizerConfig.from_dict(config.image)),
+                    speech)
         load_state_strict(model, read_tensors(directory / WEIGHTS_NAME), source=str(directory / WEIGHTS_NAME))
         return model.eval()

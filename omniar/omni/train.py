@@ -4,8 +4,9 @@ Every step draws its examples from a generator seeded by the step (tasks by `Rec
 train samples by index, condition dropout and bitwise self-correction), so a resumed run equals an
 uninterrupted one. With `Recipe.shards` > 1 a step's examples are dealt into that many pieces of about equal
 work, each with its own generator: gradient accumulation in one process, or one process's share under
-data parallelism (`omniar.train.parallel`); the same update either way. The task's loss weights come from the
-recipe (`text_weight` on answers and captions, the model config's `bit_loss_weight` on generated bits).
+data parallelism (`omniar.train.parallel`); the same update either way. The loss weights: the recipe's
+`reweight` (AR-Omni's task-aware reweighting of token targets), the model config's `bit_loss_weight` on generated
+bits. Speech tasks (tts, asr, svqa) need a model with a speech codec; their speech is synthesized on the fly.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from omniar.omni.model import TASKS, Example, OmniModel
+from omniar.omni.model import SPEECH_TASKS, TASKS, Example, OmniModel, Reweighting
+from omniar.tokenizers.speech import SpeechCodec
 from omniar.train.parallel import DataParallel
 from omniar.train.trainer import TrainConfig, Trainer
 
@@ -36,6 +39,7 @@ class Recipe:
     pack: bool = True  # short examples share rows (documents isolated by the mask): less padding
     distill: float = 0.0  # weight of understanding distillation (needs a teacher; omni/teacher.py)
     shards: int = 1  # pieces per step (accumulated, or shared out among data-parallel processes)
+    reweight: Reweighting = field(default_factory=Reweighting)  # task-aware weights of the token targets
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= self.examples_per_step:
@@ -59,8 +63,11 @@ STAGES: dict[str, Recipe] = {
 }
 
 
-def shapeworld_example(task: str, index: int, side: int, split: str = "train") -> Example:
-    """The ShapeWorld sample `index` of `split` as an example of `task` (the next sample with an edit, for edit)."""
+def shapeworld_example(task: str, index: int, side: int, split: str = "train",
+                       speech: SpeechCodec | None = None) -> Example:
+    """The ShapeWorld sample `index` of `split` as an example of `task` (the next sample with an edit, for edit).
+    Speech tasks speak the sample's text in its own voice (espeak-ng) and encode it with the `speech` codec:
+    tts and asr the caption, svqa the question."""
     from omniar.data.shapeworld.dataset import make_sample
     from omniar.data.shapeworld.render import render
     from omniar.data.shapeworld.scene import Scene
@@ -69,6 +76,17 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train") -
     while task == "edit" and s["edit"] is None:
         index += 1
         s = make_sample(split, index)
+    if task in SPEECH_TASKS:
+        if speech is None:
+            raise ValueError(f"a {task} example needs a speech codec to encode its speech")
+        said = s["question"] if task == "svqa" else s["caption"]
+        codes = spoken_codes(speech, said, tuple(sorted(s["voice"].items())))
+        if task == "tts":
+            return Example("tts", s["caption"], speech=codes)
+        if task == "asr":
+            return Example("asr", s["caption"], speech=codes)
+        image = render(Scene.from_dict(s["scene"]), side)
+        return Example("svqa", s["question"], answer=s["answer"], image=image, speech=codes)
     image = render(Scene.from_dict(s["scene"]), side)
     if task == "t2i":
         return Example("t2i", s["caption"], image=image)
@@ -82,12 +100,20 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train") -
     return Example("text", f"{s['caption']}. {s['question']} {s['answer']}.")
 
 
+def spoken_codes(codec: SpeechCodec, text: str, voice: tuple) -> Tensor:
+    """Codec codes of `text` spoken by espeak-ng in `voice` (sorted (name, value) pairs of a Voice)."""
+    from omniar.data.shapeworld.speech import Voice, speak
+
+    with torch.no_grad():
+        return codec.encode(torch.from_numpy(speak(text, Voice(**dict(voice))))[None])[0]
+
+
 # Rough relative work of one example of each task (positions in the stream; an edit reads and writes an image).
-_COST = {"edit": 3.0, "t2i": 2.0, "caption": 1.0, "vqa": 1.0, "text": 0.3}
+_COST = {"edit": 3.0, "t2i": 2.0, "caption": 1.0, "vqa": 1.0, "text": 0.3, "tts": 1.0, "asr": 1.0, "svqa": 1.5}
 
 
 def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool: int = 1_000_000,
-                      shard: int = 0, shards: int = 1) -> list[Example]:
+                      shard: int = 0, shards: int = 1, speech: SpeechCodec | None = None) -> list[Example]:
     """Step `step`'s examples (all of them by default), or those of piece `shard` of `shards`: the pieces get
     about the same work (longest first, each to the lightest piece so far). Only the returned ones are rendered."""
     rng = np.random.default_rng([seed, step])
@@ -103,7 +129,7 @@ def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool:
             if lightest == shard:
                 mine.append(i)
         picks = [picks[i] for i in sorted(mine)]
-    return [shapeworld_example(t, index, side) for t, index in picks]
+    return [shapeworld_example(t, index, side, speech=speech) for t, index in picks]
 
 
 def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, seed: int = 0,
@@ -117,13 +143,17 @@ def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, 
     out = Path(out)
     if recipe.distill > 0 and teacher is None:
         raise ValueError("this recipe distills understanding (distill > 0): give a teacher (omni/teacher.py)")
+    speech = [t for t in recipe.tasks if t in SPEECH_TASKS and recipe.tasks[t] > 0]
+    if speech and model.speech_codec is None:
+        raise ValueError(f"the recipe trains speech tasks ({', '.join(speech)}) but the model has no speech codec")
     teacher = teacher.requires_grad_(False).eval() if recipe.distill > 0 else None
 
     def batch_for_step(step: int, shard: int = 0, shards: int = 1):
         # one piece keeps the seeds of unsharded runs; pieces (< 1009) get distinct seeds of their own
         g = torch.Generator().manual_seed((seed * 1_000_003 + step) * (1 if shards == 1 else 1_009) + shard)
-        examples = examples_for_step(recipe, step, model.image_size, seed, shard=shard, shards=shards)
-        return model.batch(examples, generator=g, pack=recipe.pack, teacher=teacher)
+        examples = examples_for_step(recipe, step, model.image_size, seed, shard=shard, shards=shards,
+                                     speech=model.speech_codec)
+        return model.batch(examples, generator=g, pack=recipe.pack, teacher=teacher, reweight=recipe.reweight)
 
     trainer = Trainer(model, batch_for_step, TrainConfig(steps=recipe.steps, lr=recipe.lr, warmup=recipe.warmup,
                                                          min_lr_ratio=recipe.min_lr_ratio, log_every=10),

@@ -1,0 +1,170 @@
+"""Speech in the unified stream (AR-Omni): layouts of tts / asr / spoken VQA, the joint id space, the speech expert,
+joint vs decoupled vocabularies against a brute-force loss, task-aware reweighting with response tails,
+save/load, and the named errors."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from omniar.modality import Modality
+from omniar.omni.model import Example, OmniConfig, OmniModel, Reweighting
+from omniar.stream.collate import IGNORE
+from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
+from omniar.tokenizers.speech import SpeechCodec, SpeechCodecConfig
+from tests.test_omni_model import TEXTS
+
+K = 32  # codebook of the tiny codec
+
+
+def speech_model(seed=0, vocab="joint", expert=True, codec=True):
+    torch.manual_seed(seed)
+    from omniar.tokenizers.text import TextTokenizer
+
+    text = TextTokenizer.train(TEXTS, vocab_size=300)
+    image = ImageTokenizer(ImageTokenizerConfig(image_size=32, channels=16, bits=8, downsample=2, scales=(8,)))
+    speech = SpeechCodec(SpeechCodecConfig(channels=16, codebook_size=K, code_dim=8, encoder_blocks=1,
+                                           decoder_blocks=1)) if codec else None
+    decoder = dict(hidden_size=48, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64,
+                   experts=("text", "und", "gen"), routing={"image_und": "und", "image_raster": "gen"})
+    cfg = OmniConfig(decoder=decoder, patch=4, patch_channels=8, generation="raster", speech_vocab=vocab,
+                     speech_expert=expert)
+    return OmniModel(cfg, text, image, speech).eval()
+
+
+def codes(n, seed=0):
+    return torch.randint(0, K, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def speech_examples():
+    img = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    return [Example("tts", "a red circle", speech=codes(7, 1)), Example("asr", "a blue square", speech=codes(9, 2)),
+            Example("svqa", "how many circles are there?", answer="two", image=img, speech=codes(5, 3)),
+            Example("caption", "a green star", image=img)]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return speech_model()
+
+
+def test_speech_segments_sit_between_markers_and_go_through_the_speech_expert(model):
+    batch, _ = model.batch(speech_examples())
+    ids, mod, labels = batch.input_ids, batch.meta.modality, batch.labels
+    off, boa, eoa = model.speech_offset, model.ids["boa"], model.ids["eoa"]
+    assert model.decoder.config.vocab_size == off + K
+    assert model.decoder.config.experts == ("text", "und", "gen", "speech")
+    assert model.decoder.config.expert_of(Modality.SPEECH) == 3
+    for row, (n, c) in enumerate([(7, codes(7, 1)), (9, codes(9, 2)), (5, codes(5, 3))]):
+        speech = (mod[row] == Modality.SPEECH).nonzero().squeeze(1)
+        assert len(speech) == n and torch.equal(ids[row, speech], c + off)
+        first, last = int(speech[0]), int(speech[-1])
+        assert ids[row, first - 1] == boa and ids[row, last + 1] == eoa
+        if row == 0:  # tts: the speech (and its <eoa>) is the target
+            assert torch.equal(labels[row, first - 1: last], c + off) and labels[row, last] == eoa
+        else:  # asr / svqa: speech is input only
+            assert (labels[row, first - 1: last + 1] == IGNORE).all()
+    assert (labels[1] != IGNORE).sum() == len(model.text.encode("a blue square")) + 1  # transcript + <eos>
+    answer = labels[2][labels[2] != IGNORE].tolist()
+    assert answer == model.text.encode("two") + [model.ids["eos"]]
+    loss, parts = model.loss(*model.batch(speech_examples()))
+    assert set(parts) == {"text", "speech"} and torch.isfinite(loss)
+
+
+def test_prompts_end_where_generation_starts(model):
+    tts = model.sample(Example("tts", "a red circle"), None, None)
+    assert tts.segments[-1].ids.tolist() == [model.ids["boa"]]
+    asr = model.sample(Example("asr", speech=codes(4)), None, None)
+    assert asr.segments[-1].modality == Modality.SPEECH and asr.segments[-1].end == model.ids["eoa"]
+    with pytest.raises(ValueError, match="tts example 0 has no target"):
+        model.batch([Example("tts", "a red circle")])
+
+
+@pytest.mark.parametrize("vocab", ["joint", "decoupled"])
+def test_the_token_loss_matches_a_brute_force_softmax(vocab):
+    m = speech_model(vocab=vocab)
+    batch, bits = m.batch(speech_examples())
+    loss, parts = m.loss(batch, bits)
+    out = m.decoder(**batch.model_inputs())
+    logits, labels = out.logits, batch.labels
+    V, off, eoa = logits.shape[-1], m.speech_offset, m.ids["eoa"]
+    terms = []
+    for b, t in (labels != IGNORE).nonzero().tolist():
+        y = int(labels[b, t])
+        ids = torch.arange(V)
+        if vocab == "decoupled":  # its own modality's ids only: speech codes + <eoa>, or the text ids but <eoa>
+            speech = y >= off or y == eoa
+            keep = ((ids >= off) | (ids == eoa)) if speech else ((ids < off) & (ids != eoa))
+            ids = ids[keep]
+        terms.append(-F.log_softmax(logits[b, t, ids], -1)[(ids == y).nonzero()[0, 0]])
+    token_loss = torch.stack(terms).mean()
+    assert len(bits) == 0 and torch.allclose(loss, token_loss, atol=1e-5)  # no image is generated here
+    if vocab == "decoupled":  # a strictly smaller normaliser: each term is lower than under the joint softmax
+        joint = speech_model(vocab="joint")
+        joint.load_state_dict(m.state_dict())
+        assert parts["speech"] < joint.loss(batch, bits)[1]["speech"]
+
+
+def test_tail_reweighting_weights_the_last_response_tokens():
+    m = speech_model()
+    ex = [Example("caption", "a blue square left of a green star", image=torch.rand(3, 32, 32)),
+          Example("asr", "a red circle", speech=codes(6)), Example("tts", "a red circle", speech=codes(5))]
+    plain, _ = m.batch(ex)
+    rw = Reweighting(task={"tts": 0.5}, tail=3, tail_weight=2.0)
+    tailed, bits = m.batch(ex, reweight=rw)
+    assert torch.equal(plain.labels, tailed.labels)
+    for row in range(2):  # caption and asr: the last 3 targets (the last text tokens and <eos>) weigh 2
+        w = tailed.loss_weights[row][tailed.labels[row] != IGNORE]
+        assert w.tolist() == [1.0] * (len(w) - 3) + [2.0] * 3
+    assert set(tailed.loss_weights[2][tailed.labels[2] != IGNORE].tolist()) == {0.5}  # tts: its task weight
+    with torch.no_grad():  # splitting the target into two segments changes no logit
+        assert torch.allclose(m.decoder(**plain.model_inputs()).logits, m.decoder(**tailed.model_inputs()).logits)
+        loss, _ = m.loss(tailed, bits)
+        out = m.decoder(**tailed.model_inputs())
+        ce = F.cross_entropy(out.logits.flatten(0, 1), tailed.labels.flatten(), reduction="none",
+                             ignore_index=IGNORE)
+        w = tailed.loss_weights.flatten()
+        assert len(bits) == 0 and torch.allclose(loss, (ce * w).sum() / w.sum(), atol=1e-5)
+
+
+def test_a_short_training_run_lowers_the_speech_loss():
+    m = speech_model().train()
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=3e-3)
+    first = last = None
+    for step in range(25):
+        loss, parts = m.loss(*m.batch(speech_examples(), generator=torch.Generator().manual_seed(step)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first or parts["speech"]
+        last = parts["speech"]
+    assert last < 0.7 * first
+    assert all(p.grad is None for p in m.speech_codec.parameters())  # the codec stays frozen
+
+
+def test_save_load_round_trip_keeps_the_codec_and_the_outputs(model, tmp_path):
+    model.save_pretrained(tmp_path / "m")
+    back = OmniModel.from_pretrained(tmp_path / "m")
+    assert back.config.speech_vocab == model.config.speech_vocab and back.speech_codec is not None
+    batch, _ = model.batch(speech_examples())
+    with torch.no_grad():
+        assert torch.equal(model.decoder(**batch.model_inputs()).logits, back.decoder(**batch.model_inputs()).logits)
+    wav = torch.randn(1, 3200)
+    assert torch.equal(model.speech_codec.encode(wav), back.speech_codec.encode(wav))
+
+
+def test_speech_errors_are_named(model):
+    plain = speech_model(codec=False)
+    with pytest.raises(ValueError, match="has no speech codec"):
+        plain.batch([Example("asr", "a red circle", speech=codes(4))])
+    with pytest.raises(ValueError, match="an svqa example needs its speech"):
+        Example("svqa", "how many?", answer="two", image=torch.rand(3, 32, 32))
+    with pytest.raises(ValueError, match=r"speech codes must be in \[0, 32\)"):
+        model.batch([Example("asr", "a red circle", speech=[3, 40])])
+    with pytest.raises(ValueError, match="speech is empty"):
+        Example("tts", "a red circle", speech=[])
+    with pytest.raises(ValueError, match="speech_vocab must be one of joint, decoupled"):
+        OmniConfig(speech_vocab="shared")
+    from omniar.omni.train import Recipe, train_omni
+
+    with pytest.raises(ValueError, match=r"trains speech tasks \(asr\) but the model has no speech codec"):
+        train_omni(plain, "unused", Recipe(tasks={"asr": 1.0}, steps=1), progress=False)
