@@ -168,3 +168,83 @@ def test_speech_errors_are_named(model):
 
     with pytest.raises(ValueError, match=r"trains speech tasks \(asr\) but the model has no speech codec"):
         train_omni(plain, "unused", Recipe(tasks={"asr": 1.0}, steps=1), progress=False)
+
+
+# ---- decoding: speak / stream / transcribe ------------------------------------------------------------------------
+def test_tts_decoding_with_the_cache_equals_teacher_forcing(model):
+    from omniar.omni.decode import steps
+
+    text = "a blue square left of a green star"
+    prompt = model.sample(Example("tts", text), None, None)
+    with torch.no_grad():
+        run = list(steps(model, [prompt], greedy=[True], max_new_tokens=10, stops=[model.ids["eoa"]]))
+    got = torch.stack([s.tokens[0] for s in run])
+    got = got[got != model.ids["eoa"]] - model.speech_offset
+    batch, _ = model.batch([Example("tts", text, speech=got)])
+    with torch.no_grad():
+        logits = model.decoder(**batch.model_inputs()).logits[0]
+    speech = (batch.meta.modality[0] == Modality.SPEECH).nonzero().squeeze(1)
+    # the logits after <boa> and after each code (through the speech expert) are the teacher-forced ones
+    cached = torch.stack([s.logits[0] for s in run])[: len(speech)]
+    assert torch.allclose(cached, logits[speech - 1], atol=1e-5)
+
+
+def test_batched_speech_decoding_equals_one_by_one(model):
+    from omniar.omni.speech import speak_codes
+
+    texts = ["a red circle", "a blue square left of a green star", "two"]
+    together = speak_codes(model, texts, max_seconds=0.3)
+    for t, c in zip(texts, together):
+        assert torch.equal(speak_codes(model, [t], max_seconds=0.3)[0], c)
+
+
+def test_rows_of_different_tasks_decode_together_as_alone(model):
+    from omniar.omni.decode import decode
+
+    prompts = [model.sample(Example("tts", "a red circle"), None, None),
+               model.sample(Example("asr", speech=codes(12, 5)), None, None)]
+    stops = [model.ids["eoa"], model.ids["eos"]]
+    together = decode(model, prompts, greedy=[True, True], max_new_tokens=12, stops=stops)
+    for p, row in zip(prompts, together):
+        assert decode(model, [p], greedy=[True], max_new_tokens=12, stops=stops)[0] == row
+    assert all(t >= model.speech_offset for t in together[0])  # the tts row stays in speech codes
+    assert all(t < model.speech_offset for t in together[1])  # the asr row writes text
+
+
+def test_streamed_speech_equals_the_whole_decode(model):
+    from omniar.omni.speech import speak_codes, speak_stream
+    from omniar.tokenizers.speech import STREAM_TOLERANCE
+
+    text = "a small yellow triangle"
+    timings = {}
+    chunks = list(speak_stream(model, text, max_seconds=0.5, chunk=3, timings=timings))
+    codes_ = speak_codes(model, [text], max_seconds=0.5)[0]
+    whole = model.speech_codec.decode(codes_[None])[0]
+    streamed = torch.cat(chunks)
+    assert streamed.shape == whole.shape
+    assert (streamed - whole).abs().max() <= STREAM_TOLERANCE
+    assert timings["audio_s"] == pytest.approx(len(codes_) * 0.02) and timings["first_chunk_s"] > 0
+    assert timings["rtf"] > 0
+
+
+def test_transcribe_and_spoken_answers_batch_and_name_bad_audio(model):
+    from omniar.omni.speech import answer_spoken, speak, transcribe
+
+    wavs = [w.numpy() + 0.01 for w in speak(model, ["a red circle", "two"], max_seconds=0.3)]
+    texts = transcribe(model, wavs)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    assert transcribe(model, wavs[1:]) == texts[1:]
+    answers = answer_spoken(model, torch.rand(3, 32, 32), wavs)
+    assert len(answers) == 2
+    with pytest.raises(ValueError, match="must be 16000 Hz, got 8000 Hz"):
+        transcribe(model, wavs, sample_rate=8000)
+    with pytest.raises(ValueError, match="clip 0 is empty"):
+        transcribe(model, [[]])
+    with pytest.raises(ValueError, match="clip 0 is silent"):
+        transcribe(model, [torch.zeros(1600)])
+    with pytest.raises(ValueError, match="at most 30 s"):
+        transcribe(model, [torch.ones(16000 * 31)])
+    with pytest.raises(ValueError, match="must be non-empty"):
+        speak(model, [" "])
+    with pytest.raises(ValueError, match="has no speech codec"):
+        speak(speech_model(codec=False), ["a red circle"])

@@ -97,6 +97,7 @@ class DecodingRules:
     image: SamplingParams = field(default_factory=SamplingParams)
     image_tokens: int = 0  # tokens of one image: after <boi>, exactly this many image codes, then <eoi>
     min_speech_tokens: int = 1  # <eoa> is allowed only after this many codes (no empty speech)
+    may_open: tuple[str, ...] = ("speech", "image")  # the spans a text mode may open (() for text-only answers)
 
     def __post_init__(self) -> None:
         for name in ("response", "instruction", "speech", "image"):
@@ -106,6 +107,9 @@ class DecodingRules:
                 raise ValueError(f"DecodingRules.{name} must use one value per knob (rows get theirs by mode)")
         if self.image_tokens < 0 or self.min_speech_tokens < 0:
             raise ValueError("image_tokens and min_speech_tokens must be >= 0")
+        unknown = set(self.may_open) - {"speech", "image"}
+        if unknown:
+            raise ValueError(f"may_open takes 'speech' and 'image', got {sorted(unknown)}")
 
     def of(self, mode: Mode) -> SamplingParams:
         return {Mode.INSTRUCTION: self.instruction, Mode.RESPONSE: self.response, Mode.SPEECH: self.speech,
@@ -123,8 +127,11 @@ class FiniteStateDecoder:
     """
 
     def __init__(self, vocab: JointVocab, rules: DecodingRules | None = None, batch: int = 1,
-                 greedy: Sequence[bool] | Tensor | None = None, start: Mode = Mode.INSTRUCTION):
+                 greedy: Sequence[bool] | Tensor | None = None, start: Mode = Mode.INSTRUCTION,
+                 stops: Sequence[int] | None = None):
+        """`stops`: the tokens that end a row (default <eos> and <eot>; e.g. <eoa> too, to stop after speech)."""
         self.vocab, self.rules, self.batch = vocab, rules or DecodingRules(), batch
+        self.stops = list(vocab.stops if stops is None else stops)
         if Mode(start) in (Mode.SPEECH, Mode.IMAGE, Mode.DONE):
             raise ValueError(f"rows start in a text mode, not {Mode(start).name}")
         self.greedy = torch.zeros(batch, dtype=torch.bool) if greedy is None else torch.as_tensor(greedy).bool()
@@ -147,9 +154,9 @@ class FiniteStateDecoder:
         text[: v.text] = True
         for name in ("pad", "eoa", "eoi"):  # closing what is not open, and padding, are never drawn
             text[m[name]] = False
-        if not len(v.speech):
+        if not len(v.speech) or "speech" not in self.rules.may_open:
             text[m["boa"]] = False
-        if v.image is None and not self.rules.image_tokens:
+        if v.image is None and not self.rules.image_tokens or "image" not in self.rules.may_open:
             text[m["boi"]] = False
         speech = torch.zeros(v.size, dtype=torch.bool)
         speech[v.speech.start: v.speech.stop] = True
@@ -251,8 +258,7 @@ class FiniteStateDecoder:
     def _update(self, token: Tensor, observing: bool) -> None:
         """The transitions. While observing a prompt, <eoi> closes an image whatever its count (an understanding
         image is continuous features, not codes)."""
-        m = self.vocab.markers
-        stops = self.vocab.stops
+        m, stops = self.vocab.markers, self.stops
         for b, tok in enumerate(token.tolist()):
             if tok < 0:
                 continue
@@ -268,10 +274,10 @@ class FiniteStateDecoder:
             if mode == Mode.SPEECH and tok != m["eoa"]:
                 self.count[b] += 1
                 continue
-            if tok in (m["eoa"], m["eoi"]):
-                self.mode[b] = self.text_mode[b]
-            elif tok in stops:
+            if tok in stops:
                 self.mode[b] = Mode.DONE
+            elif tok in (m["eoa"], m["eoi"]):
+                self.mode[b] = self.text_mode[b]
             elif tok in self._to_mode:
                 new = self._to_mode[tok]
                 if new in (Mode.SPEECH, Mode.IMAGE):

@@ -2,7 +2,7 @@
 
 The prompt rows are the training layouts without their targets (`OmniModel.sample`): the image is patch-embedded
 (no vision encoder), read bidirectionally by the understanding expert, and the text is decoded with the KV cache
-after one prefill; rows are left-padded so they decode in lockstep and stop at <eos>.
+after one prefill (omni/decode.py, text only); rows are left-padded so they decode in lockstep and stop at <eos>.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from collections.abc import Sequence
 
 import torch
 
-from omniar.generation.sampling import SamplingParams, sample
+from omniar.generation.fsm import DecodingRules
+from omniar.generation.sampling import SamplingParams
+from omniar.omni.decode import decode
 from omniar.omni.model import Example, OmniModel, as_images
-from omniar.stream.collate import collate
 
 
 @torch.inference_mode()
@@ -37,22 +38,7 @@ def describe(model: OmniModel, images: Sequence, questions: Sequence[str] | None
         s = model.sample(ex, und[i], None)
         s.segments.pop()  # the target text: that is what we generate
         samples.append(s)
-    model.check_context(samples, [f"question {i}" if questions else f"image {i}" for i in range(len(samples))],
-                        reserve=max_new_tokens)
-    batch = collate(samples, pad_side="left", pad_id=model.text.pad)
-    cache = model.decoder.new_cache()
-    logits = model.decoder(**batch.model_inputs(), cache=cache, logits_to_keep=1).logits[:, -1]
-    eos = model.ids["eos"]
-    B = len(samples)
-    finished = torch.zeros(B, dtype=torch.bool)
-    out: list[list[int]] = [[] for _ in range(B)]
-    for _ in range(max_new_tokens):
-        token = sample(logits, params, generator=generator)
-        for b in range(B):
-            if not finished[b] and int(token[b]) != eos:
-                out[b].append(int(token[b]))
-        finished |= token == eos
-        if bool(finished.all()):
-            break
-        logits = model.decoder(token[:, None], cache=cache, logits_to_keep=1).logits[:, -1]
-    return out if return_ids else [model.text.decode(ids) for ids in out]
+    rules = DecodingRules(instruction=params, response=params, may_open=())
+    names = [f"question {i}" if questions else f"image {i}" for i in range(len(samples))]
+    ids = decode(model, samples, rules, max_new_tokens=max_new_tokens, generator=generator, names=names)
+    return ids if return_ids else [model.text.decode(row) for row in ids]
