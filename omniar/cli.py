@@ -260,8 +260,13 @@ def _train_omni_process(args, shards: int) -> None:
             from omniar.omni.teacher import distill_config
 
             config = distill_config(config, teacher)
+        speech = None
+        if args.speech_codec:
+            from omniar.tokenizers.speech import SpeechCodec
+
+            speech = SpeechCodec.from_pretrained(args.speech_codec)
         model = OmniModel(config, TextTokenizer.load(args.text_tokenizer),
-                          ImageTokenizer.from_pretrained(args.image_tokenizer))
+                          ImageTokenizer.from_pretrained(args.image_tokenizer), speech)
     train_omni(model, out, recipe, seed=args.seed, teacher=teacher,
                parallel=DataParallel() if args.workers > 1 else None)
 
@@ -298,10 +303,76 @@ def _ask(args) -> None:
 
     model = OmniModel.from_pretrained(args.model)
     image = load_image(args.image)
+    if args.audio:
+        from omniar.omni.speech import answer_spoken
+
+        if args.questions:
+            sys.exit("error: give the questions either as text or as --audio, not both")
+        clips, rate = _read_audio(args.audio)
+        for text in answer_spoken(model, image, clips, sample_rate=rate):
+            print(text)
+        return
     questions = args.questions or None
     images = [image] * (len(questions) if questions else 1)
     for text in describe(model, images, questions):
         print(text)
+
+
+def _read_audio(paths: list[str]) -> tuple[list, int]:
+    """Mono float clips of audio files (channels averaged), all at one sample rate."""
+    import soundfile as sf
+
+    clips, rates = [], set()
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"audio file not found: {path}")
+        try:
+            wav, rate = sf.read(path, dtype="float32", always_2d=True)
+        except RuntimeError as e:
+            raise ValueError(f"cannot read audio file {path}: {e}") from None
+        clips.append(wav.mean(1))
+        rates.add(rate)
+    if len(rates) > 1:
+        raise ValueError(f"the audio files have different sample rates: {sorted(rates)}")
+    return clips, rates.pop()
+
+
+def _speak(args) -> None:
+    import soundfile as sf
+
+    from omniar.omni.model import OmniModel
+    from omniar.omni.speech import speak, speak_stream
+
+    model = OmniModel.from_pretrained(args.model)
+    if model.speech_codec is None:
+        sys.exit(f"error: {args.model} has no speech codec: it was trained without speech")
+    rate = model.speech_codec.config.sample_rate
+    out = Path(args.output)
+    if args.stream:
+        if len(args.texts) != 1:
+            sys.exit("error: --stream speaks one text")
+        timings: dict = {}
+        with sf.SoundFile(out, "w", samplerate=rate, channels=1) as f:  # written chunk by chunk, as it comes
+            for chunk in speak_stream(model, args.texts[0], max_seconds=args.max_seconds, chunk=args.chunk,
+                                      timings=timings):
+                f.write(chunk.numpy())
+        print(f"{out}  first chunk {1000 * timings['first_chunk_s']:.0f} ms, real-time factor {timings['rtf']:.3f}, "
+              f"{timings['audio_s']:.2f} s of audio")
+        return
+    for i, audio in enumerate(speak(model, args.texts, max_seconds=args.max_seconds)):
+        path = out if len(args.texts) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
+        sf.write(path, audio.numpy(), rate)
+        print(path)
+
+
+def _transcribe(args) -> None:
+    from omniar.omni.model import OmniModel
+    from omniar.omni.speech import transcribe
+
+    model = OmniModel.from_pretrained(args.model)
+    clips, rate = _read_audio(args.audio)
+    for path, text in zip(args.audio, transcribe(model, clips, sample_rate=rate)):
+        print(f"{path}\t{text}" if len(args.audio) > 1 else text)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -335,12 +406,14 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_train_text)
 
-    t = tsub.add_parser("omni", help="OmniModel (OneCAT) on ShapeWorld: t2i, caption, vqa, edit, text")
+    t = tsub.add_parser("omni", help="OmniModel (OneCAT, AR-Omni) on ShapeWorld: t2i, caption, vqa, edit, text, "
+                                     "and with --speech-codec tts, asr, svqa")
     t.add_argument("--out", required=True, help="run directory (resumes from its checkpoint if there is one)")
     t.add_argument("--preset", default="onecat-tiny")
     t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="decoder config overrides, e.g. num_layers=2")
     t.add_argument("--text-tokenizer", required=True, help="directory with tokenizer.json")
     t.add_argument("--image-tokenizer", required=True, help="image tokenizer checkpoint directory")
+    t.add_argument("--speech-codec", help="speech codec checkpoint directory (for the speech tasks tts, asr, svqa)")
     t.add_argument("--tasks", default="t2i=0.4,caption=0.15,vqa=0.25,edit=0.15,text=0.05")
     t.add_argument("--teacher", help="distil this ViT-encoder teacher into the model (train one: --preset "
                    "vit-teacher-tiny --tasks caption=0.5,vqa=0.5)")
@@ -359,7 +432,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--image", required=True)
     p.add_argument("questions", nargs="*", help="none: caption the image")
+    p.add_argument("--audio", nargs="+", help="spoken questions (WAV files) instead of text ones")
     p.set_defaults(func=_ask)
+
+    p = sub.add_parser("speak", help="text-to-speech with an OmniModel trained with speech")
+    p.add_argument("--model", required=True)
+    p.add_argument("texts", nargs="+")
+    p.add_argument("-o", "--output", default="out.wav", help="one text: this file; more: name-0.wav, ...")
+    p.add_argument("--stream", action="store_true", help="write audio chunk by chunk while it is generated, and "
+                                                         "print the first-chunk latency and real-time factor")
+    p.add_argument("--chunk", type=int, default=5, help="codes per streamed chunk (5 = 100 ms)")
+    p.add_argument("--max-seconds", type=float, default=8.0)
+    p.set_defaults(func=_speak)
+
+    p = sub.add_parser("transcribe", help="speech recognition with an OmniModel trained with speech")
+    p.add_argument("--model", required=True)
+    p.add_argument("audio", nargs="+", help="WAV files (16 kHz; channels are averaged)")
+    p.set_defaults(func=_transcribe)
 
     p = sub.add_parser("generate", help="generate from a checkpoint")
     gsub = p.add_subparsers(dest="what", required=True)

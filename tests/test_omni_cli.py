@@ -72,3 +72,47 @@ def test_named_errors(run):
     with pytest.raises(SystemExit, match="--shards 3 must be a multiple of --workers 2"):
         main(["train", "omni", "--out", str(run / "x"), "--workers", "2", "--shards", "3", "--text-tokenizer",
               str(run / "tok"), "--image-tokenizer", str(run / "img")])
+
+
+def test_speech_commands_train_speak_stream_transcribe_and_ask_by_voice(run, tmp_path, capsys):
+    import soundfile as sf
+
+    from omniar.tokenizers.speech import SpeechCodec, SpeechCodecConfig
+
+    SpeechCodec(SpeechCodecConfig(channels=16, codebook_size=32, code_dim=8, encoder_blocks=1,
+                                  decoder_blocks=1)).save_pretrained(tmp_path / "codec")
+    ImageTokenizer(ImageTokenizerConfig(image_size=32, channels=16, bits=8, downsample=2,
+                                        scales=(8,))).save_pretrained(tmp_path / "raster")
+    main(["train", "omni", "--out", str(tmp_path / "run"), "--preset", "ar-omni-tiny", "--set", *TINY[:-1],
+          "--text-tokenizer", str(run / "tok"), "--image-tokenizer", str(tmp_path / "raster"), "--speech-codec",
+          str(tmp_path / "codec"), "--tasks", "tts=0.4,asr=0.3,svqa=0.3", "--batch", "3", "--steps", "2"])
+    ckpt = str(tmp_path / "run" / "checkpoint")
+    capsys.readouterr()
+    main(["speak", "--model", ckpt, "a red circle", "two", "-o", str(tmp_path / "s.wav"), "--max-seconds", "0.3"])
+    wav, rate = sf.read(tmp_path / "s-0.wav")
+    assert rate == 16000 and 0 < len(wav) <= 0.3 * 16000
+    main(["speak", "--model", ckpt, "a red circle", "--stream", "-o", str(tmp_path / "t.wav"), "--max-seconds", "0.3"])
+    assert "first chunk" in capsys.readouterr().out
+    streamed, _ = sf.read(tmp_path / "t.wav")
+    assert abs(len(streamed) - len(wav)) == 0
+    sf.write(tmp_path / "q.wav", (wav + 0.01)[:, None].repeat(2, 1), 16000, subtype="FLOAT")  # stereo: averaged
+    from omniar.omni.model import OmniModel
+    from omniar.omni.speech import answer_spoken
+
+    model = OmniModel.from_pretrained(ckpt)
+    mono = (wav + 0.01).astype("float32")
+    main(["transcribe", "--model", ckpt, str(tmp_path / "q.wav")])
+    assert capsys.readouterr().out == model.transcribe(mono)[0] + "\n"
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    image.save(tmp_path / "i.png")
+    main(["ask", "--model", ckpt, "--image", str(tmp_path / "i.png"), "--audio", str(tmp_path / "q.wav")])
+    import numpy as np
+
+    assert capsys.readouterr().out == answer_spoken(model, np.array(image), [mono])[0] + "\n"
+    sf.write(tmp_path / "low.wav", wav + 0.01, 8000)
+    with pytest.raises(SystemExit, match="must be 16000 Hz, got 8000 Hz"):
+        main(["transcribe", "--model", ckpt, str(tmp_path / "low.wav")])
+    with pytest.raises(SystemExit, match="audio file not found"):
+        main(["transcribe", "--model", ckpt, str(tmp_path / "none.wav")])
+    with pytest.raises(SystemExit, match="has no speech codec"):
+        main(["speak", "--model", str(run / "run" / "checkpoint"), "a red circle"])

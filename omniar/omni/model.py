@@ -118,6 +118,11 @@ OMNI_PRESETS: dict[str, dict] = {
     "onecat-small": dict(decoder=dict(hidden_size=384, num_layers=8, num_heads=6, num_kv_heads=2,
                                       intermediate_size=1024, qkv_bias=True, scale_adapter_rank=16, num_scales=6,
                                       **_EXPERTS), patch=4, patch_channels=64),
+    # AR-Omni: one dense decoder (no experts) with swin-norm and QK-norm, raster images, speech in a joint
+    # vocabulary (build it with a speech codec: OmniModel(config, text, image, speech_codec))
+    "ar-omni-tiny": dict(decoder=dict(hidden_size=192, num_layers=4, num_heads=6, num_kv_heads=2,
+                                      intermediate_size=512, norm_placement="swin", qk_norm=True),
+                         generation="raster", speech_vocab="joint", patch=4, patch_channels=32),
 }
 
 
@@ -489,6 +494,19 @@ class OmniModel(nn.Module):
 
         questions = [questions] if isinstance(questions, str) else list(questions)
         return describe(self, self._one_per(images, len(questions)), questions, **kw)
+
+    def speak(self, texts: str | Sequence[str], **kw) -> list[Tensor]:
+        """16 kHz float audio of each text (omni/speech.py: `speak_stream` streams it chunk by chunk)."""
+        from omniar.omni.speech import speak
+
+        return speak(self, [texts] if isinstance(texts, str) else list(texts), **kw)
+
+    def transcribe(self, clips, sample_rate: int = 16_000, **kw) -> list[str]:
+        """The text of each 16 kHz mono clip (a single 1-D clip, or a list of them)."""
+        from omniar.omni.speech import transcribe
+
+        one = isinstance(clips, (np.ndarray, Tensor)) and clips.ndim == 1
+        return transcribe(self, [clips] if one else list(clips), sample_rate, **kw)
 
     def _one_per(self, images, n: int) -> Tensor:
         """Images as (n, 3, S, S): a single image is used for all n."""
