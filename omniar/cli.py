@@ -256,6 +256,12 @@ def _train_omni_process(args, shards: int) -> None:
         model = OmniModel.from_pretrained(out / "checkpoint")
     else:
         config = omni_preset(args.preset, **_overrides(args.set))
+        if args.config:
+            import dataclasses
+
+            from omniar.omni.model import OmniConfig
+
+            config = OmniConfig.from_dict({**dataclasses.asdict(config), **_overrides(args.config)})
         if teacher is not None:
             from omniar.omni.teacher import distill_config
 
@@ -411,6 +417,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--out", required=True, help="run directory (resumes from its checkpoint if there is one)")
     t.add_argument("--preset", default="onecat-tiny")
     t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="decoder config overrides, e.g. num_layers=2")
+    t.add_argument("--config", nargs="*", metavar="KEY=VALUE", help="model config (OmniConfig) overrides, e.g. "
+                   "perceptual_weight=1 speech_vocab=decoupled speech_expert=true")
     t.add_argument("--text-tokenizer", required=True, help="directory with tokenizer.json")
     t.add_argument("--image-tokenizer", required=True, help="image tokenizer checkpoint directory")
     t.add_argument("--speech-codec", help="speech codec checkpoint directory (for the speech tasks tts, asr, svqa)")

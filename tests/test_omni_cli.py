@@ -85,7 +85,8 @@ def test_speech_commands_train_speak_stream_transcribe_and_ask_by_voice(run, tmp
                                         scales=(8,))).save_pretrained(tmp_path / "raster")
     main(["train", "omni", "--out", str(tmp_path / "run"), "--preset", "ar-omni-tiny", "--set", *TINY[:-1],
           "--text-tokenizer", str(run / "tok"), "--image-tokenizer", str(tmp_path / "raster"), "--speech-codec",
-          str(tmp_path / "codec"), "--tasks", "tts=0.4,asr=0.3,svqa=0.3", "--batch", "3", "--steps", "2"])
+          str(tmp_path / "codec"), "--tasks", "tts=0.4,asr=0.3,svqa=0.3,t2i=0.2", "--batch", "3", "--steps", "2",
+          "--config", "perceptual_weight=1.0", "speech_vocab=decoupled"])
     ckpt = str(tmp_path / "run" / "checkpoint")
     capsys.readouterr()
     main(["speak", "--model", ckpt, "a red circle", "two", "-o", str(tmp_path / "s.wav"), "--max-seconds", "0.3"])
@@ -100,6 +101,7 @@ def test_speech_commands_train_speak_stream_transcribe_and_ask_by_voice(run, tmp
     from omniar.omni.speech import answer_spoken
 
     model = OmniModel.from_pretrained(ckpt)
+    assert model.config.perceptual_weight == 1.0 and model.config.speech_vocab == "decoupled"
     mono = (wav + 0.01).astype("float32")
     main(["transcribe", "--model", ckpt, str(tmp_path / "q.wav")])
     assert capsys.readouterr().out == model.transcribe(mono)[0] + "\n"
@@ -116,3 +118,6 @@ def test_speech_commands_train_speak_stream_transcribe_and_ask_by_voice(run, tmp
         main(["transcribe", "--model", ckpt, str(tmp_path / "none.wav")])
     with pytest.raises(SystemExit, match="has no speech codec"):
         main(["speak", "--model", str(run / "run" / "checkpoint"), "a red circle"])
+    with pytest.raises(SystemExit, match="unknown config key.*'perceptual'"):
+        main(["train", "omni", "--out", str(tmp_path / "x"), "--config", "perceptual=1", "--text-tokenizer",
+              str(run / "tok"), "--image-tokenizer", str(tmp_path / "raster"), "--preset", "ar-omni-tiny"])

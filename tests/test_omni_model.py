@@ -312,3 +312,35 @@ def test_python_api_is_batched_and_broadcasts_one_image(model):
     assert len(model.caption(two, max_new_tokens=4)) == 2
     with pytest.raises(ValueError, match="32x32 RGB"):
         model.answer(torch.zeros(3, 16, 16), "how many?")
+
+
+def test_perceptual_alignment_targets_the_decoders_response_to_each_code():
+    """AR-Omni's perceptual alignment: MSE between a projection of the hidden state that predicts an image token
+    and the frozen tokenizer's embedding of that token (the decoder's first convolution on a uniform field of the
+    code); the weight scales it in the loss, weight 0 removes it."""
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    base = tiny_model(adapter=False, raster=True)
+    model = OmniModel(dataclasses.replace(base.config, perceptual_weight=0.5), base.text, base.tokenizer)
+    model.load_state_dict(base.state_dict(), strict=False)
+    batch, bits = model.batch(examples())
+    loss, parts = model.loss(batch, bits)
+    base_loss, base_parts = base.loss(batch, bits)
+    assert "perceptual" not in base_parts and base.perceptual is None
+    assert torch.allclose(loss, base_loss + 0.5 * parts["perceptual"], atol=1e-5)
+    conv = model.tokenizer.decoder.net[0]
+    field = model.tokenizer.quantizer.codes(bits)[:, :, None, None].expand(-1, -1, 3, 3)
+    embedding = conv(field)[:, :, 1, 1]  # the centre of a uniform 3 x 3 field: every tap sees the code
+    assert torch.allclose(model.tokenizer.code_embedding(bits), embedding, atol=1e-5)
+    with torch.no_grad():
+        h = model.decoder(**batch.model_inputs()).hidden[batch.meta.modality == model.gen_modality]
+        assert torch.allclose(torch.tensor(parts["perceptual"]), F.mse_loss(model.perceptual(h), embedding),
+                              atol=1e-5)
+    model.train()
+    model.loss(batch, bits)[0].backward()
+    assert model.perceptual.weight.grad is not None
+    assert all(p.grad is None for p in model.tokenizer.parameters())
+    with pytest.raises(ValueError, match="perceptual_weight must be >= 0"):
+        OmniConfig(perceptual_weight=-1.0)

@@ -86,6 +86,9 @@ class OmniConfig:
     # student's last hidden state at understanding-image positions (0: no distillation head)
     distill_dim: int = 0
     bit_loss_weight: float = 1.0
+    # AR-Omni's perceptual alignment: > 0 adds this weight x MSE(Linear(h), E[x]) at the positions that predict
+    # image tokens x, E the frozen image tokenizer's code embedding (ImageTokenizer.code_embedding)
+    perceptual_weight: float = 0.0
     # > 0: each bit of a token conditioned on its earlier bits (BitwiseHead, MADE of this width); 0: Infinity's
     # independent bits
     bit_ar_width: int = 0
@@ -96,6 +99,8 @@ class OmniConfig:
     def __post_init__(self) -> None:
         if self.generation not in GENERATION:
             raise ValueError(f"generation must be one of {', '.join(GENERATION)}, got {self.generation!r}")
+        if self.perceptual_weight < 0:
+            raise ValueError(f"perceptual_weight must be >= 0, got {self.perceptual_weight}")
         if self.speech_vocab not in SPEECH_VOCAB:
             raise ValueError(f"speech_vocab must be one of {', '.join(SPEECH_VOCAB)}, got {self.speech_vocab!r}")
 
@@ -250,6 +255,8 @@ class OmniModel(nn.Module):
         self.distill_proj = nn.Linear(D, config.distill_dim) if config.distill_dim else None
         self.scale_embed = ScaleInputEmbed(img.bits, D, len(img.scales), img.scales[-1])
         self.bit_head = BitwiseHead(D, img.bits, config.bit_ar_width)
+        width = image_tokenizer.decoder.net[0].out_channels
+        self.perceptual = nn.Linear(D, width) if config.perceptual_weight > 0 else None
         image_tokenizer.requires_grad_(False).eval()
         if speech_codec is not None:
             speech_codec.requires_grad_(False).eval()
@@ -429,7 +436,8 @@ class OmniModel(nn.Module):
 
     def loss(self, batch: Batch, target_bits: Tensor, teacher: Tensor | None = None,
              distill_weight: float = 1.0) -> tuple[Tensor, dict]:
-        """Text CE (task-weighted) + bit_loss_weight * bitwise CE at generation positions; with `teacher`
+        """Token CE (task-weighted) + bit_loss_weight * bitwise CE at generation positions (+ perceptual_weight *
+        the perceptual alignment MSE there, when the config has it); with `teacher`
         features (N_und, distill_dim) in stream order, + distill_weight * (MSE + 1 - cosine) between them and the
         projected last hidden state at the understanding-image positions."""
         out = self.decoder(**batch.model_inputs())
@@ -460,8 +468,14 @@ class OmniModel(nn.Module):
                     parts[name] = ce[where].mean()
         gen = batch.meta.modality == self.gen_modality
         if gen.any():
-            parts["bits"] = bitwise_loss(self.bit_head(out.hidden[gen], target_bits), target_bits)
+            h = out.hidden[gen]
+            parts["bits"] = bitwise_loss(self.bit_head(h, target_bits), target_bits)
             total = total + self.config.bit_loss_weight * parts["bits"]
+            if self.perceptual is not None:
+                with torch.no_grad():
+                    target = self.tokenizer.code_embedding(target_bits)
+                parts["perceptual"] = F.mse_loss(self.perceptual(h), target)
+                total = total + self.config.perceptual_weight * parts["perceptual"]
         return total, {k: v.item() for k, v in parts.items()}
 
     def is_speech_target(self, labels: Tensor) -> Tensor:

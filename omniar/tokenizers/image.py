@@ -145,6 +145,13 @@ class ImageTokenizer(nn.Module):
         return [F.binary_cross_entropy_with_logits(self.prior(c, k), b.float()).item()
                 for k, (c, b) in enumerate(zip(self.quantizer.contexts(bits), bits))]
 
+    def code_embedding(self, bits: Tensor) -> Tensor:
+        """A token's perceptual embedding (N, width) for bits (N, d): the decoder's first convolution's response
+        to a uniform field of that code - what the frozen decoder makes of the token, learned by reconstruction
+        (AR-Omni's perceptual alignment target; omni/model.py)."""
+        conv = self.decoder.net[0]
+        return self.quantizer.codes(bits) @ conv.weight.sum((2, 3)).T + conv.bias
+
     def self_correct(self, images: Tensor, flip_prob: Tensor, generator=None) -> tuple[list[Tensor], list[Tensor]]:
         self._check(images)
         with torch.no_grad():
