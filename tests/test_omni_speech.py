@@ -248,3 +248,24 @@ def test_transcribe_and_spoken_answers_batch_and_name_bad_audio(model):
         speak(model, [" "])
     with pytest.raises(ValueError, match="has no speech codec"):
         speak(speech_model(codec=False), ["a red circle"])
+
+
+def test_the_benchmark_scores_speech_with_the_independent_judge(model, tmp_path):
+    """tts / asr / spoken VQA predictions of the model go through the ShapeWorld benchmark: the tts record carries
+    the ground-truth speech of the same text, on which the recognizer must do well (the ratio's denominator)."""
+    import json
+
+    from omniar.omni.evaluate import evaluate_model
+
+    result = evaluate_model(model, tmp_path, num=3, tasks=("tts", "asr", "svqa"), split="val", progress=False)
+    scores = result["scores"]
+    assert scores["tts"]["count"] == scores["asr"]["count"] == scores["svqa"]["count"] == 3
+    assert scores["tts"]["wer_reference"] <= 0.25  # espeak-ng's speech of the captions is understood
+    assert scores["tts"]["wer"] >= 0.5  # an untrained model says nothing the judge understands
+    assert scores["tts"]["wer_ratio"] == pytest.approx(scores["tts"]["wer"] / max(scores["tts"]["wer_reference"],
+                                                                                   1e-9))
+    records = [json.loads(line) for line in (tmp_path / "val" / "predictions.jsonl").read_text().splitlines()]
+    assert {r["task"] for r in records} == {"tts", "asr", "svqa"}
+    assert all((tmp_path / "val" / r["audio"]).is_file() for r in records if r["task"] == "tts")
+    with pytest.raises(ValueError, match="speech tasks need a model with a speech codec"):
+        evaluate_model(speech_model(codec=False), tmp_path / "x", num=1, tasks=("asr",), progress=False)

@@ -24,6 +24,7 @@ from omniar.omni.understand import describe
 from omniar.tokenizers.train_image import to_uint8
 
 EVAL_TASKS = ("t2i", "vqa", "caption", "edit")
+SPEECH_EVAL_TASKS = ("tts", "asr", "svqa")  # for models with a speech codec
 
 
 @dataclass
@@ -51,15 +52,17 @@ def predict_shapeworld(model: OmniModel, out: str | Path, num: int = 200, split:
     from omniar.data.shapeworld.render import render
     from omniar.data.shapeworld.scene import Scene
 
-    unknown = [t for t in tasks if t not in EVAL_TASKS]
+    unknown = [t for t in tasks if t not in EVAL_TASKS + SPEECH_EVAL_TASKS]
     if unknown:
-        raise ValueError(f"unknown evaluation task(s) {unknown}; known: {', '.join(EVAL_TASKS)}")
+        raise ValueError(f"unknown evaluation task(s) {unknown}; known: {', '.join(EVAL_TASKS + SPEECH_EVAL_TASKS)}")
+    if set(tasks) & set(SPEECH_EVAL_TASKS) and model.speech_codec is None:
+        raise ValueError("speech tasks need a model with a speech codec")
     sampling = sampling or ImageSampling()
     out = Path(out)
     (out / "media").mkdir(parents=True, exist_ok=True)
     side = model.image_size
     samples = [make_sample(split, i) for i in range(num)]
-    understood = {"vqa", "caption"} & set(tasks)  # only they read the samples' images
+    understood = {"vqa", "caption", "svqa"} & set(tasks)  # only they read the samples' images
     images = [render(Scene.from_dict(s["scene"]), side) for s in samples] if understood else []
     records: list[dict] = []
     seconds: dict[str, float] = {}
@@ -93,6 +96,8 @@ def predict_shapeworld(model: OmniModel, out: str | Path, num: int = 200, split:
                     else:
                         records.append({"task": "caption", "scene": s["scene"], "prediction": text})
                 bar.update(len(chunk))
+        elif task in SPEECH_EVAL_TASKS:
+            records += _speech_records(model, task, samples, images, out, batch_size, bar)
         else:
             edits, i = [], 0
             while len(edits) < num:
@@ -117,6 +122,43 @@ def predict_shapeworld(model: OmniModel, out: str | Path, num: int = 200, split:
     path = out / "predictions.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path, seconds
+
+
+def _speech_records(model: OmniModel, task: str, samples: list[dict], images: list, out: Path, batch_size: int,
+                    bar) -> list[dict]:
+    """tts: the caption spoken by the model (and by espeak-ng in the sample's voice, the reference); asr: the
+    model's transcript of the caption spoken in the sample's voice; svqa: its answer to the spoken question."""
+    import soundfile as sf
+
+    from omniar.data.shapeworld.speech import Voice, speak
+    from omniar.omni.speech import answer_spoken, transcribe
+    from omniar.omni.speech import speak as model_speak
+
+    rate = model.speech_codec.config.sample_rate
+    records = []
+
+    def save(name: str, audio) -> str:
+        sf.write(out / "media" / name, np.asarray(audio, dtype=np.float32), rate, format="FLAC", subtype="PCM_16")
+        return f"media/{name}"
+
+    for a in range(0, len(samples), batch_size):
+        chunk = samples[a : a + batch_size]
+        if task == "tts":
+            audio = model_speak(model, [s["caption"] for s in chunk])
+            for i, (s, wav) in enumerate(zip(chunk, audio)):
+                records.append({"task": "tts", "text": s["caption"], "audio": save(f"tts-{a + i:05d}.flac", wav),
+                                "reference_audio": save(f"tts-{a + i:05d}-reference.flac",
+                                                        speak(s["caption"], Voice(**s["voice"])))})
+        elif task == "asr":
+            texts = transcribe(model, [speak(s["caption"], Voice(**s["voice"])) for s in chunk])
+            records += [{"task": "asr", "text": s["caption"], "prediction": t} for s, t in zip(chunk, texts)]
+        else:
+            questions = [speak(s["question"], Voice(**s["voice"])) for s in chunk]
+            answers = answer_spoken(model, images[a : a + batch_size], questions)
+            records += [{"task": "svqa", "question": s["question"], "answer": s["answer"], "qa_kind": s["qa_kind"],
+                         "prediction": t} for s, t in zip(chunk, answers)]
+        bar.update(len(chunk))
+    return records
 
 
 def evaluate_model(model: OmniModel, out: str | Path, num: int = 200, heldout: int = 0,

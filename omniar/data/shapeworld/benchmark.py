@@ -5,8 +5,10 @@ A predictions file is JSONL (paths relative to it), one record per test item:
   {"task": "vqa",     "question": "what color is the star?", "answer": "red", "prediction": "red"}
   {"task": "caption", "scene": {...}, "prediction": "a red star"}           (scene: ground-truth description)
   {"task": "edit",    "instruction": "remove the red star", "source": "a.png", "edited": "b.png"}
-  {"task": "tts",     "text": "three green triangles", "audio": "tts/0.flac"}
+  {"task": "tts",     "text": "three green triangles", "audio": "tts/0.flac"}    (optional "reference_audio":
+                      the same text's ground-truth speech; then the WER of those and the ratio are reported too)
   {"task": "asr",     "text": "three green triangles", "prediction": "three green triangles"}
+  {"task": "svqa",    "question": "...", "answer": "red", "prediction": "red"}  (the question was spoken)
 `write_reference` writes such a file from the ground truth of the test split (the ceiling, and the format).
 Models produce their predictions through their own issues' generation code and are scored here.
 """
@@ -27,9 +29,10 @@ from omniar.data.shapeworld.render import render
 from omniar.data.shapeworld.scene import Scene
 from omniar.data.shapeworld.speech import Voice, recognizer, speak
 
-TASKS = ("t2i", "vqa", "caption", "edit", "tts", "asr")
+TASKS = ("t2i", "vqa", "caption", "edit", "tts", "asr", "svqa")
 _FIELDS = {"t2i": ("prompt", "image"), "vqa": ("question", "answer", "prediction"), "caption": ("scene", "prediction"),
-           "edit": ("instruction", "source", "edited"), "tts": ("text", "audio"), "asr": ("text", "prediction")}
+           "edit": ("instruction", "source", "edited"), "tts": ("text", "audio"), "asr": ("text", "prediction"),
+           "svqa": ("question", "answer", "prediction")}
 
 
 def evaluate(path: str | Path) -> dict:
@@ -51,10 +54,11 @@ def evaluate(path: str | Path) -> dict:
         rows = by_task["t2i"]
         images = [load_image(root / r["image"], w) for w, r in rows]
         scores["t2i"] = score_images([r["prompt"] for _, r in rows], images)
-    if "vqa" in by_task:
-        rows = [r for _, r in by_task["vqa"]]
-        scores["vqa"] = {"exact_match": score_answers([r["prediction"] for r in rows], [r["answer"] for r in rows]),
-                         "count": len(rows)}
+    for task in ("vqa", "svqa"):
+        if task in by_task:
+            rows = [r for _, r in by_task[task]]
+            scores[task] = {"exact_match": score_answers([r["prediction"] for r in rows], [r["answer"] for r in rows]),
+                            "count": len(rows)}
     if "caption" in by_task:
         rows = [r for _, r in by_task["caption"]]
         ok = [caption_correct(r["prediction"], Scene.from_dict(r["scene"]).objects) for r in rows]
@@ -65,13 +69,26 @@ def evaluate(path: str | Path) -> dict:
                                      for w, r in rows], [load_image(root / r["edited"], w) for w, r in rows])
     if "tts" in by_task:
         rows = by_task["tts"]
-        hyps = [recognizer().transcribe(load_audio(root / r["audio"], where=w)) for w, r in rows]
-        scores["tts"] = {"wer": word_error_rate([r["text"] for _, r in rows], hyps), "count": len(rows)}
+        texts = [r["text"] for _, r in rows]
+        hyps = [_hear(load_audio(root / r["audio"], where=w)) for w, r in rows]
+        scores["tts"] = {"wer": word_error_rate(texts, hyps), "count": len(rows)}
+        refs = [(w, r) for w, r in rows if "reference_audio" in r]
+        if refs and len(refs) == len(rows):  # the recognizer's WER on ground-truth speech of the same texts
+            ref = word_error_rate(texts, [_hear(load_audio(root / r["reference_audio"], where=w)) for w, r in rows])
+            scores["tts"].update(wer_reference=ref, wer_ratio=scores["tts"]["wer"] / max(ref, 1e-9))
     if "asr" in by_task:
         rows = [r for _, r in by_task["asr"]]
         scores["asr"] = {"wer": word_error_rate([r["text"] for r in rows], [r["prediction"] for r in rows]),
                          "count": len(rows)}
     return scores
+
+
+def _hear(wav) -> str:
+    """The speech judge's transcript; '' for audio it refuses (silence, or too short to hold a word)."""
+    try:
+        return recognizer().transcribe(wav)
+    except ValueError:
+        return ""
 
 
 def write_reference(out: str | Path, num: int = 50, split: str = "test") -> Path:
