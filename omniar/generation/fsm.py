@@ -209,7 +209,7 @@ class FiniteStateDecoder:
                              "bitwise head and pass them to advance()")
         logits = logits.float().masked_fill(~self.allowed(), NEG_INF)
         token = sample(logits, self._params(), previous=previous, generator=generator)
-        self.advance(token)
+        self._update(token, observing=False)  # drawn under the mask: no need to check it again
         return token
 
     def _params(self) -> SamplingParams:
@@ -217,6 +217,8 @@ class FiniteStateDecoder:
         rules = [self.rules.of(Mode(int(k))) for k in self.mode]
         text = (self.mode == Mode.INSTRUCTION) | (self.mode == Mode.RESPONSE)
         rules = [GREEDY if g and t else r for r, g, t in zip(rules, self.greedy.tolist(), text.tolist())]
+        if all(r is rules[0] for r in rules):  # one rule for the batch: plain values keep sample()'s fast paths
+            return rules[0]
 
         def knob(name: str, dtype=torch.float32) -> Tensor:
             return torch.tensor([getattr(r, name) for r in rules], dtype=dtype)
