@@ -269,3 +269,22 @@ def test_the_benchmark_scores_speech_with_the_independent_judge(model, tmp_path)
     assert all((tmp_path / "val" / r["audio"]).is_file() for r in records if r["task"] == "tts")
     with pytest.raises(ValueError, match="speech tasks need a model with a speech codec"):
         evaluate_model(speech_model(codec=False), tmp_path / "x", num=1, tasks=("asr",), progress=False)
+
+
+def test_speech_examples_come_from_a_pool_spoken_and_encoded_once(model):
+    from omniar.data.shapeworld.dataset import make_sample
+    from omniar.omni.train import Recipe, examples_for_step
+
+    recipe = Recipe(tasks={"tts": 1.0, "asr": 1.0, "svqa": 1.0, "t2i": 0.5}, examples_per_step=8, speech_pool=2)
+    steps = [examples_for_step(recipe, step, 32, speech=model.speech_codec) for step in range(3)]
+    pool = {make_sample("train", i)["caption"] for i in range(2)} | {make_sample("train", i)["question"]
+                                                                      for i in range(2)}
+    speech = [ex for exs in steps for ex in exs if ex.task in ("tts", "asr", "svqa")]
+    assert speech and all(ex.text in pool for ex in speech)
+    by_text = {}
+    for ex in speech:  # one encoding per utterance: repeats share the very same memory
+        if ex.task != "svqa":
+            assert by_text.setdefault(ex.text, ex.speech.data_ptr()) == ex.speech.data_ptr()
+    assert len(by_text) < sum(ex.task != "svqa" for ex in speech)  # there were repeats
+    with pytest.raises(ValueError, match="speech_pool must be >= 1"):
+        Recipe(speech_pool=0)

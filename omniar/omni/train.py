@@ -12,6 +12,7 @@ bits. Speech tasks (tts, asr, svqa) need a model with a speech codec; their spee
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,9 @@ class Recipe:
     distill: float = 0.0  # weight of understanding distillation (needs a teacher; omni/teacher.py)
     shards: int = 1  # pieces per step (accumulated, or shared out among data-parallel processes)
     reweight: Reweighting = field(default_factory=Reweighting)  # task-aware weights of the token targets
+    # speech tasks draw from the first `speech_pool` samples: each utterance is synthesized and encoded once per
+    # process (~30 ms) and then served from memory
+    speech_pool: int = 4000
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= self.examples_per_step:
@@ -48,6 +52,8 @@ class Recipe:
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown} in the recipe; known: {', '.join(TASKS)}")
+        if self.speech_pool < 1:
+            raise ValueError(f"speech_pool must be >= 1, got {self.speech_pool}")
         if not self.tasks or min(self.tasks.values()) < 0 or sum(self.tasks.values()) <= 0:
             raise ValueError(f"task ratios must be >= 0 with a positive sum, got {self.tasks}")
 
@@ -100,12 +106,20 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train",
     return Example("text", f"{s['caption']}. {s['question']} {s['answer']}.")
 
 
+_SPOKEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # codec -> {(text, voice): codes}
+
+
 def spoken_codes(codec: SpeechCodec, text: str, voice: tuple) -> Tensor:
-    """Codec codes of `text` spoken by espeak-ng in `voice` (sorted (name, value) pairs of a Voice)."""
+    """Codec codes of `text` spoken by espeak-ng in `voice` (sorted (name, value) pairs of a Voice); memoized per
+    codec, so a recipe's speech pool is synthesized and encoded once."""
     from omniar.data.shapeworld.speech import Voice, speak
 
-    with torch.no_grad():
-        return codec.encode(torch.from_numpy(speak(text, Voice(**dict(voice))))[None])[0]
+    memo = _SPOKEN.setdefault(codec, {})
+    key = (text, voice)
+    if key not in memo:
+        with torch.no_grad():
+            memo[key] = codec.encode(torch.from_numpy(speak(text, Voice(**dict(voice))))[None])[0]
+    return memo[key]
 
 
 # Rough relative work of one example of each task (positions in the stream; an edit reads and writes an image).
@@ -120,7 +134,7 @@ def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool:
     names = list(recipe.tasks)
     p = np.array([recipe.tasks[t] for t in names], dtype=float)
     tasks = rng.choice(names, size=recipe.examples_per_step, p=p / p.sum())
-    picks = [(t, int(rng.integers(pool))) for t in tasks]
+    picks = [(t, int(rng.integers(recipe.speech_pool if t in SPEECH_TASKS else pool))) for t in tasks]
     if shards > 1:
         load, mine = [0.0] * shards, []
         for i in sorted(range(len(picks)), key=lambda i: -_COST[picks[i][0]]):
