@@ -288,3 +288,26 @@ def test_speech_examples_come_from_a_pool_spoken_and_encoded_once(model):
     assert len(by_text) < sum(ex.task != "svqa" for ex in speech)  # there were repeats
     with pytest.raises(ValueError, match="speech_pool must be >= 1"):
         Recipe(speech_pool=0)
+
+
+def test_a_spoken_conversation_answers_in_speech_after_turn_markers(model):
+    """chat: <user> image, spoken question <eot> <assistant> spoken answer <eot>; the assistant's speech, its
+    markers and the final <eot> are the targets; answer_spoken(spoken=True) decodes that layout to audio."""
+    from omniar.omni.speech import answer_spoken
+
+    img = torch.rand(3, 32, 32)
+    ex = Example("chat", image=img, speech=codes(6, 1), answer_speech=codes(4, 2))
+    batch, _ = model.batch([ex])
+    ids, labels, ids_of = batch.input_ids[0], batch.labels[0], model.ids
+    assert ids[0] == ids_of["user"]
+    turn = (ids == ids_of["assistant"]).nonzero()[0, 0]
+    assert ids[turn - 1] == ids_of["eot"]
+    targets = labels[labels != IGNORE].tolist()
+    assert targets == [ids_of["boa"], *(codes(4, 2) + model.speech_offset).tolist(), ids_of["eoa"], ids_of["eot"]]
+    prompt = model.sample(Example("chat", image=img, speech=codes(6, 1)), model.und_features(img[None])[0], None)
+    assert prompt.segments[-1].ids.tolist() == [ids_of["eot"], ids_of["assistant"]]
+    wav = model.speech_codec.decode(codes(20, 3)[None])[0].numpy() + 0.01
+    audio = answer_spoken(model, img, [wav], spoken=True, max_new_tokens=8)
+    assert len(audio) == 1 and audio[0].dim() == 1
+    with pytest.raises(ValueError, match="chat example 0 has no target"):
+        model.batch([Example("chat", image=img, speech=codes(6, 1))])

@@ -18,6 +18,8 @@ call (patch embedding, tokenizer encoding with bitwise self-correction) and lays
     tts      <tts> text <boa> [speech codes] <eoa>                                   (with a speech codec)
     asr      <asr> <boa> [speech codes] <eoa> text <eos>
     svqa     <vqa> <boi> [understanding image] <eoi> <boa> [spoken question] <eoa> <assistant> answer <eos>
+    chat     <user> <boi> [understanding image] <eoi> <boa> [spoken question] <eoa> <eot>
+             <assistant> <boa> [spoken answer] <eoa> <eot>                       (a turn-marked conversation)
 
 Speech (AR-Omni) lives in the token stream as codec ids: the joint id space is the text tokenizer's ids, then the
 codec's codes (`speech_offset` + code). With `speech_vocab="joint"` one softmax covers all of it (AR-Omni); with
@@ -55,12 +57,12 @@ from omniar.tokenizers.text import TextTokenizer
 from omniar.train.losses import token_cross_entropy
 
 MODEL_TYPE = "omniar-omni"
-TASKS = ("t2i", "caption", "vqa", "edit", "text", "tts", "asr", "svqa")
-SPEECH_TASKS = ("tts", "asr", "svqa")
+TASKS = ("t2i", "caption", "vqa", "edit", "text", "tts", "asr", "svqa", "chat")
+SPEECH_TASKS = ("tts", "asr", "svqa", "chat")
 TASK_TOKENS = {"t2i": "<t2i>", "caption": "<i2t>", "vqa": "<vqa>", "edit": "<edit>", "text": "<lm>", "tts": "<tts>",
-               "asr": "<asr>", "svqa": "<vqa>"}
+               "asr": "<asr>", "svqa": "<vqa>", "chat": "<user>"}
 SPEECH_VOCAB = ("joint", "decoupled")
-UNDERSTANDS = ("caption", "vqa", "edit", "svqa")  # tasks that read an image (edit: its reference)
+UNDERSTANDS = ("caption", "vqa", "edit", "svqa", "chat")  # tasks that read an image (edit: its reference)
 
 
 GENERATION = ("next_scale", "raster")
@@ -150,7 +152,8 @@ class Example:
     answer: str = ""  # vqa / svqa answer
     image: Tensor | np.ndarray | None = None  # t2i / edit target (generated), caption / vqa input (understood)
     source: Tensor | np.ndarray | None = None  # edit: the reference image
-    speech: Tensor | Sequence[int] | None = None  # tts target, asr input, svqa spoken question (codec codes)
+    speech: Tensor | Sequence[int] | None = None  # tts target, asr input, svqa / chat spoken question (codec codes)
+    answer_speech: Tensor | Sequence[int] | None = None  # chat: the spoken answer (the target)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -159,17 +162,19 @@ class Example:
             raise ValueError(f"a {self.task} example needs an image")
         if self.task == "edit" and self.source is None:
             raise ValueError("an edit example needs a source image")
-        if self.task in ("asr", "svqa") and self.speech is None:
+        if self.task in ("asr", "svqa", "chat") and self.speech is None:
             raise ValueError(f"an {self.task} example needs its speech (codec codes)")
-        if self.speech is not None:
-            self.speech = torch.as_tensor(self.speech, dtype=torch.long).reshape(-1)
-            if not len(self.speech):
-                raise ValueError(f"the {self.task} example's speech is empty")
+        for name in ("speech", "answer_speech"):
+            if getattr(self, name) is not None:
+                setattr(self, name, torch.as_tensor(getattr(self, name), dtype=torch.long).reshape(-1))
+                if not len(getattr(self, name)):
+                    raise ValueError(f"the {self.task} example's {name.replace('_', ' ')} is empty")
 
     @property
     def target(self) -> bool:
         """Whether the example holds what its task predicts (a training item) or not (a prompt)."""
-        return {"tts": self.speech is not None, "asr": bool(self.text), "svqa": bool(self.answer)}.get(self.task, True)
+        return {"tts": self.speech is not None, "asr": bool(self.text), "svqa": bool(self.answer),
+                "chat": self.answer_speech is not None}.get(self.task, True)
 
 
 @dataclass(frozen=True)
@@ -353,6 +358,12 @@ class OmniModel(nn.Module):
                                                     end=ids["eoa"]), Segment("text", [ids["assistant"]])]
             if ex.target:
                 target("text", enc(ex.answer) + [eos])
+        elif ex.task == "chat":
+            segs += [self.und_segment(und), Segment("speech", self.speech_ids(ex.speech), begin=ids["boa"],
+                                                    end=ids["eoa"]), Segment("text", [ids["eot"], ids["assistant"]])]
+            if ex.target:
+                target("speech", self.speech_ids(ex.answer_speech), begin=ids["boa"], end=ids["eoa"])
+                target("text", [ids["eot"]])
         elif ex.task == "edit":
             if not drop_image:
                 segs.append(self.und_segment(und, "ref", "ref_end"))
@@ -374,7 +385,7 @@ class OmniModel(nn.Module):
         for i, ex in enumerate(examples):
             if not ex.target:
                 raise ValueError(f"{ex.task} example {i} has no target to train on (tts: speech, asr: text, svqa: "
-                                 f"answer)")
+                                 f"answer, chat: answer_speech)")
         order = list(range(len(examples)))
         if pack:  # stable: generation examples (the longest) first, each group in its own order
             order.sort(key=lambda i: examples[i].task not in ("t2i", "edit"))

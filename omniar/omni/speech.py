@@ -6,6 +6,7 @@ speech recognition, and spoken questions about images - batched, under finite-st
         play(chunk)
     texts = transcribe(model, [wav1, wav2])                           # 16 kHz float clips -> text
     answers = answer_spoken(model, images, [wav1, wav2])              # spoken questions -> text answers
+    replies = answer_spoken(model, images, [wav1], spoken=True)       # ... -> spoken answers (a conversation)
 
 TTS prompts end with <boa>, so decoding starts in the speech mode: greedy over speech codes and <eoa> (AR-Omni's
 rule; `rules` changes it), and a row ends at its <eoa>. ASR is a greedy task: the transcript is decoded greedily
@@ -82,12 +83,15 @@ def speak_codes(model: OmniModel, texts: Sequence[str], rules: DecodingRules | N
 
 def speak(model: OmniModel, texts: Sequence[str], **kw) -> list[Tensor]:
     """16 kHz float audio of each text (whole utterances; `speak_stream` streams)."""
-    codes = speak_codes(model, texts, **kw)
-    codec = _codec(model)
+    return _audio(model, speak_codes(model, texts, **kw))
+
+
+def _audio(model: OmniModel, codes: list[Tensor]) -> list[Tensor]:
+    """Audio of each row's codes, decoded as one batch; a row without codes is silence of length 0."""
     audio = [torch.zeros(0)] * len(codes)
     spoken = [i for i, c in enumerate(codes) if len(c)]
-    if spoken:  # a row that closed its speech at once (an untrained model may) is silence of length 0
-        for i, a in zip(spoken, codec.decode([codes[i] for i in spoken])):
+    if spoken:
+        for i, a in zip(spoken, _codec(model).decode([codes[i] for i in spoken])):
             audio[i] = a
     return audio
 
@@ -161,8 +165,11 @@ def transcribe(model: OmniModel, clips: Sequence, sample_rate: int = 16_000, max
 
 @torch.inference_mode()
 def answer_spoken(model: OmniModel, images, clips: Sequence, sample_rate: int = 16_000,
-                  rules: DecodingRules | None = None, max_new_tokens: int = 16) -> list[str]:
-    """Text answers to spoken questions about images (one image per clip; greedy unless `rules` say otherwise)."""
+                  rules: DecodingRules | None = None, max_new_tokens: int | None = None,
+                  spoken: bool = False) -> list[str] | list[Tensor]:
+    """Answers to spoken questions about images (one image per clip): text (the svqa layout), or with `spoken`
+    16 kHz audio, the model speaking its answer in a turn-marked conversation (chat layout). Greedy unless
+    `rules` say otherwise."""
     codes = encode_speech(model, clips, sample_rate)
     pixels = as_images(images, model.image_size)
     if len(pixels) == 1 and len(codes) > 1:
@@ -170,7 +177,11 @@ def answer_spoken(model: OmniModel, images, clips: Sequence, sample_rate: int = 
     if len(pixels) != len(codes):
         raise ValueError(f"{len(codes)} spoken questions for {len(pixels)} images: give one image per question")
     und = model.und_features(pixels)
-    samples = [model.sample(Example("svqa", speech=c, image=pixels[i]), und[i], None) for i, c in enumerate(codes)]
+    task = "chat" if spoken else "svqa"
+    samples = [model.sample(Example(task, speech=c, image=pixels[i]), und[i], None) for i, c in enumerate(codes)]
     rules = rules or DecodingRules(response=DecodingRules().instruction)
-    ids = decode(model, samples, rules, max_new_tokens=max_new_tokens)
-    return [model.text.decode(row) for row in ids]
+    ids = decode(model, samples, rules, max_new_tokens=max_new_tokens or (_max_tokens(model, 4.0) if spoken else 16))
+    if not spoken:
+        return [model.text.decode(row) for row in ids]
+    return _audio(model, [torch.tensor([t - model.speech_offset for t in row if t >= model.speech_offset],
+                                       dtype=torch.long) for row in ids])

@@ -73,7 +73,7 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train",
                        speech: SpeechCodec | None = None) -> Example:
     """The ShapeWorld sample `index` of `split` as an example of `task` (the next sample with an edit, for edit).
     Speech tasks speak the sample's text in its own voice (espeak-ng) and encode it with the `speech` codec:
-    tts and asr the caption, svqa the question."""
+    tts and asr the caption, svqa the question, chat the question and the answer."""
     from omniar.data.shapeworld.dataset import make_sample
     from omniar.data.shapeworld.render import render
     from omniar.data.shapeworld.scene import Scene
@@ -85,13 +85,16 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train",
     if task in SPEECH_TASKS:
         if speech is None:
             raise ValueError(f"a {task} example needs a speech codec to encode its speech")
-        said = s["question"] if task == "svqa" else s["caption"]
-        codes = spoken_codes(speech, said, tuple(sorted(s["voice"].items())))
+        voice = tuple(sorted(s["voice"].items()))
+        codes = spoken_codes(speech, s["question"] if task in ("svqa", "chat") else s["caption"], voice)
         if task == "tts":
             return Example("tts", s["caption"], speech=codes)
         if task == "asr":
             return Example("asr", s["caption"], speech=codes)
         image = render(Scene.from_dict(s["scene"]), side)
+        if task == "chat":
+            return Example("chat", s["question"], answer=s["answer"], image=image, speech=codes,
+                           answer_speech=spoken_codes(speech, s["answer"], voice))
         return Example("svqa", s["question"], answer=s["answer"], image=image, speech=codes)
     image = render(Scene.from_dict(s["scene"]), side)
     if task == "t2i":
@@ -123,7 +126,8 @@ def spoken_codes(codec: SpeechCodec, text: str, voice: tuple) -> Tensor:
 
 
 # Rough relative work of one example of each task (positions in the stream; an edit reads and writes an image).
-_COST = {"edit": 3.0, "t2i": 2.0, "caption": 1.0, "vqa": 1.0, "text": 0.3, "tts": 1.0, "asr": 1.0, "svqa": 1.5}
+_COST = {"edit": 3.0, "t2i": 2.0, "caption": 1.0, "vqa": 1.0, "text": 0.3, "tts": 1.0, "asr": 1.0, "svqa": 1.5,
+         "chat": 2.0}
 
 
 def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool: int = 1_000_000,
