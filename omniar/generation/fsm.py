@@ -156,7 +156,7 @@ class FiniteStateDecoder:
             text[m[name]] = False
         if not len(v.speech) or "speech" not in self.rules.may_open:
             text[m["boa"]] = False
-        if v.image is None and not self.rules.image_tokens or "image" not in self.rules.may_open:
+        if (v.image is None and not self.rules.image_tokens) or "image" not in self.rules.may_open:
             text[m["boi"]] = False
         speech = torch.zeros(v.size, dtype=torch.bool)
         speech[v.speech.start: v.speech.stop] = True
