@@ -257,18 +257,24 @@ def test_the_benchmark_scores_speech_with_the_independent_judge(model, tmp_path)
 
     from omniar.omni.evaluate import evaluate_model
 
-    result = evaluate_model(model, tmp_path, num=3, tasks=("tts", "asr", "svqa"), split="val", progress=False)
+    result = evaluate_model(model, tmp_path, num=3, tasks=("tts", "asr", "svqa"), split="test", progress=False)
     scores = result["scores"]
     assert scores["tts"]["count"] == scores["asr"]["count"] == scores["svqa"]["count"] == 3
     assert scores["tts"]["wer_reference"] <= 0.25  # espeak-ng's speech of the captions is understood
     assert scores["tts"]["wer"] >= 0.5  # an untrained model says nothing the judge understands
     assert scores["tts"]["wer_ratio"] == pytest.approx(scores["tts"]["wer"] / max(scores["tts"]["wer_reference"],
                                                                                    1e-9))
-    records = [json.loads(line) for line in (tmp_path / "val" / "predictions.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "test" / "predictions.jsonl").read_text().splitlines()]
     assert {r["task"] for r in records} == {"tts", "asr", "svqa"}
-    assert all((tmp_path / "val" / r["audio"]).is_file() for r in records if r["task"] == "tts")
+    assert all((tmp_path / "test" / r["audio"]).is_file() for r in records if r["task"] == "tts")
     with pytest.raises(ValueError, match="speech tasks need a model with a speech codec"):
         evaluate_model(speech_model(codec=False), tmp_path / "x", num=1, tasks=("asr",), progress=False)
+    from omniar.omni.report import write_report
+
+    page = write_report(tmp_path / "report.html", result, tmp_path, tmp_path).read_text()
+    assert page.count("<audio controls") == 6  # the model's and the reference speech of 3 captions
+    assert "Speech recognition" in page and "Spoken questions" in page
+    assert "&gt; 1.5" in page  # the TTS WER ratio misses its (upper) target
 
 
 def test_speech_examples_come_from_a_pool_spoken_and_encoded_once(model):

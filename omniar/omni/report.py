@@ -1,6 +1,7 @@
 """The demo's HTML report: scores against the targets, training curves, and what the model made - text-to-image
-grids for test and held-out prompts, edits before/after, answers and captions next to their images. One static
-page; images are the benchmark's own PNGs, linked relative to the page."""
+grids for test and held-out prompts, edits before/after, answers and captions next to their images, and for a
+model with speech its spoken captions (audio players beside espeak-ng's), transcripts and spoken-question answers.
+One static page; media are the benchmark's own files, linked relative to the page."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import json
 import os
 from pathlib import Path
 
-# The OneCAT issue's acceptance targets: (task, metric) -> minimum
+# The acceptance targets of the OneCAT and AR-Omni issues: (task, metric) -> minimum, or ("max", maximum)
 TARGETS = {("t2i", "overall"): 0.80, ("t2i", "single"): 0.95, ("heldout", "overall"): 0.60,
            ("vqa", "exact_match"): 0.95, ("caption", "correct"): 0.90, ("edit", "satisfied"): 0.80,
-           ("edit", "preserved"): 0.95}
+           ("edit", "preserved"): 0.95, ("tts", "wer_ratio"): ("max", 1.5), ("asr", "wer"): ("max", 0.10),
+           ("svqa", "exact_match"): 0.90}
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
@@ -38,8 +40,14 @@ def _score_rows(report: dict) -> str:
             if metric == "count" or not isinstance(value, (int, float)):
                 continue
             target = TARGETS.get((task, metric))
-            mark = "" if target is None else (f"<span class=ok>&ge; {target}</span>" if value >= target
-                                              else f"<span class=bad>&lt; {target}</span>")
+            if target is None:
+                mark = ""
+            elif isinstance(target, tuple):
+                mark = (f"<span class=ok>&le; {target[1]}</span>" if value <= target[1]
+                        else f"<span class=bad>&gt; {target[1]}</span>")
+            else:
+                mark = (f"<span class=ok>&ge; {target}</span>" if value >= target
+                        else f"<span class=bad>&lt; {target}</span>")
             rows.append(f"<tr><td>{task}</td><td>{metric}</td><td>{value:.3f}</td><td>{mark}</td>"
                         f"<td>{sc.get('count', '')}</td></tr>")
     return "<table><tr><th>task</th><th>metric</th><th>score</th><th>target</th><th>items</th></tr>" + \
@@ -143,6 +151,44 @@ def write_report(path: str | Path, report: dict, eval_dir: str | Path, data_dir:
             parts.append(f'<tr><td><div class=cell><img src="{img}"></div></td><td>{text}</td>'
                          f'<td class={"ok" if ok else "bad"}>{"yes" if ok else "no"}</td></tr>')
         parts.append("</table>")
+    parts += _speech(test, rel, show)
     parts.append("</body></html>")
     path.write_text("\n".join(parts))
     return path
+
+
+def _speech(test: list[dict], rel: Path, show: int) -> list[str]:
+    """Spoken captions (the model's and espeak-ng's, as audio players), transcripts, spoken-question answers."""
+    from omniar.audio.recognizer import word_errors
+    from omniar.data.shapeworld.judge import answer_correct
+
+    def audio(src: str) -> str:
+        return f'<audio controls preload=none src="{rel}/test/{src}"></audio>'
+
+    parts = []
+    tts = [r for r in test if r["task"] == "tts"][: show // 2]
+    if tts:
+        parts.append("<h2>Text to speech</h2><table><tr><th>text</th><th>model</th><th>espeak-ng (reference)</th>"
+                     "</tr>")
+        parts += [f'<tr><td>{_esc(r["text"])}</td><td>{audio(r["audio"])}</td><td>'
+                  f'{audio(r["reference_audio"]) if "reference_audio" in r else ""}</td></tr>' for r in tts]
+        parts.append("</table>")
+    asr = [r for r in test if r["task"] == "asr"][:show]
+    if asr:
+        parts.append("<h2>Speech recognition</h2><table><tr><th>spoken</th><th>model transcript</th><th>word errors"
+                     "</th></tr>")
+        for r in asr:
+            errors, words = word_errors(r["text"], r["prediction"])
+            parts.append(f'<tr><td>{_esc(r["text"])}</td><td>{_esc(r["prediction"])}</td>'
+                         f'<td class={"ok" if errors == 0 else "bad"}>{errors} / {words}</td></tr>')
+        parts.append("</table>")
+    svqa = [r for r in test if r["task"] == "svqa"][:show]
+    if svqa:
+        parts.append("<h2>Spoken questions</h2><table><tr><th>question (spoken)</th><th>answer</th><th>model</th>"
+                     "<th>correct</th></tr>")
+        for r in svqa:
+            ok = answer_correct(r["prediction"], r["answer"])
+            parts.append(f'<tr><td>{_esc(r["question"])}</td><td>{_esc(r["answer"])}</td><td>{_esc(r["prediction"])}'
+                         f'</td><td class={"ok" if ok else "bad"}>{"yes" if ok else "no"}</td></tr>')
+        parts.append("</table>")
+    return parts
