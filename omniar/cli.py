@@ -11,7 +11,8 @@ from pathlib import Path
 def _demo(args) -> None:
     from omniar.demo import DemoPlan, run_demo
 
-    plan = DemoPlan.for_budget(args.budget, seed=args.seed, distill=args.distill)
+    plan = DemoPlan.for_budget(args.budget, seed=args.seed, distill=args.distill, speech=args.speech,
+                               preset=args.preset)
     report = run_demo(args.out, plan, cache=args.cache, use_cache=not args.no_cache)
     from omniar.data.shapeworld.benchmark import format_scores
 
@@ -393,6 +394,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--distill", type=float, default=0.0,
                    help="> 0: train a ViT-encoder teacher and distil it into stage 1 with this weight")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--speech", action="store_true", help="AR-Omni's speech too: a speech codec, text-to-speech, "
+                                                         "recognition and spoken questions in every stage")
+    p.add_argument("--preset", default="onecat-tiny", help="e.g. ar-omni-tiny (raster images, swin-norm)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("info", help="parameter counts (total / active) of a preset or checkpoint")

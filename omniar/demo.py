@@ -1,5 +1,7 @@
 """`make demo`: OneCAT end to end on ShapeWorld within a time budget - data, tokenizers, the staged training of
-`onecat-tiny`, the benchmark with the independent judges, and an HTML report.
+`onecat-tiny`, the benchmark with the independent judges, and an HTML report. With `speech` (AR-Omni), a speech
+codec is trained too, every stage mixes in text-to-speech, speech recognition and spoken questions, and the
+benchmark and report cover them (`omniar demo --speech [--preset ar-omni-tiny]`).
 
 The budget (minutes on 2 CPU cores, default 45) is turned into step counts by `DemoPlan.for_budget` from rates
 measured on such a machine (BENCHMARKS.md), so a run is a pure function of (budget, seed) and its products can be
@@ -20,6 +22,7 @@ from pathlib import Path
 # Rates on 2 CPU cores (BENCHMARKS.md, "make demo"): image-tokenizer steps (32 images) and onecat-tiny steps (16
 # mixed examples) per minute, and the benchmark's cost per evaluated item (all four tasks) in minutes.
 TOKENIZER_STEPS_PER_MIN = 120
+CODEC_STEPS_PER_MIN = 240  # speech codec steps (16 one-second crops), BENCHMARKS.md "Speech: streaming codec"
 MODEL_STEPS_PER_MIN = 110
 EVAL_MIN_PER_ITEM = 0.012
 CACHE_VERSION = 2  # bump when a change to the code makes cached products stale
@@ -40,16 +43,24 @@ class DemoPlan:
     examples_per_step: int = 16
     distill: float = 0.0  # > 0: train the ViT teacher first and distil it into stage 1 with this weight
     teacher_steps: int = 0
+    speech: bool = False  # AR-Omni's speech: a codec, speech tasks in every stage, speech in the benchmark
+    codec_steps: int = 0
+    codec_utterances: int = 2000
 
     @classmethod
     def for_budget(cls, minutes: float = 45.0, **kw) -> DemoPlan:
         """Step counts that fit `minutes` on 2 CPU cores: ~25% image tokenizer, ~8% benchmark, ~2% data and text
-        tokenizer, the rest training (stages 45 / 40 / 15%)."""
+        tokenizer, the rest training (stages 45 / 40 / 15%); with speech, 12% of the training share goes to the
+        speech codec."""
         if minutes <= 0:
             raise ValueError(f"the budget must be a positive number of minutes, got {minutes}")
         tok = min(3500, max(10, round(0.25 * minutes * TOKENIZER_STEPS_PER_MIN)))
         num = min(200, max(4, round(0.08 * minutes / EVAL_MIN_PER_ITEM / 1.5)))
-        train = max(6, round((0.73 * minutes - 1.5 * num * EVAL_MIN_PER_ITEM) * MODEL_STEPS_PER_MIN))
+        share = 0.73
+        if kw.get("speech"):
+            kw.setdefault("codec_steps", min(2500, max(10, round(0.12 * minutes * CODEC_STEPS_PER_MIN))))
+            share -= 0.12
+        train = max(6, round((share * minutes - 1.5 * num * EVAL_MIN_PER_ITEM) * MODEL_STEPS_PER_MIN))
         stages = {"stage1": round(0.45 * train), "stage2": round(0.4 * train)}
         stages["stage3"] = train - sum(stages.values())
         plan = cls(budget=minutes, tokenizer_steps=tok, tokenizer_images=min(20_000, tok * 32),
@@ -91,12 +102,13 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
     """Run the whole pipeline; writes out/report.html, out/report.json and out/eval/. Returns the report."""
     import torch
 
-    from omniar.omni.evaluate import evaluate_model
+    from omniar.omni.evaluate import EVAL_TASKS, SPEECH_EVAL_TASKS, evaluate_model
     from omniar.omni.model import OmniModel, omni_preset
     from omniar.omni.report import write_report
     from omniar.omni.teacher import distill_config, train_teacher
-    from omniar.omni.train import STAGES, train_stages
-    from omniar.tokenizers.image import ImageTokenizer
+    from omniar.omni.train import STAGES, train_stages, with_speech
+    from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
+    from omniar.tokenizers.speech import SpeechCodec
     from omniar.tokenizers.text import TextTokenizer
 
     plan = plan or DemoPlan.for_budget()
@@ -137,16 +149,33 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
     text_key = {"samples": plan.text_samples}
     text_dir = step("text-tokenizer", text_key, text_tokenizer)
 
+    raster = omni_preset(plan.preset).generation == "raster"  # a single-scale tokenizer, decoded token by token
+    image_config = ImageTokenizerConfig(scales=(8,)) if raster else None
+
     def image_tokenizer(d: Path) -> dict:
         from omniar.tokenizers.train_image import evaluate_image_tokenizer, shapeworld_images, train_image_tokenizer
 
         torch.manual_seed(plan.seed)
-        model = train_image_tokenizer(d, shapeworld_images(plan.tokenizer_images), steps=plan.tokenizer_steps,
-                                      progress=progress)
+        model = train_image_tokenizer(d, shapeworld_images(plan.tokenizer_images), image_config,
+                                      steps=plan.tokenizer_steps, progress=progress)
         return evaluate_image_tokenizer(model, min(500, 5 * plan.eval_num))
 
     image_key = {"steps": plan.tokenizer_steps, "images": plan.tokenizer_images, "seed": plan.seed}
+    if image_config is not None:
+        image_key["scales"] = list(image_config.scales)
     image_dir = step("image-tokenizer", image_key, image_tokenizer)
+
+    codec_dir, codec_key = None, {"steps": plan.codec_steps, "utterances": plan.codec_utterances, "seed": plan.seed}
+    if plan.speech:
+        def speech_codec(d: Path) -> dict:
+            from omniar.tokenizers.train_speech import evaluate_speech_codec, shapeworld_speech, train_speech_codec
+
+            torch.manual_seed(plan.seed)
+            codec = train_speech_codec(d, shapeworld_speech(plan.codec_utterances, progress=progress),
+                                       steps=plan.codec_steps, seed=plan.seed, progress=progress)
+            return evaluate_speech_codec(codec, min(300, plan.eval_num), out=d)
+
+        codec_dir = step("speech-codec", codec_key, speech_codec) / "checkpoint"
 
     # 3. optionally, the ViT-encoder teacher for stage 1's understanding distillation
     teacher = None
@@ -167,9 +196,11 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
                 "image": _digest(image_key), "seed": plan.seed, "batch": plan.examples_per_step}
     if teacher is not None:
         base_key.update(teacher=_digest(teacher_key), distill=plan.distill)
+    if plan.speech:
+        base_key.update(speech=_digest(codec_key))
     stages = {name: dataclasses.replace(recipe, examples_per_step=plan.examples_per_step,
                                         distill=plan.distill if name == "stage1" and teacher is not None else 0.0)
-              for name, recipe in STAGES.items()}
+              for name, recipe in (with_speech(STAGES) if plan.speech else STAGES).items()}
     previous, key = None, base_key
     for name, n in plan.stage_steps.items():
         key = {**base_key, "stage": name, "steps": n, "after": _digest(key)}
@@ -181,7 +212,8 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
                 if teacher is not None:
                     config = distill_config(config, teacher)
                 model = OmniModel(config, TextTokenizer.load(text_dir),
-                                  ImageTokenizer.from_pretrained(image_dir / "checkpoint"))
+                                  ImageTokenizer.from_pretrained(image_dir / "checkpoint"),
+                                  SpeechCodec.from_pretrained(codec_dir) if codec_dir is not None else None)
             else:
                 model = OmniModel.from_pretrained(previous)
             metrics = train_stages(model, d, {name: n}, seed=plan.seed, progress=progress, stages=stages,
@@ -194,7 +226,9 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
     # 5. the benchmark (test split + held-out compositions), judged independently
     eval_dir = out / "eval"
     t0 = time.perf_counter()
-    result = evaluate_model(model, eval_dir, num=plan.eval_num, heldout=plan.heldout_num, progress=progress)
+    tasks = EVAL_TASKS + (SPEECH_EVAL_TASKS if plan.speech else ())
+    result = evaluate_model(model, eval_dir, num=plan.eval_num, heldout=plan.heldout_num, tasks=tasks,
+                            progress=progress)
     steps["benchmark"] = {"seconds": round(time.perf_counter() - t0, 1), "cached": False, "dir": str(eval_dir)}
 
     report = {

@@ -70,3 +70,34 @@ def test_budget_sets_the_step_counts():
     assert distilled.teacher_steps + distilled.stage_steps["stage1"] == default.stage_steps["stage1"]
     with pytest.raises(ValueError, match="positive number of minutes"):
         DemoPlan.for_budget(0)
+
+
+def test_demo_with_speech_trains_a_codec_and_reports_speech(tmp_path):
+    """The AR-Omni demo: ar-omni-tiny over a raster tokenizer, a speech codec, speech tasks in every stage, and the
+    benchmark and report covering text-to-speech, recognition and spoken questions."""
+    plan = DemoPlan(**{**TINY.__dict__, "preset": "ar-omni-tiny", "speech": True, "codec_steps": 2,
+                       "codec_utterances": 8})
+    report = run_demo(tmp_path / "demo", plan, progress=False, log=lambda s: None)
+    assert list(report["steps"])[:5] == ["data", "text-tokenizer", "image-tokenizer", "speech-codec", "train-stage1"]
+    for task in ("tts", "asr", "svqa"):
+        assert report["scores"][task]["count"] == 4
+    model = OmniModel.from_pretrained(report["checkpoint"])
+    assert model.speech_codec is not None and model.scales == (8,) and model.config.preset == "ar-omni-tiny"
+    page = (tmp_path / "demo" / "report.html").read_text()
+    assert page.count("<audio controls") >= 4 and "Speech recognition" in page
+
+
+def test_speech_stages_mix_the_speech_tasks_in():
+    from omniar.omni.train import STAGES, with_speech
+
+    stages = with_speech(STAGES, share=0.3)
+    for i, (name, recipe) in enumerate(stages.items()):
+        speech = {t: w for t, w in recipe.tasks.items() if t in ("tts", "asr", "svqa")}
+        assert sum(speech.values()) == pytest.approx(0.3) and sum(recipe.tasks.values()) == pytest.approx(1.0)
+        assert ("svqa" in speech) == (i > 0)  # spoken questions once the model has learnt to read images
+        others = {t: w for t, w in recipe.tasks.items() if t not in speech}
+        base = STAGES[name].tasks
+        assert others == pytest.approx({t: 0.7 * w / sum(base.values()) for t, w in base.items()})
+    assert DemoPlan.for_budget(45, speech=True).codec_steps == 1296
+    assert sum(DemoPlan.for_budget(45, speech=True).stage_steps.values()) < sum(
+        DemoPlan.for_budget(45).stage_steps.values())

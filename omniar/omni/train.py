@@ -69,6 +69,19 @@ STAGES: dict[str, Recipe] = {
 }
 
 
+def with_speech(stages: dict[str, Recipe], share: float = 0.3) -> dict[str, Recipe]:
+    """The stage recipes with AR-Omni's speech tasks mixed in at `share` of each stage's examples: text-to-speech
+    and recognition (and, after stage 1, spoken questions), the other tasks scaled down to make room."""
+    out = {}
+    for i, (name, recipe) in enumerate(stages.items()):
+        total = sum(recipe.tasks.values())
+        speech = {"tts": 0.4, "asr": 0.4, "svqa": 0.2} if i else {"tts": 0.5, "asr": 0.5}
+        tasks = {t: (1 - share) * w / total for t, w in recipe.tasks.items()}
+        tasks.update({t: share * w for t, w in speech.items()})
+        out[name] = dataclasses.replace(recipe, tasks=tasks)
+    return out
+
+
 def shapeworld_example(task: str, index: int, side: int, split: str = "train",
                        speech: SpeechCodec | None = None) -> Example:
     """The ShapeWorld sample `index` of `split` as an example of `task` (the next sample with an edit, for edit).
