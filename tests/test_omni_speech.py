@@ -2,6 +2,8 @@
 joint vs decoupled vocabularies against a brute-force loss, task-aware reweighting with response tails,
 save/load, and the named errors."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -162,6 +164,8 @@ def test_speech_errors_are_named(model):
         model.batch([Example("asr", "a red circle", speech=[3, 40])])
     with pytest.raises(ValueError, match="speech is empty"):
         Example("tts", "a red circle", speech=[])
+    with pytest.raises(ValueError, match="describes a speech codec .* but none was given"):
+        OmniModel(dataclasses.replace(plain.config, speech={"channels": 16}), plain.text, plain.tokenizer)
     with pytest.raises(ValueError, match="speech_vocab must be one of joint, decoupled"):
         OmniConfig(speech_vocab="shared")
     from omniar.omni.train import Recipe, train_omni

@@ -234,6 +234,9 @@ class OmniModel(nn.Module):
         super().__init__()
         self.config, self.text, self.tokenizer = config, text_tokenizer, image_tokenizer
         img = image_tokenizer.config
+        if config.speech and speech_codec is None:
+            raise ValueError("the config describes a speech codec (OmniConfig.speech) but none was given: pass "
+                             "speech_codec=, or load the model with OmniModel.from_pretrained")
         # the joint id space: text ids, then the speech codec's codes
         self.speech_codec = speech_codec
         self.speech_offset = text_tokenizer.vocab_size
