@@ -119,6 +119,21 @@ def _eval_shapeworld(args) -> None:
         Path(args.json).write_text(json.dumps(scores, indent=2))
 
 
+def _eval_model(args) -> None:
+    from omniar.data.shapeworld.benchmark import format_scores
+    from omniar.omni.evaluate import EVAL_TASKS, SPEECH_EVAL_TASKS, evaluate_model
+    from omniar.omni.model import OmniModel
+
+    model = OmniModel.from_pretrained(args.model)
+    tasks = tuple(args.tasks) if args.tasks else EVAL_TASKS + (SPEECH_EVAL_TASKS if model.speech_codec else ())
+    result = evaluate_model(model, args.out, num=args.num, heldout=args.heldout, tasks=tasks, split=args.split)
+    scores = dict(result["scores"])
+    if result.get("heldout"):
+        scores["heldout_t2i"] = result["heldout"]
+    print(format_scores(scores))
+    print(f"predictions and scores: {Path(args.out).resolve()}")
+
+
 def _tokenizer_train_text(args) -> None:
     from omniar.tokenizers.text import TextTokenizer
 
@@ -551,6 +566,14 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--write-reference", metavar="DIR", help="write ground-truth predictions (format + ceiling)")
     e.add_argument("--num", type=int, default=50, help="samples for --write-reference")
     e.set_defaults(func=_eval_shapeworld)
+    e = esub.add_parser("model", help="run an OmniModel on the ShapeWorld benchmark and score it (all its tasks)")
+    e.add_argument("--model", required=True)
+    e.add_argument("--out", required=True, help="predictions, media and scores.json go here")
+    e.add_argument("--tasks", nargs="+", help="default: t2i vqa caption edit, and tts asr svqa with speech")
+    e.add_argument("--num", type=int, default=200, help="items per task")
+    e.add_argument("--heldout", type=int, default=0, help="held-out text-to-image prompts")
+    e.add_argument("--split", default="test", choices=["val", "test"])
+    e.set_defaults(func=_eval_model)
 
     args = ap.parse_args(argv)
     try:

@@ -111,6 +111,9 @@ def test_speech_commands_train_speak_stream_transcribe_and_ask_by_voice(run, tmp
     import numpy as np
 
     assert capsys.readouterr().out == answer_spoken(model, np.array(image), [mono])[0] + "\n"
+    main(["eval", "model", "--model", ckpt, "--out", str(tmp_path / "ev"), "--tasks", "asr", "svqa", "--num", "2"])
+    printed = capsys.readouterr().out
+    assert "| asr | wer |" in printed and "| svqa | exact_match |" in printed
     sf.write(tmp_path / "low.wav", wav + 0.01, 8000)
     with pytest.raises(SystemExit, match="must be 16000 Hz, got 8000 Hz"):
         main(["transcribe", "--model", ckpt, str(tmp_path / "low.wav")])
