@@ -101,6 +101,9 @@ def test_observe_reads_prompts_with_padding_and_understanding_images():
     f.observe(prompts)
     assert [Mode(int(m)) for m in f.mode] == [Mode.RESPONSE, Mode.SPEECH]
     assert f.count.tolist() == [0, 0]
+    f = fsm()  # a finished user turn in the prompt does not end the row
+    f.observe(torch.tensor([[M["user"], 9, M["eot"], M["assistant"]]]))
+    assert Mode(int(f.mode[0])) == Mode.RESPONSE
 
 
 @settings(max_examples=25, deadline=None)

@@ -321,3 +321,49 @@ def test_a_spoken_conversation_answers_in_speech_after_turn_markers(model):
     assert len(audio) == 1 and audio[0].dim() == 1
     with pytest.raises(ValueError, match="chat example 0 has no target"):
         model.batch([Example("chat", image=img, speech=codes(6, 1))])
+
+
+def test_an_image_drawn_inside_a_conversation_equals_teacher_forcing(model):
+    """s2i (a spoken prompt, the assistant answers with an image): after <boi> the decoder draws exactly the
+    image's token count with the bitwise head, one code per step through the raster inputs, then <eoi> is forced;
+    the hidden state behind each code is the one a full uncached pass over the finished layout computes."""
+    from omniar.omni.decode import decode, steps
+    from omniar.stream.collate import collate
+    from omniar.stream.segment import Segment
+
+    side = model.scales[-1]
+    prompt = model.sample(Example("s2i", speech=codes(7, 4)), None, None)
+    assert prompt.segments[-1].ids.tolist() == [model.ids["eot"], model.ids["assistant"]]
+    opened = dataclasses.replace(prompt, segments=[*prompt.segments, Segment("text", [model.ids["boi"]])])
+    with torch.no_grad():
+        run = list(steps(model, [opened], max_new_tokens=side * side + 3))
+    drew = [s for s in run if s.drew[0]]
+    assert len(drew) == side * side and run[0].tokens[0] == -1  # the first step opens the image
+    closing = run[side * side]
+    assert closing.drew[0] and closing.tokens[0] == model.ids["eoi"]  # forced in the step of the last code
+    bits = torch.stack([s.bits[0] for s in drew])  # (N, d) row-major
+    inputs = model.scale_embed.raster(model.tokenizer.quantizer.codes(bits)[None], 0, side * side)[0]
+    full = dataclasses.replace(opened, segments=[*opened.segments, model.gen_segment(inputs, begin=False)])
+    batch = collate([full])
+    with torch.no_grad():
+        hidden = model.decoder(**batch.model_inputs()).hidden[0]
+    cells = batch.meta.modality[0] == Modality.IMAGE_RASTER
+    assert torch.allclose(torch.stack([s.hidden[0] for s in drew]), hidden[cells], atol=1e-5)
+    ids, images = decode(model, [opened], max_new_tokens=side * side + 3, images=True)
+    assert len(images[0]) == 1 and images[0][0].shape == (model.tokenizer.config.bits, side, side)
+    assert ids[0][0] == model.ids["eoi"]  # text resumes after the image: its first id is the forced <eoi>
+
+
+def test_s2i_training_layout_and_its_named_error():
+    m = speech_model()
+    img = torch.rand(3, 32, 32)
+    batch, bits = m.batch([Example("s2i", image=img, speech=codes(7, 4))])
+    ids, labels = batch.input_ids[0], batch.labels[0]
+    assert labels[labels != IGNORE].tolist() == [m.ids["boi"], m.ids["eot"]]  # <eoi> is forced, never learnt
+    assert int((batch.meta.modality[0] == Modality.IMAGE_RASTER).sum()) == len(bits) == 64
+    eoi = (ids == m.ids["eoi"]).nonzero()[0, 0]
+    assert batch.positions[0, eoi, 0] == batch.positions[0, eoi - 1, 0] + 8  # the grid's side after its start
+    from tests.test_omni_model import tiny_model
+
+    with pytest.raises(ValueError, match="s2i .* needs raster generation"):
+        tiny_model().sample(Example("s2i", speech=codes(3)), None, None)

@@ -199,16 +199,20 @@ class FiniteStateDecoder:
         return (self.mode == Mode.IMAGE) & (self.count < self.rules.image_tokens)
 
     # ---- one step -----------------------------------------------------------------------------------------------
-    def step(self, logits: Tensor, previous: Tensor | None = None,
-             generator: torch.Generator | None = None) -> Tensor:
-        """Draw each row's next token from logits (B, V) under its mode's mask and rule, then advance."""
+    def step(self, logits: Tensor, previous: Tensor | None = None, generator: torch.Generator | None = None,
+             active: Tensor | None = None) -> Tensor:
+        """Draw each row's next token from logits (B, V) under its mode's mask and rule, then advance. Rows not
+        `active` (B,) draw nothing this step (-1) and keep their state."""
         if logits.shape != (self.batch, self.vocab.size):
             raise ValueError(f"logits have shape {tuple(logits.shape)}, expected {(self.batch, self.vocab.size)}")
-        if self.vocab.image is None and bool(self.drawing_image.any()):
+        active = torch.ones(self.batch, dtype=torch.bool) if active is None else active.bool()
+        if self.vocab.image is None and bool((self.drawing_image & active).any()):
             raise ValueError("rows are drawing image codes, which this vocabulary does not hold: draw them with the "
                              "bitwise head and pass them to advance()")
-        logits = logits.float().masked_fill(~self.allowed(), NEG_INF)
-        token = sample(logits, self._params(), previous=previous, generator=generator)
+        allowed = self.allowed()
+        allowed[~active, self.vocab.markers["pad"]] = True  # anything valid: their draw is discarded
+        logits = logits.float().masked_fill(~allowed, NEG_INF)
+        token = torch.where(active, sample(logits, self._params(), previous=previous, generator=generator), -1)
         self._update(token, observing=False)  # drawn under the mask: no need to check it again
         return token
 
@@ -259,7 +263,7 @@ class FiniteStateDecoder:
 
     def _update(self, token: Tensor, observing: bool) -> None:
         """The transitions. While observing a prompt, <eoi> closes an image whatever its count (an understanding
-        image is continuous features, not codes)."""
+        image is continuous features, not codes), and stop tokens are context (a user turn's <eot>)."""
         m, stops = self.vocab.markers, self.stops
         for b, tok in enumerate(token.tolist()):
             if tok < 0:
@@ -276,7 +280,7 @@ class FiniteStateDecoder:
             if mode == Mode.SPEECH and tok != m["eoa"]:
                 self.count[b] += 1
                 continue
-            if tok in stops:
+            if tok in stops and not observing:  # a prompt's own turn ends (<eot>) are context, not the end
                 self.mode[b] = Mode.DONE
             elif tok in (m["eoa"], m["eoi"]):
                 self.mode[b] = self.text_mode[b]

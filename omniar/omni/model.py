@@ -20,6 +20,7 @@ call (patch embedding, tokenizer encoding with bitwise self-correction) and lays
     svqa     <vqa> <boi> [understanding image] <eoi> <boa> [spoken question] <eoa> <assistant> answer <eos>
     chat     <user> <boi> [understanding image] <eoi> <boa> [spoken question] <eoa> <eot>
              <assistant> <boa> [spoken answer] <eoa> <eot>                       (a turn-marked conversation)
+    s2i      <user> <boa> [spoken prompt] <eoa> <eot> <assistant> <boi> [image] <eoi> <eot>   (raster images)
 
 Speech (AR-Omni) lives in the token stream as codec ids: the joint id space is the text tokenizer's ids, then the
 codec's codes (`speech_offset` + code). With `speech_vocab="joint"` one softmax covers all of it (AR-Omni); with
@@ -57,12 +58,13 @@ from omniar.tokenizers.text import TextTokenizer
 from omniar.train.losses import token_cross_entropy
 
 MODEL_TYPE = "omniar-omni"
-TASKS = ("t2i", "caption", "vqa", "edit", "text", "tts", "asr", "svqa", "chat")
-SPEECH_TASKS = ("tts", "asr", "svqa", "chat")
+TASKS = ("t2i", "caption", "vqa", "edit", "text", "tts", "asr", "svqa", "chat", "s2i")
+SPEECH_TASKS = ("tts", "asr", "svqa", "chat", "s2i")
 TASK_TOKENS = {"t2i": "<t2i>", "caption": "<i2t>", "vqa": "<vqa>", "edit": "<edit>", "text": "<lm>", "tts": "<tts>",
-               "asr": "<asr>", "svqa": "<vqa>", "chat": "<user>"}
+               "asr": "<asr>", "svqa": "<vqa>", "chat": "<user>", "s2i": "<user>"}
 SPEECH_VOCAB = ("joint", "decoupled")
 UNDERSTANDS = ("caption", "vqa", "edit", "svqa", "chat")  # tasks that read an image (edit: its reference)
+GENERATES = ("t2i", "edit", "s2i")  # tasks that write an image
 
 
 GENERATION = ("next_scale", "raster")
@@ -158,11 +160,11 @@ class Example:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; known: {', '.join(TASKS)}")
-        if self.task not in ("text", "tts", "asr") and self.image is None:
+        if self.task not in ("text", "tts", "asr", "s2i") and self.image is None:
             raise ValueError(f"a {self.task} example needs an image")
         if self.task == "edit" and self.source is None:
             raise ValueError("an edit example needs a source image")
-        if self.task in ("asr", "svqa", "chat") and self.speech is None:
+        if self.task in ("asr", "svqa", "chat", "s2i") and self.speech is None:
             raise ValueError(f"an {self.task} example needs its speech (codec codes)")
         for name in ("speech", "answer_speech"):
             if getattr(self, name) is not None:
@@ -174,7 +176,7 @@ class Example:
     def target(self) -> bool:
         """Whether the example holds what its task predicts (a training item) or not (a prompt)."""
         return {"tts": self.speech is not None, "asr": bool(self.text), "svqa": bool(self.answer),
-                "chat": self.answer_speech is not None}.get(self.task, True)
+                "chat": self.answer_speech is not None, "s2i": self.image is not None}.get(self.task, True)
 
 
 @dataclass(frozen=True)
@@ -314,10 +316,12 @@ class OmniModel(nn.Module):
         return x if self.vision is None else self.vision(x)
 
     # ---- layouts ----------------------------------------------------------------------------------------------
-    def gen_segment(self, features: Tensor) -> Segment:
+    def gen_segment(self, features: Tensor, begin: bool = True) -> Segment:
+        """A generated image's segment (<boi> ... <eoi>; without `begin`, the <boi> is the caller's)."""
         layout = dict(grid=(self.scales[0],) * 2) if self.gen_modality == Modality.IMAGE_RASTER else dict(
             scales=[(s, s) for s in self.scales])
-        return Segment(self.gen_modality, features=features, begin=self.ids["boi"], end=self.ids["eoi"], **layout)
+        return Segment(self.gen_modality, features=features, begin=self.ids["boi"] if begin else None,
+                       end=self.ids["eoi"], **layout)
 
     def und_segment(self, features: Tensor, begin: str = "boi", end: str = "eoi") -> Segment:
         return Segment("image_und", features=features, grid=self.patch_embed.grid(), begin=self.ids[begin],
@@ -367,6 +371,15 @@ class OmniModel(nn.Module):
             if ex.target:
                 target("speech", self.speech_ids(ex.answer_speech), begin=ids["boa"], end=ids["eoa"])
                 target("text", [ids["eot"]])
+        elif ex.task == "s2i":
+            if self.gen_modality != Modality.IMAGE_RASTER:
+                raise ValueError("s2i draws its image token by token inside a conversation: it needs raster "
+                                 "generation (e.g. preset ar-omni-tiny)")
+            segs += [Segment("speech", self.speech_ids(ex.speech), begin=ids["boa"], end=ids["eoa"]),
+                     Segment("text", [ids["eot"], ids["assistant"]])]
+            if ex.target:  # the assistant opens the image itself; its codes are the bits' targets, <eoi> is forced
+                segs += [Segment("text", [ids["boi"]], loss=True), self.gen_segment(gen, begin=False)]
+                target("text", [ids["eot"]])
         elif ex.task == "edit":
             if not drop_image:
                 segs.append(self.und_segment(und, "ref", "ref_end"))
@@ -391,13 +404,13 @@ class OmniModel(nn.Module):
                                  f"answer, chat: answer_speech)")
         order = list(range(len(examples)))
         if pack:  # stable: generation examples (the longest) first, each group in its own order
-            order.sort(key=lambda i: examples[i].task not in ("t2i", "edit"))
+            order.sort(key=lambda i: examples[i].task not in GENERATES)
         names = [f"{examples[i].task} example {i}" for i in order]
         examples = [examples[i] for i in order]
         side = self.image_size
         und_images = [ex.source if ex.task == "edit" else ex.image for ex in examples
                       if ex.task in UNDERSTANDS]
-        gen_images = [ex.image for ex in examples if ex.task in ("t2i", "edit")]
+        gen_images = [ex.image for ex in examples if ex.task in GENERATES]
         und_pixels = as_images(und_images, side) if und_images else None
         und = iter(self.und_features(und_pixels)) if und_images else iter(())
         taught = iter(())
@@ -427,7 +440,7 @@ class OmniModel(nn.Module):
                 drop_prompt, drop_image = (torch.rand(2, generator=generator) < self.config.cfg_dropout).tolist()
             u = next(und) if ex.task in UNDERSTANDS else None
             t = next(taught, None) if ex.task in UNDERSTANDS else None
-            g = next(gen) if ex.task in ("t2i", "edit") else None
+            g = next(gen) if ex.task in GENERATES else None
             drop_image = drop_image and ex.task == "edit"
             samples.append(self.sample(ex, u, g, drop_prompt, drop_image, reweight))
             if t is not None and not drop_image:  # a dropped reference is not in the stream

@@ -124,7 +124,7 @@ def speak_stream(model: OmniModel, text: str, rules: DecodingRules | None = None
             first = time.perf_counter() - start
         return audio[0]
 
-    for token, finished, _ in steps(model, samples, rules, [True], _max_tokens(model, max_seconds),
+    for token, finished, *_ in steps(model, samples, rules, [True], _max_tokens(model, max_seconds),
                                     stops=[eoa, model.ids["eos"]], generator=generator):
         tok = int(token[0])
         if not bool(finished[0]):

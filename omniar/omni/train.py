@@ -86,7 +86,7 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train",
                        speech: SpeechCodec | None = None) -> Example:
     """The ShapeWorld sample `index` of `split` as an example of `task` (the next sample with an edit, for edit).
     Speech tasks speak the sample's text in its own voice (espeak-ng) and encode it with the `speech` codec:
-    tts and asr the caption, svqa the question, chat the question and the answer."""
+    tts, asr and s2i the caption, svqa the question, chat the question and the answer."""
     from omniar.data.shapeworld.dataset import make_sample
     from omniar.data.shapeworld.render import render
     from omniar.data.shapeworld.scene import Scene
@@ -105,6 +105,8 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train",
         if task == "asr":
             return Example("asr", s["caption"], speech=codes)
         image = render(Scene.from_dict(s["scene"]), side)
+        if task == "s2i":
+            return Example("s2i", s["caption"], image=image, speech=codes)
         if task == "chat":
             return Example("chat", s["question"], answer=s["answer"], image=image, speech=codes,
                            answer_speech=spoken_codes(speech, s["answer"], voice))
@@ -140,7 +142,7 @@ def spoken_codes(codec: SpeechCodec, text: str, voice: tuple) -> Tensor:
 
 # Rough relative work of one example of each task (positions in the stream; an edit reads and writes an image).
 _COST = {"edit": 3.0, "t2i": 2.0, "caption": 1.0, "vqa": 1.0, "text": 0.3, "tts": 1.0, "asr": 1.0, "svqa": 1.5,
-         "chat": 2.0}
+         "chat": 2.0, "s2i": 2.5}
 
 
 def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool: int = 1_000_000,
