@@ -292,10 +292,15 @@ def test_speech_examples_come_from_a_pool_spoken_and_encoded_once(model):
     speech = [ex for exs in steps for ex in exs if ex.task in ("tts", "asr", "svqa")]
     assert speech and all(ex.text in pool for ex in speech)
     by_text = {}
-    for ex in speech:  # one encoding per utterance: repeats share the very same memory
+    for ex in speech:  # one encoding per utterance (and voice): repeats share the very same memory
         if ex.task != "svqa":
-            assert by_text.setdefault(ex.text, ex.speech.data_ptr()) == ex.speech.data_ptr()
+            key = (ex.task == "tts", ex.text)
+            assert by_text.setdefault(key, ex.speech.data_ptr()) == ex.speech.data_ptr()
     assert len(by_text) < sum(ex.task != "svqa" for ex in speech)  # there were repeats
+    from omniar.data.shapeworld.speech import NARRATOR, speak
+
+    tts = next(ex for ex in speech if ex.task == "tts")  # the model is taught one voice: the narrator's
+    assert torch.equal(tts.speech, model.speech_codec.encode(torch.from_numpy(speak(tts.text, NARRATOR))[None])[0])
     with pytest.raises(ValueError, match="speech_pool must be >= 1"):
         Recipe(speech_pool=0)
 

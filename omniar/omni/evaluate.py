@@ -126,11 +126,12 @@ def predict_shapeworld(model: OmniModel, out: str | Path, num: int = 200, split:
 
 def _speech_records(model: OmniModel, task: str, samples: list[dict], images: list, out: Path, batch_size: int,
                     bar) -> list[dict]:
-    """tts: the caption spoken by the model (and by espeak-ng in the sample's voice, the reference); asr: the
+    """tts: the caption spoken by the model (and by espeak-ng in the narrator's voice the model was taught, the
+    reference); asr: the
     model's transcript of the caption spoken in the sample's voice; svqa: its answer to the spoken question."""
     import soundfile as sf
 
-    from omniar.data.shapeworld.speech import Voice, speak
+    from omniar.data.shapeworld.speech import NARRATOR, Voice, speak
     from omniar.omni.speech import answer_spoken, transcribe
     from omniar.omni.speech import speak as model_speak
 
@@ -148,7 +149,7 @@ def _speech_records(model: OmniModel, task: str, samples: list[dict], images: li
             for i, (s, wav) in enumerate(zip(chunk, audio)):
                 records.append({"task": "tts", "text": s["caption"], "audio": save(f"tts-{a + i:05d}.flac", wav),
                                 "reference_audio": save(f"tts-{a + i:05d}-reference.flac",
-                                                        speak(s["caption"], Voice(**s["voice"])))})
+                                                        speak(s["caption"], NARRATOR))})
         elif task == "asr":
             texts = transcribe(model, [speak(s["caption"], Voice(**s["voice"])) for s in chunk])
             records += [{"task": "asr", "text": s["caption"], "prediction": t} for s, t in zip(chunk, texts)]

@@ -85,8 +85,9 @@ def with_speech(stages: dict[str, Recipe], share: float = 0.3) -> dict[str, Reci
 def shapeworld_example(task: str, index: int, side: int, split: str = "train",
                        speech: SpeechCodec | None = None) -> Example:
     """The ShapeWorld sample `index` of `split` as an example of `task` (the next sample with an edit, for edit).
-    Speech tasks speak the sample's text in its own voice (espeak-ng) and encode it with the `speech` codec:
-    tts, asr and s2i the caption, svqa the question, chat the question and the answer."""
+    Speech tasks speak the sample's text (espeak-ng) and encode it with the `speech` codec: tts the caption in the
+    narrator's voice (the model's own voice: a single-speaker TTS), asr and s2i the caption, svqa the question,
+    chat the question and the answer in the sample's voice (listening covers every voice)."""
     from omniar.data.shapeworld.dataset import make_sample
     from omniar.data.shapeworld.render import render
     from omniar.data.shapeworld.scene import Scene
@@ -98,10 +99,13 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train",
     if task in SPEECH_TASKS:
         if speech is None:
             raise ValueError(f"a {task} example needs a speech codec to encode its speech")
+        from omniar.data.shapeworld.speech import NARRATOR
+
         voice = tuple(sorted(s["voice"].items()))
-        codes = spoken_codes(speech, s["question"] if task in ("svqa", "chat") else s["caption"], voice)
         if task == "tts":
-            return Example("tts", s["caption"], speech=codes)
+            narrated = spoken_codes(speech, s["caption"], tuple(sorted(vars(NARRATOR).items())))
+            return Example("tts", s["caption"], speech=narrated)
+        codes = spoken_codes(speech, s["question"] if task in ("svqa", "chat") else s["caption"], voice)
         if task == "asr":
             return Example("asr", s["caption"], speech=codes)
         image = render(Scene.from_dict(s["scene"]), side)

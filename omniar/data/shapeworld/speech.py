@@ -26,6 +26,7 @@ class Voice:
 
 
 VOICES = ("en-us", "en-us+m1", "en-us+m2", "en-us+m3")
+NARRATOR = Voice()  # the one voice a text-to-speech model is taught to speak in (a single-speaker TTS)
 
 
 def sample_voice(rng: random.Random) -> Voice:
