@@ -38,6 +38,7 @@ bench: $(VENV)/.dev
 	$(PY) bench/shapeworld_judge.py
 	$(PY) bench/shapeworld_speech.py
 	$(PY) bench/omni_generation.py
+	$(PY) bench/omni_speech.py
 
 # trains both tokenizers with their defaults (~30 minutes on 2 cores), then the image recipe's ablation
 bench-tokenizers: $(VENV)/.dev
