@@ -193,13 +193,34 @@ def test_tts_decoding_with_the_cache_equals_teacher_forcing(model):
     assert torch.allclose(cached, logits[speech - 1], atol=1e-5)
 
 
+def _row_logits(model, prompts, **kw) -> list[torch.Tensor]:
+    """Each row's logits at every step until it finished (omni.decode.steps)."""
+    from omniar.omni.decode import steps
+
+    rows = [[] for _ in prompts]
+    done = [False] * len(prompts)  # finished before this step
+    with torch.no_grad():
+        for step in steps(model, prompts, **kw):
+            for b in range(len(prompts)):
+                if not done[b]:
+                    rows[b].append(step.logits[b])
+            done = step.finished.tolist()
+    return [torch.stack(r) for r in rows]
+
+
 def test_batched_speech_decoding_equals_one_by_one(model):
-    from omniar.omni.speech import speak_codes
+    from omniar.omni.speech import _tts_samples, speak_codes
 
     texts = ["a red circle", "a blue square left of a green star", "two"]
     together = speak_codes(model, texts, max_seconds=0.3)
     for t, c in zip(texts, together):
         assert torch.equal(speak_codes(model, [t], max_seconds=0.3)[0], c)
+    # the same logits, not only the same greedy codes: left padding changes nothing a row computes
+    kw = dict(greedy=[True], max_new_tokens=15, stops=[model.ids["eoa"]])
+    batched = _row_logits(model, _tts_samples(model, texts), **{**kw, "greedy": [True] * 3})
+    for t, rows in zip(texts, batched):
+        alone = _row_logits(model, _tts_samples(model, [t]), **kw)[0]
+        assert torch.allclose(rows[: len(alone)], alone, atol=1e-5)
 
 
 def test_rows_of_different_tasks_decode_together_as_alone(model):
@@ -213,6 +234,10 @@ def test_rows_of_different_tasks_decode_together_as_alone(model):
         assert decode(model, [p], greedy=[True], max_new_tokens=12, stops=stops)[0] == row
     assert all(t >= model.speech_offset for t in together[0])  # the tts row stays in speech codes
     assert all(t < model.speech_offset for t in together[1])  # the asr row writes text
+    mixed = _row_logits(model, prompts, greedy=[True, True], max_new_tokens=12, stops=stops)
+    for p, rows in zip(prompts, mixed):  # a speech row and a text row in one step compute what they compute alone
+        alone = _row_logits(model, [p], greedy=[True], max_new_tokens=12, stops=stops)[0]
+        assert torch.allclose(rows[: len(alone)], alone, atol=1e-5)
 
 
 def test_streamed_speech_equals_the_whole_decode(model):

@@ -157,38 +157,41 @@ def write_report(path: str | Path, report: dict, eval_dir: str | Path, data_dir:
     return path
 
 
+def _table(title: str, head: list[str], rows: list[list[str]]) -> list[str]:
+    """A titled table: header names, then rows of cell HTML (from `_td`); nothing when there are no rows."""
+    if not rows:
+        return []
+    header = "".join(f"<th>{h}</th>" for h in head)
+    return [f"<h2>{title}</h2><table><tr>{header}</tr>", *(f"<tr>{''.join(r)}</tr>" for r in rows), "</table>"]
+
+
+def _td(content: str, ok: bool | None = None) -> str:
+    """A cell; `ok` colours a judged one."""
+    return f"<td>{content}</td>" if ok is None else f'<td class={"ok" if ok else "bad"}>{content}</td>'
+
+
 def _speech(test: list[dict], rel: Path, show: int) -> list[str]:
     """Spoken captions (the model's and espeak-ng's, as audio players), transcripts, spoken-question answers."""
     from omniar.audio.recognizer import word_errors
     from omniar.data.shapeworld.judge import answer_correct
 
-    def audio(src: str) -> str:
-        return f'<audio controls preload=none src="{rel}/test/{src}"></audio>'
+    def audio(src: str | None) -> str:
+        return f'<audio controls preload=none src="{rel}/test/{src}"></audio>' if src else ""
 
-    parts = []
-    tts = [r for r in test if r["task"] == "tts"][: show // 2]
-    if tts:
-        parts.append("<h2>Text to speech</h2><table><tr><th>text</th><th>model</th><th>espeak-ng (reference)</th>"
-                     "</tr>")
-        parts += [f'<tr><td>{_esc(r["text"])}</td><td>{audio(r["audio"])}</td><td>'
-                  f'{audio(r["reference_audio"]) if "reference_audio" in r else ""}</td></tr>' for r in tts]
-        parts.append("</table>")
-    asr = [r for r in test if r["task"] == "asr"][:show]
-    if asr:
-        parts.append("<h2>Speech recognition</h2><table><tr><th>spoken</th><th>model transcript</th><th>word errors"
-                     "</th></tr>")
-        for r in asr:
-            errors, words = word_errors(r["text"], r["prediction"])
-            parts.append(f'<tr><td>{_esc(r["text"])}</td><td>{_esc(r["prediction"])}</td>'
-                         f'<td class={"ok" if errors == 0 else "bad"}>{errors} / {words}</td></tr>')
-        parts.append("</table>")
-    svqa = [r for r in test if r["task"] == "svqa"][:show]
-    if svqa:
-        parts.append("<h2>Spoken questions</h2><table><tr><th>question (spoken)</th><th>answer</th><th>model</th>"
-                     "<th>correct</th></tr>")
-        for r in svqa:
-            ok = answer_correct(r["prediction"], r["answer"])
-            parts.append(f'<tr><td>{_esc(r["question"])}</td><td>{_esc(r["answer"])}</td><td>{_esc(r["prediction"])}'
-                         f'</td><td class={"ok" if ok else "bad"}>{"yes" if ok else "no"}</td></tr>')
-        parts.append("</table>")
-    return parts
+    def rows(task: str, n: int) -> list[dict]:
+        return [r for r in test if r["task"] == task][:n]
+
+    tts = [[_td(_esc(r["text"])), _td(audio(r["audio"])), _td(audio(r.get("reference_audio")))]
+           for r in rows("tts", show // 2)]
+    asr = []
+    for r in rows("asr", show):
+        errors, words = word_errors(r["text"], r["prediction"])
+        asr.append([_td(_esc(r["text"])), _td(_esc(r["prediction"])), _td(f"{errors} / {words}", errors == 0)])
+    svqa = []
+    for r in rows("svqa", show):
+        ok = answer_correct(r["prediction"], r["answer"])
+        svqa.append([_td(_esc(r["question"])), _td(_esc(r["answer"])), _td(_esc(r["prediction"])),
+                     _td("yes" if ok else "no", ok)])
+    return (_table("Text to speech", ["text", "model", "espeak-ng (reference)"], tts)
+            + _table("Speech recognition", ["spoken", "model transcript", "word errors"], asr)
+            + _table("Spoken questions", ["question (spoken)", "answer", "model", "correct"], svqa))
