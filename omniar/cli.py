@@ -266,7 +266,8 @@ def _train_omni_process(args, shards: int) -> None:
     tasks = {k: float(v) for k, v in _overrides(args.tasks.split(",")).items()}
     teacher = OmniModel.from_pretrained(args.teacher) if args.teacher else None
     recipe = Recipe(tasks=tasks, examples_per_step=args.batch, steps=args.steps, lr=args.lr, shards=shards,
-                    distill=args.distill if teacher is not None else 0.0)
+                    distill=args.distill if teacher is not None else 0.0,
+                    **({} if args.speech_pool is None else {"speech_pool": args.speech_pool}))
     out = Path(args.out)
     if (out / "checkpoint" / "trainer.json").is_file():
         model = OmniModel.from_pretrained(out / "checkpoint")
@@ -447,6 +448,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--distill", type=float, default=1.0, help="distillation weight (with --teacher)")
     t.add_argument("--steps", type=int, default=1000)
     t.add_argument("--batch", type=int, default=16, help="examples per step")
+    t.add_argument("--speech-pool", type=int, help="speech tasks draw their utterances from this many "
+                   "samples, each synthesized once when first drawn (default: Recipe's, 20,000)")
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--shards", type=int, default=0, help="pieces per step, each its own forward/backward (gradient "

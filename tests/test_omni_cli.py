@@ -86,7 +86,7 @@ def test_speech_commands_train_speak_stream_transcribe_and_ask_by_voice(run, tmp
     main(["train", "omni", "--out", str(tmp_path / "run"), "--preset", "ar-omni-tiny", "--set", *TINY[:-1],
           "--text-tokenizer", str(run / "tok"), "--image-tokenizer", str(tmp_path / "raster"), "--speech-codec",
           str(tmp_path / "codec"), "--tasks", "tts=0.4,asr=0.3,svqa=0.3,t2i=0.2", "--batch", "3", "--steps", "2",
-          "--config", "perceptual_weight=1.0", "speech_vocab=decoupled"])
+          "--speech-pool", "4", "--config", "perceptual_weight=1.0", "speech_vocab=decoupled"])
     ckpt = str(tmp_path / "run" / "checkpoint")
     capsys.readouterr()
     main(["speak", "--model", ckpt, "a red circle", "two", "-o", str(tmp_path / "s.wav"), "--max-seconds", "0.3"])
@@ -121,6 +121,9 @@ def test_speech_commands_train_speak_stream_transcribe_and_ask_by_voice(run, tmp
         main(["transcribe", "--model", ckpt, str(tmp_path / "none.wav")])
     with pytest.raises(SystemExit, match="has no speech codec"):
         main(["speak", "--model", str(run / "run" / "checkpoint"), "a red circle"])
+    with pytest.raises(SystemExit, match="speech_pool must be >= 1, got 0"):
+        main(["train", "omni", "--out", str(tmp_path / "y"), "--speech-pool", "0", "--text-tokenizer",
+              str(run / "tok"), "--image-tokenizer", str(tmp_path / "raster"), "--preset", "ar-omni-tiny"])
     with pytest.raises(SystemExit, match="unknown config key.*'perceptual'"):
         main(["train", "omni", "--out", str(tmp_path / "x"), "--config", "perceptual=1", "--text-tokenizer",
               str(run / "tok"), "--image-tokenizer", str(tmp_path / "raster"), "--preset", "ar-omni-tiny"])

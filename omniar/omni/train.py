@@ -42,8 +42,9 @@ class Recipe:
     shards: int = 1  # pieces per step (accumulated, or shared out among data-parallel processes)
     reweight: Reweighting = field(default_factory=Reweighting)  # task-aware weights of the token targets
     # speech tasks draw from the first `speech_pool` samples: each utterance is synthesized and encoded once per
-    # process (~30 ms) and then served from memory
-    speech_pool: int = 4000
+    # process (~30 ms) when first drawn and then served from memory. Too small a pool is memorized: 4,000
+    # utterances heard ~14 times each took the TTS loss to 0.008 and doubled the test WER (BENCHMARKS.md)
+    speech_pool: int = 20_000
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= self.examples_per_step:
