@@ -203,7 +203,9 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
               for name, recipe in (with_speech(STAGES) if plan.speech else STAGES).items()}
     previous, key = None, base_key
     for name, n in plan.stage_steps.items():
-        key = {**base_key, "stage": name, "steps": n, "after": _digest(key)}
+        # the stage's recipe is in its key: a changed task mix, rate or reweighting retrains from that stage on
+        recipe = {k: v for k, v in dataclasses.asdict(stages[name]).items() if k != "steps"}
+        key = {**base_key, "stage": name, "steps": n, "recipe": recipe, "after": _digest(key)}
 
         def train(d: Path, name=name, n=n, previous=previous) -> dict:
             torch.manual_seed(plan.seed)

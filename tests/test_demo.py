@@ -1,6 +1,7 @@
 """`make demo`'s pipeline with a tiny plan: every step runs, the report shows what the model made, a second run
 comes from the checkpoint cache, and the budget sets the step counts."""
 
+import dataclasses
 import json
 import re
 
@@ -14,7 +15,7 @@ TINY = DemoPlan(budget=0.5, tokenizer_steps=3, tokenizer_images=64, stage_steps=
                 overrides=dict(hidden_size=48, num_layers=1, num_heads=4, num_kv_heads=2, intermediate_size=64))
 
 
-def test_demo_runs_every_step_and_a_second_run_comes_from_the_cache(tmp_path):
+def test_demo_runs_every_step_and_a_second_run_comes_from_the_cache(tmp_path, monkeypatch):
     lines = []
     report = run_demo(tmp_path / "demo", TINY, progress=False, log=lines.append)
     assert not any(s["cached"] for s in report["steps"].values())
@@ -46,6 +47,14 @@ def test_demo_runs_every_step_and_a_second_run_comes_from_the_cache(tmp_path):
     # only what changed is retrained, and every stage after it (stage 3 starts from the new stage 2)
     assert cached["train-stage1"] and not cached["train-stage2"] and not cached["train-stage3"]
     json.dumps(third)
+
+    # a stage's recipe is part of its key: a new learning rate for stage 2 retrains stages 2 and 3, not 1
+    from omniar.omni import train
+
+    monkeypatch.setitem(train.STAGES, "stage2", dataclasses.replace(train.STAGES["stage2"], lr=1e-3))
+    fourth = run_demo(tmp_path / "demo", longer, progress=False, log=lines.append)
+    cached = {k: v["cached"] for k, v in fourth["steps"].items()}
+    assert cached["train-stage1"] and not cached["train-stage2"] and not cached["train-stage3"]
 
 
 def test_demo_with_distillation_trains_the_teacher_first(tmp_path):
@@ -98,6 +107,8 @@ def test_speech_stages_mix_the_speech_tasks_in():
         others = {t: w for t, w in recipe.tasks.items() if t not in speech}
         base = STAGES[name].tasks
         assert others == pytest.approx({t: 0.7 * w / sum(base.values()) for t, w in base.items()})
+        assert recipe.reweight.tail == 4 and recipe.reweight.tail_weight == 2.0  # AR-Omni's reweighting
+    assert with_speech(STAGES, reweight=None)["stage2"].reweight == STAGES["stage2"].reweight
     assert DemoPlan.for_budget(45, speech=True).codec_steps == 1296
     assert sum(DemoPlan.for_budget(45, speech=True).stage_steps.values()) < sum(
         DemoPlan.for_budget(45).stage_steps.values())
