@@ -70,8 +70,12 @@ STAGES: dict[str, Recipe] = {
 }
 
 
+# AR-Omni's reweighting: the last 4 target tokens of captioning and speech recognition weighted 2.0
+AR_OMNI_REWEIGHT = Reweighting(tail=4, tail_weight=2.0)
+
+
 def with_speech(stages: dict[str, Recipe], share: float = 0.3,
-                reweight: Reweighting | None = Reweighting(tail=4, tail_weight=2.0)) -> dict[str, Recipe]:
+                reweight: Reweighting | None = AR_OMNI_REWEIGHT) -> dict[str, Recipe]:
     """The stage recipes with AR-Omni's speech tasks mixed in at `share` of each stage's examples: text-to-speech
     and recognition (and, after stage 1, spoken questions), the other tasks scaled down to make room; with AR-Omni's
     task-aware `reweight` (by default the last 4 target tokens of captioning and recognition weighted 2.0, which
