@@ -3,8 +3,8 @@
 The same N questions of a ShapeWorld split are answered three times: with their own image, with a flat grey image
 (the same for all), and with the next sample's image. A kind whose score does not drop without the true image is
 answered from the question alone (the answer prior); the gap between "own" and "grey" is what the model reads
-from the pixels. "prior" is the best any blind answerer can do on these questions: per kind, the share of the most
-frequent answer to the same question text in the train split.
+from the pixels. "blind prior" is what an answerer that ignores the image reaches by always giving the most
+frequent answer to the same question text in the train split (an estimate of the best blind score).
 
     python bench/omni_vqa_probe.py --model out/cache/train-stage3-*/stage3/checkpoint [--num 300]
 """
@@ -67,7 +67,7 @@ def main() -> None:
 
     with torch.inference_mode():
         rows = {"own image": scores(own), "grey image": scores(grey), "another sample's image": scores(swapped)}
-    rows["prior (blind upper bound)"] = prior
+    rows["blind prior"] = prior
     count = Counter(s["qa_kind"] for s in samples)
     print(f"model: {args.model} | {args.num} {args.split} questions | greedy answers")
     print()
