@@ -127,8 +127,8 @@ def predict_shapeworld(model: OmniModel, out: str | Path, num: int = 200, split:
 def _speech_records(model: OmniModel, task: str, samples: list[dict], images: list, out: Path, batch_size: int,
                     bar) -> list[dict]:
     """tts: the caption spoken by the model (and by espeak-ng in the narrator's voice the model was taught, the
-    reference); asr: the
-    model's transcript of the caption spoken in the sample's voice; svqa: its answer to the spoken question."""
+    reference); asr: the model's transcript of the caption spoken in the sample's voice; svqa: its answer to the
+    spoken question."""
     import soundfile as sf
 
     from omniar.data.shapeworld.speech import NARRATOR, Voice, speak

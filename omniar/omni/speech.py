@@ -125,7 +125,7 @@ def speak_stream(model: OmniModel, text: str, rules: DecodingRules | None = None
         return audio[0]
 
     for token, finished, *_ in steps(model, samples, rules, [True], _max_tokens(model, max_seconds),
-                                    stops=[eoa, model.ids["eos"]], generator=generator):
+                                     stops=[eoa, model.ids["eos"]], generator=generator):
         tok = int(token[0])
         if not bool(finished[0]):
             pending.append(tok - model.speech_offset)
