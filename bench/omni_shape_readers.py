@@ -19,7 +19,6 @@ import argparse
 import random
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,7 +29,7 @@ from omniar.data.shapeworld.world import COLORS, SHAPES
 from omniar.model.config import DecoderConfig
 from omniar.model.decoder import OmniDecoder
 from omniar.model.patch_embed import PatchEmbed
-from omniar.omni.model import omni_preset
+from omniar.omni.model import as_images, omni_preset
 from omniar.stream.collate import collate
 from omniar.stream.segment import Sample, Segment
 
@@ -46,7 +45,7 @@ def scenes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         images.append(render(scene, 64))
         for o in scene.objects:
             labels[i, SHAPES.index(o.shape)] = labels[i, len(SHAPES) + colors.index(o.color)] = 1
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255, labels
+    return as_images(images, 64), labels
 
 
 class ConvReader(nn.Module):
