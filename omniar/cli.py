@@ -11,8 +11,8 @@ from pathlib import Path
 def _demo(args) -> None:
     from omniar.demo import DemoPlan, run_demo
 
-    plan = DemoPlan.for_budget(args.budget, seed=args.seed, distill=args.distill, speech=args.speech,
-                               preset=args.preset)
+    plan = DemoPlan.for_budget(args.budget, seed=args.seed, distill=args.distill, teacher=args.teacher,
+                               speech=args.speech, preset=args.preset)
     report = run_demo(args.out, plan, cache=args.cache, use_cache=not args.no_cache)
     from omniar.data.shapeworld.benchmark import format_scores
 
@@ -33,6 +33,20 @@ def _info(args) -> None:
         model = OmniDecoder(preset(args.preset))
     counts = model.num_parameters()
     print(json.dumps({"config": model.config.to_dict(), **counts}, indent=2))
+
+
+def _train_teacher(args) -> None:
+    import torch
+
+    from omniar.omni.teacher import presence_accuracy, train_conv_teacher
+
+    torch.manual_seed(args.seed)
+    teacher = train_conv_teacher(args.out, args.steps, args.image_size, args.grid, seed=args.seed, batch=args.batch,
+                                 lr=args.lr)
+    scores = presence_accuracy(teacher, args.eval)
+    print(f"presence exact match on {args.eval} val scenes: shapes {scores['shapes']:.3f}, "
+          f"colours {scores['colours']:.3f}")
+    print(f"checkpoint: {(Path(args.out) / 'checkpoint').resolve()}")
 
 
 def _train_text(args) -> None:
@@ -264,7 +278,9 @@ def _train_omni_process(args, shards: int) -> None:
 
     torch.manual_seed(args.seed)
     tasks = {k: float(v) for k, v in _overrides(args.tasks.split(",")).items()}
-    teacher = OmniModel.from_pretrained(args.teacher) if args.teacher else None
+    from omniar.omni.teacher import load_teacher
+
+    teacher = load_teacher(args.teacher) if args.teacher else None
     recipe = Recipe(tasks=tasks, examples_per_step=args.batch, steps=args.steps, lr=args.lr, shards=shards,
                     distill=args.distill if teacher is not None else 0.0,
                     **({} if args.speech_pool is None else {"speech_pool": args.speech_pool}))
@@ -407,8 +423,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget", type=float, default=45.0, help="minutes on 2 CPU cores (sets every step count)")
     p.add_argument("--cache", help="checkpoint cache (default: out/cache beside --out)")
     p.add_argument("--no-cache", action="store_true", help="rebuild every step")
-    p.add_argument("--distill", type=float, default=0.0,
-                   help="> 0: train a ViT-encoder teacher and distil it into stage 1 with this weight")
+    p.add_argument("--distill", type=float, help="> 0: train a teacher and distil it into the image positions "
+                   "with this weight; 0: no distillation (default: the preset's recipe, 1 for onecat-tiny)")
+    p.add_argument("--teacher", choices=("conv", "vit"), default="conv",
+                   help="the distillation teacher: a ConvNet shape/colour reader, or OneCAT's ViT-encoder captioner")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speech", action="store_true", help="AR-Omni's speech too: a speech codec, text-to-speech, "
                                                          "recognition and spoken questions in every stage")
@@ -432,6 +450,19 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_train_text)
 
+    t = tsub.add_parser("teacher", help="ConvTeacher: a ConvNet that learns which shapes and colours a ShapeWorld "
+                                        "scene holds (the distillation teacher of `train omni --teacher`)")
+    t.add_argument("--out", required=True, help="run directory (resumes from its checkpoint if there is one)")
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--batch", type=int, default=16, help="scenes per step")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--image-size", type=int, default=64)
+    t.add_argument("--grid", type=int, default=8, help="feature grid side: the student's understanding tokens "
+                   "per side (image size / (2 x patch))")
+    t.add_argument("--eval", type=int, default=500, help="validation scenes to score it on")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_train_teacher)
+
     t = tsub.add_parser("omni", help="OmniModel (OneCAT, AR-Omni) on ShapeWorld: t2i, caption, vqa, edit, text, "
                                      "and with --speech-codec tts, asr, svqa")
     t.add_argument("--out", required=True, help="run directory (resumes from its checkpoint if there is one)")
@@ -443,8 +474,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--image-tokenizer", required=True, help="image tokenizer checkpoint directory")
     t.add_argument("--speech-codec", help="speech codec checkpoint directory (for the speech tasks tts, asr, svqa)")
     t.add_argument("--tasks", default="t2i=0.4,caption=0.15,vqa=0.25,edit=0.15,text=0.05")
-    t.add_argument("--teacher", help="distil this ViT-encoder teacher into the model (train one: --preset "
-                   "vit-teacher-tiny --tasks caption=0.5,vqa=0.5)")
+    t.add_argument("--teacher", help="distil this teacher's checkpoint into the model: a ConvTeacher (`omniar "
+                   "train teacher`) or a ViT-encoder captioner (--preset vit-teacher-tiny --tasks caption=0.5,vqa=0.5)")
     t.add_argument("--distill", type=float, default=1.0, help="distillation weight (with --teacher)")
     t.add_argument("--steps", type=int, default=1000)
     t.add_argument("--batch", type=int, default=16, help="examples per step")

@@ -24,6 +24,7 @@ from pathlib import Path
 TOKENIZER_STEPS_PER_MIN = 120
 CODEC_STEPS_PER_MIN = 240  # speech codec steps (16 one-second crops), BENCHMARKS.md "Speech: streaming codec"
 MODEL_STEPS_PER_MIN = 110
+CONV_TEACHER_STEPS_PER_MIN = 560  # ConvTeacher steps (16 scenes), BENCHMARKS.md "Distilling a ConvNet"
 EVAL_MIN_PER_ITEM = 0.012
 CACHE_VERSION = 2  # bump when a change to the code makes cached products stale
 
@@ -41,8 +42,10 @@ class DemoPlan:
     eval_num: int = 200  # test samples per task
     heldout_num: int = 100  # held-out compositions (text-to-image)
     examples_per_step: int = 16
-    distill: float = 0.0  # > 0: train the ViT teacher first and distil it into stage 1 with this weight
+    distill: float = 0.0  # > 0: train a teacher first and distil it into `distill_stages` with this weight
+    teacher: str = "conv"  # the teacher's kind (omni/teacher.py): conv (ConvTeacher) or vit (vit-teacher-tiny)
     teacher_steps: int = 0
+    distill_stages: tuple[str, ...] = ("stage1", "stage2", "stage3")
     speech: bool = False  # AR-Omni's speech: a codec, speech tasks in every stage, speech in the benchmark
     codec_steps: int = 0
     codec_utterances: int = 2000
@@ -51,9 +54,11 @@ class DemoPlan:
     def for_budget(cls, minutes: float = 45.0, **kw) -> DemoPlan:
         """Step counts that fit `minutes` on 2 CPU cores: ~25% image tokenizer, ~8% benchmark, ~2% data and text
         tokenizer, the rest training (stages 45 / 40 / 15%); with speech, 12% of the training share goes to the
-        speech codec."""
+        speech codec. Without a `distill` weight, the preset's recipe decides (`DEMO_DISTILL`)."""
         if minutes <= 0:
             raise ValueError(f"the budget must be a positive number of minutes, got {minutes}")
+        if kw.get("distill") is None:
+            kw["distill"] = DEMO_DISTILL.get(kw.get("preset", cls.preset), 0.0)
         tok = min(3500, max(10, round(0.25 * minutes * TOKENIZER_STEPS_PER_MIN)))
         num = min(200, max(4, round(0.08 * minutes / EVAL_MIN_PER_ITEM / 1.5)))
         share = 0.73
@@ -65,10 +70,24 @@ class DemoPlan:
         stages["stage3"] = train - sum(stages.values())
         plan = cls(budget=minutes, tokenizer_steps=tok, tokenizer_images=min(20_000, tok * 32),
                    stage_steps=stages, eval_num=num, heldout_num=num // 2, **kw)
-        if plan.distill > 0 and not plan.teacher_steps:  # the teacher's steps come out of stage 1's
-            plan.teacher_steps = round(0.25 * stages["stage1"])
-            plan.stage_steps["stage1"] -= plan.teacher_steps
+        if plan.distill > 0 and not plan.teacher_steps:  # the teacher's time comes out of stage 1's
+            from omniar.omni.teacher import TEACHERS
+
+            if plan.teacher not in TEACHERS:
+                raise ValueError(f"unknown teacher {plan.teacher!r}; known: {', '.join(TEACHERS)}")
+            if plan.teacher == "vit":  # a quarter of stage 1
+                plan.teacher_steps = round(0.25 * stages["stage1"])
+                plan.stage_steps["stage1"] -= plan.teacher_steps
+            else:  # a ConvNet learns shapes in ~1,000 steps, whatever the budget; at most a quarter of stage 1
+                rate = CONV_TEACHER_STEPS_PER_MIN / MODEL_STEPS_PER_MIN
+                plan.teacher_steps = max(1, min(1200, round(0.25 * stages["stage1"] * rate)))
+                plan.stage_steps["stage1"] -= round(plan.teacher_steps / rate)
         return plan
+
+
+# the demo's distillation weight per preset: OneCAT's recipe distils a teacher into the image positions (with the
+# ConvNet teacher: captions 0.06 -> 0.41 at the default budget, BENCHMARKS.md); AR-Omni's and the baseline's do not
+DEMO_DISTILL = {"onecat-tiny": 1.0}
 
 
 def _digest(key: dict) -> str:
@@ -105,7 +124,13 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
     from omniar.omni.evaluate import EVAL_TASKS, SPEECH_EVAL_TASKS, evaluate_model
     from omniar.omni.model import OmniModel, omni_preset
     from omniar.omni.report import write_report
-    from omniar.omni.teacher import distill_config, train_teacher
+    from omniar.omni.teacher import (
+        distill_config,
+        load_teacher,
+        presence_accuracy,
+        train_conv_teacher,
+        train_teacher,
+    )
     from omniar.omni.train import STAGES, train_stages, with_speech
     from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
     from omniar.tokenizers.speech import SpeechCodec
@@ -177,19 +202,29 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
 
         codec_dir = step("speech-codec", codec_key, speech_codec) / "checkpoint"
 
-    # 3. optionally, the ViT-encoder teacher for stage 1's understanding distillation
+    # 3. optionally, the teacher of understanding distillation (a ConvNet or a ViT-encoder captioner)
     teacher = None
-    teacher_key = {"steps": plan.teacher_steps, "text": _digest(text_key), "image": _digest(image_key),
-                   "seed": plan.seed, "batch": plan.examples_per_step}
+    teacher_key = {"kind": plan.teacher, "steps": plan.teacher_steps, "seed": plan.seed,
+                   "batch": plan.examples_per_step, "image": _digest(image_key)}
+    if plan.teacher == "vit":
+        teacher_key["text"] = _digest(text_key)
+    else:  # its feature grid is the preset's understanding-token grid
+        teacher_key["patch"] = omni_preset(plan.preset, **plan.overrides).patch
     if plan.distill > 0:
         def teach(d: Path) -> dict:
             torch.manual_seed(plan.seed)
-            train_teacher(d, TextTokenizer.load(text_dir), ImageTokenizer.from_pretrained(image_dir / "checkpoint"),
-                          plan.teacher_steps, seed=plan.seed, progress=progress,
-                          examples_per_step=plan.examples_per_step)
-            return {"steps": plan.teacher_steps}
+            if plan.teacher == "vit":
+                train_teacher(d, TextTokenizer.load(text_dir), ImageTokenizer.from_pretrained(image_dir / "checkpoint"),
+                              plan.teacher_steps, seed=plan.seed, progress=progress,
+                              examples_per_step=plan.examples_per_step)
+                return {"steps": plan.teacher_steps}
+            config = omni_preset(plan.preset, **plan.overrides)
+            side = ImageTokenizer.from_pretrained(image_dir / "checkpoint").config.image_size
+            conv = train_conv_teacher(d, plan.teacher_steps, side, side // (2 * config.patch), seed=plan.seed,
+                                      batch=plan.examples_per_step, progress=progress)
+            return {"steps": plan.teacher_steps, **presence_accuracy(conv, min(500, 5 * plan.eval_num))}
 
-        teacher = OmniModel.from_pretrained(step("teacher", teacher_key, teach) / "checkpoint")
+        teacher = load_teacher(step("teacher", teacher_key, teach) / "checkpoint")
 
     # 4. the staged training of the model, one cached step per stage (its key includes the previous stage's)
     base_key = {"preset": plan.preset, "overrides": plan.overrides, "text": _digest(text_key),
@@ -199,7 +234,8 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
     if plan.speech:
         base_key.update(speech=_digest(codec_key))
     stages = {name: dataclasses.replace(recipe, examples_per_step=plan.examples_per_step,
-                                        distill=plan.distill if name == "stage1" and teacher is not None else 0.0)
+                                        distill=plan.distill if name in plan.distill_stages and teacher is not None
+                                        else 0.0)
               for name, recipe in (with_speech(STAGES) if plan.speech else STAGES).items()}
     previous, key = None, base_key
     for name, n in plan.stage_steps.items():

@@ -57,15 +57,19 @@ def test_demo_runs_every_step_and_a_second_run_comes_from_the_cache(tmp_path, mo
     assert cached["train-stage1"] and not cached["train-stage2"] and not cached["train-stage3"]
 
 
-def test_demo_with_distillation_trains_the_teacher_first(tmp_path):
-    plan = DemoPlan(**{**TINY.__dict__, "distill": 1.0, "teacher_steps": 2})
+@pytest.mark.parametrize("kind,width", [("conv", 128), ("vit", 128)])
+def test_demo_with_distillation_trains_the_teacher_first(tmp_path, kind, width):
+    plan = DemoPlan(**{**TINY.__dict__, "distill": 1.0, "teacher": kind, "teacher_steps": 2})
     report = run_demo(tmp_path / "demo", plan, progress=False, log=lambda s: None)
     assert list(report["steps"])[3:5] == ["teacher", "train-stage1"]
+    if kind == "conv":
+        assert {"shapes", "colours"} <= set(report["steps"]["teacher"])  # its presence accuracy
     model = OmniModel.from_pretrained(report["checkpoint"])
-    assert model.config.distill_dim == 128  # the vit-teacher-tiny width
-    stage1 = report["steps"]["train-stage1"]["dir"]
-    metrics = [json.loads(line) for line in open(f"{stage1}/stage1/metrics.jsonl")]
-    assert "distill" in metrics[-1]
+    assert model.config.distill_dim == width  # the ConvTeacher's / vit-teacher-tiny's feature width
+    for stage in ("stage1", "stage2", "stage3"):  # distilled in every stage (DemoPlan.distill_stages)
+        d = report["steps"][f"train-{stage}"]["dir"]
+        metrics = [json.loads(line) for line in open(f"{d}/{stage}/metrics.jsonl")]
+        assert "distill" in metrics[-1]
 
 
 def test_budget_sets_the_step_counts():
@@ -74,9 +78,17 @@ def test_budget_sets_the_step_counts():
     small, big = DemoPlan.for_budget(10), DemoPlan.for_budget(90)
     assert sum(small.stage_steps.values()) < sum(default.stage_steps.values()) < sum(big.stage_steps.values())
     assert small.tokenizer_steps < default.tokenizer_steps <= big.tokenizer_steps
-    distilled = DemoPlan.for_budget(45, distill=1.0)
-    assert distilled.teacher_steps > 0
-    assert distilled.teacher_steps + distilled.stage_steps["stage1"] == default.stage_steps["stage1"]
+    vit = DemoPlan.for_budget(45, distill=1.0, teacher="vit")  # a quarter of stage 1's steps
+    assert vit.teacher_steps > 0
+    # OneCAT's demo distils the ConvNet teacher by default; its steps are ~5x cheaper than the model's
+    assert default.distill == 1.0 and default.teacher == "conv" and default.teacher_steps == 1200
+    plain = DemoPlan.for_budget(45, distill=0)
+    assert plain.teacher_steps == 0
+    assert plain.stage_steps["stage1"] - default.stage_steps["stage1"] == round(default.teacher_steps * 110 / 560)
+    assert vit.teacher_steps + vit.stage_steps["stage1"] == plain.stage_steps["stage1"]
+    assert DemoPlan.for_budget(45, preset="ar-omni-tiny").distill == 0  # not in AR-Omni's recipe
+    with pytest.raises(ValueError, match="unknown teacher 'cnn'"):
+        DemoPlan.for_budget(45, distill=1.0, teacher="cnn")
     with pytest.raises(ValueError, match="positive number of minutes"):
         DemoPlan.for_budget(0)
 

@@ -1,6 +1,7 @@
 """Understanding distillation (OneCAT stage 1): the ViT-encoder teacher's features line up with the student's
 understanding-image positions (dropped edit references included), the loss pulls the student towards them, and
-a recipe that distils without a teacher is a named error."""
+a recipe that distils without a teacher is a named error. The ConvNet teacher: its grid cells are the student's
+tokens in stream order, it learns presence labels, saves and loads back, and mismatches are named errors."""
 
 import dataclasses
 
@@ -9,7 +10,14 @@ import torch
 
 from omniar.modality import Modality
 from omniar.omni.model import OmniConfig, OmniModel
-from omniar.omni.teacher import distill_config
+from omniar.omni.teacher import (
+    PRESENCE,
+    ConvTeacher,
+    distill_config,
+    load_teacher,
+    presence_batch,
+    train_conv_teacher,
+)
 from omniar.omni.train import Recipe, train_omni
 
 from .test_omni_model import examples, tiny_model
@@ -79,3 +87,58 @@ def test_distilling_needs_a_teacher_and_a_teacher_needs_a_vision_encoder(tmp_pat
                                  distill=1.0)
     log = train_omni(student, tmp_path, recipe, progress=False, teacher=teacher)
     assert log and "distill" in log[-1]
+
+
+def test_conv_teacher_cells_are_the_understanding_tokens_in_stream_order():
+    student = tiny_model()
+    torch.manual_seed(3)
+    teacher = ConvTeacher(student.image_size, student.patch_embed.grid()[0])
+    student = OmniModel(distill_config(student.config, teacher), student.text, student.tokenizer)
+    assert student.config.distill_dim == teacher.und_width == 128
+    exs = [ex for ex in examples() if ex.task in ("caption", "vqa")]
+    pixels = torch.stack([ex.image for ex in exs])
+    fmap = teacher.feature_map(pixels)  # (B, C, g, g)
+    batch, bits, feats = student.batch(exs, teacher=teacher)
+    assert feats.shape == (int((batch.meta.modality == Modality.IMAGE_UND).sum()), 128)
+    # token r * g + c of image b is cell (r, c) of image b's map
+    g = teacher.grid
+    b, r, c = 1, 2, 3
+    assert torch.allclose(feats[b * g * g + r * g + c], fmap[b, :, r, c] / teacher.scale)
+    with pytest.raises(ValueError, match=r"reads \(B, 3, 32, 32\) images, got \(1, 3, 48, 48\)"):
+        teacher.und_features(torch.zeros(1, 3, 48, 48))
+    with pytest.raises(ValueError, match="power of two"):
+        ConvTeacher(64, 6)
+
+
+def test_conv_teacher_learns_presence_and_round_trips(tmp_path):
+    images, labels = presence_batch([0, 1, 2], 32)
+    assert images.shape == (3, 3, 32, 32) and labels.shape == (3, len(PRESENCE))
+    assert ((labels[:, :4].sum(1) >= 1) & (labels[:, 4:].sum(1) >= 1)).all()  # every scene has a shape and a colour
+    fixed, fixed_labels = presence_batch(list(range(100, 132)), 32)
+
+    def loss(m):
+        with torch.no_grad():
+            return torch.nn.functional.binary_cross_entropy_with_logits(m(fixed), fixed_labels).item()
+
+    torch.manual_seed(0)
+    before = loss(ConvTeacher(32, 4))
+    teacher = train_conv_teacher(tmp_path / "t", 80, image_size=32, grid=4, progress=False, lr=3e-3)
+    assert loss(teacher) < 0.7 * before
+    assert teacher.scale.item() != 1.0 and not teacher.training
+    back = load_teacher(tmp_path / "t" / "checkpoint")
+    assert isinstance(back, ConvTeacher) and back.grid == 4
+    assert torch.equal(back.und_features(fixed), teacher.und_features(fixed))
+    vit = tiny_teacher(tiny_model())
+    vit.save_pretrained(tmp_path / "vit")
+    assert isinstance(load_teacher(tmp_path / "vit"), OmniModel)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_teacher(tmp_path)
+
+
+def test_a_teacher_of_another_grid_is_a_named_error(tmp_path):
+    student = tiny_model()
+    teacher = ConvTeacher(student.image_size, student.patch_embed.grid()[0] * 2)
+    student = OmniModel(distill_config(student.config, teacher), student.text, student.tokenizer)
+    recipe = Recipe(tasks={"caption": 1.0}, steps=1, examples_per_step=2, distill=1.0)
+    with pytest.raises(ValueError, match="8 x 8 feature grid for 4 x 4 understanding tokens"):
+        train_omni(student, tmp_path, recipe, progress=False, teacher=teacher)

@@ -1,4 +1,5 @@
-"""The OmniModel command line: train omni (and resume), generate image (t2i and edit), ask; named errors."""
+"""The OmniModel command line: train omni (and resume), train teacher, generate image (t2i and edit), ask; named
+errors."""
 
 import pytest
 from PIL import Image
@@ -53,6 +54,12 @@ def test_teacher_distillation_and_preset_mismatch_on_resume(run):
     main(["train", "omni", "--out", str(run / "student"), "--set", *TINY, "--teacher",
           str(run / "teacher" / "checkpoint"), "--tasks", "caption=1", *common])
     metrics = [json.loads(line) for line in (run / "student" / "metrics.jsonl").read_text().splitlines()]
+    assert "distill" in metrics[-1]
+    main(["train", "teacher", "--out", str(run / "conv"), "--steps", "2", "--image-size", "32", "--grid", "4",
+          "--eval", "8"])
+    main(["train", "omni", "--out", str(run / "student2"), "--set", *TINY, "--teacher",
+          str(run / "conv" / "checkpoint"), "--tasks", "caption=1", *common])
+    metrics = [json.loads(line) for line in (run / "student2" / "metrics.jsonl").read_text().splitlines()]
     assert "distill" in metrics[-1]
     with pytest.raises(SystemExit, match="trained from preset 'onecat-tiny', not 'raster-tiny'"):
         main(["train", "omni", "--out", str(run / "run"), "--preset", "raster-tiny", *common])

@@ -310,6 +310,11 @@ class OmniModel(nn.Module):
             self.speech_codec.eval()
         return self
 
+    @property
+    def und_width(self) -> int:
+        """The width of `und_features` (a distillation teacher's feature width)."""
+        return self.decoder.config.hidden_size
+
     def und_features(self, images: Tensor) -> Tensor:
         """Understanding-image tokens (B, T, D): the patch embedding, then the ViT encoder if there is one."""
         x = self.patch_embed(images)
@@ -392,11 +397,12 @@ class OmniModel(nn.Module):
 
     # ---- training -----------------------------------------------------------------------------------------------
     def batch(self, examples: list[Example], generator: torch.Generator | None = None,
-              pack: bool = False, teacher: OmniModel | None = None, reweight: Reweighting | None = None) -> tuple:
+              pack: bool = False, teacher: nn.Module | None = None, reweight: Reweighting | None = None) -> tuple:
         """(collated batch, target bits (N_gen, d) in stream order); images embedded in one call per kind.
         With a generator, applies condition dropout and bitwise self-correction (training). With `pack`, the
         image-generation examples come first, one per row, and the short ones share rows of that length. With a
-        `teacher`, a third element: its features (N_und, width) of the understanding images in stream order.
+        `teacher` (omni/teacher.py), a third element: its features (N_und, width) of the understanding images in stream
+        order.
         `reweight`: the task-aware loss weights of the token targets."""
         for i, ex in enumerate(examples):
             if not ex.target:
@@ -450,8 +456,7 @@ class OmniModel(nn.Module):
         batch = collate(samples, max_len=max_len, pad_id=self.text.pad)
         if teacher is None:
             return batch, targets
-        width = teacher.decoder.config.hidden_size
-        return batch, targets, torch.cat(features) if features else torch.zeros(0, width)
+        return batch, targets, torch.cat(features) if features else torch.zeros(0, teacher.und_width)
 
     def check_context(self, samples: list[Sample], names: list[str], reserve: int = 0) -> None:
         """A named error when a sample (plus `reserve` positions still to generate) exceeds the context."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from omniar.omni.model import SPEECH_TASKS, TASKS, Example, OmniModel, Reweighting
 from omniar.tokenizers.speech import SpeechCodec
@@ -179,7 +179,7 @@ def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool:
 
 def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, seed: int = 0,
                progress: bool = True, resume: bool = True, until: int | None = None,
-               teacher: OmniModel | None = None, parallel: DataParallel | None = None) -> list[dict]:
+               teacher: nn.Module | None = None, parallel: DataParallel | None = None) -> list[dict]:
     """Train `model` on ShapeWorld by `recipe`; writes out/checkpoint (model, optimizer, step) and metrics.jsonl.
     Resumes from out/checkpoint when it holds a training state. A recipe with `distill` > 0 needs the `teacher`
     (frozen) whose understanding features the student's image positions learn to match. Under data parallelism
@@ -192,6 +192,10 @@ def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, 
     if speech and model.speech_codec is None:
         raise ValueError(f"the recipe trains speech tasks ({', '.join(speech)}) but the model has no speech codec")
     teacher = teacher.requires_grad_(False).eval() if recipe.distill > 0 else None
+    grid = model.patch_embed.grid()
+    if teacher is not None and getattr(teacher, "grid", grid[0]) != grid[0]:
+        raise ValueError(f"the teacher gives a {teacher.grid} x {teacher.grid} feature grid for "
+                         f"{grid[0]} x {grid[1]} understanding tokens")
 
     def batch_for_step(step: int, shard: int = 0, shards: int = 1):
         # one piece keeps the seeds of unsharded runs; pieces (< 1009) get distinct seeds of their own
@@ -210,7 +214,7 @@ def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, 
 
 
 def train_stages(model: OmniModel, out: str | Path, steps: dict[str, int], seed: int = 0, progress: bool = True,
-                 stages: dict[str, Recipe] | None = None, teacher: OmniModel | None = None,
+                 stages: dict[str, Recipe] | None = None, teacher: nn.Module | None = None,
                  parallel: DataParallel | None = None) -> dict[str, list[dict]]:
     """Train `model` through the stages named in `steps` (in order, e.g. {"stage1": 600, "stage2": 400}), each in
     out/<stage> from the previous stage's weights; a stage whose checkpoint already holds its steps is skipped and

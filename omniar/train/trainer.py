@@ -112,7 +112,8 @@ class Trainer:
             for name, value in {"loss": loss.item(), **parts}.items():
                 sums.setdefault(name, []).append(value)
             collated = batch[0] if isinstance(batch, tuple) else batch
-            tokens += int((collated.meta.doc >= 0).sum())
+            # stream positions; a batch without a stream (images, labels) counts its items
+            tokens += int((collated.meta.doc >= 0).sum()) if isinstance(collated, Batch) else len(collated)
         if self.parallel is not None:
             self.parallel.sum_gradients_(self.trainable)
             gathered = self.parallel.gather((sums, tokens))
