@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=1_000, help="validation samples")
     args = ap.parse_args()
     if args.steps < 1 or args.every < 1 or min(args.layers + args.distill_layers, default=1) < 1:
-        ap.error("--steps, --every and --layers must be >= 1")
+        ap.error("--steps, --every, --layers and --distill-layers must be >= 1")
     data = presence_batch(list(range(args.train)), 64, "train")
     test = presence_batch(list(range(args.test)), 64, "val")
     torch.manual_seed(0)
@@ -125,7 +125,7 @@ def main() -> None:
         torch.manual_seed(0)
         rows += run(name, DecoderReader(layers, teacher), data, test, args.steps, args.lr, args.every, args.batch)
     threads = torch.get_num_threads()
-    print(f"\npresence of shapes / colours, exact match on {args.test} held-out scenes; batch {args.batch}, "
+    print(f"\npresence of shapes / colours, exact match on {args.test} validation samples; batch {args.batch}, "
           f"AdamW lr {args.lr}, {threads} thread{'s' if threads > 1 else ''}\n")
     print("| reader | step | shapes | colours | s/step |\n|---|---:|---:|---:|---:|")
     for name, step, shapes, colours, sps in rows:
