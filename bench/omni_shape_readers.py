@@ -26,14 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omniar.data.shapeworld.world import SHAPES
 from omniar.model.config import DecoderConfig
 from omniar.model.decoder import OmniDecoder
 from omniar.model.patch_embed import PatchEmbed
 from omniar.omni.model import omni_preset
-from omniar.omni.teacher import PRESENCE, ConvTeacher, presence_batch
+from omniar.omni.teacher import PRESENCE, ConvTeacher, presence_batch, presence_scores
 from omniar.stream.collate import collate
 from omniar.stream.segment import Sample, Segment
+from omniar.train.losses import feature_distillation
 
 LABELS = len(PRESENCE)
 
@@ -69,8 +69,7 @@ class DecoderReader(nn.Module):
         if self.distill is not None:
             with torch.no_grad():
                 target = self.teacher[0].und_features(images)
-            pred = self.distill(hidden)
-            loss = loss + F.mse_loss(pred, target) + (1 - F.cosine_similarity(pred, target, -1)).mean()
+            loss = loss + feature_distillation(self.distill(hidden), target)
         return loss
 
 
@@ -89,10 +88,8 @@ def run(name: str, model: nn.Module, data, test, steps: int, lr: float, every: i
         opt.step()
         if step % every == 0 or step == steps:
             with torch.no_grad():
-                pred = torch.cat([model(x) for x in test[0].split(250)]) > 0
-            right = pred == test[1].bool()
-            shapes = right[:, :len(SHAPES)].all(1).float().mean().item()
-            colours = right[:, len(SHAPES):].all(1).float().mean().item()
+                scores = presence_scores(torch.cat([model(x) for x in test[0].split(250)]), test[1])
+            shapes, colours = scores["shapes"], scores["colours"]
             rows.append((name, step, shapes, colours, (time.perf_counter() - t0) / step))
             print(f"  {name} step {step}: shapes {shapes:.3f} colours {colours:.3f}", flush=True)
     return rows

@@ -55,7 +55,7 @@ from omniar.stream.segment import Sample, Segment
 from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
 from omniar.tokenizers.speech import SpeechCodec, SpeechCodecConfig
 from omniar.tokenizers.text import TextTokenizer
-from omniar.train.losses import token_cross_entropy
+from omniar.train.losses import feature_distillation, token_cross_entropy
 
 MODEL_TYPE = "omniar-omni"
 TASKS = ("t2i", "caption", "vqa", "edit", "text", "tts", "asr", "svqa", "chat", "s2i")
@@ -483,7 +483,7 @@ class OmniModel(nn.Module):
                 raise ValueError(f"{len(teacher)} teacher features for {int(und.sum())} understanding positions")
             if len(teacher):
                 pred = self.distill_proj(out.hidden[und])
-                parts["distill"] = F.mse_loss(pred, teacher) + (1 - F.cosine_similarity(pred, teacher, -1)).mean()
+                parts["distill"] = feature_distillation(pred, teacher)
                 total = total + distill_weight * parts["distill"]
         labels = batch.labels
         if (labels != IGNORE).any():

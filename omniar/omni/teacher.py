@@ -128,13 +128,18 @@ def presence_batch(indices: list[int], side: int, split: str = "train") -> tuple
     return as_images(images, side), labels
 
 
-@torch.no_grad()
-def presence_accuracy(teacher: ConvTeacher, num: int = 500, split: str = "val") -> dict[str, float]:
-    """Exact match of all shape bits and of all colour bits on the first `num` samples of `split`."""
-    images, labels = presence_batch(list(range(num)), teacher.image_size, split)
-    right = (torch.cat([teacher.eval()(x) for x in images.split(250)]) > 0) == labels.bool()
+def presence_scores(logits: Tensor, labels: Tensor) -> dict[str, float]:
+    """Exact match of all shape bits and of all colour bits of presence `logits` (N, 12) against `labels`."""
+    right = (logits > 0) == labels.bool()
     return {"shapes": right[:, :len(SHAPES)].all(1).float().mean().item(),
             "colours": right[:, len(SHAPES):].all(1).float().mean().item()}
+
+
+@torch.no_grad()
+def presence_accuracy(teacher: ConvTeacher, num: int = 500, split: str = "val") -> dict[str, float]:
+    """`presence_scores` of `teacher` on the first `num` samples of `split`."""
+    images, labels = presence_batch(list(range(num)), teacher.image_size, split)
+    return presence_scores(torch.cat([teacher.eval()(x) for x in images.split(250)]), labels)
 
 
 def train_conv_teacher(out: str | Path, steps: int, image_size: int = 64, grid: int = 8, seed: int = 0,
@@ -157,9 +162,9 @@ def train_conv_teacher(out: str | Path, steps: int, image_size: int = 64, grid: 
     if (Path(out) / "checkpoint" / "trainer.json").is_file():
         trainer.resume(Path(out) / "checkpoint")
     trainer.fit()
-    images, _ = batch_for_step(steps)  # a batch it has not trained on
+    images = torch.cat([batch_for_step(steps)[0], batch_for_step(steps + 1)[0]])  # batches it has not trained on
     with torch.no_grad():
-        model.scale.fill_(model.feature_map(torch.cat([images, batch_for_step(steps + 1)[0]])).std().clamp(min=1e-6))
+        model.scale.fill_(model.feature_map(images).std().clamp(min=1e-6))
     model.save_pretrained(Path(out) / "checkpoint")
     return model.requires_grad_(False).eval()
 

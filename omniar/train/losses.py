@@ -20,3 +20,8 @@ def weighted_cross_entropy(logits: Tensor, labels: Tensor, weights: Tensor | Non
     valid = (labels.reshape(-1) != IGNORE).float()
     w = valid if weights is None else weights.reshape(-1).float() * valid
     return (ce * w).sum() / w.sum().clamp(min=1e-8)
+
+
+def feature_distillation(pred: Tensor, target: Tensor) -> Tensor:
+    """OneCAT's understanding-distillation loss between student and teacher features (N, d): MSE + 1 - cosine."""
+    return F.mse_loss(pred, target) + (1 - F.cosine_similarity(pred, target, -1)).mean()
