@@ -279,6 +279,22 @@ def test_transcribe_and_spoken_answers_batch_and_name_bad_audio(model):
         speak(speech_model(codec=False), ["a red circle"])
 
 
+def test_text_outputs_never_open_speech_or_images(model, monkeypatch):
+    """Transcripts and written answers are text: a model that would rather open speech or an image (<boa>, <boi>
+    and the speech codes made the likeliest tokens) still gives text, the decoder keeping those spans closed."""
+    from omniar.omni.speech import answer_spoken, speak, transcribe
+
+    wavs = [w.numpy() + 0.01 for w in speak(model, ["a red circle", "two"], max_seconds=0.3)]
+    bias = torch.zeros(model.decoder.config.vocab_size)
+    bias[[model.ids["boa"], model.ids["boi"]]] = 1e3
+    bias[model.speech_offset:] = 500.0
+    head = model.decoder.head
+    monkeypatch.setattr(model.decoder, "head", lambda h: head(h) + bias)
+    for texts in (transcribe(model, wavs, max_new_tokens=6), answer_spoken(model, torch.rand(2, 3, 32, 32), wavs,
+                                                                          max_new_tokens=6)):
+        assert len(texts) == 2 and all(isinstance(t, str) for t in texts)  # (it raised on speech ids before)
+
+
 def test_the_benchmark_scores_speech_with_the_independent_judge(model, tmp_path):
     """tts / asr / spoken VQA predictions of the model go through the ShapeWorld benchmark: the tts record carries
     the ground-truth speech of the same text, on which the recognizer must do well (the ratio's denominator)."""

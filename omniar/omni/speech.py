@@ -159,7 +159,8 @@ def transcribe(model: OmniModel, clips: Sequence, sample_rate: int = 16_000, max
     if not codes:
         raise ValueError("give at least one clip")
     samples = [model.sample(Example("asr", speech=c), None, None) for c in codes]
-    ids = decode(model, samples, greedy=[True] * len(samples), max_new_tokens=max_new_tokens)
+    ids = decode(model, samples, DecodingRules(may_open=()), greedy=[True] * len(samples),
+                 max_new_tokens=max_new_tokens)  # a transcript is text: no speech or image span may open
     return [model.text.decode(row) for row in ids]
 
 
@@ -179,7 +180,7 @@ def answer_spoken(model: OmniModel, images, clips: Sequence, sample_rate: int = 
     und = model.und_features(pixels)
     task = "chat" if spoken else "svqa"
     samples = [model.sample(Example(task, speech=c, image=pixels[i]), und[i], None) for i, c in enumerate(codes)]
-    rules = rules or DecodingRules(response=DecodingRules().instruction)
+    rules = rules or DecodingRules(response=DecodingRules().instruction, may_open=("speech",) if spoken else ())
     ids = decode(model, samples, rules, max_new_tokens=max_new_tokens or (_max_tokens(model, 4.0) if spoken else 16))
     if not spoken:
         return [model.text.decode(row) for row in ids]
