@@ -8,6 +8,7 @@ from omniar.generation.sampling import SamplingParams
 from omniar.modality import Modality
 from omniar.omni.generate import generate_images, guidance_weights
 from omniar.omni.model import Example, OmniConfig, OmniModel
+from omniar.stream.collate import IGNORE
 from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
 from omniar.tokenizers.text import TextTokenizer
 
@@ -344,3 +345,20 @@ def test_perceptual_alignment_targets_the_decoders_response_to_each_code():
     assert all(p.grad is None for p in model.tokenizer.parameters())
     with pytest.raises(ValueError, match="perceptual_weight must be >= 0"):
         OmniConfig(perceptual_weight=-1.0)
+
+
+def test_further_vqa_turns_extend_the_one_question_layout(model):
+    """The first turn is laid out exactly as an answer is asked for; each further turn adds its question (no
+    target) and its answer + <eos> (targets)."""
+    image = torch.rand(3, 32, 32)
+    one = Example("vqa", "how many circles are there?", answer="two", image=image)
+    more = Example("vqa", "how many circles are there?", answer="two", image=image,
+                   turns=[("what color is the star?", "red"), ("is there a red star?", "yes")])
+    (a, _), (b, _) = model.batch([one]), model.batch([more])
+    n = a.input_ids.shape[1]
+    assert torch.equal(b.input_ids[:, :n], a.input_ids) and torch.equal(b.labels[:, :n], a.labels)
+    targets = b.labels[b.labels != IGNORE].tolist()
+    enc, eos = model.text.encode, model.ids["eos"]
+    assert targets == enc("two") + [eos] + enc("red") + [eos] + enc("yes") + [eos]
+    with pytest.raises(ValueError, match="turns are for vqa examples, not caption"):
+        Example("caption", "a red circle", image=image, turns=[("what color is the circle?", "red")])

@@ -48,3 +48,47 @@ def test_shards_partition_the_step_with_balanced_work():
     cost = {"edit": 3.0, "t2i": 2.0, "vqa": 1.0, "text": 0.3}
     loads = [sum(cost[x.task] for x in piece) for piece in pieces]
     assert max(loads) - min(loads) <= 3.0  # greedy longest-first: within one example's work
+
+
+def test_vqa_examples_ask_more_questions_about_the_same_scene():
+    """Further questions are distinct, reproducible, answered by the scene and free of held-out pairs."""
+    import re
+
+    from omniar.data.shapeworld.dataset import make_sample, mentions_held_out, more_questions
+    from omniar.data.shapeworld.judge import relation_holds
+    from omniar.data.shapeworld.scene import Scene
+    from omniar.data.shapeworld.tasks import NUMBER_WORDS
+
+    def answer(question, objs):  # an answerer of our own for the five question forms
+        if m := re.fullmatch(r"what color is the (\w+)\?", question):
+            return [o.color for o in objs if o.shape == m[1]][0]
+        if m := re.fullmatch(r"what shape is the (\w+) object\?", question):
+            return [o.shape for o in objs if o.color == m[1]][0]
+        if m := re.fullmatch(r"how many (\w+) objects are there\?", question):
+            return NUMBER_WORDS[sum(o.color == m[1] for o in objs)]
+        if m := re.fullmatch(r"how many (\w+)s are there\?", question):
+            return NUMBER_WORDS[sum(o.shape == m[1] for o in objs)]
+        if m := re.fullmatch(r"is there an? (\w+) (\w+)\?", question):
+            return "yes" if any((o.color, o.shape) == (m[1], m[2]) for o in objs) else "no"
+        m = re.fullmatch(r"is the (\w+) (\w+) (.+) the (\w+) (\w+)\?", question)
+        a, b = ([o for o in objs if (o.color, o.shape) == (m[i], m[i + 1])][0] for i in (1, 4))
+        return "yes" if relation_holds(a, b, m[3]) else "no"
+
+    asked = 0
+    for i in range(100):
+        s = make_sample("train", i)
+        more = more_questions(s, 3)
+        assert more == more_questions(s, 3) and more[:2] == more_questions(s, 2)
+        questions = [s["question"]] + [q for q, _ in more]
+        assert len(set(questions)) == len(questions)
+        objs = Scene.from_dict(s["scene"]).objects
+        for q, a in more:
+            assert a == answer(q, objs), q
+            assert not mentions_held_out(q)
+        asked += len(more)
+    assert asked >= 250
+    ex = shapeworld_example("vqa", 0, 32, questions=4)
+    assert len(ex.turns) == 3 and ex.turns == tuple(more_questions(make_sample("train", 0), 3))
+    assert shapeworld_example("vqa", 0, 32).turns == ()
+    with pytest.raises(ValueError, match="questions"):
+        Recipe(questions=0)

@@ -25,6 +25,18 @@ def test_samples_are_pure_functions_of_split_and_index():
     assert make_sample("train", 7) != make_sample("test", 7)
 
 
+def test_the_test_splits_questions_are_pinned():
+    """The benchmark's questions and answers stay what they were when its scores were recorded (a change to the
+    samplers, e.g. a new option for training questions, must not move them)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for i in range(300):
+        s = make_sample("test", i)
+        h.update(f"{s['question']}|{s['answer']}\n".encode())
+    assert h.hexdigest()[:16] == "146ef835c0e63212"
+
+
 def test_held_out_compositions_never_reach_the_other_splits():
     for split in ("train", "val", "test"):
         for i in range(400):

@@ -156,6 +156,9 @@ class Example:
     source: Tensor | np.ndarray | None = None  # edit: the reference image
     speech: Tensor | Sequence[int] | None = None  # tts target, asr input, svqa / chat spoken question (codec codes)
     answer_speech: Tensor | Sequence[int] | None = None  # chat: the spoken answer (the target)
+    # vqa: further (question, answer) turns about the same image after the first answer (training: more answers
+    # per image read, for little more than the image's positions)
+    turns: Sequence[tuple[str, str]] = ()
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -164,6 +167,9 @@ class Example:
             raise ValueError(f"a {self.task} example needs an image")
         if self.task == "edit" and self.source is None:
             raise ValueError("an edit example needs a source image")
+        self.turns = tuple((str(q), str(a)) for q, a in self.turns)
+        if self.turns and self.task != "vqa":
+            raise ValueError(f"further question turns are for vqa examples, not {self.task}")
         if self.task in ("asr", "svqa", "chat", "s2i") and self.speech is None:
             raise ValueError(f"an {self.task} example needs its speech (codec codes)")
         for name in ("speech", "answer_speech"):
@@ -355,6 +361,9 @@ class OmniModel(nn.Module):
         elif ex.task == "vqa":
             segs += [self.und_segment(und), Segment("text", enc(ex.text) + [ids["assistant"]])]
             target("text", enc(ex.answer) + [eos])
+            for question, answer in ex.turns:
+                segs.append(Segment("text", enc(question) + [ids["assistant"]]))
+                target("text", enc(answer) + [eos])
         elif ex.task == "tts":
             segs.append(Segment("text", enc(ex.text)))
             if ex.target:

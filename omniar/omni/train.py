@@ -39,6 +39,9 @@ class Recipe:
     warmup: int = 50
     pack: bool = True  # short examples share rows (documents isolated by the mask): less padding
     distill: float = 0.0  # weight of understanding distillation (needs a teacher; omni/teacher.py)
+    # questions per vqa image: the sample's own, then further ones about the same scene as later turns (each read
+    # image then teaches several answers for ~10 positions more per question)
+    questions: int = 1
     shards: int = 1  # pieces per step (accumulated, or shared out among data-parallel processes)
     reweight: Reweighting = field(default_factory=Reweighting)  # task-aware weights of the token targets
     # speech tasks draw from the first `speech_pool` samples: each utterance is synthesized and encoded once per
@@ -53,6 +56,8 @@ class Recipe:
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown} in the recipe; known: {', '.join(TASKS)}")
+        if self.questions < 1:
+            raise ValueError(f"questions (per vqa image) must be >= 1, got {self.questions}")
         if self.speech_pool < 1:
             raise ValueError(f"speech_pool must be >= 1, got {self.speech_pool}")
         if not self.tasks or min(self.tasks.values()) < 0 or sum(self.tasks.values()) <= 0:
@@ -61,12 +66,13 @@ class Recipe:
 
 # OneCAT's staged recipe on ShapeWorld (each stage starts from the previous stage's weights with a fresh optimizer):
 # stage 1 pretrains generation with captioning beside it (the understanding path learns to read images); stage 2
-# is unified mid-training on every task; stage 3 fine-tunes on the same mixture at a lower learning rate. `steps`
+# is unified mid-training on every task, four questions per VQA image (VQA alone, 1,000 steps: 0.625 -> 0.73,
+# BENCHMARKS.md); stage 3 fine-tunes on the same mixture at a lower learning rate. `steps`
 # here are placeholders: `train_stages` (and `omniar demo --budget`) set them; stages 2 and 3 use the default mix.
 STAGES: dict[str, Recipe] = {
     "stage1": Recipe(tasks={"t2i": 0.6, "caption": 0.3, "text": 0.1}, lr=2e-3, min_lr_ratio=0.5, warmup=50),
-    "stage2": Recipe(lr=1.5e-3, min_lr_ratio=0.2, warmup=20),
-    "stage3": Recipe(lr=5e-4, min_lr_ratio=0.1, warmup=10),
+    "stage2": Recipe(lr=1.5e-3, min_lr_ratio=0.2, warmup=20, questions=4),
+    "stage3": Recipe(lr=5e-4, min_lr_ratio=0.1, warmup=10, questions=4),
 }
 
 
@@ -91,12 +97,13 @@ def with_speech(stages: dict[str, Recipe], share: float = 0.3,
 
 
 def shapeworld_example(task: str, index: int, side: int, split: str = "train",
-                       speech: SpeechCodec | None = None) -> Example:
-    """The ShapeWorld sample `index` of `split` as an example of `task` (the next sample with an edit, for edit).
+                       speech: SpeechCodec | None = None, questions: int = 1) -> Example:
+    """The ShapeWorld sample `index` of `split` as an example of `task` (the next sample with an edit, for edit);
+    a vqa example asks up to `questions` different questions about its image, one per turn.
     Speech tasks speak the sample's text (espeak-ng) and encode it with the `speech` codec: tts the caption in the
     narrator's voice (the model's own voice: a single-speaker TTS), asr and s2i the caption, svqa the question,
     chat the question and the answer in the sample's voice (listening covers every voice)."""
-    from omniar.data.shapeworld.dataset import make_sample
+    from omniar.data.shapeworld.dataset import make_sample, more_questions
     from omniar.data.shapeworld.render import render
     from omniar.data.shapeworld.scene import Scene
 
@@ -129,7 +136,8 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train",
     if task == "caption":
         return Example("caption", s["caption"], image=image)
     if task == "vqa":
-        return Example("vqa", s["question"], answer=s["answer"], image=image)
+        return Example("vqa", s["question"], answer=s["answer"], image=image,
+                       turns=more_questions(s, questions - 1) if questions > 1 else ())
     if task == "edit":
         target = render(Scene.from_dict(s["edit"]["scene"]), side)
         return Example("edit", s["edit"]["instruction"], image=target, source=image)
@@ -174,7 +182,7 @@ def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool:
             if lightest == shard:
                 mine.append(i)
         picks = [picks[i] for i in sorted(mine)]
-    return [shapeworld_example(t, index, side, speech=speech) for t, index in picks]
+    return [shapeworld_example(t, index, side, speech=speech, questions=recipe.questions) for t, index in picks]
 
 
 def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, seed: int = 0,

@@ -77,6 +77,25 @@ def make_sample(split: str, index: int) -> dict:
             "voice": vars(sample_voice(rng))}
 
 
+def more_questions(sample: dict, n: int) -> list[tuple[str, str]]:
+    """Up to `n` further (question, answer) pairs about `sample`'s scene (a dict of `make_sample`), each different
+    from the others and from the sample's own question, drawn like it (held-out pairs excluded outside `heldout`);
+    a pure function of the sample, so training data stays reproducible."""
+    from omniar.data.shapeworld.scene import Scene
+
+    rng = random.Random(f"shapeworld/{sample['split']}/{sample['index']}/questions")
+    scene, exclude = Scene.from_dict(sample["scene"]), sample["split"] != "heldout"
+    seen, out = {sample["question"]}, []
+    for _ in range(8 * n):  # small scenes have few distinct questions: give up after a few repeats
+        if len(out) == n:
+            break
+        qa = sample_qa(scene, rng)
+        if qa.question not in seen and not (exclude and mentions_held_out(qa.question)):
+            seen.add(qa.question)
+            out.append((qa.question, qa.answer))
+    return out
+
+
 def _speech(out: Path, text: str, voice: Voice) -> str:
     key = hashlib.sha1(f"{text}|{voice.name}|{voice.rate}|{voice.pitch}".encode()).hexdigest()[:16]
     rel = f"audio/{key[:2]}/{key}.flac"
