@@ -479,8 +479,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--distill", type=float, default=1.0, help="distillation weight (with --teacher)")
     t.add_argument("--steps", type=int, default=1000)
     t.add_argument("--batch", type=int, default=16, help="examples per step")
-    t.add_argument("--questions", type=int, default=4, help="questions per vqa image, one per turn (the sample's "
-                   "own, then further ones about the same scene)")
+    t.add_argument("--questions", type=int, default=4, help="questions per vqa image, one per turn: the sample's "
+                   "own, then further ones about the same scene (default 4, as in the demo's stages 2 and 3)")
     t.add_argument("--speech-pool", type=int, help="speech tasks draw their utterances from this many "
                    "samples, each synthesized once when first drawn (default: Recipe's, 20,000)")
     t.add_argument("--lr", type=float, default=2e-3)
