@@ -121,6 +121,7 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
     """Run the whole pipeline; writes out/report.html, out/report.json and out/eval/. Returns the report."""
     import torch
 
+    from omniar.model.patch_embed import token_grid
     from omniar.omni.evaluate import EVAL_TASKS, SPEECH_EVAL_TASKS, evaluate_model
     from omniar.omni.model import OmniModel, omni_preset
     from omniar.omni.report import write_report
@@ -174,7 +175,8 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
     text_key = {"samples": plan.text_samples}
     text_dir = step("text-tokenizer", text_key, text_tokenizer)
 
-    raster = omni_preset(plan.preset).generation == "raster"  # a single-scale tokenizer, decoded token by token
+    preset = omni_preset(plan.preset, **plan.overrides)
+    raster = preset.generation == "raster"  # a single-scale tokenizer, decoded token by token
     image_config = ImageTokenizerConfig(scales=(8,)) if raster else None
 
     def image_tokenizer(d: Path) -> dict:
@@ -209,7 +211,7 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
     if plan.teacher == "vit":
         teacher_key["text"] = _digest(text_key)
     else:  # its feature grid is the preset's understanding-token grid
-        teacher_key["patch"] = omni_preset(plan.preset, **plan.overrides).patch
+        teacher_key["patch"] = preset.patch
     if plan.distill > 0:
         def teach(d: Path) -> dict:
             torch.manual_seed(plan.seed)
@@ -218,9 +220,8 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
                               plan.teacher_steps, seed=plan.seed, progress=progress,
                               examples_per_step=plan.examples_per_step)
                 return {"steps": plan.teacher_steps}
-            config = omni_preset(plan.preset, **plan.overrides)
             side = ImageTokenizer.from_pretrained(image_dir / "checkpoint").config.image_size
-            conv = train_conv_teacher(d, plan.teacher_steps, side, side // (2 * config.patch), seed=plan.seed,
+            conv = train_conv_teacher(d, plan.teacher_steps, side, token_grid(side, preset.patch), seed=plan.seed,
                                       batch=plan.examples_per_step, progress=progress)
             return {"steps": plan.teacher_steps, **presence_accuracy(conv, min(500, 5 * plan.eval_num))}
 
@@ -246,9 +247,7 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
         def train(d: Path, name=name, n=n, previous=previous) -> dict:
             torch.manual_seed(plan.seed)
             if previous is None:
-                config = omni_preset(plan.preset, **plan.overrides)
-                if teacher is not None:
-                    config = distill_config(config, teacher)
+                config = distill_config(preset, teacher) if teacher is not None else preset
                 model = OmniModel(config, TextTokenizer.load(text_dir),
                                   ImageTokenizer.from_pretrained(image_dir / "checkpoint"),
                                   SpeechCodec.from_pretrained(codec_dir) if codec_dir is not None else None)

@@ -15,6 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def token_grid(side: int, patch: int) -> int:
+    """Understanding tokens per side of a side x side image: patchify by `patch`, then 2 x 2 pixel-unshuffle."""
+    return side // (2 * patch)
+
+
 class PatchEmbed(nn.Module):
     def __init__(self, hidden: int, patch: int = 4, channels: int = 64, image_size: int = 64):
         super().__init__()
@@ -29,7 +34,7 @@ class PatchEmbed(nn.Module):
 
     def grid(self, side: int | None = None) -> tuple[int, int]:
         """The (rows, cols) token grid of a side x side image."""
-        n = (side or self.image_size) // (2 * self.patch)
+        n = token_grid(side or self.image_size, self.patch)
         return n, n
 
     def forward(self, images: Tensor) -> Tensor:

@@ -410,9 +410,8 @@ class OmniModel(nn.Module):
         """(collated batch, target bits (N_gen, d) in stream order); images embedded in one call per kind.
         With a generator, applies condition dropout and bitwise self-correction (training). With `pack`, the
         image-generation examples come first, one per row, and the short ones share rows of that length. With a
-        `teacher` (omni/teacher.py), a third element: its features (N_und, width) of the understanding images in stream
-        order.
-        `reweight`: the task-aware loss weights of the token targets."""
+        `teacher` (omni/teacher.py), a third element: its features (N_und, width) of the understanding images in
+        stream order. `reweight`: the task-aware loss weights of the token targets."""
         for i, ex in enumerate(examples):
             if not ex.target:
                 raise ValueError(f"{ex.task} example {i} has no target to train on (tts: speech, asr: text, svqa: "
