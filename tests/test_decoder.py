@@ -22,10 +22,20 @@ def boundaries(batch):
     return cuts + [L]
 
 
-@pytest.mark.parametrize("norm", ["pre", "swin"])
-def test_cached_steps_equal_full_forward_on_mixed_modalities(norm):
+def random_sinks(model: OmniDecoder) -> OmniDecoder:
+    """Give every attention sink a random logit (they start at 0), so tests see heads that use them."""
+    with torch.no_grad():
+        for block in model.blocks:
+            block.mixer.sink.normal_(0, 2)
+    return model
+
+
+@pytest.mark.parametrize("norm,sink", [("pre", False), ("swin", False), ("pre", True)])
+def test_cached_steps_equal_full_forward_on_mixed_modalities(norm, sink):
     """Prefill, then steps of one token, whole scales and whole understanding images, rows of unequal lengths."""
-    model = OmniDecoder(mixed_config(norm_placement=norm, qk_norm=norm == "swin")).eval()
+    model = OmniDecoder(mixed_config(norm_placement=norm, qk_norm=norm == "swin", attention_sink=sink)).eval()
+    if sink:
+        random_sinks(model)
     batch = collate([mixed_sample(0, text_len=4), mixed_sample(1, text_len=1)], pad_side="left")
     with torch.no_grad():
         full = model(**batch.model_inputs()).logits
@@ -45,8 +55,11 @@ def test_cached_steps_equal_full_forward_on_mixed_modalities(norm):
     assert diff.max() <= TOL
 
 
-def test_cached_decoding_of_plain_text_without_metadata():
-    model = OmniDecoder(preset("onecat-tiny", num_layers=2, vocab_size=256)).eval()
+@pytest.mark.parametrize("sink", [False, True])
+def test_cached_decoding_of_plain_text_without_metadata(sink):
+    model = OmniDecoder(preset("onecat-tiny", num_layers=2, vocab_size=256, attention_sink=sink)).eval()
+    if sink:
+        random_sinks(model)
     ids = torch.randint(0, 256, (3, 17))
     with torch.no_grad():
         full = model(ids).logits
@@ -86,8 +99,44 @@ def test_cache_grows_past_its_first_capacity():
     assert (torch.cat(steps, 1) - full).abs().max() <= TOL
 
 
-def test_packed_rows_equal_documents_run_alone():
-    model = OmniDecoder(mixed_config()).eval()
+def test_attention_sink_is_one_more_softmax_entry_with_a_zero_value():
+    """Brute force: softmax over [q.k / sqrt(d) where the causal mask allows, sink_h] of [v, 0]; a sink at -inf
+    gives the plain model back exactly, and the sinks learn (they get gradients)."""
+    config = preset("onecat-tiny", num_layers=1, vocab_size=64, attention_sink=True)
+    model = random_sinks(OmniDecoder(config))
+    attn = model.blocks[0].mixer
+    x = torch.randn(2, 7, config.hidden_size)
+    rope = model.rope(torch.arange(7.0).expand(2, 7))
+    H, Hkv, D = attn.num_heads, attn.num_kv_heads, attn.head_dim
+    qkv = attn.qkv(x).view(2, 7, H + 2 * Hkv, D)
+    from omniar.model.rope import apply_rotary
+
+    q, k = apply_rotary(qkv[:, :, : H + Hkv], *rope).split([H, Hkv], dim=2)
+    v = qkv[:, :, H + Hkv :]
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2).repeat_interleave(H // Hkv, 1), v.transpose(1, 2)
+    v = v.repeat_interleave(H // Hkv, 1)
+    scores = (q @ k.transpose(-1, -2) / D**0.5).masked_fill(~torch.ones(7, 7, dtype=torch.bool).tril(), -torch.inf)
+    weights = torch.cat([scores, attn.sink[None, :, None, None].expand(2, H, 7, 1)], -1).softmax(-1)[..., :-1]
+    expected = attn.o((weights @ v).transpose(1, 2).reshape(2, 7, -1))
+    got = attn(x, rope, "causal")
+    assert (got - expected).abs().max() <= TOL
+    got.square().sum().backward()
+    assert attn.sink.grad is not None and attn.sink.grad.abs().min() > 0
+
+    plain = OmniDecoder(preset("onecat-tiny", num_layers=1, vocab_size=64)).eval()
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("sink")}
+    plain.load_state_dict(state)
+    with torch.no_grad():
+        attn.sink.fill_(-torch.inf)
+        ids = torch.randint(0, 64, (2, 9))
+        assert (model.eval()(ids).logits - plain(ids).logits).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("sink", [False, True])
+def test_packed_rows_equal_documents_run_alone(sink):
+    model = OmniDecoder(mixed_config(attention_sink=sink)).eval()
+    if sink:
+        random_sinks(model)
     samples = [mixed_sample(i, text_len=2 + i) for i in range(3)]
     packed = collate(samples, max_len=200)
     assert packed.input_ids.shape[0] == 1

@@ -112,3 +112,5 @@ def test_unsupported_and_broken_hf_checkpoints_are_named(tmp_path):
         load_qwen2(tmp_path / "empty")
     with pytest.raises(ValueError, match="only a dense"):
         save_qwen2(OmniDecoder(DecoderConfig(experts=("a", "b"))), tmp_path / "x")
+    with pytest.raises(ValueError, match="without attention sinks"):  # Qwen2 has no sinks: refuse, don't drop them
+        save_qwen2(OmniDecoder(DecoderConfig(qkv_bias=True, attention_sink=True)), tmp_path / "y")

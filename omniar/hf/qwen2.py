@@ -66,8 +66,10 @@ def from_qwen2_state_dict(sd: dict[str, Tensor], config: DecoderConfig) -> dict[
 
 def to_qwen2_state_dict(model: OmniDecoder) -> dict[str, Tensor]:
     cfg = model.config
-    if len(cfg.experts) != 1 or not cfg.qkv_bias or cfg.norm_placement != "pre" or cfg.qk_norm or cfg.feature_dims:
-        raise ValueError("only a dense, pre-norm, qkv-bias, text-only decoder can be exported as Qwen2")
+    if (len(cfg.experts) != 1 or not cfg.qkv_bias or cfg.norm_placement != "pre" or cfg.qk_norm or cfg.feature_dims
+            or cfg.attention_sink):
+        raise ValueError("only a dense, pre-norm, qkv-bias, text-only decoder without attention sinks can be "
+                         "exported as Qwen2")
     sd = model.state_dict()
     out = {"model.embed_tokens.weight": sd["embed.weight"], "model.norm.weight": sd["norm.weight"]}
     if not cfg.tie_embeddings:

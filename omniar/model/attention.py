@@ -1,4 +1,5 @@
-"""Grouped-query self-attention, Qwen2 style: fused QKV (optional bias), RoPE, optional QK-norm, SDPA."""
+"""Grouped-query self-attention, Qwen2 style: fused QKV (optional bias), RoPE, optional QK-norm, SDPA; optionally
+a learned attention sink per head (gpt-oss)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class Attention(nn.Module):
         self.o = Linear(q_dim, config.hidden_size, bias=False)
         self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
+        self.sink = nn.Parameter(torch.zeros(self.num_heads)) if config.attention_sink else None
 
     def new_cache(self) -> KVCache:
         return KVCache()
@@ -44,8 +46,23 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v)
         gqa = self.num_heads != self.num_kv_heads
-        if mask is CAUSAL:
+        if self.sink is not None:  # one more key (zeros) and value (zeros) whose logit is the head's sink
+            mask = self._with_sink(mask, q.shape[2], k.shape[2], q.dtype, q.device)
+            k, v = F.pad(k, (0, 0, 0, 1)), F.pad(v, (0, 0, 0, 1))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        elif mask is CAUSAL:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.o(out.transpose(1, 2).reshape(B, L, -1))
+
+    def _with_sink(self, mask: Tensor | str | None, Lq: int, Lk: int, dtype: torch.dtype, device) -> Tensor:
+        """The additive mask (B or 1, H, Lq, Lk + 1): 0 where a key is seen, -inf where not, the sink last."""
+        if mask is CAUSAL:  # the query span ends where the key span does
+            mask = torch.ones(Lq, Lk, dtype=torch.bool, device=device).tril(Lk - Lq)[None, None]
+        bias = torch.zeros(1, 1, Lq, Lk, dtype=dtype, device=device)
+        if mask is not None:
+            bias = bias.masked_fill(~mask, float("-inf"))
+        B, H = bias.shape[0], self.num_heads
+        sink = self.sink.to(dtype)[None, :, None, None].expand(B, H, Lq, 1)
+        return torch.cat([bias.expand(B, H, Lq, Lk), sink], dim=-1)

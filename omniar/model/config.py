@@ -43,6 +43,9 @@ class DecoderConfig:
     norm_eps: float = 1e-6
     qkv_bias: bool = False
     qk_norm: bool = False  # RMSNorm on each head's queries and keys (Chameleon / AR-Omni stability)
+    # a learned attention-sink logit per query head (gpt-oss): a virtual key with a zero value that every query
+    # sees, so a head can attend to "nothing" (softmax over [q.k / sqrt(d), sink]) instead of spreading its weight
+    attention_sink: bool = False
     norm_placement: str = "pre"  # "pre": x + f(norm(x)); "swin": x + norm(f(x)) (Chameleon swin-norm)
     tie_embeddings: bool = True
     # Modality-routed FFN experts (OneCAT §2.2). One expert = dense. `routing` maps modality name -> expert
