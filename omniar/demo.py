@@ -228,7 +228,8 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
         teacher = load_teacher(step("teacher", teacher_key, teach) / "checkpoint")
 
     # 4. the staged training of the model, one cached step per stage (its key includes the previous stage's)
-    base_key = {"preset": plan.preset, "overrides": plan.overrides, "text": _digest(text_key),
+    # the preset's whole config, so a changed preset retrains (the tokenizers' and teacher's keys do not hold it)
+    base_key = {"preset": plan.preset, "config": dataclasses.asdict(preset), "text": _digest(text_key),
                 "image": _digest(image_key), "seed": plan.seed, "batch": plan.examples_per_step}
     if teacher is not None:
         base_key.update(teacher=_digest(teacher_key), distill=plan.distill)

@@ -33,6 +33,17 @@ def test_encode_decode_shapes_and_determinism(images):
     assert [tuple(x.shape) for x in inputs] == [(6, 8, s, s) for s in (2, 3, 4, 6, 8)]
 
 
+def test_bits_are_the_sign_of_the_latent_less_the_ar_input(images):
+    """What `edit_reference` relies on: scale k's bits = sign(latent at scale k - the AR input of scale k)."""
+    tok = ImageTokenizer(ImageTokenizerConfig(**SMALL)).eval()
+    bits, latents = tok.encode(images), tok.latents(images)
+    assert [tuple(f.shape) for f in latents] == [(6, 8, s, s) for s in (1, 2, 3, 4, 6, 8)]
+    contexts = [torch.zeros_like(latents[0])] + tok.ar_inputs(bits)
+    for b, f, c in zip(bits, latents, contexts):
+        r = f - c
+        assert torch.equal(b[r.abs() > 1e-5], (r >= 0)[r.abs() > 1e-5])
+
+
 def test_raster_schedule_is_one_scale(images):
     tok = ImageTokenizer(ImageTokenizerConfig(scales=(8,), **SMALL)).eval()
     bits = tok.encode(images)

@@ -16,7 +16,7 @@ TEXTS = ["a red circle", "a blue square left of a green star", "how many circles
          "make the circle blue", "there is a small yellow triangle"] * 4
 
 
-def tiny_model(seed=0, adapter=True, raster=False, bit_ar_width=0):
+def tiny_model(seed=0, adapter=True, raster=False, bit_ar_width=0, edit_reference=False):
     torch.manual_seed(seed)
     text = TextTokenizer.train(TEXTS, vocab_size=300)
     image = ImageTokenizer(ImageTokenizerConfig(image_size=32, channels=16, bits=8, downsample=2,
@@ -27,11 +27,12 @@ def tiny_model(seed=0, adapter=True, raster=False, bit_ar_width=0):
     if adapter:
         decoder.update(scale_adapter_rank=2, num_scales=4)
     model = OmniModel(OmniConfig(decoder=decoder, patch=4, patch_channels=8,
-                                 generation="raster" if raster else "next_scale", bit_ar_width=bit_ar_width),
+                                 generation="raster" if raster else "next_scale", bit_ar_width=bit_ar_width,
+                                 edit_reference=edit_reference),
                       text, image)
-    with torch.no_grad():  # non-zero adapters and bit conditioning, so that they matter in every check
+    with torch.no_grad():  # non-zero adapters, bit conditioning and reference embedding: they matter in every check
         for name, p in model.named_parameters():
-            if "_lora.B" in name or "bit_head.ar_" in name:
+            if "_lora.B" in name or "bit_head.ar_" in name or "ref_embed" in name:
                 p.normal_(std=0.02 if "_lora.B" in name else 0.5)
     return model.eval()
 
@@ -362,3 +363,46 @@ def test_further_vqa_turns_extend_the_one_question_layout(model):
     assert targets == enc("two") + [eos] + enc("red") + [eos] + enc("yes") + [eos]
     with pytest.raises(ValueError, match="turns are for vqa examples, not caption"):
         Example("caption", "a red circle", image=image, turns=[("what color is the circle?", "red")])
+
+
+@pytest.mark.parametrize("raster", [False, True], ids=["next-scale", "raster"])
+def test_edit_reference_bits_enter_each_generation_position_in_training_and_decoding(raster):
+    """`edit_reference`: every generation position of an edit adds the embedding of the reference's latent at its
+    scale and place - in training batches (not when the reference is dropped) and in cached
+    decoding, which equals one teacher-forced pass with the same inputs; guidance rows without the reference get
+    the plain inputs (three-branch guidance with image_cfg 0 and cfg 1 is the plain edit)."""
+    from omniar.stream.collate import collate
+
+    model = tiny_model(adapter=False, raster=raster, edit_reference=True)
+    plain = tiny_model(adapter=False, raster=raster)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("ref_embed")})
+    g = torch.Generator().manual_seed(5)
+    source, target = torch.rand(3, 32, 32, generator=g), torch.rand(3, 32, 32, generator=g)
+    ex = Example("edit", "make the circle blue", image=target, source=source)
+    ref = model.reference_features([source])[0]
+    assert ref.shape == (sum(s * s for s in model.scales), 48) and ref.abs().sum() > 0
+    gen = model.gen_modality
+    features = [m.batch([ex])[0].features[int(gen)] for m in (model, plain)]
+    assert torch.allclose(features[0] - features[1], ref, atol=1e-6)
+    model.config.cfg_dropout = 1.0  # reference (and instruction) dropped: nothing of it may leak in
+    dropped = model.batch([ex], generator=torch.Generator().manual_seed(0))[0].features[int(gen)]
+    model.config.cfg_dropout = 0.1
+    plain.config.cfg_dropout = 1.0
+    assert torch.equal(dropped, plain.batch([ex], generator=torch.Generator().manual_seed(0))[0].features[int(gen)])
+
+    _, bits = generate_images(model, [ex.text], sources=[source], return_bits=True)
+    _, other = generate_images(model, [ex.text], sources=[source.flip(-1)], return_bits=True)
+    assert not all(torch.equal(a, b) for a, b in zip(bits, other))
+    flat = torch.cat([b.flatten(2).transpose(1, 2) for b in bits], 1)[0]
+    if raster:
+        emb = model.scale_embed.raster(model.tokenizer.quantizer.codes(bits[0]).flatten(2).transpose(1, 2), 0, 64)[0]
+    else:
+        emb = model.scale_embed(model.tokenizer.ar_inputs(bits), batch=1)[0]
+    und = model.und_features(source[None])[0]
+    batch = collate([model.sample(Example("edit", ex.text, image=target, source=source), und, emb + ref)])
+    with torch.no_grad():
+        hidden = model.decoder(**batch.model_inputs()).hidden
+    forced = model.bit_head(hidden[batch.meta.modality == gen], flat).argmax(-1).bool()
+    assert torch.equal(forced, flat)
+    reduced = generate_images(model, [ex.text], sources=[source], cfg=1.0, image_cfg=0.0, return_bits=True)[1]
+    assert all(torch.equal(a, b) for a, b in zip(reduced, bits))

@@ -78,6 +78,10 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
     branches = [(False, False)] + ([(False, True), (True, True)] if image_cfg is not None else
                                    [(True, False)] if cfg != 1.0 else [])
     und = None if sources is None else model.und_features(as_images(list(sources), model.image_size))
+    ref = None  # edit_reference: the reference's latent at each generation position, in the branches that keep it
+    if sources is not None and model.ref_embed is not None:
+        r = model.reference_features(list(sources))
+        ref = torch.cat([torch.zeros_like(r) if di else r for _, di in branches])
     T = sum(s * s for s in model.scales)
     D = model.decoder.config.hidden_size
     placeholder = torch.zeros(T, D)
@@ -94,13 +98,16 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
     weights = guidance_weights(cfg, len(steps.sizes), cfg_schedule) if isinstance(steps, _NextScale) else (
         [cfg] * len(steps.sizes))  # raster: constant guidance over tokens
     L = batch.input_ids.shape[1]
-    at = L - T  # first image column, identical in every row
+    at = first = L - T  # first image column, identical in every row
     gen_key = int(model.gen_modality)
     cache = model.decoder.new_cache()
     for k, size in enumerate(steps.sizes):
         piece = batch.slice(0 if k == 0 else at, at + size)
         inputs = piece.model_inputs()
-        inputs["features"] = {**inputs["features"], gen_key: steps.inputs(k).repeat(groups, 1, 1).reshape(-1, D)}
+        x = steps.inputs(k).repeat(groups, 1, 1)
+        if ref is not None:
+            x = x + ref[:, at - first : at - first + size]
+        inputs["features"] = {**inputs["features"], gen_key: x.reshape(-1, D)}
         hidden = model.decoder(**inputs, cache=cache).hidden[:, -size:]
         drawn = model.bit_head.draw(hidden, groups, lambda logp, w=weights[k]: _guide(logp, w, image_cfg),
                                     lambda logp: torch.cat([sample_bits(logp[i : i + 1], row_params(params, i), g)

@@ -14,6 +14,7 @@ call (patch embedding, tokenizer encoding with bitwise self-correction) and lays
     caption  <i2t> <boi> [understanding image] <eoi> caption <eos>
     vqa      <vqa> <boi> [understanding image] <eoi> question <assistant> answer <eos>
     edit     <edit> <ref> [understanding image] </ref> instruction <boi> [scales] <eoi>
+             (with `edit_reference`, each scale position also adds an embedding of the reference's latent there)
     text     <lm> text <eos>
     tts      <tts> text <boa> [speech codes] <eoa>                                   (with a speech codec)
     asr      <asr> <boa> [speech codes] <eoa> text <eos>
@@ -97,6 +98,12 @@ class OmniConfig:
     # independent bits
     bit_ar_width: int = 0
     cfg_dropout: float = 0.1  # t2i / edit prompts and edit references dropped (independently) in training, for CFG
+    # edits also see the reference in the tokenizer's latent space: each generation position adds an embedding
+    # (Linear, from zero) of the reference's latent downsampled to its scale, there. A token's bits are the sign
+    # of the target's latent less the earlier scales' reconstruction (the position's AR input), so where the edit
+    # leaves the image alone they are a local function of the two (85-90% of them on ShapeWorld edits,
+    # BENCHMARKS.md) instead of a redraw from the patch-embedded reference. Dropped with the reference for CFG.
+    edit_reference: bool = False
     max_flip: float = 0.3  # bitwise self-correction: flip probability ~ U{0, ..., max_flip} per image
     max_length: int = 512  # the context: positions of one example (prompt, images and answer)
 
@@ -115,18 +122,21 @@ class OmniConfig:
 
 # Named OmniModel presets (data): the decoder's fields plus the patch embedding; vocabulary and feature widths
 # come from the tokenizers. onecat-tiny: 4.9M trainable parameters, sized for 2 CPU cores (BENCHMARKS.md);
-# raster-tiny is the same decoder decoding a single-scale tokenizer's codes token by token (the baseline).
+# raster-tiny is the same decoder decoding a single-scale tokenizer's codes token by token (the baseline). The
+# OneCAT presets edit with the reference's latent at every generation position (`edit_reference`: edits alone,
+# 800 steps, untouched objects preserved 0.275 -> 0.84, BENCHMARKS.md).
 _EXPERTS = dict(experts=("text", "und", "gen"), routing={"image_und": "und", "image_gen": "gen", "image_raster": "gen"})
 _TINY = dict(hidden_size=192, num_layers=4, num_heads=6, num_kv_heads=2, intermediate_size=512, **_EXPERTS)
 OMNI_PRESETS: dict[str, dict] = {
-    "onecat-tiny": dict(decoder=dict(_TINY, scale_adapter_rank=8, num_scales=6), patch=4, patch_channels=32),
-    "raster-tiny": dict(decoder=_TINY, generation="raster", patch=4, patch_channels=32),
+    "onecat-tiny": dict(decoder=dict(_TINY, scale_adapter_rank=8, num_scales=6), patch=4, patch_channels=32,
+                        edit_reference=True),
+    "raster-tiny": dict(decoder=_TINY, generation="raster", patch=4, patch_channels=32, edit_reference=True),
     # the understanding-distillation teacher (omni/teacher.py): a ViT encoder (3 layers) + a small dense decoder
     "vit-teacher-tiny": dict(decoder=dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
                                           intermediate_size=384), vision_layers=3, patch=4, patch_channels=32),
     "onecat-small": dict(decoder=dict(hidden_size=384, num_layers=8, num_heads=6, num_kv_heads=2,
                                       intermediate_size=1024, qkv_bias=True, scale_adapter_rank=16, num_scales=6,
-                                      **_EXPERTS), patch=4, patch_channels=64),
+                                      **_EXPERTS), patch=4, patch_channels=64, edit_reference=True),
     # AR-Omni: one dense decoder (no experts) with swin-norm and QK-norm, raster images, speech in a joint
     # vocabulary (build it with a speech codec: OmniModel(config, text, image, speech_codec))
     "ar-omni-tiny": dict(decoder=dict(hidden_size=192, num_layers=4, num_heads=6, num_kv_heads=2,
@@ -271,6 +281,10 @@ class OmniModel(nn.Module):
         self.distill_proj = nn.Linear(D, config.distill_dim) if config.distill_dim else None
         self.scale_embed = ScaleInputEmbed(img.bits, D, len(img.scales), img.scales[-1])
         self.bit_head = BitwiseHead(D, img.bits, config.bit_ar_width)
+        self.ref_embed = nn.Linear(img.bits, D) if config.edit_reference else None
+        if self.ref_embed is not None:  # starts as no change: the edit path learns how much to copy
+            nn.init.zeros_(self.ref_embed.weight)
+            nn.init.zeros_(self.ref_embed.bias)
         width = image_tokenizer.decoder.net[0].out_channels
         self.perceptual = nn.Linear(D, width) if config.perceptual_weight > 0 else None
         image_tokenizer.requires_grad_(False).eval()
@@ -325,6 +339,12 @@ class OmniModel(nn.Module):
         """Understanding-image tokens (B, T, D): the patch embedding, then the ViT encoder if there is one."""
         x = self.patch_embed(images)
         return x if self.vision is None else self.vision(x)
+
+    def reference_features(self, sources) -> Tensor:
+        """(B, T, D): for each generation position of an edit, the embedding of the reference image's latent at
+        that position's scale and place (stream order: scale-major, row-major; `OmniConfig.edit_reference`)."""
+        latents = self.tokenizer.latents(as_images(sources, self.image_size))
+        return self.ref_embed(torch.cat([f.flatten(2).transpose(1, 2) for f in latents], 1))
 
     # ---- layouts ----------------------------------------------------------------------------------------------
     def gen_segment(self, features: Tensor, begin: bool = True) -> Segment:
@@ -447,6 +467,9 @@ class OmniModel(nn.Module):
                 inputs, bits = self.tokenizer.self_correct(x, flip, generator)
                 gen = iter(self.scale_embed(inputs, batch=len(x)))
             targets = torch.cat([b.flatten(2).transpose(1, 2) for b in bits], 1).reshape(-1, bits[0].shape[1])
+        refs = iter(())
+        if self.ref_embed is not None and any(ex.task == "edit" for ex in examples):
+            refs = iter(self.reference_features([ex.source for ex in examples if ex.task == "edit"]))
         samples, features = [], []
         for ex in examples:
             drop_prompt = drop_image = False
@@ -456,6 +479,9 @@ class OmniModel(nn.Module):
             t = next(taught, None) if ex.task in UNDERSTANDS else None
             g = next(gen) if ex.task in GENERATES else None
             drop_image = drop_image and ex.task == "edit"
+            r = next(refs, None) if ex.task == "edit" else None
+            if r is not None and not drop_image:
+                g = g + r
             samples.append(self.sample(ex, u, g, drop_prompt, drop_image, reweight))
             if t is not None and not drop_image:  # a dropped reference is not in the stream
                 features.append(t)

@@ -175,10 +175,12 @@ def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool:
     tasks = rng.choice(names, size=recipe.examples_per_step, p=p / p.sum())
     picks = [(t, int(rng.integers(recipe.speech_pool if t in SPEECH_TASKS else pool))) for t in tasks]
     if shards > 1:
+        # each further question about a vqa image adds ~10 positions to its ~70 (BENCHMARKS.md, "More questions")
+        cost = {**_COST, "vqa": _COST["vqa"] * (1 + 0.13 * (recipe.questions - 1))}
         load, mine = [0.0] * shards, []
-        for i in sorted(range(len(picks)), key=lambda i: -_COST[picks[i][0]]):
+        for i in sorted(range(len(picks)), key=lambda i: -cost[picks[i][0]]):
             lightest = load.index(min(load))
-            load[lightest] += _COST[picks[i][0]]
+            load[lightest] += cost[picks[i][0]]
             if lightest == shard:
                 mine.append(i)
         picks = [picks[i] for i in sorted(mine)]

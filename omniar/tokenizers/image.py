@@ -130,6 +130,14 @@ class ImageTokenizer(nn.Module):
         return self.quantizer(self.encoder(images * 2 - 1))[1]
 
     @torch.no_grad()
+    def latents(self, images: Tensor) -> list[Tensor]:
+        """The encoder's latent area-downsampled to every scale, (B, bits, s, s) each: what scale k's bits code,
+        less the earlier scales' reconstruction (the AR input); an edit's copy source (OmniConfig.edit_reference)."""
+        self._check(images)
+        f = self.encoder(images * 2 - 1)
+        return [self.quantizer.down(f, s) for s in self.config.scales]
+
+    @torch.no_grad()
     def decode(self, bits: list[Tensor]) -> Tensor:
         return (self.decoder(self.quantizer.decode_bits(bits)) * 0.5 + 0.5).clamp(0, 1)
 
