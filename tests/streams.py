@@ -18,6 +18,14 @@ def mixed_config(**kw) -> DecoderConfig:
     return DecoderConfig(**base)
 
 
+def random_sinks(model):
+    """Give every attention sink of an OmniDecoder a random logit (they start at 0), so tests see heads using them."""
+    with torch.no_grad():
+        for block in model.blocks:
+            block.mixer.sink.normal_(0, 2)
+    return model
+
+
 def mixed_sample(seed: int, text_len: int = 4) -> Sample:
     """task, text, <boi> understanding image (2x3 features) <eoi>, text, <boi> next-scale image <eoi>, speech, text."""
     g = torch.Generator().manual_seed(seed)

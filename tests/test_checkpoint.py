@@ -6,16 +6,14 @@ import pytest
 import torch
 
 from omniar import DecoderConfig, OmniDecoder, collate, preset
-from tests.streams import mixed_config, mixed_sample
+from tests.streams import mixed_config, mixed_sample, random_sinks
 
 
 @pytest.mark.parametrize("sink", [False, True])
 def test_save_load_round_trip_gives_identical_outputs(tmp_path, sink):
     model = OmniDecoder(mixed_config(norm_placement="swin", qk_norm=True, attention_sink=sink)).eval()
     if sink:  # learned sink logits (they start at 0) must travel with the weights
-        with torch.no_grad():
-            for block in model.blocks:
-                block.mixer.sink.normal_(0, 2)
+        random_sinks(model)
     batch = collate([mixed_sample(0), mixed_sample(1)], pad_side="left")
     model.save_pretrained(tmp_path / "ckpt")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]

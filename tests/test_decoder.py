@@ -5,7 +5,7 @@ import torch
 
 from omniar import Modality, OmniDecoder, PositionMeta, Sample, Segment, collate, preset
 from omniar.model import PRESETS
-from tests.streams import FEAT, mixed_config, mixed_sample
+from tests.streams import FEAT, mixed_config, mixed_sample, random_sinks
 
 TOL = 1e-4
 
@@ -20,14 +20,6 @@ def boundaries(batch):
         if not (same_seg & grouped).any():
             cuts.append(t)
     return cuts + [L]
-
-
-def random_sinks(model: OmniDecoder) -> OmniDecoder:
-    """Give every attention sink a random logit (they start at 0), so tests see heads that use them."""
-    with torch.no_grad():
-        for block in model.blocks:
-            block.mixer.sink.normal_(0, 2)
-    return model
 
 
 @pytest.mark.parametrize("norm,sink", [("pre", False), ("swin", False), ("pre", True)])

@@ -366,7 +366,7 @@ def test_further_vqa_turns_extend_the_one_question_layout(model):
 
 
 @pytest.mark.parametrize("raster", [False, True], ids=["next-scale", "raster"])
-def test_edit_reference_bits_enter_each_generation_position_in_training_and_decoding(raster):
+def test_edit_reference_latent_enters_each_generation_position_in_training_and_decoding(raster):
     """`edit_reference`: every generation position of an edit adds the embedding of the reference's latent at its
     scale and place - in training batches (not when the reference is dropped) and in cached
     decoding, which equals one teacher-forced pass with the same inputs; guidance rows without the reference get
@@ -406,3 +406,16 @@ def test_edit_reference_bits_enter_each_generation_position_in_training_and_deco
     assert torch.equal(forced, flat)
     reduced = generate_images(model, [ex.text], sources=[source], cfg=1.0, image_cfg=0.0, return_bits=True)[1]
     assert all(torch.equal(a, b) for a, b in zip(reduced, bits))
+
+    def first_pass_inputs(m):  # the generation inputs of the first pass: rows full / text-only / empty
+        seen = []
+        hook = m.decoder.register_forward_hook(lambda mod, args, kw, out: seen.append(kw["features"][int(gen)]),
+                                               with_kwargs=True)
+        try:
+            generate_images(m, [ex.text], sources=[source], cfg=3.0, image_cfg=1.5)
+        finally:
+            hook.remove()
+        return seen[0].reshape(3, -1)
+
+    with_ref, without = first_pass_inputs(model), first_pass_inputs(plain)
+    assert not torch.allclose(with_ref[0], without[0]) and torch.equal(with_ref[1:], without[1:])
