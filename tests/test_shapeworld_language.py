@@ -105,6 +105,25 @@ def test_edits_are_consistent_and_the_edit_judge_can_fail():
     assert score_edits(instructions[1:] + instructions[:1], src, tgt)["satisfied"] <= 0.1
 
 
+def test_edits_that_leave_nothing_alone_are_preserved_only_trivially():
+    """A remove in a one-object scene keeps every untouched object whatever is drawn; preserved_nontrivial leaves
+    such edits out, so a model that wipes every scene scores 0 there while `preserved` counts the vacuous ones."""
+    from omniar.data.shapeworld.judge import edit_outcome, score_edits
+    from omniar.data.shapeworld.scene import Scene
+
+    star = Obj("star", "red", "big", 0.3, 0.3)
+    circle = Obj("circle", "blue", "small", 0.7, 0.7)
+    one, two, empty = Scene([star]), Scene([star, circle]), Scene([])
+    assert edit_outcome("remove the red star", [star], []) == (True, True, 0)
+    assert edit_outcome("remove the red star", [star, circle], []) == (True, False, 1)
+    assert edit_outcome("remove the red star", [star, circle], [circle]) == (True, True, 1)
+    wiped = score_edits(["remove the red star"] * 2, [render(one), render(two)], [render(empty)] * 2)
+    assert wiped["satisfied"] == 1.0 and wiped["preserved"] == 0.5 and wiped["preserved_nontrivial"] == 0.0
+    kept = score_edits(["remove the red star"], [render(two)], [render(Scene([circle]))])
+    assert kept["preserved"] == kept["preserved_nontrivial"] == 1.0
+    assert score_edits(["remove the red star"], [render(one)], [render(empty)])["preserved_nontrivial"] is None
+
+
 def test_captions_are_judged_against_the_scene():
     from omniar.data.shapeworld.judge import caption_correct
 

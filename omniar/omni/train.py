@@ -30,8 +30,10 @@ from omniar.train.trainer import TrainConfig, Trainer
 class Recipe:
     """A training stage: task ratios and optimisation (stage presets are instances of this)."""
 
-    tasks: dict[str, float] = field(default_factory=lambda: {"t2i": 0.4, "caption": 0.15, "vqa": 0.25,
-                                                              "edit": 0.15, "text": 0.05})
+    # the unified mix of stages 2 and 3: text-to-image has plateaued after stage 1, so understanding and editing
+    # get the room (0.4 / 0.15 / 0.25 / 0.15 / 0.05 before; BENCHMARKS.md "Demo")
+    tasks: dict[str, float] = field(default_factory=lambda: {"t2i": 0.2, "caption": 0.15, "vqa": 0.35,
+                                                              "edit": 0.25, "text": 0.05})
     examples_per_step: int = 16
     steps: int = 1000
     lr: float = 2e-3

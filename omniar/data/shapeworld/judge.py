@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from itertools import permutations
+from typing import NamedTuple
 
 import numpy as np
 
@@ -92,8 +93,14 @@ def _same(a, b) -> bool:
     return (a.shape, a.color, a.size) == (b.shape, b.color, b.size) and _near(a, b)
 
 
-def edit_outcome(instruction: str, before: Sequence, after: Sequence) -> tuple[bool, bool]:
-    """(instruction satisfied, untouched objects preserved) for objects before and after an edit."""
+class EditOutcome(NamedTuple):
+    satisfied: bool  # the instruction holds of the objects after
+    preserved: bool  # every object the instruction leaves alone is still there (true when there is none)
+    untouched: int  # how many objects the instruction leaves alone
+
+
+def edit_outcome(instruction: str, before: Sequence, after: Sequence) -> EditOutcome:
+    """Whether an edit did what it says and kept the rest, for objects before and after it."""
     kind, args = parse_edit(instruction)
     if kind == "add":
         size, color, shape = args
@@ -105,7 +112,7 @@ def edit_outcome(instruction: str, before: Sequence, after: Sequence) -> tuple[b
         color, shape = args[:2]
         refs = [o for o in before if (o.color, o.shape) == (color, shape)]
         if len(refs) != 1:
-            return False, False  # the instruction does not name one object of the source
+            return EditOutcome(False, False, len(before))  # the instruction does not name one object of the source
         ref = refs[0]
         untouched = [o for o in before if o is not ref]
         now = [o for o in after if (o.color, o.shape) == (color, shape)]
@@ -119,21 +126,26 @@ def edit_outcome(instruction: str, before: Sequence, after: Sequence) -> tuple[b
             dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[args[2]]
             satisfied = len(now) == 1 and ((now[0].cx - ref.cx) * dx + (now[0].cy - ref.cy) * dy) >= MOVED
     preserved = all(any(_same(o, n) for n in after) for o in untouched)
-    return satisfied, preserved
+    return EditOutcome(satisfied, preserved, len(untouched))
 
 
 def score_edits(instructions: Sequence[str], sources: Sequence[np.ndarray], edited: Sequence[np.ndarray]) -> dict:
-    """Edit scores from images: instruction satisfied, untouched objects preserved (means), per kind too."""
+    """Edit scores from images: instruction satisfied, untouched objects preserved (means), per kind too.
+    `preserved` counts an edit that leaves no object alone (a remove in a one-object scene) as preserved, as the
+    target defines it; `preserved_nontrivial` is the same mean over the edits that leave at least one object alone."""
     if not len(instructions) == len(sources) == len(edited):
         raise ValueError(f"{len(instructions)} instructions, {len(sources)} sources, {len(edited)} edited images")
-    rows: dict[str, list[tuple[bool, bool]]] = {}
+    rows: dict[str, list[EditOutcome]] = {}
     for text, src, out in zip(instructions, sources, edited):
         rows.setdefault(parse_edit(text)[0], []).append(edit_outcome(text, parse_image(src), parse_image(out)))
     everything = [r for v in rows.values() for r in v]
-    result = {"satisfied": float(np.mean([s for s, _ in everything])),
-              "preserved": float(np.mean([p for _, p in everything])), "count": len(everything)}
+    nontrivial = [r.preserved for r in everything if r.untouched]
+    result = {"satisfied": float(np.mean([r.satisfied for r in everything])),
+              "preserved": float(np.mean([r.preserved for r in everything])),
+              "preserved_nontrivial": float(np.mean(nontrivial)) if nontrivial else None,
+              "count": len(everything)}
     for kind, v in rows.items():
-        result[f"{kind}_satisfied"] = float(np.mean([s for s, _ in v]))
+        result[f"{kind}_satisfied"] = float(np.mean([r.satisfied for r in v]))
     return result
 
 
