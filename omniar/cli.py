@@ -424,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", help="checkpoint cache (default: out/cache beside --out)")
     p.add_argument("--no-cache", action="store_true", help="rebuild every step")
     p.add_argument("--distill", type=float, help="> 0: train a teacher and distil it into the image positions "
-                   "with this weight; 0: no distillation (default: the preset's recipe, 1 for onecat-tiny)")
+                   "with this weight; 0: no distillation (default: the preset's recipe, 3 for onecat-tiny)")
     p.add_argument("--teacher", choices=("conv", "vit"), default="conv",
                    help="the distillation teacher: a ConvNet shape/colour reader, or OneCAT's ViT-encoder captioner")
     p.add_argument("--seed", type=int, default=0)
@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--tasks", default="t2i=0.4,caption=0.15,vqa=0.25,edit=0.15,text=0.05")
     t.add_argument("--teacher", help="distil this teacher's checkpoint into the model: a ConvTeacher (`omniar "
                    "train teacher`) or a ViT-encoder captioner (--preset vit-teacher-tiny --tasks caption=0.5,vqa=0.5)")
-    t.add_argument("--distill", type=float, default=1.0, help="distillation weight (with --teacher)")
+    t.add_argument("--distill", type=float, default=3.0, help="distillation weight (with --teacher)")
     t.add_argument("--steps", type=int, default=1000)
     t.add_argument("--batch", type=int, default=16, help="examples per step")
     t.add_argument("--questions", type=int, default=4, help="questions per vqa image, one per turn: the sample's "

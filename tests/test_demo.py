@@ -81,7 +81,7 @@ def test_budget_sets_the_step_counts():
     vit = DemoPlan.for_budget(45, distill=1.0, teacher="vit")  # a quarter of stage 1's steps
     assert vit.teacher_steps > 0
     # OneCAT's demo distils the ConvNet teacher by default; its steps are ~5x cheaper than the model's
-    assert default.distill == 1.0 and default.teacher == "conv" and default.teacher_steps == 1200
+    assert default.distill == 3.0 and default.teacher == "conv" and default.teacher_steps == 1200
     plain = DemoPlan.for_budget(45, distill=0)
     assert plain.teacher_steps == 0
     assert plain.stage_steps["stage1"] - default.stage_steps["stage1"] == round(default.teacher_steps * 110 / 560)
