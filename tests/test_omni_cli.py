@@ -134,3 +134,16 @@ def test_speech_commands_train_speak_stream_transcribe_and_ask_by_voice(run, tmp
     with pytest.raises(SystemExit, match="unknown config key.*'perceptual'"):
         main(["train", "omni", "--out", str(tmp_path / "x"), "--config", "perceptual=1", "--text-tokenizer",
               str(run / "tok"), "--image-tokenizer", str(tmp_path / "raster"), "--preset", "ar-omni-tiny"])
+
+
+def test_train_omni_defaults_follow_the_recipe(monkeypatch):
+    """The CLI's defaults are written out (its --help stays free of torch): they must be the recipe's."""
+    import omniar.cli as cli
+    from omniar.demo import DEMO_DISTILL
+    from omniar.omni.train import Recipe
+
+    seen = {}
+    monkeypatch.setattr(cli, "_train_omni", lambda args: seen.update(vars(args)))
+    main(["train", "omni", "--out", "x", "--text-tokenizer", "t", "--image-tokenizer", "i"])
+    assert {k: float(v) for k, v in cli._overrides(seen["tasks"].split(",")).items()} == Recipe().tasks
+    assert seen["distill"] == DEMO_DISTILL["onecat-tiny"]
