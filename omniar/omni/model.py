@@ -239,6 +239,11 @@ def as_images(images, side: int) -> Tensor:
     return torch.stack(out)
 
 
+def stream_order(maps: list[Tensor]) -> Tensor:
+    """Per-scale maps (B, C, s, s) -> (B, sum s^2, C): the generation positions' order, scale-major, row-major."""
+    return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1)
+
+
 def vision_encoder(width: int, heads: int, layers: int) -> nn.Module:
     """A ViT encoder over patch tokens (which carry their positions): pre-norm bidirectional Transformer layers."""
     layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation="gelu", batch_first=True,
@@ -344,7 +349,7 @@ class OmniModel(nn.Module):
         """(B, T, D): for each generation position of an edit, the embedding of the reference image's latent at
         that position's scale and place (stream order: scale-major, row-major; `OmniConfig.edit_reference`)."""
         latents = self.tokenizer.latents(as_images(sources, self.image_size))
-        return self.ref_embed(torch.cat([f.flatten(2).transpose(1, 2) for f in latents], 1))
+        return self.ref_embed(stream_order(latents))
 
     # ---- layouts ----------------------------------------------------------------------------------------------
     def gen_segment(self, features: Tensor, begin: bool = True) -> Segment:
@@ -466,7 +471,7 @@ class OmniModel(nn.Module):
                     flip = torch.zeros(len(x))
                 inputs, bits = self.tokenizer.self_correct(x, flip, generator)
                 gen = iter(self.scale_embed(inputs, batch=len(x)))
-            targets = torch.cat([b.flatten(2).transpose(1, 2) for b in bits], 1).reshape(-1, bits[0].shape[1])
+            targets = stream_order(bits).reshape(-1, bits[0].shape[1])
         refs = iter(())
         if self.ref_embed is not None and any(ex.task == "edit" for ex in examples):
             refs = iter(self.reference_features([ex.source for ex in examples if ex.task == "edit"]))
