@@ -283,6 +283,7 @@ def _train_omni_process(args, shards: int) -> None:
     teacher = load_teacher(args.teacher) if args.teacher else None
     recipe = Recipe(tasks=tasks, examples_per_step=args.batch, steps=args.steps, lr=args.lr, shards=shards,
                     distill=args.distill if teacher is not None else 0.0, questions=args.questions,
+                    optimizer=args.optimizer,
                     **({} if args.speech_pool is None else {"speech_pool": args.speech_pool}))
     out = Path(args.out)
     if (out / "checkpoint" / "trainer.json").is_file():
@@ -485,6 +486,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--speech-pool", type=int, help="speech tasks draw their utterances from this many "
                    "samples, each synthesized once when first drawn (default: Recipe's, 20,000)")
     t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--optimizer", choices=("muon", "adamw"), default="muon", help="muon: Muon for the decoder "
+                   "blocks' matrices and AdamW for the rest (default, as in the demo's stages); adamw: AdamW for all")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--shards", type=int, default=0, help="pieces per step, each its own forward/backward (gradient "
                    "accumulation: less memory, the same update); default: --workers")

@@ -147,3 +147,4 @@ def test_train_omni_defaults_follow_the_recipe(monkeypatch):
     main(["train", "omni", "--out", "x", "--text-tokenizer", "t", "--image-tokenizer", "i"])
     assert {k: float(v) for k, v in cli._overrides(seen["tasks"].split(",")).items()} == Recipe().tasks
     assert seen["distill"] == DEMO_DISTILL["onecat-tiny"]
+    assert seen["optimizer"] == Recipe().optimizer

@@ -16,25 +16,28 @@ from omniar.train.text import text_batches
 SMALL = dict(num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128)
 
 
-def make_trainer(out=None, steps=12):
+def make_trainer(out=None, steps=12, optimizer="adamw"):
     torch.manual_seed(0)
     tok = ByteTokenizer()
     model = OmniDecoder(preset("text-tiny", vocab_size=tok.vocab_size, **SMALL))
     data = text_batches(corpus(500), tok, rows=4, seq_len=64)
-    return Trainer(model, data, TrainConfig(steps=steps, warmup=3, log_every=1), out_dir=out, progress=False)
+    return Trainer(model, data, TrainConfig(steps=steps, warmup=3, log_every=1, optimizer=optimizer), out_dir=out,
+                   progress=False)
 
 
-def test_loss_goes_down():
-    log = make_trainer(steps=40).fit()
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_loss_goes_down(optimizer):
+    log = make_trainer(steps=40, optimizer=optimizer).fit()
     assert log[-1]["loss"] < 0.6 * log[0]["loss"]
 
 
-def test_resume_equals_uninterrupted(tmp_path):
-    straight = make_trainer(steps=12)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_equals_uninterrupted(tmp_path, optimizer):
+    straight = make_trainer(steps=12, optimizer=optimizer)
     straight.fit()
-    first = make_trainer(tmp_path / "run", steps=12)
+    first = make_trainer(tmp_path / "run", steps=12, optimizer=optimizer)
     first.fit(until=5)
-    second = make_trainer(steps=12)
+    second = make_trainer(steps=12, optimizer=optimizer)
     second.resume(tmp_path / "run" / "checkpoint")
     assert second.step == 5
     second.fit()

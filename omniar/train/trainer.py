@@ -1,5 +1,6 @@
-"""A plain training loop: AdamW, warm-up + cosine learning rate, gradient clipping, progress bar, JSONL metrics,
-atomic checkpoints (model + optimizer + step, all safetensors/JSON) and exact resume.
+"""A plain training loop: AdamW (or Muon for the hidden matrices, train/muon.py), warm-up + cosine learning rate,
+gradient clipping, progress bar, JSONL metrics, atomic checkpoints (model + optimizer + step, all safetensors/JSON)
+and exact resume.
 
 Data comes from `batch_for_step(step)`, a pure function of the step, so a resumed run sees exactly the batches the
 uninterrupted run would have seen (resume == uninterrupted is a test). With `shards` > 1 a step's batch comes in
@@ -27,6 +28,7 @@ from omniar.checkpoint import load_training_state, save_training_state
 from omniar.model.decoder import OmniDecoder
 from omniar.stream.collate import Batch
 from omniar.train.losses import weighted_cross_entropy
+from omniar.train.muon import Muon
 from omniar.train.parallel import DataParallel
 
 
@@ -46,6 +48,8 @@ class TrainConfig:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
+    # "adamw", or "muon": Muon for the 2-D weights inside the decoder blocks, AdamW for the rest (train/muon.py)
+    optimizer: str = "adamw"
     log_every: int = 10
     save_every: int = 0  # 0: only at the end
 
@@ -54,6 +58,26 @@ class TrainConfig:
             return self.lr * (step + 1) / self.warmup
         progress = (step - self.warmup) / max(1, self.steps - self.warmup)
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on the matrices only; or Muon for the matrices inside the decoder blocks (the hidden
+    weights: attention and expert FFNs) with AdamW for the rest. Frozen parameters stay out."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    no_decay = [p for _, p in named if p.dim() < 2]
+    if config.optimizer == "adamw":
+        decay = [p for _, p in named if p.dim() >= 2]
+        return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                  {"params": no_decay, "weight_decay": 0.0}],
+                                 lr=config.lr, betas=config.betas, fused=False)
+    if config.optimizer == "muon":
+        hidden = [p for n, p in named if p.dim() == 2 and ".blocks." in f".{n}"]
+        ids = {id(p) for p in hidden}
+        other = [p for _, p in named if p.dim() >= 2 and id(p) not in ids]
+        return Muon([{"params": hidden, "muon": True, "weight_decay": config.weight_decay},
+                     {"params": other, "weight_decay": config.weight_decay},
+                     {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=config.betas)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; known: adamw, muon")
 
 
 def decoder_loss(model: OmniDecoder, batch: Batch) -> tuple[Tensor, dict]:
@@ -83,11 +107,7 @@ class Trainer:
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         if parallel is not None:
             parallel.broadcast_(model)  # every process starts from rank 0's weights
-        decay = [p for p in self.trainable if p.dim() >= 2]
-        no_decay = [p for p in self.trainable if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}],
-                                           lr=config.lr, betas=config.betas, fused=False)
+        self.optimizer = make_optimizer(model, config)
         self.step = 0
 
     def batches(self, step: int) -> list:

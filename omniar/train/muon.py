@@ -1,0 +1,94 @@
+"""Muon: momentum orthogonalized by Newton-Schulz for the hidden weight matrices, AdamW for everything else.
+
+Muon (Jordan et al. 2024, the modded-nanogpt speedrun; Liu et al. 2025, "Muon is scalable for LLM training")
+replaces each hidden matrix's update with the nearest semi-orthogonal matrix to its Nesterov momentum, computed
+by a few Newton-Schulz iterations: every direction of the update moves at the same rate instead of the few
+dominant ones. The update is scaled by 0.2 * sqrt(max(rows, cols)) so that its RMS matches AdamW's (Liu et al.),
+so the learning rate, schedule and decoupled weight decay of an AdamW recipe carry over unchanged.
+
+Embeddings, output heads, norms, biases and the other parameters a recipe does not name as hidden matrices keep
+AdamW (in the same optimizer, one state dict, so checkpoints and resume work as for AdamW).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+# the quintic iteration's coefficients (Jordan et al.): they push every singular value into ~[0.7, 1.2] in 5 steps
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(g: Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16) -> Tensor:
+    """An approximately semi-orthogonal matrix U V^T for g = U S V^T (a batch of matrices in the last two dims),
+    by Newton-Schulz iterations on the Frobenius-normalised input, computed in `dtype` (bf16 halves the cost on a
+    CPU with bf16 matmuls, as on GPUs). Singular values come out in about [0.7, 1.2], not exactly 1: enough for an
+    update direction, and far cheaper than an SVD."""
+    a, b, c = NS_COEFFICIENTS
+    x = g.to(dtype)
+    tall = x.size(-2) > x.size(-1)
+    if tall:  # iterate on the wide side: the Gram matrix is the small one
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.mT if tall else x).to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for the param groups marked `muon=True`, AdamW for the others.
+
+    Groups: {"params": [...], "muon": True|False, "lr", "weight_decay"}; defaults for the rest
+    (`momentum`, `nesterov`, `ns_steps` for Muon groups; `betas`, `eps` for AdamW groups). Muon parameters must be
+    matrices (or batches of matrices, orthogonalised one by one)."""
+
+    def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.0, momentum: float = 0.95,
+                 nesterov: bool = True, ns_steps: int = 5, betas: tuple[float, float] = (0.9, 0.95),
+                 eps: float = 1e-8):
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
+                        betas=betas, eps=eps, muon=False)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            if group["muon"]:
+                bad = [tuple(p.shape) for p in group["params"] if p.dim() < 2]
+                if bad:
+                    raise ValueError(f"Muon needs matrices; got parameters of shape {bad} in a muon group")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if group["muon"]:
+                    if not state:
+                        state["momentum_buffer"] = torch.zeros_like(p)
+                    buf = state["momentum_buffer"]
+                    buf.mul_(group["momentum"]).add_(p.grad)
+                    g = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
+                    update = orthogonalize(g, group["ns_steps"])
+                    update.mul_(0.2 * math.sqrt(max(p.size(-2), p.size(-1))))
+                else:
+                    if not state:
+                        state["step"] = torch.zeros(())
+                        state["exp_avg"] = torch.zeros_like(p)
+                        state["exp_avg_sq"] = torch.zeros_like(p)
+                    beta1, beta2 = group["betas"]
+                    state["step"] += 1
+                    t = float(state["step"])
+                    state["exp_avg"].lerp_(p.grad, 1 - beta1)
+                    state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                    denom = (state["exp_avg_sq"] / (1 - beta2 ** t)).sqrt_().add_(group["eps"])
+                    update = state["exp_avg"] / (1 - beta1 ** t) / denom
+                p.mul_(1 - lr * wd)
+                p.add_(update, alpha=-lr)
+        return loss

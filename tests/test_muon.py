@@ -1,0 +1,57 @@
+"""Muon: Newton-Schulz orthogonalisation, which parameters it takes, and its AdamW half equals torch's AdamW."""
+
+import pytest
+import torch
+
+from omniar import OmniDecoder, preset
+from omniar.train import TrainConfig
+from omniar.train.muon import Muon, orthogonalize
+from omniar.train.trainer import make_optimizer
+
+SMALL = dict(num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128)
+
+
+@pytest.mark.parametrize("shape", [(48, 48), (96, 32), (32, 96), (3, 40, 24)])
+def test_orthogonalize_is_near_the_polar_factor(shape):
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    u = orthogonalize(g).float()
+    assert u.shape == g.shape
+    sv = torch.linalg.svdvals(u)
+    assert sv.min() > 0.6 and sv.max() < 1.25  # every direction moves at about the same rate
+    left, _, right = torch.linalg.svd(g, full_matrices=False)
+    polar = left @ right
+    cos = (u * polar).sum((-2, -1)) / (u.norm(dim=(-2, -1)) * polar.norm(dim=(-2, -1)))
+    assert (cos > 0.95).all()  # and the same directions as U V^T
+    # the update does not depend on the gradient's scale (a power of two: exact in bf16)
+    assert torch.allclose(orthogonalize(64 * g).float(), u, atol=1e-2)
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
+    model = OmniDecoder(preset("text-tiny", vocab_size=300, **SMALL))
+    opt = make_optimizer(model, TrainConfig(optimizer="muon"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = {names[id(p)] for g in opt.param_groups if g["muon"] for p in g["params"]}
+    rest = {names[id(p)] for g in opt.param_groups if not g["muon"] for p in g["params"]}
+    assert muon and all(n.startswith("blocks.") and model.get_parameter(n).dim() == 2 for n in muon)
+    assert not muon & rest and muon | rest == set(names.values())
+    assert any("embed" in n for n in rest) and any("norm" in n for n in rest)
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
+        make_optimizer(model, TrainConfig(optimizer="sgd"))
+    with pytest.raises(ValueError, match="Muon needs matrices"):
+        Muon([{"params": [torch.nn.Parameter(torch.zeros(4))], "muon": True}])
+
+
+def test_muon_groups_without_muon_are_torch_adamw():
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(8, 4)), torch.nn.Parameter(torch.randn(4))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    ours = Muon([{"params": a[:1], "weight_decay": 0.1}, {"params": a[1:]}], lr=1e-2, betas=(0.9, 0.95))
+    ref = torch.optim.AdamW([{"params": b[:1], "weight_decay": 0.1}, {"params": b[1:], "weight_decay": 0.0}],
+                            lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    for step in range(5):
+        for params, opt in ((a, ours), (b, ref)):
+            opt.zero_grad()
+            (params[0].sin().sum() * (step + 1) + (params[1] ** 2).sum()).backward()
+            opt.step()
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
