@@ -55,3 +55,17 @@ def test_muon_groups_without_muon_are_torch_adamw():
             opt.step()
     for p, q in zip(a, b):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(32, 96), (96, 32)])
+def test_muon_update_has_adamw_like_rms(shape):
+    """Scaled by 0.2 sqrt(max(rows, cols)), an orthogonal update's RMS is 0.2 whatever the shape (Liu et al.), so
+    the stage recipes' AdamW rates carry over; weight decay is decoupled, as in AdamW."""
+    p = torch.nn.Parameter(torch.randn(*shape))
+    before = p.detach().clone()
+    opt = Muon([{"params": [p], "muon": True, "weight_decay": 0.5}], lr=1e-2, nesterov=False)
+    p.grad = torch.randn(*shape)
+    opt.step()
+    change = p.detach() - before * (1 - 1e-2 * 0.5)
+    rms = change.pow(2).mean().sqrt() / 1e-2
+    assert 0.15 < rms < 0.25
