@@ -45,6 +45,12 @@ def test_resume_equals_uninterrupted(tmp_path, optimizer):
         assert torch.equal(a, b), name
 
 
+def test_resume_with_another_optimizer_is_named(tmp_path):
+    make_trainer(tmp_path / "run", steps=3, optimizer="adamw").fit()
+    with pytest.raises(ValueError, match="trained with adamw; this trainer uses muon"):
+        make_trainer(steps=3, optimizer="muon").resume(tmp_path / "run" / "checkpoint")
+
+
 def test_resume_from_a_directory_without_trainer_state_is_named(tmp_path):
     t = make_trainer()
     t.model.save_pretrained(tmp_path)

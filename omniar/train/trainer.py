@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from omniar.checkpoint import load_training_state, save_training_state
+from omniar.checkpoint import TRAINER_NAME, load_training_state, save_training_state
 from omniar.model.decoder import OmniDecoder
 from omniar.stream.collate import Batch
 from omniar.train.losses import weighted_cross_entropy
@@ -193,5 +193,10 @@ class Trainer:
     def resume(self, directory: str | Path) -> None:
         """Load model weights, optimizer state and step from `save`'s directory."""
         directory = Path(directory)
+        meta = directory / TRAINER_NAME  # checkpoints from before the option were all AdamW's
+        saved = (json.loads(meta.read_text()).get("config") or {}).get("optimizer", "adamw") if meta.is_file() else None
+        if saved is not None and saved != self.config.optimizer:
+            raise ValueError(f"{directory} was trained with {saved}; this trainer uses {self.config.optimizer} "
+                             f"(set TrainConfig.optimizer / Recipe.optimizer to {saved!r} to resume it)")
         self.step = load_training_state(directory, self.optimizer)["step"]  # first: it names a non-training dir
         self.model.load_state_dict(type(self.model).from_pretrained(directory).state_dict())
