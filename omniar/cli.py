@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--text-tokenizer", required=True, help="directory with tokenizer.json")
     t.add_argument("--image-tokenizer", required=True, help="image tokenizer checkpoint directory")
     t.add_argument("--speech-codec", help="speech codec checkpoint directory (for the speech tasks tts, asr, svqa)")
-    t.add_argument("--tasks", default="t2i=0.2,caption=0.15,vqa=0.35,edit=0.25,text=0.05",
+    t.add_argument("--tasks", default="t2i=0.15,caption=0.1,vqa=0.45,edit=0.25,text=0.05",
                    help="task ratios (default: the unified mix of stages 2 and 3, omni.train.Recipe)")
     t.add_argument("--teacher", help="distil this teacher's checkpoint into the model: a ConvTeacher (`omniar "
                    "train teacher`) or a ViT-encoder captioner (--preset vit-teacher-tiny --tasks caption=0.5,vqa=0.5)")
