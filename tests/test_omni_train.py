@@ -38,6 +38,8 @@ def test_recipe_errors():
         Recipe(tasks={"draw": 1.0})
     with pytest.raises(ValueError, match="positive sum"):
         Recipe(tasks={"t2i": 0.0})
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
+        Recipe(optimizer="sgd")
 
 
 def test_shards_partition_the_step_with_balanced_work():

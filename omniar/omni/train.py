@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from omniar.omni.model import SPEECH_TASKS, TASKS, Example, OmniModel, Reweighting
 from omniar.tokenizers.speech import SpeechCodec
 from omniar.train.parallel import DataParallel
-from omniar.train.trainer import TrainConfig, Trainer
+from omniar.train.trainer import OPTIMIZERS, TrainConfig, Trainer
 
 
 @dataclass
@@ -64,6 +64,8 @@ class Recipe:
             raise ValueError(f"unknown task(s) {unknown} in the recipe; known: {', '.join(TASKS)}")
         if self.questions < 1:
             raise ValueError(f"questions (per vqa image) must be >= 1, got {self.questions}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
         if self.speech_pool < 1:
             raise ValueError(f"speech_pool must be >= 1, got {self.speech_pool}")
         if not self.tasks or min(self.tasks.values()) < 0 or sum(self.tasks.values()) <= 0:
@@ -72,10 +74,10 @@ class Recipe:
 
 # OneCAT's staged recipe on ShapeWorld (each stage starts from the previous stage's weights with a fresh optimizer):
 # stage 1 pretrains generation with captioning and some VQA beside it (the understanding path learns to read images
-# and to find the objects a question names); stage 2
-# is unified mid-training on every task, four questions per VQA image (VQA alone, 1,000 steps: 0.625 -> 0.73,
-# BENCHMARKS.md); stage 3 fine-tunes on the same mixture at a lower learning rate. `steps`
-# here are placeholders: `train_stages` (and `omniar demo --budget`) set them; stages 2 and 3 use the default mix.
+# and to find the objects a question names); stage 2 is unified mid-training on every task; stage 3 fine-tunes on
+# the same mixture at a lower learning rate. Every stage asks four questions per VQA image (VQA alone, 1,000 steps:
+# 0.625 -> 0.73, BENCHMARKS.md). `steps` here are placeholders: `train_stages` (and `omniar demo --budget`) set them;
+# stages 2 and 3 use the default mix.
 STAGES: dict[str, Recipe] = {
     "stage1": Recipe(tasks={"t2i": 0.5, "caption": 0.25, "vqa": 0.15, "text": 0.1}, lr=2e-3, min_lr_ratio=0.5,
                      warmup=50, questions=4),

@@ -60,6 +60,9 @@ class TrainConfig:
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+OPTIMIZERS = ("adamw", "muon")
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW with weight decay on the matrices only; or Muon for the matrices inside the decoder blocks (the hidden
     weights: attention and expert FFNs) with AdamW for the rest. Frozen parameters stay out."""
@@ -77,7 +80,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
         return Muon([{"params": hidden, "muon": True, "weight_decay": config.weight_decay},
                      {"params": other, "weight_decay": config.weight_decay},
                      {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=config.betas)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; known: adamw, muon")
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
 
 
 def decoder_loss(model: OmniDecoder, batch: Batch) -> tuple[Tensor, dict]:
