@@ -86,7 +86,8 @@ def test_budget_sets_the_step_counts():
     assert plain.teacher_steps == 0
     assert plain.stage_steps["stage1"] - default.stage_steps["stage1"] == round(default.teacher_steps * 110 / 560)
     assert vit.teacher_steps + vit.stage_steps["stage1"] == plain.stage_steps["stage1"]
-    assert DemoPlan.for_budget(45, preset="ar-omni-tiny").distill == 0  # not in AR-Omni's recipe
+    assert DemoPlan.for_budget(45, preset="ar-omni-tiny").distill == 3.0  # shapes are unread without a teacher
+    assert DemoPlan.for_budget(45, preset="raster-tiny").distill == 0
     with pytest.raises(ValueError, match="unknown teacher 'cnn'"):
         DemoPlan.for_budget(45, distill=1.0, teacher="cnn")
     with pytest.raises(ValueError, match="positive number of minutes"):
