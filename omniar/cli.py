@@ -425,7 +425,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache", help="checkpoint cache (default: out/cache beside --out)")
     p.add_argument("--no-cache", action="store_true", help="rebuild every step")
     p.add_argument("--distill", type=float, help="> 0: train a teacher and distil it into the image positions "
-                   "with this weight; 0: no distillation (default: the preset's recipe, 3 for onecat-tiny and ar-omni-tiny)")
+                   "with this weight; 0: no distillation (default: the preset's recipe, 3 for onecat-tiny and "
+                   "ar-omni-tiny)")
     p.add_argument("--teacher", choices=("conv", "vit"), default="conv",
                    help="the distillation teacher: a ConvNet shape/colour reader, or OneCAT's ViT-encoder captioner")
     p.add_argument("--seed", type=int, default=0)
