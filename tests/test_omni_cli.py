@@ -148,3 +148,8 @@ def test_train_omni_defaults_follow_the_recipe(monkeypatch):
     assert {k: float(v) for k, v in cli._overrides(seen["tasks"].split(",")).items()} == Recipe().tasks
     assert seen["distill"] == DEMO_DISTILL["onecat-tiny"]
     assert seen["optimizer"] == Recipe().optimizer
+    from omniar.train.trainer import OPTIMIZERS
+
+    for name in OPTIMIZERS:  # the written-out --optimizer choices take every optimizer the trainer knows
+        main(["train", "omni", "--out", "x", "--text-tokenizer", "t", "--image-tokenizer", "i", "--optimizer", name])
+        assert seen["optimizer"] == name
