@@ -26,6 +26,7 @@ from omniar.data.shapeworld.render import render
 from omniar.data.shapeworld.scene import Obj, Scene
 from omniar.modality import Modality
 from omniar.omni.model import Example, OmniModel
+from omniar.stream.collate import IGNORE
 
 
 def region(o: Obj) -> str:
@@ -111,7 +112,7 @@ def main() -> None:
         logs = []
         for b, scene in enumerate(scenes):
             image = (batch.meta.modality[b] == Modality.IMAGE_UND).nonzero().flatten()
-            at = int((batch.labels[b] != -100).nonzero()[0])  # predicts the answer's first token
+            at = int((batch.labels[b] != IGNORE).nonzero()[0])  # predicts the answer's first token
             named = covered(scene.objects[0])
             rest = torch.zeros_like(named)
             for o in scene.objects[1:]:

@@ -141,6 +141,7 @@ def test_train_omni_defaults_follow_the_recipe(monkeypatch):
     import omniar.cli as cli
     from omniar.demo import DEMO_DISTILL
     from omniar.omni.train import Recipe
+    from omniar.train.trainer import OPTIMIZERS
 
     seen = {}
     monkeypatch.setattr(cli, "_train_omni", lambda args: seen.update(vars(args)))
@@ -148,8 +149,6 @@ def test_train_omni_defaults_follow_the_recipe(monkeypatch):
     assert {k: float(v) for k, v in cli._overrides(seen["tasks"].split(",")).items()} == Recipe().tasks
     assert seen["distill"] == DEMO_DISTILL["onecat-tiny"]
     assert seen["optimizer"] == Recipe().optimizer
-    from omniar.train.trainer import OPTIMIZERS
-
     for name in OPTIMIZERS:  # the written-out --optimizer choices take every optimizer the trainer knows
         main(["train", "omni", "--out", "x", "--text-tokenizer", "t", "--image-tokenizer", "i", "--optimizer", name])
         assert seen["optimizer"] == name
