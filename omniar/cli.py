@@ -12,7 +12,7 @@ def _demo(args) -> None:
     from omniar.demo import DemoPlan, run_demo
 
     plan = DemoPlan.for_budget(args.budget, seed=args.seed, distill=args.distill, teacher=args.teacher,
-                               speech=args.speech, preset=args.preset)
+                               align=args.align, speech=args.speech, preset=args.preset)
     report = run_demo(args.out, plan, cache=args.cache, use_cache=not args.no_cache)
     from omniar.data.shapeworld.benchmark import format_scores
 
@@ -173,12 +173,20 @@ def _tokenizer_train_image(args) -> None:
 
     from omniar.tokenizers.image import ImageTokenizerConfig
     from omniar.tokenizers.train_image import (
+        ALIGN_WEIGHT,
         evaluate_image_tokenizer,
         shapeworld_images,
         to_tensor,
         train_image_tokenizer,
     )
 
+    teacher = None
+    if args.align_teacher:
+        from omniar.omni.teacher import ConvTeacher
+
+        teacher = ConvTeacher.from_pretrained(args.align_teacher)
+    elif args.align_weight is not None:
+        raise ValueError("--align-weight needs --align-teacher (a ConvNet teacher's checkpoint)")
     if args.data:
         from omniar.data.manifest import ManifestError, iter_samples, manifest_files
 
@@ -191,9 +199,12 @@ def _tokenizer_train_image(args) -> None:
         images = shapeworld_images(args.num_images)
     config = ImageTokenizerConfig(image_size=images.shape[1], bits=args.bits, prior_width=args.prior_width if
                                   args.rate_weight else 0,
-                                  scales=tuple(args.scales) if args.scales else ImageTokenizerConfig.scales)
+                                  scales=tuple(args.scales) if args.scales else ImageTokenizerConfig.scales,
+                                  align_width=teacher.und_width if teacher is not None else 0)
     model = train_image_tokenizer(args.out, images, config, steps=args.steps, batch=args.batch, lr=args.lr,
-                                  rate_weight=args.rate_weight)
+                                  rate_weight=args.rate_weight, align_teacher=teacher,
+                                  align_weight=0.0 if teacher is None else ALIGN_WEIGHT if args.align_weight is None
+                                  else args.align_weight)
     out = Path(args.out)
     report = evaluate_image_tokenizer(model, args.eval_images)
     (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -429,6 +440,8 @@ def main(argv: list[str] | None = None) -> None:
                    "ar-omni-tiny)")
     p.add_argument("--teacher", choices=("conv", "vit"), default="conv",
                    help="the distillation teacher: a ConvNet shape/colour reader, or OneCAT's ViT-encoder captioner")
+    p.add_argument("--align", type=float, help="> 0: align the image tokenizer's latent to the ConvNet teacher's "
+                   "features with this weight; 0: a plain tokenizer (default: the preset's, 2 for onecat-tiny)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speech", action="store_true", help="AR-Omni's speech too: a speech codec, text-to-speech, "
                                                          "recognition and spoken questions in every stage")
@@ -586,6 +599,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="weight of the rate term (bit_prior.py): > 0 makes each scale's bits predictable from the "
                         "earlier scales (e.g. 0.02; BENCHMARKS.md: it has not raised the generation score yet)")
     t.add_argument("--prior-width", type=int, default=64, help="width of the bit prior the rate term trains")
+    t.add_argument("--align-teacher", help="ConvNet teacher checkpoint whose feature map the latent is aligned to "
+                                           "(semantic alignment; BENCHMARKS.md: text-to-image 0.11 -> 0.21)")
+    t.add_argument("--align-weight", type=float, help="weight of the alignment term (with --align-teacher; "
+                                                      "default: the demo's)")
     t.add_argument("--num-images", type=int, default=20000)
     t.add_argument("--eval-images", type=int, default=500)
     t.set_defaults(func=_tokenizer_train_image)

@@ -46,19 +46,29 @@ class DemoPlan:
     teacher: str = "conv"  # the teacher's kind (omni/teacher.py): conv (ConvTeacher) or vit (vit-teacher-tiny)
     teacher_steps: int = 0
     distill_stages: tuple[str, ...] = ("stage1", "stage2", "stage3")
+    align: float = 0.0  # > 0: the image tokenizer's latent is aligned to the ConvNet teacher's features, this weight
     speech: bool = False  # AR-Omni's speech: a codec, speech tasks in every stage, speech in the benchmark
     codec_steps: int = 0
     codec_utterances: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.align < 0 or (self.align > 0 and self.teacher != "conv"):
+            raise ValueError(f"align {self.align} with teacher {self.teacher!r}: the image tokenizer's semantic "
+                             "alignment is a weight >= 0 and reads the ConvNet teacher (teacher='conv')")
 
     @classmethod
     def for_budget(cls, minutes: float = 45.0, **kw) -> DemoPlan:
         """Step counts that fit `minutes` on 2 CPU cores: ~25% image tokenizer, ~8% benchmark, ~2% data and text
         tokenizer, the rest training (stages 45 / 40 / 15%); with speech, 12% of the training share goes to the
-        speech codec. Without a `distill` weight, the preset's recipe decides (`DEMO_DISTILL`)."""
+        speech codec. Without a `distill` or `align` weight, the preset's recipe decides (`DEMO_DISTILL`,
+        `DEMO_ALIGN`)."""
         if minutes <= 0:
             raise ValueError(f"the budget must be a positive number of minutes, got {minutes}")
         if kw.get("distill") is None:
             kw["distill"] = DEMO_DISTILL.get(kw.get("preset", cls.preset), 0.0)
+        if kw.get("align") is None:  # the alignment reads the ConvNet teacher's features
+            conv = kw.get("teacher", cls.teacher) == "conv"
+            kw["align"] = DEMO_ALIGN.get(kw.get("preset", cls.preset), 0.0) if conv else 0.0
         tok = min(3500, max(10, round(0.25 * minutes * TOKENIZER_STEPS_PER_MIN)))
         num = min(200, max(4, round(0.08 * minutes / EVAL_MIN_PER_ITEM / 1.5)))
         share = 0.73
@@ -70,7 +80,7 @@ class DemoPlan:
         stages["stage3"] = train - sum(stages.values())
         plan = cls(budget=minutes, tokenizer_steps=tok, tokenizer_images=min(20_000, tok * 32),
                    stage_steps=stages, eval_num=num, heldout_num=num // 2, **kw)
-        if plan.distill > 0 and not plan.teacher_steps:  # the teacher's time comes out of stage 1's
+        if (plan.distill > 0 or plan.align > 0) and not plan.teacher_steps:  # its time comes out of stage 1's
             from omniar.omni.teacher import TEACHERS
 
             if plan.teacher not in TEACHERS:
@@ -91,6 +101,10 @@ class DemoPlan:
 # never learn shapes here, so the AR-Omni demo distils the same ConvNet (captions 0.295 -> 0.68, spoken VQA
 # 0.56 -> 0.625); the raster baseline does not
 DEMO_DISTILL = {"onecat-tiny": 3.0, "ar-omni-tiny": 3.0}
+# the image tokenizer's semantic alignment weight per preset (ImageTokenizerConfig.align_width, the ConvNet teacher's
+# features): text-to-image alone, 600 steps, 1,000 validation prompts: 0.113 plain, 0.184 / 0.195 / 0.191 at
+# weight 0.5 / 2 / 6 (BENCHMARKS.md, "A latent that knows shapes"); the other presets were not measured with it
+DEMO_ALIGN = {"onecat-tiny": 2.0}
 
 
 def _digest(key: dict) -> str:
@@ -180,19 +194,49 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
 
     preset = omni_preset(plan.preset, **plan.overrides)
     raster = preset.generation == "raster"  # a single-scale tokenizer, decoded token by token
-    image_config = ImageTokenizerConfig(scales=(8,)) if raster else None
+    image_config = ImageTokenizerConfig(scales=(8,)) if raster else ImageTokenizerConfig()
+    side = image_config.image_size
+
+    # 3. the teacher of understanding distillation (a ConvNet or a ViT-encoder captioner) and of the image
+    # tokenizer's semantic alignment (the ConvNet: it reads pixels, so it comes first; the ViT reads the tokenizer's
+    # patches, so it comes after)
+    teacher = None
+    teacher_key = {"kind": plan.teacher, "steps": plan.teacher_steps, "seed": plan.seed,
+                   "batch": plan.examples_per_step}
+    if plan.teacher == "vit":
+        teacher_key["text"] = _digest(text_key)
+    else:  # its feature grid is the preset's understanding-token grid
+        teacher_key.update(patch=preset.patch, side=side)
+
+    def teach(d: Path) -> dict:
+        torch.manual_seed(plan.seed)
+        if plan.teacher == "vit":
+            train_teacher(d, TextTokenizer.load(text_dir), ImageTokenizer.from_pretrained(image_dir / "checkpoint"),
+                          plan.teacher_steps, seed=plan.seed, progress=progress,
+                          examples_per_step=plan.examples_per_step)
+            return {"steps": plan.teacher_steps}
+        conv = train_conv_teacher(d, plan.teacher_steps, side, token_grid(side, preset.patch), seed=plan.seed,
+                                  batch=plan.examples_per_step, progress=progress)
+        return {"steps": plan.teacher_steps, **presence_accuracy(conv, min(500, 5 * plan.eval_num))}
+
+    if plan.teacher == "conv" and (plan.distill > 0 or plan.align > 0):
+        teacher = load_teacher(step("teacher", teacher_key, teach) / "checkpoint")
 
     def image_tokenizer(d: Path) -> dict:
         from omniar.tokenizers.train_image import evaluate_image_tokenizer, shapeworld_images, train_image_tokenizer
 
         torch.manual_seed(plan.seed)
-        model = train_image_tokenizer(d, shapeworld_images(plan.tokenizer_images), image_config,
-                                      steps=plan.tokenizer_steps, progress=progress)
+        config = dataclasses.replace(image_config, align_width=teacher.und_width) if plan.align > 0 else image_config
+        model = train_image_tokenizer(d, shapeworld_images(plan.tokenizer_images), config,
+                                      steps=plan.tokenizer_steps, progress=progress,
+                                      align_teacher=teacher if plan.align > 0 else None, align_weight=plan.align)
         return evaluate_image_tokenizer(model, min(500, 5 * plan.eval_num))
 
     image_key = {"steps": plan.tokenizer_steps, "images": plan.tokenizer_images, "seed": plan.seed}
-    if image_config is not None:
+    if raster:
         image_key["scales"] = list(image_config.scales)
+    if plan.align > 0:
+        image_key.update(align=plan.align, teacher=_digest(teacher_key))
     image_dir = step("image-tokenizer", image_key, image_tokenizer)
 
     codec_dir, codec_key = None, {"steps": plan.codec_steps, "utterances": plan.codec_utterances, "seed": plan.seed}
@@ -207,28 +251,11 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
 
         codec_dir = step("speech-codec", codec_key, speech_codec) / "checkpoint"
 
-    # 3. optionally, the teacher of understanding distillation (a ConvNet or a ViT-encoder captioner)
-    teacher = None
-    teacher_key = {"kind": plan.teacher, "steps": plan.teacher_steps, "seed": plan.seed,
-                   "batch": plan.examples_per_step, "image": _digest(image_key)}
-    if plan.teacher == "vit":
-        teacher_key["text"] = _digest(text_key)
-    else:  # its feature grid is the preset's understanding-token grid
-        teacher_key["patch"] = preset.patch
-    if plan.distill > 0:
-        def teach(d: Path) -> dict:
-            torch.manual_seed(plan.seed)
-            if plan.teacher == "vit":
-                train_teacher(d, TextTokenizer.load(text_dir), ImageTokenizer.from_pretrained(image_dir / "checkpoint"),
-                              plan.teacher_steps, seed=plan.seed, progress=progress,
-                              examples_per_step=plan.examples_per_step)
-                return {"steps": plan.teacher_steps}
-            side = ImageTokenizer.from_pretrained(image_dir / "checkpoint").config.image_size
-            conv = train_conv_teacher(d, plan.teacher_steps, side, token_grid(side, preset.patch), seed=plan.seed,
-                                      batch=plan.examples_per_step, progress=progress)
-            return {"steps": plan.teacher_steps, **presence_accuracy(conv, min(500, 5 * plan.eval_num))}
-
+    if plan.teacher == "vit" and plan.distill > 0:
+        teacher_key["image"] = _digest(image_key)
         teacher = load_teacher(step("teacher", teacher_key, teach) / "checkpoint")
+    if plan.distill <= 0:  # a teacher trained only for the tokenizer's alignment distils nothing
+        teacher = None
 
     # 4. the staged training of the model, one cached step per stage (its key includes the previous stage's)
     # the preset's whole config, so a changed preset retrains (the tokenizers' and teacher's keys do not hold it)

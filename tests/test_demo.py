@@ -59,11 +59,18 @@ def test_demo_runs_every_step_and_a_second_run_comes_from_the_cache(tmp_path, mo
 
 @pytest.mark.parametrize("kind,width", [("conv", 128), ("vit", 128)])
 def test_demo_with_distillation_trains_the_teacher_first(tmp_path, kind, width):
-    plan = DemoPlan(**{**TINY.__dict__, "distill": 1.0, "teacher": kind, "teacher_steps": 2})
+    # the ConvNet also aligns the image tokenizer's latent, so it comes before it; the ViT reads the tokenizer
+    align = 1.0 if kind == "conv" else 0.0
+    plan = DemoPlan(**{**TINY.__dict__, "distill": 1.0, "teacher": kind, "teacher_steps": 2, "align": align})
     report = run_demo(tmp_path / "demo", plan, progress=False, log=lambda s: None)
-    assert list(report["steps"])[3:5] == ["teacher", "train-stage1"]
+    order = ["teacher", "image-tokenizer"] if kind == "conv" else ["image-tokenizer", "teacher"]
+    assert list(report["steps"])[2:5] == [*order, "train-stage1"]
+    tokenizer = report["steps"]["image-tokenizer"]["dir"]
+    metrics = [json.loads(line) for line in open(f"{tokenizer}/metrics.jsonl")]
+    assert ("align" in metrics[-1]) == (kind == "conv")
     if kind == "conv":
         assert {"shapes", "colours"} <= set(report["steps"]["teacher"])  # its presence accuracy
+        assert json.loads(open(f"{tokenizer}/checkpoint/config.json").read())["align_width"] == width
     model = OmniModel.from_pretrained(report["checkpoint"])
     assert model.config.distill_dim == width  # the ConvTeacher's / vit-teacher-tiny's feature width
     for stage in ("stage1", "stage2", "stage3"):  # distilled in every stage (DemoPlan.distill_stages)
@@ -82,8 +89,13 @@ def test_budget_sets_the_step_counts():
     assert vit.teacher_steps > 0
     # OneCAT's demo distils the ConvNet teacher by default; its steps are ~5x cheaper than the model's
     assert default.distill == 3.0 and default.teacher == "conv" and default.teacher_steps == 1200
-    plain = DemoPlan.for_budget(45, distill=0)
+    plain = DemoPlan.for_budget(45, distill=0, align=0)
     assert plain.teacher_steps == 0
+    # the image tokenizer's alignment reads the ConvNet teacher: it is trained even when nothing is distilled
+    assert default.align == 2.0 and DemoPlan.for_budget(45, distill=0).teacher_steps == 1200
+    assert vit.align == 0 and DemoPlan.for_budget(45, preset="raster-tiny").align == 0
+    with pytest.raises(ValueError, match="reads the ConvNet teacher"):
+        DemoPlan.for_budget(45, teacher="vit", align=1.0)
     assert plain.stage_steps["stage1"] - default.stage_steps["stage1"] == round(default.teacher_steps * 110 / 560)
     assert vit.teacher_steps + vit.stage_steps["stage1"] == plain.stage_steps["stage1"]
     assert DemoPlan.for_budget(45, preset="ar-omni-tiny").distill == 3.0  # shapes are unread without a teacher

@@ -1,9 +1,12 @@
 """The multi-scale bitwise image tokenizer: shapes, determinism, save/load, self-correction, resume, errors."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+from omniar.omni.teacher import ConvTeacher
 from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
 from omniar.tokenizers.train_image import (
     evaluate_image_tokenizer,
@@ -73,12 +76,14 @@ def test_save_load_round_trip(images, tmp_path):
     assert torch.equal(tok.decode(bits), again.decode(bits))
 
 
-def test_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("aligned", [False, True])
+def test_resume_equals_uninterrupted(tmp_path, aligned):
     imgs = shapeworld_images(12)
-    cfg = ImageTokenizerConfig(**SMALL)
-    straight = train_image_tokenizer(tmp_path / "a", imgs, cfg, steps=4, batch=4, progress=False)
-    train_image_tokenizer(tmp_path / "b", imgs, cfg, steps=4, batch=4, progress=False, stop_at=2)
-    resumed = train_image_tokenizer(tmp_path / "b", imgs, cfg, steps=4, batch=4, progress=False)
+    cfg = ImageTokenizerConfig(**SMALL, align_width=128 if aligned else 0)
+    kw = dict(align_teacher=ConvTeacher(), align_weight=1.0) if aligned else {}
+    straight = train_image_tokenizer(tmp_path / "a", imgs, cfg, steps=4, batch=4, progress=False, **kw)
+    train_image_tokenizer(tmp_path / "b", imgs, cfg, steps=4, batch=4, progress=False, stop_at=2, **kw)
+    resumed = train_image_tokenizer(tmp_path / "b", imgs, cfg, steps=4, batch=4, progress=False, **kw)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
 
@@ -120,6 +125,20 @@ def test_cli_trains_and_reports(tmp_path, capsys):
     assert "tokenizer:" in capsys.readouterr().out
 
 
+def test_cli_aligns_the_latent_to_a_teacher(tmp_path):
+    import json
+
+    from omniar.cli import main
+
+    ConvTeacher().save_pretrained(tmp_path / "teacher")
+    main(["tokenizer", "train", "image", "--out", str(tmp_path / "tok"), "--steps", "2", "--batch", "4", "--bits",
+          "8", "--num-images", "8", "--eval-images", "4", "--align-teacher", str(tmp_path / "teacher")])
+    assert json.loads((tmp_path / "tok" / "checkpoint" / "config.json").read_text())["align_width"] == 128
+    assert "align" in json.loads((tmp_path / "tok" / "metrics.jsonl").read_text().splitlines()[-1])
+    with pytest.raises(SystemExit, match="--align-weight needs --align-teacher"):
+        main(["tokenizer", "train", "image", "--out", str(tmp_path / "x"), "--steps", "1", "--align-weight", "1"])
+
+
 def test_bit_prior_rate_falls_when_trained_and_round_trips(tmp_path):
     imgs = shapeworld_images(16)
     cfg = ImageTokenizerConfig(prior_width=16, **SMALL)
@@ -147,3 +166,52 @@ def test_rate_weight_and_prior_go_together(tmp_path):
         train_image_tokenizer(tmp_path, imgs, ImageTokenizerConfig(prior_width=16, **SMALL), steps=1, progress=False)
     with pytest.raises(ValueError, match="has no bit prior"):
         ImageTokenizer(ImageTokenizerConfig(**SMALL)).bit_rate([])
+
+
+def test_semantic_alignment_pulls_the_latent_towards_the_teacher_and_round_trips(tmp_path):
+    imgs = shapeworld_images(16)
+    x = to_tensor(imgs)
+    torch.manual_seed(1)
+    teacher = ConvTeacher().eval()  # untrained: its features still differ from cell to cell
+    features = teacher.feature_map(x).detach()
+    cfg = ImageTokenizerConfig(align_width=teacher.und_width, **SMALL)
+
+    def alignment(tok):
+        with torch.no_grad():
+            return tok.alignment(tok.encoder(x * 2 - 1), features).item()
+
+    torch.manual_seed(0)
+    before = ImageTokenizer(cfg).eval()  # the training run's starting point (it seeds 0 too)
+    plain = train_image_tokenizer(tmp_path / "plain", imgs, dataclasses.replace(cfg, align_width=0), steps=40,
+                                  batch=4, progress=False)
+    tok = train_image_tokenizer(tmp_path / "aligned", imgs, cfg, steps=40, batch=4, align_teacher=teacher,
+                                align_weight=5.0, progress=False)
+    assert alignment(tok) < 0.8 * alignment(before)  # 0.93 -> 0.70 when written
+    assert plain.align is None and "align" not in plain(x)[2]
+    again = ImageTokenizer.from_pretrained(tmp_path / "aligned" / "checkpoint")
+    assert alignment(again) == alignment(tok)  # the head is part of the checkpoint
+    assert torch.equal(again.decode(again.encode(x)), tok.decode(tok.encode(x)))
+
+
+def test_alignment_needs_weight_width_and_teacher_together(tmp_path):
+    imgs = shapeworld_images(4)
+    teacher = ConvTeacher()
+    with pytest.raises(ValueError, match="semantic alignment needs all three"):
+        train_image_tokenizer(tmp_path, imgs, ImageTokenizerConfig(**SMALL), steps=1, align_teacher=teacher,
+                              align_weight=1.0, progress=False)
+    with pytest.raises(ValueError, match="semantic alignment needs all three"):
+        train_image_tokenizer(tmp_path, imgs, ImageTokenizerConfig(align_width=128, **SMALL), steps=1,
+                              align_weight=1.0, progress=False)
+    with pytest.raises(ValueError, match="semantic alignment needs all three"):
+        train_image_tokenizer(tmp_path, imgs, ImageTokenizerConfig(align_width=128, **SMALL), steps=1,
+                              align_teacher=teacher, progress=False)
+    tok = ImageTokenizer(ImageTokenizerConfig(align_width=128, **SMALL))
+    latent = torch.zeros(2, 8, 8, 8)
+    with pytest.raises(ValueError, match=r"alignment features must be \(2, 128, g, g\) with g >= 8"):
+        tok.alignment(latent, torch.zeros(2, 64, 8, 8))
+    with pytest.raises(ValueError, match="g >= 8"):
+        tok.alignment(latent, torch.zeros(2, 128, 4, 4))
+    with pytest.raises(ValueError, match="has no alignment head"):
+        ImageTokenizer(ImageTokenizerConfig(**SMALL)).alignment(latent, torch.zeros(2, 128, 8, 8))
+    with pytest.raises(ValueError, match=r"align_sizes must lie in \[1, 8\]"):
+        ImageTokenizerConfig(align_width=16, align_sizes=(2, 16))

@@ -3,6 +3,12 @@
 `encode(images) -> bits per scale`, `decode(bits) -> images`, `ar_inputs(bits)` for teacher forcing and
 `self_correct(...)` for Infinity's bitwise self-correction. A single-scale schedule (`scales=(8,)`) is the raster
 tokenizer AR-Omni-style models use. Images are float (B, 3, H, H) in [0, 1].
+
+Semantic alignment (VA-VAE's idea, Yao et al. 2025, with a small vision model in place of DINOv2): with
+`align_width` > 0 a 1 x 1 convolution maps the encoder's latent, area-pooled to each of `align_sizes`, onto the
+feature map of a frozen vision model (train_image.py passes the ConvNet teacher's), and 1 - cosine is a training
+loss. Shape identity then lives in the latent's coarse averages, the scales a generator decides first; without it
+the latent codes pixels and a shape is a detail of a few edge tokens (BENCHMARKS.md, "A latent that knows shapes").
 """
 
 from __future__ import annotations
@@ -33,13 +39,19 @@ class ImageTokenizerConfig:
     refine: bool = True
     # width of the bits' context model (bit_prior.py), trained with the rate term; 0: none
     prior_width: int = 0
+    # width of the vision features the latent is aligned to in training (the 1 x 1 head's output); 0: none
+    align_width: int = 0
+    align_sizes: tuple[int, ...] = (2, 4, 8)  # grids the latent and the features are area-pooled to and compared at
 
     def __post_init__(self) -> None:
         self.scales = tuple(self.scales)
+        self.align_sizes = tuple(self.align_sizes)
         latent = self.image_size // 2**self.downsample
         if self.image_size % 2**self.downsample or self.scales[-1] != latent:
             raise ValueError(f"the last scale must equal the latent side {latent} "
                              f"({self.image_size} / 2^{self.downsample}), got scales {self.scales}")
+        if self.align_width and not all(1 <= a <= latent for a in self.align_sizes):
+            raise ValueError(f"align_sizes must lie in [1, {latent}] (the latent side), got {self.align_sizes}")
 
     @property
     def tokens_per_image(self) -> int:
@@ -106,6 +118,7 @@ class ImageTokenizer(nn.Module):
         self.quantizer = MultiScaleBSQ(config.bits, config.scales, config.refine)
         self.decoder = Decoder(config)
         self.prior = BitPrior(config.bits, config.scales, config.prior_width) if config.prior_width else None
+        self.align = nn.Conv2d(config.bits, config.align_width, 1) if config.align_width else None
 
     def _check(self, images: Tensor) -> None:
         s = self.config.image_size
@@ -116,12 +129,30 @@ class ImageTokenizer(nn.Module):
         if not images.is_floating_point():
             raise ValueError(f"images must be float in [0, 1], got {images.dtype}")
 
-    def forward(self, images: Tensor) -> tuple[Tensor, list[Tensor], dict[str, Tensor]]:
+    def forward(self, images: Tensor, features: Tensor | None = None
+                ) -> tuple[Tensor, list[Tensor], dict[str, Tensor]]:
         """Training pass: (reconstruction, bits per scale, the quantiser's losses: commit, balance and, with a
-        prior, rate)."""
+        prior, rate); with `features` (B, align_width, g, g) of a frozen vision model, also "align"."""
         self._check(images)
-        f_hat, bits, losses = self.quantizer(self.encoder(images * 2 - 1), self.prior)
+        f = self.encoder(images * 2 - 1)
+        f_hat, bits, losses = self.quantizer(f, self.prior)
+        if features is not None:
+            losses["align"] = self.alignment(f, features)
         return self.decoder(f_hat) * 0.5 + 0.5, bits, losses
+
+    def alignment(self, latent: Tensor, features: Tensor) -> Tensor:
+        """Mean over `align_sizes` of 1 - cosine between the aligned latent and the features, both area-pooled to
+        that grid (per cell)."""
+        if self.align is None:
+            raise ValueError("this tokenizer has no alignment head (ImageTokenizerConfig.align_width = 0)")
+        width, side = self.config.align_width, max(self.config.align_sizes)
+        if features.dim() != 4 or features.shape[1] != width or features.shape[0] != latent.shape[0] or \
+                features.shape[2] != features.shape[3] or features.shape[2] < side:
+            raise ValueError(f"alignment features must be ({latent.shape[0]}, {width}, g, g) with g >= {side}, got "
+                             f"{tuple(features.shape)}")
+        down = self.quantizer.down
+        return torch.stack([1 - F.cosine_similarity(self.align(down(latent, a)), down(features, a), dim=1).mean()
+                            for a in self.config.align_sizes]).mean()
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> list[Tensor]:

@@ -18,6 +18,9 @@ from omniar.checkpoint import load_training_state, save_training_state
 from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, reconstruction_loss
 from omniar.train.trainer import warm_cosine
 
+# the semantic alignment's weight when a teacher is given (BENCHMARKS.md, "A latent that knows shapes")
+ALIGN_WEIGHT = 2.0
+
 
 def shapeworld_images(num: int, split: str = "train", side: int = 64) -> np.ndarray:
     """(num, side, side, 3) uint8 renders of the split's scenes (and their edit targets), deterministic."""
@@ -48,12 +51,15 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageTokenizerConfig | None = None,
                           steps: int = 3500, batch: int = 32, lr: float = 2e-3, seed: int = 0,
                           commit_weight: float = 0.0, balance_weight: float = 0.01, rate_weight: float = 0.0,
+                          align_teacher: torch.nn.Module | None = None, align_weight: float = 0.0,
                           progress: bool = True, resume: bool = True, stop_at: int | None = None) -> ImageTokenizer:
     """Train for `steps` (learning-rate schedule over `steps`); `stop_at` ends early with a checkpoint, from which
     a later call with `resume=True` continues exactly.
 
     Loss: reconstruction (L1 + L2 + image gradients) + commit_weight * commitment + balance_weight * bit balance
-    + rate_weight * rate (the bits' nats under the config's bit prior given the earlier scales, bit_prior.py).
+    + rate_weight * rate (the bits' nats under the config's bit prior given the earlier scales, bit_prior.py)
+    + align_weight * align (semantic alignment of the latent with `align_teacher.feature_map(images)`, a frozen
+    vision model such as the ConvNet teacher; the config's `align_width` = its feature width; image.py).
     No commitment by default (BENCHMARKS.md): it pulls each normalised residual onto its own sign pattern, so the
     encoder settles near its random initial hash (with weight 4.0 the full run reached 21.4 dB instead of 34.6)."""
     stop_at = steps if stop_at is None else min(stop_at, steps)
@@ -64,6 +70,13 @@ def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageToke
     if rate_weight < 0 or (rate_weight > 0) != (model.prior is not None):
         raise ValueError(f"rate_weight {rate_weight} and prior_width {model.config.prior_width}: the rate term needs "
                          "a bit prior and a bit prior trains only through a positive rate_weight (e.g. 64 and 0.02)")
+    if align_weight < 0 or (align_weight > 0) != (model.align is not None) or (align_weight > 0) != (
+            align_teacher is not None):
+        raise ValueError(f"align_weight {align_weight}, align_width {model.config.align_width} and align_teacher "
+                         f"{'given' if align_teacher is not None else 'None'}: semantic alignment needs all three "
+                         "(e.g. 2.0, the teacher's feature width and the teacher), and none of them alone")
+    if align_teacher is not None:
+        align_teacher.requires_grad_(False).eval()
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99))
     step = 0
     if resume and (ckpt / "trainer.json").is_file():
@@ -80,11 +93,17 @@ def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageToke
         x = data[torch.from_numpy(rng.integers(0, len(data), batch))]
         for g in opt.param_groups:
             g["lr"] = warm_cosine(step, steps, lr, floor=0.1)
-        recon, _, parts = model(x)
+        features = None
+        if align_teacher is not None:
+            with torch.no_grad():
+                features = align_teacher.feature_map(x)
+        recon, _, parts = model(x, features)
         rec = reconstruction_loss(recon, x)
         loss = rec + commit_weight * parts["commit"] + balance_weight * parts["balance"]
         if "rate" in parts:
             loss = loss + rate_weight * parts["rate"]
+        if "align" in parts:
+            loss = loss + align_weight * parts["align"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
