@@ -600,7 +600,7 @@ def main(argv: list[str] | None = None) -> None:
                         "earlier scales (e.g. 0.02; BENCHMARKS.md: it has not raised the generation score yet)")
     t.add_argument("--prior-width", type=int, default=64, help="width of the bit prior the rate term trains")
     t.add_argument("--align-teacher", help="ConvNet teacher checkpoint whose feature map the latent is aligned to "
-                                           "(semantic alignment; BENCHMARKS.md: text-to-image 0.11 -> 0.21)")
+                                           "(semantic alignment; BENCHMARKS.md: text-to-image 0.11 -> 0.20)")
     t.add_argument("--align-weight", type=float, help="weight of the alignment term (with --align-teacher; "
                                                       "default: the demo's)")
     t.add_argument("--num-images", type=int, default=20000)
