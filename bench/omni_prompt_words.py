@@ -55,22 +55,25 @@ def scenes(num: int, split: str, seed: int) -> list[tuple[Scene, dict[str, str]]
 
 
 @torch.no_grad()
-def object_token_loss(model: OmniModel, scene: Scene, prompt: str) -> tuple[list[float], list[int]]:
-    """Per scale: the summed bit cross-entropy (nats) of the tokens the object covers, and their number of bits."""
+def object_token_losses(model: OmniModel, scene: Scene, prompts: list[str]) -> tuple[list[list[float]], list[int]]:
+    """Per prompt and scale: the summed bit cross-entropy (nats) of the tokens the object covers (all prompts in
+    one batch, the image's bits teacher-forced under each); and per scale the number of those bits."""
     image = render(scene, model.image_size)
-    batch, bits = model.batch([Example("t2i", prompt, image=image)])
+    batch, bits = model.batch([Example("t2i", p, image=image) for p in prompts])
     out = model.decoder(**batch.model_inputs())
-    gen = batch.meta.modality == model.gen_modality
+    gen = batch.meta.modality == model.gen_modality  # right-padded rows: each prompt's tokens in stream order
     logits = model.bit_head(out.hidden[gen], bits)
-    ce = F.cross_entropy(logits.reshape(-1, 2).float(), bits.reshape(-1).long(), reduction="none").view(bits.shape)
+    ce = F.cross_entropy(logits.reshape(-1, 2).float(), bits.reshape(-1).long(), reduction="none")
+    ce = ce.view(len(prompts), -1, bits.shape[-1])
     o = scene.objects[0]
     cover = torch.from_numpy(coverage(o.shape, o.size, o.cx, o.cy, model.image_size))[None, None]
-    sums, counts, start = [], [], 0
+    sums, counts, start = [[] for _ in prompts], [], 0
     for s in model.scales:
         mask = F.adaptive_avg_pool2d(cover, s).flatten() > 0.05
-        part = ce[start:start + s * s][mask]
-        sums.append(part.sum().item())
-        counts.append(part.numel())
+        part = ce[:, start:start + s * s][:, mask]
+        for row, total in zip(sums, part.sum((1, 2)).tolist()):
+            row.append(total)
+        counts.append(part[0].numel())
         start += s * s
     return sums, counts
 
@@ -91,11 +94,10 @@ def main() -> None:
     total = {name: [0.0] * k for name in PROMPTS}
     bits = [0] * k
     for scene, prompts in scenes(args.num, args.split, args.seed):
-        for name in PROMPTS:
-            sums, counts = object_token_loss(model, scene, prompts[name])
-            total[name] = [a + b for a, b in zip(total[name], sums)]
-            if name == "true":
-                bits = [a + b for a, b in zip(bits, counts)]
+        sums, counts = object_token_losses(model, scene, [prompts[name] for name in PROMPTS])
+        for name, row in zip(PROMPTS, sums):
+            total[name] = [a + b for a, b in zip(total[name], row)]
+        bits = [a + b for a, b in zip(bits, counts)]
     print(f"{args.model}: {args.num} one-object {args.split} scenes; object tokens' bit cross-entropy (nats per bit)"
           " per scale, and the nats per image a swapped word costs there\n")
     print("| prompt | " + " | ".join(f"scale {s}" for s in model.scales) + " | extra nats per image |")

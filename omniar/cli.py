@@ -180,11 +180,12 @@ def _tokenizer_train_image(args) -> None:
         train_image_tokenizer,
     )
 
-    teacher = None
+    teacher, align_weight = None, 0.0
     if args.align_teacher:
         from omniar.omni.teacher import ConvTeacher
 
         teacher = ConvTeacher.from_pretrained(args.align_teacher)
+        align_weight = ALIGN_WEIGHT if args.align_weight is None else args.align_weight
     elif args.align_weight is not None:
         raise ValueError("--align-weight needs --align-teacher (a ConvNet teacher's checkpoint)")
     if args.data:
@@ -202,9 +203,7 @@ def _tokenizer_train_image(args) -> None:
                                   scales=tuple(args.scales) if args.scales else ImageTokenizerConfig.scales,
                                   align_width=teacher.und_width if teacher is not None else 0)
     model = train_image_tokenizer(args.out, images, config, steps=args.steps, batch=args.batch, lr=args.lr,
-                                  rate_weight=args.rate_weight, align_teacher=teacher,
-                                  align_weight=0.0 if teacher is None else ALIGN_WEIGHT if args.align_weight is None
-                                  else args.align_weight)
+                                  rate_weight=args.rate_weight, align_teacher=teacher, align_weight=align_weight)
     out = Path(args.out)
     report = evaluate_image_tokenizer(model, args.eval_images)
     (out / "report.json").write_text(json.dumps(report, indent=2))

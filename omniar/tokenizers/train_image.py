@@ -70,8 +70,8 @@ def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageToke
     if rate_weight < 0 or (rate_weight > 0) != (model.prior is not None):
         raise ValueError(f"rate_weight {rate_weight} and prior_width {model.config.prior_width}: the rate term needs "
                          "a bit prior and a bit prior trains only through a positive rate_weight (e.g. 64 and 0.02)")
-    if align_weight < 0 or (align_weight > 0) != (model.align is not None) or (align_weight > 0) != (
-            align_teacher is not None):
+    aligned = align_weight > 0
+    if align_weight < 0 or aligned != (model.align is not None) or aligned != (align_teacher is not None):
         raise ValueError(f"align_weight {align_weight}, align_width {model.config.align_width} and align_teacher "
                          f"{'given' if align_teacher is not None else 'None'}: semantic alignment needs all three "
                          "(e.g. 2.0, the teacher's feature width and the teacher), and none of them alone")
