@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=100, help="validation prompts")
     args = ap.parse_args()
 
-    from omniar.omni.evaluate import evaluate_model
+    from omniar.omni.evaluate import ImageSampling, evaluate_model
     from omniar.omni.model import OmniModel, omni_preset
     from omniar.omni.train import Recipe, train_omni
     from omniar.tokenizers.image import ImageTokenizer
@@ -42,7 +42,7 @@ def main() -> None:
             train_omni(model, f"{tmp}/{over}", Recipe(tasks={"t2i": 1.0}, steps=args.steps), progress=False)
             per_step = (time.perf_counter() - t0) / args.steps
             s = evaluate_model(model, f"{tmp}/{over}/eval", num=args.num, tasks=("t2i",), split="val",
-                               progress=False)["scores"]["t2i"]
+                               sampling=ImageSampling(cfg=3.0), progress=False)["scores"]["t2i"]
             print(f"| {name} | {per_step:.3f} | {s['overall']:.3f} | {s['single_object']:.2f} | {s['colors']:.2f} | "
                   f"{s['counting']:.2f} | {s['two_object']:.2f} | {s['color_attr']:.2f} | {s['position']:.2f} |")
 

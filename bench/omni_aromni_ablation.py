@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--tail", type=int, default=4)
     args = ap.parse_args()
 
-    from omniar.omni.evaluate import evaluate_model
+    from omniar.omni.evaluate import ImageSampling, evaluate_model
     from omniar.omni.model import OmniConfig, OmniModel, Reweighting, omni_preset
     from omniar.omni.train import Recipe, train_omni
     from omniar.tokenizers.image import ImageTokenizer
@@ -69,7 +69,7 @@ def main() -> None:
             train_omni(model, f"{tmp}/{i}", Recipe(tasks=tasks, steps=args.steps, reweight=reweight), progress=False)
             per_step = (time.perf_counter() - t0) / args.steps
             s = evaluate_model(model, f"{tmp}/{i}/eval", num=args.num, tasks=evals, split="val",
-                               progress=False)["scores"]
+                               sampling=ImageSampling(cfg=3.0), progress=False)["scores"]
             if args.what == "perceptual":
                 t = s["t2i"]
                 print(f"| {name} | {per_step:.3f} | {t['overall']:.3f} | {t['single_object']:.2f} | "

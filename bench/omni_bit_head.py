@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=100, help="validation prompts")
     args = ap.parse_args()
 
-    from omniar.omni.evaluate import evaluate_model
+    from omniar.omni.evaluate import ImageSampling, evaluate_model
     from omniar.omni.model import OmniModel, omni_preset
     from omniar.omni.train import Recipe, train_omni
     from omniar.tokenizers.image import ImageTokenizer
@@ -57,7 +57,7 @@ def main() -> None:
                 logs = train_omni(model, run, Recipe(tasks={"t2i": 1.0}, steps=args.steps), progress=False)
                 per_step = (time.perf_counter() - t0) / args.steps
                 s = evaluate_model(model, f"{run}/eval", num=args.num, tasks=("t2i",), split="val",
-                                   progress=False)["scores"]["t2i"]
+                                   sampling=ImageSampling(cfg=3.0), progress=False)["scores"]["t2i"]
                 head = f"autoregressive ({width})" if width else "independent"
                 kinds = ("overall", "single_object", "colors", "counting", "two_object", "color_attr", "position")
                 cells = " | ".join(f"{s[k]:.3f}" if k in s else "-" for k in kinds)  # few prompts: kinds missing

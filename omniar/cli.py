@@ -135,12 +135,15 @@ def _eval_shapeworld(args) -> None:
 
 def _eval_model(args) -> None:
     from omniar.data.shapeworld.benchmark import format_scores
-    from omniar.omni.evaluate import EVAL_TASKS, SPEECH_EVAL_TASKS, evaluate_model
+    from omniar.omni.evaluate import EVAL_TASKS, SPEECH_EVAL_TASKS, ImageSampling, evaluate_model
     from omniar.omni.model import OmniModel
 
     model = OmniModel.from_pretrained(args.model)
     tasks = tuple(args.tasks) if args.tasks else EVAL_TASKS + (SPEECH_EVAL_TASKS if model.speech_codec else ())
-    result = evaluate_model(model, args.out, num=args.num, heldout=args.heldout, tasks=tasks, split=args.split)
+    sampling = ImageSampling(**{k: v for k, v in (("cfg", args.cfg), ("edit_cfg", args.edit_cfg),
+                                                  ("cfg_schedule", args.cfg_schedule)) if v is not None})
+    result = evaluate_model(model, args.out, num=args.num, heldout=args.heldout, tasks=tasks, split=args.split,
+                            sampling=sampling)
     scores = dict(result["scores"])
     if result.get("heldout"):
         scores["heldout_t2i"] = result["heldout"]
@@ -335,6 +338,11 @@ def _generate_image(args) -> None:
         from omniar.data.manifest import load_image
 
         sources = [load_image(args.image)] * len(args.prompts)
+    if args.cfg is None:  # the benchmark's guidance (chosen on the validation split)
+        from omniar.omni.evaluate import ImageSampling
+
+        default = ImageSampling()
+        args.cfg = default.edit_cfg if sources is not None and default.edit_cfg is not None else default.cfg
     images = generate_images(model, args.prompts, sources=sources, cfg=args.cfg, image_cfg=args.image_cfg,
                              params=SamplingParams(temperature=args.temperature, top_p=args.top_p),
                              seeds=[args.seed + i for i in range(len(args.prompts))])
@@ -539,7 +547,8 @@ def main(argv: list[str] | None = None) -> None:
         t.add_argument("prompts", nargs="+", metavar="instructions" if edit else "prompts")
         t.add_argument("-o", "--output", default="out.png", help="one prompt: this file; more: name-0.png, ...")
         t.add_argument("--image", required=edit, help="edit this image (the prompts are instructions)")
-        t.add_argument("--cfg", type=float, default=3.0)
+        t.add_argument("--cfg", type=float, help="guidance weight at the last scale (ramped linearly from 1); "
+                                                 "default: the benchmark's, 10 for text-to-image, 3 for edits")
         t.add_argument("--image-cfg", type=float, help="edits: OneCAT's three-branch guidance with this image weight")
         t.add_argument("--temperature", type=float, default=0.0, help="per bit; 0 = greedy")
         t.add_argument("--top-p", type=float, default=1.0)
@@ -630,6 +639,9 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--num", type=int, default=200, help="items per task")
     e.add_argument("--heldout", type=int, default=0, help="held-out text-to-image prompts")
     e.add_argument("--split", default="test", choices=["val", "test"])
+    e.add_argument("--cfg", type=float, help="text-to-image guidance weight (default 10)")
+    e.add_argument("--edit-cfg", type=float, help="edit guidance weight (default 3)")
+    e.add_argument("--cfg-schedule", choices=["linear", "constant"], help="over scales (default linear)")
     e.set_defaults(func=_eval_model)
 
     args = ap.parse_args(argv)

@@ -81,7 +81,7 @@ def test_demo_with_distillation_trains_the_teacher_first(tmp_path, kind, width):
 
 def test_budget_sets_the_step_counts():
     default = DemoPlan.for_budget()
-    assert default.budget == 45 and default.eval_num == 200 and default.heldout_num == 100
+    assert default.budget == 45 and default.eval_num == 200 and default.heldout_num == 500
     small, big = DemoPlan.for_budget(10), DemoPlan.for_budget(90)
     assert sum(small.stage_steps.values()) < sum(default.stage_steps.values()) < sum(big.stage_steps.values())
     assert small.tokenizer_steps < default.tokenizer_steps <= big.tokenizer_steps

@@ -65,6 +65,33 @@ def test_teacher_distillation_and_preset_mismatch_on_resume(run):
         main(["train", "omni", "--out", str(run / "run"), "--preset", "raster-tiny", *common])
 
 
+def test_guidance_defaults_and_flags_reach_each_task(run, tmp_path, monkeypatch):
+    """Text-to-image and edits are guided by their own weights: the benchmark's defaults (10 and 3) unless the
+    command line says otherwise, in `eval model` as in `generate`."""
+    import omniar.omni.evaluate as evaluate
+    import omniar.omni.generate as generate
+
+    seen = []
+
+    def spy(model, prompts, *, sources=None, cfg=1.0, **kw):
+        seen.append(("edit" if sources is not None else "t2i", cfg))
+        return real(model, prompts, sources=sources, cfg=cfg, **kw)
+
+    real = generate.generate_images
+    monkeypatch.setattr(evaluate, "generate_images", spy)
+    monkeypatch.setattr(generate, "generate_images", spy)
+    ckpt = str(run / "run" / "checkpoint")
+    common = ["eval", "model", "--model", ckpt, "--tasks", "t2i", "edit", "--num", "1", "--split", "val"]
+    main([*common, "--out", str(tmp_path / "a")])
+    main([*common, "--out", str(tmp_path / "b"), "--cfg", "4", "--edit-cfg", "2"])
+    main(["generate", "image", "--model", ckpt, "a red circle", "-o", str(tmp_path / "g.png")])
+    main(["edit", "--model", ckpt, "--image", str(tmp_path / "g.png"), "remove the circle",
+          "-o", str(tmp_path / "e.png")])
+    main(["generate", "image", "--model", ckpt, "a red circle", "--cfg", "5", "-o", str(tmp_path / "h.png")])
+    assert seen == [("t2i", 10.0), ("edit", 3.0), ("t2i", 4.0), ("edit", 2.0), ("t2i", 10.0), ("edit", 3.0),
+                    ("t2i", 5.0)]
+
+
 def test_named_errors(run):
     with pytest.raises(ValueError, match="unknown preset"):
         omni_preset("onecat-huge")

@@ -560,7 +560,7 @@ class OmniModel(nn.Module):
         return group
 
     # ---- the Python API (batched; see omni/generate.py and omni/understand.py for every knob) ----------------
-    def generate_image(self, prompts: str | Sequence[str], cfg: float = 3.0, **kw) -> Tensor:
+    def generate_image(self, prompts: str | Sequence[str], cfg: float = 10.0, **kw) -> Tensor:
         """Images (B, 3, S, S) in [0, 1] for text prompts."""
         from omniar.omni.generate import generate_images
 
