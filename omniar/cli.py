@@ -338,12 +338,13 @@ def _generate_image(args) -> None:
         from omniar.data.manifest import load_image
 
         sources = [load_image(args.image)] * len(args.prompts)
-    if args.cfg is None:  # the benchmark's guidance (chosen on the validation split)
+    cfg = args.cfg
+    if cfg is None:  # the benchmark's guidance (chosen on the validation split)
         from omniar.omni.evaluate import ImageSampling
 
         default = ImageSampling()
-        args.cfg = default.edit_cfg if sources is not None and default.edit_cfg is not None else default.cfg
-    images = generate_images(model, args.prompts, sources=sources, cfg=args.cfg, image_cfg=args.image_cfg,
+        cfg = default.edit_cfg if sources is not None and default.edit_cfg is not None else default.cfg
+    images = generate_images(model, args.prompts, sources=sources, cfg=cfg, image_cfg=args.image_cfg,
                              params=SamplingParams(temperature=args.temperature, top_p=args.top_p),
                              seeds=[args.seed + i for i in range(len(args.prompts))])
     out = Path(args.output)
