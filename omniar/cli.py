@@ -342,8 +342,7 @@ def _generate_image(args) -> None:
     if cfg is None:  # the benchmark's guidance (chosen on the validation split)
         from omniar.omni.evaluate import ImageSampling
 
-        default = ImageSampling()
-        cfg = default.edit_cfg if sources is not None and default.edit_cfg is not None else default.cfg
+        cfg = ImageSampling().guidance(edit=sources is not None)
     images = generate_images(model, args.prompts, sources=sources, cfg=cfg, image_cfg=args.image_cfg,
                              params=SamplingParams(temperature=args.temperature, top_p=args.top_p),
                              seeds=[args.seed + i for i in range(len(args.prompts))])

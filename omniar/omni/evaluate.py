@@ -42,6 +42,10 @@ class ImageSampling:
     top_k: int = 0
     top_p: float = 1.0
 
+    def guidance(self, edit: bool = False) -> float:
+        """The guidance weight of a text-to-image row, or of an edit's."""
+        return self.edit_cfg if edit and self.edit_cfg is not None else self.cfg
+
     def params(self) -> SamplingParams:
         return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
 
@@ -80,7 +84,7 @@ def predict_shapeworld(model: OmniModel, out: str | Path, num: int = 200, split:
         if task == "t2i":
             for a in range(0, num, batch_size):
                 chunk = samples[a : a + batch_size]
-                gen = generate_images(model, [s["caption"] for s in chunk], cfg=sampling.cfg,
+                gen = generate_images(model, [s["caption"] for s in chunk], cfg=sampling.guidance(),
                                       cfg_schedule=sampling.cfg_schedule, params=sampling.params(),
                                       seeds=[seed + a + i for i in range(len(chunk))])
                 for i, (s, img) in enumerate(zip(chunk, to_uint8(gen))):
@@ -112,9 +116,8 @@ def predict_shapeworld(model: OmniModel, out: str | Path, num: int = 200, split:
                 chunk = edits[a : a + batch_size]
                 sources = [render(Scene.from_dict(s["scene"]), side) for s in chunk]
                 gen = generate_images(model, [s["edit"]["instruction"] for s in chunk], sources=sources,
-                                      cfg=sampling.cfg if sampling.edit_cfg is None else sampling.edit_cfg,
-                                      cfg_schedule=sampling.cfg_schedule, image_cfg=sampling.image_cfg,
-                                      params=sampling.params(),
+                                      cfg=sampling.guidance(edit=True), cfg_schedule=sampling.cfg_schedule,
+                                      image_cfg=sampling.image_cfg, params=sampling.params(),
                                       seeds=[seed + a + i for i in range(len(chunk))])
                 for j, (s, src, img) in enumerate(zip(chunk, sources, to_uint8(gen))):
                     records.append({"task": "edit", "instruction": s["edit"]["instruction"],
