@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="the distillation teacher: a ConvNet shape/colour reader, or OneCAT's ViT-encoder captioner")
     p.add_argument("--align", type=float, help="> 0: align the image tokenizer's latent to the ConvNet teacher's "
                    "features with this weight; 0: a plain tokenizer (default: the preset's, 2 for onecat-tiny)")
-    from omniar.demo import STAGE_SHARES  # the standard library only: the help stays free of torch
+    from omniar.demo import STAGE_SHARES  # the schedules by name (demo.py has no heavy imports of its own)
 
     p.add_argument("--schedule", choices=tuple(STAGE_SHARES),
                    help="the stages: mixed (every task in stages 2 and 3, the default) or und-first (stage 2 "

@@ -18,6 +18,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the module itself imports no torch
+    from omniar.omni.train import Recipe
 
 # Rates on 2 CPU cores (BENCHMARKS.md, "make demo"): image-tokenizer steps (32 images) and onecat-tiny steps (16
 # mixed examples) per minute, and the benchmark's cost per evaluated item (all four tasks) in minutes.
@@ -125,7 +129,7 @@ DEMO_DISTILL = {"onecat-tiny": 3.0, "ar-omni-tiny": 3.0}
 DEMO_ALIGN = {"onecat-tiny": 2.0}
 
 
-def stage_batch(recipe, examples_per_step: int) -> int:
+def stage_batch(recipe: Recipe, examples_per_step: int) -> int:
     """A stage's examples per step: `examples_per_step` for a recipe of the default batch (16), scaled for a recipe
     that asks for another (the und-first stage 2's 10 keep its questions per step those of a mixed step)."""
     from omniar.omni.train import Recipe
