@@ -12,7 +12,7 @@ def _demo(args) -> None:
     from omniar.demo import DemoPlan, run_demo
 
     plan = DemoPlan.for_budget(args.budget, seed=args.seed, distill=args.distill, teacher=args.teacher,
-                               align=args.align, speech=args.speech, preset=args.preset, schedule=args.schedule)
+                               align=args.align, speech=args.speech, preset=args.preset)
     report = run_demo(args.out, plan, cache=args.cache, use_cache=not args.no_cache)
     from omniar.data.shapeworld.benchmark import format_scores
 
@@ -449,12 +449,6 @@ def main(argv: list[str] | None = None) -> None:
                    help="the distillation teacher: a ConvNet shape/colour reader, or OneCAT's ViT-encoder captioner")
     p.add_argument("--align", type=float, help="> 0: align the image tokenizer's latent to the ConvNet teacher's "
                    "features with this weight; 0: a plain tokenizer (default: the preset's, 2 for onecat-tiny)")
-    from omniar.demo import STAGE_SHARES  # the schedules by name (demo.py has no heavy imports of its own)
-
-    p.add_argument("--schedule", choices=tuple(STAGE_SHARES),
-                   help="the stages: mixed (every task in stages 2 and 3, the default) or und-first (stage 2 "
-                   "without image generation, generation back in a longer stage 3: more VQA, less text-to-image "
-                   "and editing)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speech", action="store_true", help="AR-Omni's speech too: a speech codec, text-to-speech, "
                                                          "recognition and spoken questions in every stage")
@@ -502,7 +496,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--image-tokenizer", required=True, help="image tokenizer checkpoint directory")
     t.add_argument("--speech-codec", help="speech codec checkpoint directory (for the speech tasks tts, asr, svqa)")
     t.add_argument("--tasks", default="t2i=0.15,caption=0.1,vqa=0.45,edit=0.25,text=0.05",
-                   help="task ratios (default: the mixed schedule's stages 2 and 3, omni.train.Recipe)")
+                   help="task ratios (default: the unified mix of stages 2 and 3, omni.train.Recipe)")
     t.add_argument("--teacher", help="distil this teacher's checkpoint into the model: a ConvTeacher (`omniar "
                    "train teacher`) or a ViT-encoder captioner (--preset vit-teacher-tiny --tasks caption=0.5,vqa=0.5)")
     t.add_argument("--distill", type=float, default=3.0, help="distillation weight (with --teacher)")

@@ -18,10 +18,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # the module itself imports no torch
-    from omniar.omni.train import Recipe
 
 # Rates on 2 CPU cores (BENCHMARKS.md, "make demo"): image-tokenizer steps (32 images) and onecat-tiny steps (16
 # mixed examples) per minute, and the benchmark's cost per evaluated item (all four tasks) in minutes.
@@ -52,18 +48,12 @@ class DemoPlan:
     teacher: str = "conv"  # the teacher's kind (omni/teacher.py): conv (ConvTeacher) or vit (vit-teacher-tiny)
     teacher_steps: int = 0
     distill_stages: tuple[str, ...] = ("stage1", "stage2", "stage3")
-    # the stage recipes (omni/train.py SCHEDULES): "mixed" (every task in stages 2 and 3) or "und-first" (stage 2
-    # without image generation, generation back in a longer stage 3: VQA 0.67 -> 0.765 on the test split, text-to-
-    # image 0.256 -> 0.208, edits satisfied 0.365 -> 0.265; BENCHMARKS.md "Demo")
-    schedule: str = "mixed"
     align: float = 0.0  # > 0: the image tokenizer's latent is aligned to the ConvNet teacher's features, this weight
     speech: bool = False  # AR-Omni's speech: a codec, speech tasks in every stage, speech in the benchmark
     codec_steps: int = 0
     codec_utterances: int = 2000
 
     def __post_init__(self) -> None:
-        if self.schedule not in STAGE_SHARES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; known: {', '.join(STAGE_SHARES)}")
         if self.align < 0 or (self.align > 0 and self.teacher != "conv"):
             raise ValueError(f"align {self.align} with teacher {self.teacher!r}: the image tokenizer's semantic "
                              "alignment is a weight >= 0 and reads the ConvNet teacher (teacher='conv')")
@@ -71,7 +61,7 @@ class DemoPlan:
     @classmethod
     def for_budget(cls, minutes: float = 45.0, **kw) -> DemoPlan:
         """Step counts that fit `minutes` on 2 CPU cores: ~25% image tokenizer, ~8% benchmark, ~2% data and text
-        tokenizer, the rest training (the schedule's `STAGE_SHARES`); with speech, 12% of the training share goes to the
+        tokenizer, the rest training (stages 45 / 40 / 15%); with speech, 12% of the training share goes to the
         speech codec. Without a `distill` or `align` weight, the preset's recipe decides (`DEMO_DISTILL`,
         `DEMO_ALIGN`)."""
         if minutes <= 0:
@@ -81,8 +71,6 @@ class DemoPlan:
         if kw.get("align") is None:  # the alignment reads the ConvNet teacher's features
             conv = kw.get("teacher", cls.teacher) == "conv"
             kw["align"] = DEMO_ALIGN.get(kw.get("preset", cls.preset), 0.0) if conv else 0.0
-        if kw.get("schedule") is None:
-            kw["schedule"] = cls.schedule
         tok = min(3500, max(10, round(0.25 * minutes * TOKENIZER_STEPS_PER_MIN)))
         num = min(200, max(4, round(0.08 * minutes / EVAL_MIN_PER_ITEM / 1.5)))
         share = 0.73
@@ -90,10 +78,8 @@ class DemoPlan:
             kw.setdefault("codec_steps", min(2500, max(10, round(0.12 * minutes * CODEC_STEPS_PER_MIN))))
             share -= 0.12
         train = max(6, round((share * minutes - 1.5 * num * EVAL_MIN_PER_ITEM) * MODEL_STEPS_PER_MIN))
-        shares = STAGE_SHARES.get(kw["schedule"], STAGE_SHARES["mixed"])  # an unknown one is refused below
-        *first, last = shares
-        stages = {name: round(shares[name] * train) for name in first}
-        stages[last] = round(sum(shares.values()) * train) - sum(stages.values())
+        stages = {"stage1": round(0.45 * train), "stage2": round(0.4 * train)}
+        stages["stage3"] = train - sum(stages.values())
         plan = cls(budget=minutes, tokenizer_steps=tok, tokenizer_images=min(20_000, tok * 32),
                    stage_steps=stages, eval_num=num, heldout_num=round(2.5 * num), **kw)
         if (plan.distill > 0 or plan.align > 0) and not plan.teacher_steps:  # its time comes out of stage 1's
@@ -111,12 +97,6 @@ class DemoPlan:
         return plan
 
 
-# steps of each stage per step of the training budget (`train` in `DemoPlan.for_budget`, mixed steps of 16
-# examples). Mixed: 45 / 40 / 15% of the training time. Und-first: a stage-2 step (10 examples, no image) costs ~0.4
-# of a mixed one (1,287 steps in 5 min against 13), so 45 / 16 / 40% of the time, ~1.5 min more than mixed at 45
-# minutes (BENCHMARKS.md "Demo")
-STAGE_SHARES = {"mixed": {"stage1": 0.45, "stage2": 0.40, "stage3": 0.15},
-                "und-first": {"stage1": 0.45, "stage2": 0.40, "stage3": 0.40}}
 # the demo's distillation weight per preset: OneCAT's recipe distils a teacher into the image positions (with the
 # ConvNet teacher at weight 1: captions 0.06 -> 0.41 at the default budget; weight 3: 0.50 -> 0.69 on 600
 # validation images, BENCHMARKS.md). AR-Omni's paper distils nothing, but without a teacher its image positions
@@ -127,14 +107,6 @@ DEMO_DISTILL = {"onecat-tiny": 3.0, "ar-omni-tiny": 3.0}
 # features): text-to-image alone, 600 steps, 1,000 validation prompts: 0.113 plain, 0.184 / 0.195 / 0.191 at
 # weight 0.5 / 2 / 6 (BENCHMARKS.md, "A latent that knows shapes"); the other presets were not measured with it
 DEMO_ALIGN = {"onecat-tiny": 2.0}
-
-
-def stage_batch(recipe: Recipe, examples_per_step: int) -> int:
-    """A stage's examples per step: `examples_per_step` for a recipe of the default batch (16), scaled for a recipe
-    that asks for another (the und-first stage 2's 10 keep its questions per step those of a mixed step)."""
-    from omniar.omni.train import Recipe
-
-    return max(1, round(recipe.examples_per_step * examples_per_step / Recipe.examples_per_step))
 
 
 def _digest(key: dict) -> str:
@@ -179,7 +151,7 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
         train_conv_teacher,
         train_teacher,
     )
-    from omniar.omni.train import SCHEDULES, train_stages, with_speech
+    from omniar.omni.train import STAGES, train_stages, with_speech
     from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
     from omniar.tokenizers.speech import SpeechCodec
     from omniar.tokenizers.text import TextTokenizer
@@ -295,11 +267,10 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
         base_key.update(teacher=_digest(teacher_key), distill=plan.distill)
     if plan.speech:
         base_key.update(speech=_digest(codec_key))
-    schedule = SCHEDULES[plan.schedule]
-    stages = {name: dataclasses.replace(recipe, examples_per_step=stage_batch(recipe, plan.examples_per_step),
+    stages = {name: dataclasses.replace(recipe, examples_per_step=plan.examples_per_step,
                                         distill=plan.distill if name in plan.distill_stages and teacher is not None
                                         else 0.0)
-              for name, recipe in (with_speech(schedule) if plan.speech else schedule).items()}
+              for name, recipe in (with_speech(STAGES) if plan.speech else STAGES).items()}
     previous, key = None, base_key
     for name, n in plan.stage_steps.items():
         # the stage's recipe is in its key: a changed task mix, rate or reweighting retrains from that stage on

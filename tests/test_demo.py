@@ -104,36 +104,6 @@ def test_budget_sets_the_step_counts():
         DemoPlan.for_budget(45, distill=1.0, teacher="cnn")
     with pytest.raises(ValueError, match="positive number of minutes"):
         DemoPlan.for_budget(0)
-    # the mixed stages take 45 / 40 / 15% of the training steps; understanding first, stage 2's steps (no images)
-    # are cheap and stage 3 gets as many
-    und = DemoPlan.for_budget(45, schedule="und-first")
-    assert default.schedule == "mixed" and und.schedule == "und-first"
-    assert default.stage_steps == {"stage1": 1212, "stage2": 1287, "stage3": 483}
-    assert und.stage_steps == {"stage1": 1212, "stage2": 1287, "stage3": 1287}
-    with pytest.raises(ValueError, match="unknown schedule 'late'; known: mixed, und-first"):
-        DemoPlan.for_budget(45, schedule="late")
-    with pytest.raises(ValueError, match="unknown schedule"):
-        DemoPlan(schedule="late")
-
-
-def test_und_first_schedule_trains_generation_only_after_stage_2(tmp_path):
-    from omniar.demo import STAGE_SHARES
-    from omniar.omni.train import SCHEDULES, STAGES, UND_FIRST_STAGES
-
-    assert set(SCHEDULES) == set(STAGE_SHARES) and SCHEDULES["mixed"] is STAGES
-    assert UND_FIRST_STAGES["stage1"] == STAGES["stage1"]  # a mixed run's stage 1 serves both
-    steps = {"stage1": 1, "stage2": 2, "stage3": 2}
-    plan = DemoPlan(**{**TINY.__dict__, "schedule": "und-first", "stage_steps": steps})
-    report = run_demo(tmp_path / "demo", plan, progress=False, log=lambda s: None)
-    logs = {}
-    for stage in ("stage1", "stage2", "stage3"):
-        d = report["steps"][f"train-{stage}"]["dir"]
-        logs[stage] = [json.loads(line) for line in open(f"{d}/{stage}/metrics.jsonl")]
-        recipe = json.loads(open(f"{d}/key.json").read())["recipe"]
-        # the plan's 4 examples a step are the default recipe's 16; stage 2's 10 scale with them
-        assert recipe["examples_per_step"] == (2 if stage == "stage2" else 4)
-        assert recipe["tasks"] == UND_FIRST_STAGES[stage].tasks
-    assert "bits" in logs["stage1"][-1] and "bits" not in logs["stage2"][-1] and "bits" in logs["stage3"][-1]
 
 
 def test_demo_with_speech_trains_a_codec_and_reports_speech(tmp_path):

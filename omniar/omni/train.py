@@ -84,21 +84,6 @@ STAGES: dict[str, Recipe] = {
     "stage2": Recipe(lr=1.5e-3, min_lr_ratio=0.2, warmup=20, questions=4),
     "stage3": Recipe(lr=5e-4, min_lr_ratio=0.1, warmup=10, questions=4),
 }
-# Understanding first (`omniar demo --schedule und-first`): the same stage 1; stage 2 trains no image generation
-# (caption / VQA / text in the mix's ratios, 10 examples a step: the same questions per step as the mixed stage 2),
-# stage 3 brings generation and editing back for longer, at stage 2's rate. On the aligned image latent, training
-# generation in stage 2 keeps VQA from its "second hop" (the questions that need a second look: 0.69 in eight mixed
-# stage 2s, 0.785 without generation), and once made, the hop survives generation training; a step without images
-# costs ~0.4 of a mixed one. The demo's test split: VQA 0.67 -> 0.765, text-to-image 0.256 -> 0.208, edits
-# satisfied 0.365 -> 0.265 against the mixed stages, so it is not the default (BENCHMARKS.md "Demo").
-UND_FIRST_STAGES: dict[str, Recipe] = {
-    "stage1": STAGES["stage1"],
-    "stage2": Recipe(tasks={"caption": 0.1, "vqa": 0.45, "text": 0.05}, examples_per_step=10, lr=1.5e-3,
-                     min_lr_ratio=0.2, warmup=20, questions=4),
-    "stage3": Recipe(tasks={"t2i": 0.25, "caption": 0.05, "vqa": 0.3, "edit": 0.35, "text": 0.05}, lr=1.5e-3,
-                     min_lr_ratio=0.1, warmup=10, questions=4),
-}
-SCHEDULES: dict[str, dict[str, Recipe]] = {"mixed": STAGES, "und-first": UND_FIRST_STAGES}
 
 
 # AR-Omni's reweighting: the last 4 target tokens of captioning and speech recognition weighted 2.0
