@@ -18,7 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from omniar.generation.sampling import SamplingParams
-from omniar.omni.generate import generate_images
+from omniar.omni.generate import EDIT_CFG, T2I_CFG, generate_images
 from omniar.omni.model import OmniModel
 from omniar.omni.understand import describe
 from omniar.tokenizers.train_image import to_uint8
@@ -30,13 +30,12 @@ SPEECH_EVAL_TASKS = ("tts", "asr", "svqa")  # for models with a speech codec
 @dataclass
 class ImageSampling:
     """How images are decoded in the benchmark: guidance (text-to-image weight, edit weight, schedule over scales,
-    edit image weight) and per-bit sampling. Chosen on the validation split (BENCHMARKS.md), never on test:
-    text-to-image gains from strong guidance (10: +0.03-0.05 over 3), while an edit's stronger guidance buys
-    satisfied instructions with untouched objects redrawn, so edits keep 3."""
+    edit image weight) and per-bit sampling. Chosen on the validation split, never on test (`T2I_CFG`,
+    `EDIT_CFG` in omni/generate.py)."""
 
-    cfg: float = 10.0
+    cfg: float = T2I_CFG
     cfg_schedule: str = "linear"
-    edit_cfg: float | None = 3.0  # None: `cfg`
+    edit_cfg: float | None = EDIT_CFG  # None: `cfg`
     image_cfg: float | None = None
     temperature: float = 1.0
     top_k: int = 0

@@ -29,6 +29,13 @@ from omniar.model.bitwise import sample_bits
 from omniar.omni.model import Example, OmniModel, as_images
 from omniar.stream.collate import collate
 
+# the default guidance weights, chosen on the validation split (BENCHMARKS.md "Guidance for the aligned latent"):
+# text-to-image gains from strong guidance (10: +0.03-0.05 over 3), while stronger guidance of an edit satisfies
+# more instructions by redrawing untouched objects, so edits keep 3. The benchmark (`ImageSampling`), the CLI and
+# `OmniModel.generate_image` / `edit_image` all default to these.
+T2I_CFG = 10.0
+EDIT_CFG = 3.0
+
 
 def guidance_weights(cfg: float, scales: int, schedule: str = "linear") -> list[float]:
     if schedule == "constant":

@@ -560,18 +560,21 @@ class OmniModel(nn.Module):
         return group
 
     # ---- the Python API (batched; see omni/generate.py and omni/understand.py for every knob) ----------------
-    def generate_image(self, prompts: str | Sequence[str], cfg: float = 10.0, **kw) -> Tensor:
-        """Images (B, 3, S, S) in [0, 1] for text prompts."""
-        from omniar.omni.generate import generate_images
+    def generate_image(self, prompts: str | Sequence[str], cfg: float | None = None, **kw) -> Tensor:
+        """Images (B, 3, S, S) in [0, 1] for text prompts; guidance `cfg` (None: the benchmark's, `T2I_CFG`)."""
+        from omniar.omni.generate import T2I_CFG, generate_images
 
-        return generate_images(self, [prompts] if isinstance(prompts, str) else list(prompts), cfg=cfg, **kw)
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        return generate_images(self, prompts, cfg=T2I_CFG if cfg is None else cfg, **kw)
 
-    def edit_image(self, images, instructions: str | Sequence[str], cfg: float = 3.0, **kw) -> Tensor:
-        """Edits of `images` (one per instruction; a single image is used for every instruction)."""
-        from omniar.omni.generate import generate_images
+    def edit_image(self, images, instructions: str | Sequence[str], cfg: float | None = None, **kw) -> Tensor:
+        """Edits of `images` (one per instruction; a single image is used for every instruction); guidance `cfg`
+        (None: the benchmark's, `EDIT_CFG`)."""
+        from omniar.omni.generate import EDIT_CFG, generate_images
 
         instructions = [instructions] if isinstance(instructions, str) else list(instructions)
-        return generate_images(self, instructions, sources=self._one_per(images, len(instructions)), cfg=cfg, **kw)
+        return generate_images(self, instructions, sources=self._one_per(images, len(instructions)),
+                               cfg=EDIT_CFG if cfg is None else cfg, **kw)
 
     def answer(self, images, questions: str | Sequence[str], **kw) -> list[str]:
         """Answers to `questions` (one image per question; a single image is used for every question)."""
