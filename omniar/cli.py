@@ -141,7 +141,8 @@ def _eval_model(args) -> None:
     model = OmniModel.from_pretrained(args.model)
     tasks = tuple(args.tasks) if args.tasks else EVAL_TASKS + (SPEECH_EVAL_TASKS if model.speech_codec else ())
     sampling = ImageSampling(**{k: v for k, v in (("cfg", args.cfg), ("edit_cfg", args.edit_cfg),
-                                                  ("cfg_schedule", args.cfg_schedule)) if v is not None})
+                                                  ("cfg_schedule", args.cfg_schedule), ("best_of", args.best_of))
+                                if v is not None})
     result = evaluate_model(model, args.out, num=args.num, heldout=args.heldout, tasks=tasks, split=args.split,
                             sampling=sampling)
     scores = dict(result["scores"])
@@ -328,8 +329,8 @@ def _generate_image(args) -> None:
     from PIL import Image
 
     from omniar.generation.sampling import SamplingParams
-    from omniar.omni.generate import generate_images
     from omniar.omni.model import OmniModel
+    from omniar.omni.rerank import generate_best_of
     from omniar.tokenizers.train_image import to_uint8
 
     model = OmniModel.from_pretrained(args.model)
@@ -343,9 +344,13 @@ def _generate_image(args) -> None:
         from omniar.omni.evaluate import ImageSampling
 
         cfg = ImageSampling().guidance(edit=sources is not None)
-    images = generate_images(model, args.prompts, sources=sources, cfg=cfg, image_cfg=args.image_cfg,
-                             params=SamplingParams(temperature=args.temperature, top_p=args.top_p),
-                             seeds=[args.seed + i for i in range(len(args.prompts))])
+    if args.best_of > 1 and sources is not None:
+        raise SystemExit("--best-of picks text-to-image samples by their caption; it does not apply to edits")
+    if args.best_of > 1 and args.temperature <= 0:
+        raise SystemExit("--best-of needs sampled bits: give --temperature > 0 (1 is the benchmark's)")
+    images = generate_best_of(model, args.prompts, args.best_of, sources=sources, cfg=cfg, image_cfg=args.image_cfg,
+                              params=SamplingParams(temperature=args.temperature, top_p=args.top_p),
+                              seeds=[args.seed + i for i in range(len(args.prompts))])
     out = Path(args.output)
     arrays = to_uint8(images)
     for i, a in enumerate(arrays):
@@ -434,6 +439,8 @@ def _transcribe(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from omniar.omni.generate import EDIT_CFG, T2I_CFG  # the benchmark's guidance weights, named in the help
+
     ap = argparse.ArgumentParser(prog="omniar", description="Unified multimodal autoregressive models.")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -548,12 +555,18 @@ def main(argv: list[str] | None = None) -> None:
         t.add_argument("-o", "--output", default="out.png", help="one prompt: this file; more: name-0.png, ...")
         t.add_argument("--image", required=edit, help="edit this image (the prompts are instructions)")
         t.add_argument("--cfg", type=float, help="guidance weight at the last scale (ramped linearly from 1); "
-                                                 "default: the benchmark's, 10 for text-to-image, 3 for edits")
+                                                 + (f"default: the benchmark's, {EDIT_CFG:g}" if edit else
+                                                    f"default: the benchmark's, {T2I_CFG:g} for text-to-image, "
+                                                    f"{EDIT_CFG:g} for edits (with --image)"))
         t.add_argument("--image-cfg", type=float, help="edits: OneCAT's three-branch guidance with this image weight")
         t.add_argument("--temperature", type=float, default=0.0, help="per bit; 0 = greedy")
         t.add_argument("--top-p", type=float, default=1.0)
         t.add_argument("--seed", type=int, default=0)
-        t.set_defaults(func=_generate_image)
+        if not edit:
+            t.add_argument("--best-of", type=int, default=1, metavar="N",
+                           help="draw N images per prompt (needs --temperature > 0) and keep the one whose caption "
+                                "likelihood of the prompt is highest under the model itself")
+        t.set_defaults(func=_generate_image, best_of=1)
     t = gsub.add_parser("text")
     t.add_argument("--model", required=True, help="checkpoint directory")
     t.add_argument("prompts", nargs="+")
@@ -639,9 +652,11 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--num", type=int, default=200, help="items per task")
     e.add_argument("--heldout", type=int, default=0, help="held-out text-to-image prompts")
     e.add_argument("--split", default="test", choices=["val", "test"])
-    e.add_argument("--cfg", type=float, help="text-to-image guidance weight (default 10)")
-    e.add_argument("--edit-cfg", type=float, help="edit guidance weight (default 3)")
+    e.add_argument("--cfg", type=float, help=f"text-to-image guidance weight (default {T2I_CFG:g})")
+    e.add_argument("--edit-cfg", type=float, help=f"edit guidance weight (default {EDIT_CFG:g})")
     e.add_argument("--cfg-schedule", choices=["linear", "constant"], help="over scales (default linear)")
+    e.add_argument("--best-of", type=int, metavar="N", help="text-to-image: the best of N samples by the model's own "
+                                                            "caption likelihood (default 1: one sample)")
     e.set_defaults(func=_eval_model)
 
     args = ap.parse_args(argv)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from omniar.generation.sampling import SamplingParams
 from omniar.omni.generate import EDIT_CFG, T2I_CFG, generate_images
 from omniar.omni.model import OmniModel
+from omniar.omni.rerank import generate_best_of
 from omniar.omni.understand import describe
 from omniar.tokenizers.train_image import to_uint8
 
@@ -40,6 +41,13 @@ class ImageSampling:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    # text-to-image: the best of this many samples by the model's own caption likelihood (omni/rerank.py);
+    # 1 (the benchmark's): one sample, one forward pass per scale
+    best_of: int = 1
+
+    def __post_init__(self) -> None:
+        if self.best_of < 1:
+            raise ValueError(f"best_of must be >= 1, got {self.best_of}")
 
     def guidance(self, edit: bool = False) -> float:
         """The guidance weight of a text-to-image row, or of an edit's."""
@@ -83,9 +91,9 @@ def predict_shapeworld(model: OmniModel, out: str | Path, num: int = 200, split:
         if task == "t2i":
             for a in range(0, num, batch_size):
                 chunk = samples[a : a + batch_size]
-                gen = generate_images(model, [s["caption"] for s in chunk], cfg=sampling.guidance(),
-                                      cfg_schedule=sampling.cfg_schedule, params=sampling.params(),
-                                      seeds=[seed + a + i for i in range(len(chunk))])
+                gen = generate_best_of(model, [s["caption"] for s in chunk], sampling.best_of,
+                                       cfg=sampling.guidance(), cfg_schedule=sampling.cfg_schedule,
+                                       params=sampling.params(), seeds=[seed + a + i for i in range(len(chunk))])
                 for i, (s, img) in enumerate(zip(chunk, to_uint8(gen))):
                     records.append({"task": "t2i", "prompt": s["caption"], "kind": s["kind"],
                                     "image": save(f"t2i-{a + i:05d}.png", img)})

@@ -560,12 +560,16 @@ class OmniModel(nn.Module):
         return group
 
     # ---- the Python API (batched; see omni/generate.py and omni/understand.py for every knob) ----------------
-    def generate_image(self, prompts: str | Sequence[str], cfg: float | None = None, **kw) -> Tensor:
-        """Images (B, 3, S, S) in [0, 1] for text prompts; guidance `cfg` (None: the benchmark's, `T2I_CFG`)."""
-        from omniar.omni.generate import T2I_CFG, generate_images
+    def generate_image(self, prompts: str | Sequence[str], cfg: float | None = None, best_of: int = 1,
+                       **kw) -> Tensor:
+        """Images (B, 3, S, S) in [0, 1] for text prompts; guidance `cfg` (None: the benchmark's, `T2I_CFG`).
+        `best_of` > 1 (with sampled bits, `params`): the best of that many candidates by the model's own
+        caption likelihood of the prompt (omni/rerank.py)."""
+        from omniar.omni.generate import T2I_CFG
+        from omniar.omni.rerank import generate_best_of
 
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        return generate_images(self, prompts, cfg=T2I_CFG if cfg is None else cfg, **kw)
+        return generate_best_of(self, prompts, best_of, cfg=T2I_CFG if cfg is None else cfg, **kw)
 
     def edit_image(self, images, instructions: str | Sequence[str], cfg: float | None = None, **kw) -> Tensor:
         """Edits of `images` (one per instruction; a single image is used for every instruction); guidance `cfg`
