@@ -344,10 +344,6 @@ def _generate_image(args) -> None:
         from omniar.omni.evaluate import ImageSampling
 
         cfg = ImageSampling().guidance(edit=sources is not None)
-    if args.best_of > 1 and sources is not None:
-        raise SystemExit("--best-of picks text-to-image samples by their caption; it does not apply to edits")
-    if args.best_of > 1 and args.temperature <= 0:
-        raise SystemExit("--best-of needs sampled bits: give --temperature > 0 (1 is the benchmark's)")
     images = generate_best_of(model, args.prompts, args.best_of, sources=sources, cfg=cfg, image_cfg=args.image_cfg,
                               params=SamplingParams(temperature=args.temperature, top_p=args.top_p),
                               seeds=[args.seed + i for i in range(len(args.prompts))])

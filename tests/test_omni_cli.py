@@ -97,7 +97,7 @@ def test_guidance_defaults_and_flags_reach_each_task(run, tmp_path, monkeypatch)
     main([*common[:5], "t2i", *common[7:], "--out", str(tmp_path / "c"), "--best-of", "2"])
     assert seen[7:] == [("t2i", 10.0)] * 2 and rows[7:] == [2 * 3, 1 * 2]
     assert (tmp_path / "b-1.png").is_file() and not (tmp_path / "b-2.png").exists()  # one image per prompt
-    with pytest.raises(SystemExit, match="--best-of needs sampled bits"):
+    with pytest.raises(SystemExit, match="best-of-N needs sampled bits"):
         main(["generate", "image", "--model", ckpt, "a red circle", "--best-of", "2", "-o", str(tmp_path / "x.png")])
 
 

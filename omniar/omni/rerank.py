@@ -42,11 +42,10 @@ def caption_scores(model: OmniModel, images, texts: Sequence[str]) -> Tensor:
     samples = [model.sample(Example("caption", t, image=pixels[i]), und[i], None) for i, t in enumerate(texts)]
     model.check_context(samples, [f"caption {i} ({t[:40]!r})" for i, t in enumerate(texts)])
     batch = collate(samples, pad_id=model.text.pad)
-    logits = model.decoder(**batch.model_inputs()).logits.float()
-    labels = batch.labels
-    scored = labels != IGNORE
-    logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
-    return (logp * scored).sum(1)
+    logits = model.decoder(**batch.model_inputs()).logits
+    scored = batch.labels != IGNORE  # the text's tokens and <eos>: only there is a vocabulary softmax taken
+    logp = torch.log_softmax(logits[scored].float(), -1).gather(-1, batch.labels[scored][:, None])[:, 0]
+    return torch.zeros(len(texts)).index_add_(0, scored.nonzero()[:, 0], logp)
 
 
 @torch.inference_mode()
