@@ -6,6 +6,7 @@ import torch
 
 from omniar.generation.sampling import SamplingParams
 from omniar.modality import Modality
+from omniar.model.config import DecoderConfig
 from omniar.omni.generate import generate_images, guidance_weights
 from omniar.omni.model import Example, OmniConfig, OmniModel
 from omniar.stream.collate import IGNORE
@@ -16,7 +17,7 @@ TEXTS = ["a red circle", "a blue square left of a green star", "how many circles
          "make the circle blue", "there is a small yellow triangle"] * 4
 
 
-def tiny_model(seed=0, adapter=True, raster=False, bit_ar_width=0, edit_reference=False):
+def tiny_model(seed=0, adapter=True, raster=False, bit_ar_width=0, edit_reference=False, prompt_expert=False):
     torch.manual_seed(seed)
     text = TextTokenizer.train(TEXTS, vocab_size=300)
     image = ImageTokenizer(ImageTokenizerConfig(image_size=32, channels=16, bits=8, downsample=2,
@@ -26,6 +27,8 @@ def tiny_model(seed=0, adapter=True, raster=False, bit_ar_width=0, edit_referenc
                    routing={"image_und": "und", "image_gen": "gen", "image_raster": "gen"})
     if adapter:
         decoder.update(scale_adapter_rank=2, num_scales=4)
+    if prompt_expert:
+        decoder.update(experts=(*decoder["experts"], "prompt"), prompt_expert="prompt")
     model = OmniModel(OmniConfig(decoder=decoder, patch=4, patch_channels=8,
                                  generation="raster" if raster else "next_scale", bit_ar_width=bit_ar_width,
                                  edit_reference=edit_reference),
@@ -37,9 +40,10 @@ def tiny_model(seed=0, adapter=True, raster=False, bit_ar_width=0, edit_referenc
     return model.eval()
 
 
-@pytest.fixture(scope="module", params=[0, 16], ids=["independent-bits", "autoregressive-bits"])
+@pytest.fixture(scope="module", params=[dict(), dict(bit_ar_width=16), dict(prompt_expert=True)],
+                ids=["independent-bits", "autoregressive-bits", "prompt-expert"])
 def model(request):
-    return tiny_model(bit_ar_width=request.param)
+    return tiny_model(**request.param)
 
 
 def examples(n_img=32):
@@ -419,3 +423,33 @@ def test_edit_reference_latent_enters_each_generation_position_in_training_and_d
 
     with_ref, without = first_pass_inputs(model), first_pass_inputs(plain)
     assert not torch.allclose(with_ref[0], without[0]) and torch.equal(with_ref[1:], without[1:])
+
+
+def test_prompt_expert_serves_the_text_of_generating_documents_only():
+    """`DecoderConfig.prompt_expert`: the routing rule against a brute-force reading of it, on packed rows, and
+    only generating documents' losses reach that expert."""
+    from omniar.model.experts import prompt_positions
+
+    model = tiny_model(prompt_expert=True).train()
+    batch, bits = model.batch(examples() * 2, pack=True)
+    meta = batch.meta
+    got = prompt_positions(meta.modality, meta.doc)
+    for b in range(meta.doc.shape[0]):
+        for t in range(meta.doc.shape[1]):
+            d = int(meta.doc[b, t])
+            generating = bool(((meta.doc[b] == d) & (meta.modality[b] == Modality.IMAGE_GEN)).any())
+            assert bool(got[b, t]) == (d >= 0 and int(meta.modality[b, t]) == Modality.TEXT and generating)
+    assert 0 < int(got.sum()) < int((meta.modality == Modality.TEXT).sum())  # prompts, and other text too
+
+    def prompt_grad(exs):
+        model.zero_grad()
+        b, target = model.batch(exs, pack=True)
+        model.loss(b, target)[0].backward()
+        return sum(p.grad.abs().sum().item() for n, p in model.named_parameters()
+                   if ".experts.3." in n and p.grad is not None)
+
+    caption, t2i = examples()[1], examples()[0]
+    assert prompt_grad([caption, examples()[2]]) == 0  # understanding only: the text expert's
+    assert prompt_grad([t2i]) > 0
+    with pytest.raises(ValueError, match="prompt_expert 'prompt' is not an expert"):
+        DecoderConfig(experts=("text", "gen"), prompt_expert="prompt")

@@ -52,6 +52,11 @@ class DecoderConfig:
     # name; modalities not listed go to the first expert.
     experts: tuple[str, ...] = ("shared",)
     routing: dict[str, str] = field(default_factory=dict)
+    # the expert that serves the text positions (prompt, task token, <boi>) of every document that generates a
+    # next-scale image, whatever `routing` says for text: the prompt is then encoded by weights that only the
+    # generation losses train (a throwaway test on ShapeWorld: a wrong shape word cost 6.3 nats instead of 1.9,
+    # BENCHMARKS.md "Why: the prompt is read through the text expert"). None: text goes by `routing`.
+    prompt_expert: str | None = None
     # Modalities that arrive as continuous features (n, d) instead of token ids, with their width d.
     feature_dims: dict[str, int] = field(default_factory=dict)
     # OneCAT's Scale-Aware Adapter: per-scale LoRA of this rank (0: none) on one expert's FFN, chosen by each
@@ -80,6 +85,8 @@ class DecoderConfig:
             Modality.parse(mod)
             if expert not in self.experts:
                 raise ValueError(f"routing sends {mod!r} to unknown expert {expert!r}; experts: {self.experts}")
+        if self.prompt_expert is not None and self.prompt_expert not in self.experts:
+            raise ValueError(f"prompt_expert {self.prompt_expert!r} is not an expert; experts: {self.experts}")
         for mod in self.feature_dims:
             Modality.parse(mod)
         if self.scale_adapter_rank:

@@ -81,7 +81,7 @@ class OmniDecoder(nn.Module):
         positions = self._positions(positions, cache, B, L, input_ids.device)
         rope = self.rope(positions)
         mask = self._mask(meta, cache, B, L, input_ids.device)
-        routing = self.router(*((meta.modality, meta.block) if meta is not None else (None, None)))
+        routing = self.router(*((meta.modality, meta.block, meta.doc) if meta is not None else (None,)))
         for i, block in enumerate(self.blocks):
             x = block(x, rope, mask, routing, cache.layers[i] if cache is not None else None)
         x = self.norm(x)

@@ -55,6 +55,7 @@ class Router(nn.Module):
         self.register_buffer("table", torch.empty(len(self._table), dtype=torch.long), persistent=False)
         self.num_experts = len(config.experts)
         self.text_expert = self._table[Modality.TEXT]
+        self.prompt_expert = config.experts.index(config.prompt_expert) if config.prompt_expert else None
         self.reset_buffers()
 
     def reset_buffers(self) -> None:
@@ -62,10 +63,29 @@ class Router(nn.Module):
         with torch.no_grad():
             self.table.copy_(torch.tensor(self._table, dtype=torch.long, device="cpu"))
 
-    def forward(self, modality: Tensor | None, scale: Tensor | None = None) -> Routing:
+    def forward(self, modality: Tensor | None, scale: Tensor | None = None, doc: Tensor | None = None) -> Routing:
+        """`doc` (B, L): the positions' documents, for `DecoderConfig.prompt_expert`."""
         if modality is None or self.num_experts == 1:
             return Routing(None, self.num_experts, self.text_expert, scale if modality is not None else None)
-        return Routing(self.table[modality], self.num_experts, self.text_expert, scale)
+        ids = self.table[modality]
+        if self.prompt_expert is not None and doc is not None:
+            ids = torch.where(prompt_positions(modality, doc), self.prompt_expert, ids)
+        return Routing(ids, self.num_experts, self.text_expert, scale)
+
+
+def prompt_positions(modality: Tensor, doc: Tensor) -> Tensor:
+    """(B, L) bool: the text positions of documents (same row, same `doc`, not padding) that hold next-scale
+    generation positions. In cached decoding the prompt's prefill carries the first scale's positions, so a
+    prompt is routed there as in training."""
+    gen = modality == Modality.IMAGE_GEN
+    if not bool(gen.any()):
+        return torch.zeros_like(gen)
+    B = modality.shape[0]
+    d = doc.clamp(min=0)
+    key = torch.arange(B, device=doc.device)[:, None] * (int(d.max()) + 1) + d
+    generating = torch.zeros(int(key.max()) + 1, dtype=torch.bool, device=doc.device)
+    generating[key[gen]] = True
+    return (modality == Modality.TEXT) & (doc >= 0) & generating[key]
 
 
 class ModalityExperts(nn.Module):
