@@ -126,10 +126,14 @@ class OmniConfig:
 # OneCAT presets edit with the reference's latent at every generation position (`edit_reference`: edits alone,
 # 800 steps, untouched objects preserved 0.275 -> 0.84, BENCHMARKS.md).
 _EXPERTS = dict(experts=("text", "und", "gen"), routing={"image_und": "und", "image_gen": "gen", "image_raster": "gen"})
+# the text of documents that draw an image goes through an expert of its own (DecoderConfig.prompt_expert): the
+# demo's test split, t2i 0.256 -> 0.273, held-out 0.197 -> 0.231, VQA 0.67 -> 0.765, edits 0.365 -> 0.50
+# (BENCHMARKS.md "Demo")
+_PROMPT = dict(experts=("text", "und", "gen", "prompt"), prompt_expert="prompt")
 _TINY = dict(hidden_size=192, num_layers=4, num_heads=6, num_kv_heads=2, intermediate_size=512, **_EXPERTS)
 OMNI_PRESETS: dict[str, dict] = {
-    "onecat-tiny": dict(decoder=dict(_TINY, scale_adapter_rank=8, num_scales=6), patch=4, patch_channels=32,
-                        edit_reference=True),
+    "onecat-tiny": dict(decoder=dict(_TINY, scale_adapter_rank=8, num_scales=6, **_PROMPT), patch=4,
+                        patch_channels=32, edit_reference=True),
     "raster-tiny": dict(decoder=_TINY, generation="raster", patch=4, patch_channels=32, edit_reference=True),
     # the understanding-distillation teacher (omni/teacher.py): a ViT encoder (3 layers) + a small dense decoder
     "vit-teacher-tiny": dict(decoder=dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
