@@ -121,7 +121,8 @@ class OmniConfig:
 
 
 # Named OmniModel presets (data): the decoder's fields plus the patch embedding; vocabulary and feature widths
-# come from the tokenizers. onecat-tiny: 4.9M trainable parameters, sized for 2 CPU cores (BENCHMARKS.md);
+# come from the tokenizers. onecat-tiny: 5.7M trainable parameters (4.5M before its prompt expert), sized for 2
+# CPU cores (BENCHMARKS.md);
 # raster-tiny is the same decoder decoding a single-scale tokenizer's codes token by token (the baseline). The
 # OneCAT presets edit with the reference's latent at every generation position (`edit_reference`: edits alone,
 # 800 steps, untouched objects preserved 0.275 -> 0.84, BENCHMARKS.md).
