@@ -7,6 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+DEVICE_HELP = ("where the model runs: cpu (default), cuda, cuda:1, ... (speech tasks run on the CPU only); "
+               "random draws stay on the CPU, so a seed gives the same draws on every device")
+
 
 def _demo(args) -> None:
     from omniar.demo import DemoPlan, run_demo
@@ -133,12 +136,34 @@ def _eval_shapeworld(args) -> None:
         Path(args.json).write_text(json.dumps(scores, indent=2))
 
 
+def _device(name: str):
+    """The torch device `--device` names, with a named error where it is not here."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this torch ({torch.__version__}) sees no CUDA device")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def _load_omni(args):
+    """The OmniModel of --model on --device (the device checked first: a bad one is named before any loading)."""
+    from omniar.omni.model import OmniModel
+
+    device = _device(args.device)
+    return OmniModel.from_pretrained(args.model).to(device)
+
+
 def _eval_model(args) -> None:
     from omniar.data.shapeworld.benchmark import format_scores
     from omniar.omni.evaluate import EVAL_TASKS, SPEECH_EVAL_TASKS, ImageSampling, evaluate_model
-    from omniar.omni.model import OmniModel
 
-    model = OmniModel.from_pretrained(args.model)
+    model = _load_omni(args)
     tasks = tuple(args.tasks) if args.tasks else EVAL_TASKS + (SPEECH_EVAL_TASKS if model.speech_codec else ())
     sampling = ImageSampling(**{k: v for k, v in (("cfg", args.cfg), ("edit_cfg", args.edit_cfg),
                                                   ("cfg_schedule", args.cfg_schedule), ("best_of", args.best_of))
@@ -263,6 +288,8 @@ def _train_omni(args) -> None:
     if args.workers < 1 or shards % args.workers or shards > args.batch:
         sys.exit(f"error: --shards {shards} must be a multiple of --workers {args.workers} and at most --batch "
                  f"{args.batch}")
+    if _device(args.device).type != "cpu" and args.workers > 1:
+        sys.exit("error: --workers shares a step among CPU processes; on an accelerator train with one")
     out = Path(args.out)
     if (out / "checkpoint" / "trainer.json").is_file():
         preset = read_config(out / "checkpoint", MODEL_TYPE, "unified model (OmniModel)").get("preset", "")
@@ -321,7 +348,7 @@ def _train_omni_process(args, shards: int) -> None:
             speech = SpeechCodec.from_pretrained(args.speech_codec)
         model = OmniModel(config, TextTokenizer.load(args.text_tokenizer),
                           ImageTokenizer.from_pretrained(args.image_tokenizer), speech)
-    train_omni(model, out, recipe, seed=args.seed, teacher=teacher,
+    train_omni(model.to(_device(args.device)), out, recipe, seed=args.seed, teacher=teacher,
                parallel=DataParallel() if args.workers > 1 else None)
 
 
@@ -329,11 +356,10 @@ def _generate_image(args) -> None:
     from PIL import Image
 
     from omniar.generation.sampling import SamplingParams
-    from omniar.omni.model import OmniModel
     from omniar.omni.rerank import generate_best_of
     from omniar.tokenizers.train_image import to_uint8
 
-    model = OmniModel.from_pretrained(args.model)
+    model = _load_omni(args)
     sources = None
     if args.image:
         from omniar.data.manifest import load_image
@@ -357,10 +383,9 @@ def _generate_image(args) -> None:
 
 def _ask(args) -> None:
     from omniar.data.manifest import load_image
-    from omniar.omni.model import OmniModel
     from omniar.omni.understand import describe
 
-    model = OmniModel.from_pretrained(args.model)
+    model = _load_omni(args)
     image = load_image(args.image)
     if args.audio:
         from omniar.omni.speech import answer_spoken
@@ -517,6 +542,7 @@ def main(argv: list[str] | None = None) -> None:
                    "accumulation: less memory, the same update); default: --workers")
     t.add_argument("--workers", type=int, default=1, help="data-parallel processes sharing each step's pieces "
                    "(gloo; bench/train_parallel.py measures whether it pays on your machine)")
+    t.add_argument("--device", default="cpu", help=DEVICE_HELP)
     t.set_defaults(func=_train_omni)
 
     p = sub.add_parser("ask", help="answer questions about an image (or caption it) with an OmniModel")
@@ -524,6 +550,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--image", required=True)
     p.add_argument("questions", nargs="*", help="none: caption the image")
     p.add_argument("--audio", nargs="+", help="spoken questions (WAV files) instead of text ones")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.set_defaults(func=_ask)
 
     p = sub.add_parser("speak", help="text-to-speech with an OmniModel trained with speech")
@@ -562,6 +589,7 @@ def main(argv: list[str] | None = None) -> None:
             t.add_argument("--best-of", type=int, default=1, metavar="N",
                            help="draw N images per prompt (needs --temperature > 0) and keep the one whose caption "
                                 "likelihood of the prompt is highest under the model itself")
+        t.add_argument("--device", default="cpu", help=DEVICE_HELP)
         t.set_defaults(func=_generate_image, best_of=1)
     t = gsub.add_parser("text")
     t.add_argument("--model", required=True, help="checkpoint directory")
@@ -653,6 +681,7 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--cfg-schedule", choices=["linear", "constant"], help="over scales (default linear)")
     e.add_argument("--best-of", type=int, metavar="N", help="text-to-image: the best of N samples by the model's own "
                                                             "caption likelihood (default 1: one sample)")
+    e.add_argument("--device", default="cpu", help=DEVICE_HELP)
     e.set_defaults(func=_eval_model)
 
     args = ap.parse_args(argv)

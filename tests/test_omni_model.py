@@ -92,7 +92,7 @@ def teacher_forced_bits(model, prompt, bits):
     sample = model.sample(Example("t2i", prompt, image=torch.zeros(3, 32, 32)), None, emb)
     from omniar.stream.collate import collate
 
-    batch = collate([sample])
+    batch = collate([sample]).to(model.device)
     with torch.no_grad():
         hidden = model.decoder(**batch.model_inputs()).hidden
     flat = torch.cat([b.flatten(2).transpose(1, 2) for b in bits], 1)[0]  # an autoregressive head reads them

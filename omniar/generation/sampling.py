@@ -90,7 +90,10 @@ def sample(logits: Tensor, params: SamplingParams | None = None, previous: Tenso
     scaled = logits / torch.where(greedy, 1.0, temperature)[:, None]
     if not (_plainly(params.top_k, 0) and _plainly(params.top_p, 1.0)):
         scaled = filter_top_k_top_p(scaled, _rows(params.top_k, B, device, torch.long), _rows(params.top_p, B, device))
-    drawn = torch.multinomial(scaled.softmax(-1), 1, generator=generator).squeeze(1)
+    probs = scaled.softmax(-1)
+    if generator is not None and generator.device != device:  # drawn where the generator lives: a seed gives the
+        probs = probs.to(generator.device)  # same tokens on every device
+    drawn = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(device)
     return torch.where(greedy, logits.argmax(-1), drawn)
 
 

@@ -28,8 +28,8 @@ from omniar.stream.segment import Sample
 class Step(NamedTuple):
     tokens: Tensor  # (B,) the ids drawn (-1: the row drew an image code, or opened its image; <pad> once done)
     finished: Tensor  # (B,) rows that have emitted their stop token
-    logits: Tensor  # (B, V) the model's logits the ids were drawn from (before the mode's mask)
-    hidden: Tensor  # (B, D) the hidden state they came from (image codes: through the bitwise head)
+    logits: Tensor  # (B, V) the model's logits the ids were drawn from (before the mode's mask; on the CPU)
+    hidden: Tensor  # (B, D) the hidden state they came from (image codes: through the bitwise head; model's device)
     bits: Tensor  # (B, d) the image code each row in `drew` drew with the bitwise head
     drew: Tensor  # (B,) rows that drew an image code this step
 
@@ -65,11 +65,14 @@ def steps(model, samples: Sequence[Sample], rules: DecodingRules | None = None,
     rules = _rules(model, rules)
     fsm = FiniteStateDecoder(model.joint_vocab(), rules, batch=B, greedy=greedy, stops=stops)
     fsm.observe(batch.input_ids.masked_fill(batch.meta.doc < 0, pad))
+    # the decoder runs on the model's device; the per-row bookkeeping (the state machine, positions, the image
+    # codes so far) stays on the CPU, which the logits visit once a step
+    device = model.device
     cache = decoder.new_cache()
-    out = decoder(**batch.model_inputs(), cache=cache, logits_to_keep=1)
-    logits, hidden = out.logits[:, -1], out.hidden[:, -1]
+    out = decoder(**batch.to(device).model_inputs(), cache=cache, logits_to_keep=1)
+    logits, hidden = out.logits[:, -1].cpu(), out.hidden[:, -1]
     history = batch.input_ids
-    position = cache.next_position.clone()  # each row's next RoPE position (t)
+    position = cache.next_position.to("cpu", copy=True)  # each row's next RoPE position (t)
     side, d = model.scales[-1], model.tokenizer.config.bits
     eoi, boi = model.ids["eoi"], model.ids["boi"]
     wait = fsm.drawing_image.clone()  # fed <boi> last: the next input opens the image, nothing is drawn
@@ -83,7 +86,7 @@ def steps(model, samples: Sequence[Sample], rules: DecodingRules | None = None,
         if drawing.any():
             rows = drawing.nonzero().squeeze(1)
             drawn = model.bit_head.draw(hidden[rows][:, None], 1, lambda logp: logp[0],
-                                        lambda logp: sample_bits(logp, rules.image, generator))[:, 0]
+                                        lambda logp: sample_bits(logp, rules.image, generator))[:, 0].cpu()
             bits[rows] = drawn
             fsm.advance(torch.where(drawing, 0, -1))  # one image code each
             for i, b in enumerate(rows.tolist()):
@@ -106,7 +109,7 @@ def steps(model, samples: Sequence[Sample], rules: DecodingRules | None = None,
             if wait[b] or (drawing[b] and t < 0):  # the image's next cell: the start vector, or the last code
                 n = len(codes[b])
                 prev = model.tokenizer.quantizer.codes(torch.stack(codes[b])) if n else torch.zeros(0, d)
-                features.append(model.scale_embed.raster(prev[None], n, n + 1)[0])
+                features.append(model.scale_embed.raster(prev[None].to(device), n, n + 1)[0])
                 s = float(image_at[b])
                 pos[b] = torch.tensor([s, s + n // side, s + n % side])
                 meta.modality[b] = raster
@@ -120,9 +123,10 @@ def steps(model, samples: Sequence[Sample], rules: DecodingRules | None = None,
             if t == boi:
                 wait[b], image_at[b] = True, position[b]
         feats = {raster: torch.cat(features)} if features else {}
-        out = decoder(ids[:, None], meta=meta, positions=pos[:, None], features=feats, cache=cache,
-                      logits_to_keep=1)
-        logits, hidden = out.logits[:, -1], out.hidden[:, -1]
+        meta = PositionMeta.unstack(meta.stack().to(device))
+        out = decoder(ids[:, None].to(device), meta=meta, positions=pos[:, None].to(device), features=feats,
+                      cache=cache, logits_to_keep=1)
+        logits, hidden = out.logits[:, -1].cpu(), out.hidden[:, -1]
 
 
 @torch.inference_mode()

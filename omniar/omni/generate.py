@@ -59,11 +59,11 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
                     cfg: float = 1.0, cfg_schedule: str = "linear", image_cfg: float | None = None,
                     params: SamplingParams | None = None,
                     seeds: Sequence[int] | None = None, prefix: Sequence | None = None, return_bits: bool = False):
-    """Images (B, 3, S, S) in [0, 1] for text prompts - or, with `sources` (one image per prompt), edits of them
-    (guidance then drops the instruction and keeps the reference image). `params` sample each bit (default
-    greedy); `seeds` gives each row its own generator, so a row's image does not depend on its batch. `prefix`
-    (next-scale): the bits of the first K scales, each (B, d, s_k, s_k) as `ImageTokenizer.encode` gives them,
-    which are kept and the later scales generated from them (complete an image from its coarse layout; where
+    """Images (B, 3, S, S) in [0, 1], on the model's device, for text prompts - or, with `sources` (one image per
+    prompt), edits of them (guidance then drops the instruction and keeps the reference image). `params` sample each
+    bit (default greedy); `seeds` gives each row its own generator, so a row's image does not depend on its batch.
+    `prefix` (next-scale): the bits of the first K scales, each (B, d, s_k, s_k) as `ImageTokenizer.encode` gives
+    them, which are kept and the later scales generated from them (complete an image from its coarse layout; where
     quality is lost per scale: bench/omni_scale_forcing.py). With return_bits, also the bits per scale."""
     if not prompts:
         raise ValueError("generate_images needs at least one prompt")
@@ -99,7 +99,7 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
     if prefix is not None:
         _check_prefix(model, prefix, n)
     model.check_context(samples, [f"prompt {i % n} ({prompts[i % n][:40]!r})" for i in range(len(samples))])
-    batch = collate(samples, pad_side="left", pad_id=model.text.pad)
+    batch = collate(samples, pad_side="left", pad_id=model.text.pad).to(model.device)
     groups = len(branches)
     steps = _NextScale(model, n) if model.gen_modality == Modality.IMAGE_GEN else _Raster(model, n)
     weights = guidance_weights(cfg, len(steps.sizes), cfg_schedule) if isinstance(steps, _NextScale) else (
@@ -120,7 +120,7 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
                                     lambda logp: torch.cat([sample_bits(logp[i : i + 1], row_params(params, i), g)
                                                             for i, g in enumerate(generators)]))
         if prefix is not None and k < len(prefix):  # drawn all the same: a row's generator does not depend on K
-            drawn = prefix[k].flatten(2).transpose(1, 2).to(drawn.dtype)
+            drawn = prefix[k].flatten(2).transpose(1, 2).to(drawn.device, drawn.dtype)
         steps.add(k, drawn)
         at += size
     bits = steps.bits()
@@ -180,7 +180,7 @@ class _Raster:
     def __init__(self, model: OmniModel, n: int):
         self.model, self.n, self.side = model, n, model.scales[0]
         self.sizes = [1] * self.side**2
-        self.codes = torch.zeros(n, 0, model.tokenizer.config.bits)
+        self.codes = torch.zeros(n, 0, model.tokenizer.config.bits, device=model.device)
         self.tokens: list = []
 
     def inputs(self, k: int):

@@ -341,19 +341,25 @@ class OmniModel(nn.Module):
         return self
 
     @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (`model.to(device)` moves it; inputs follow, random draws stay on their
+        generators' device, so a seed gives the same draws on every device)."""
+        return self.decoder.embed.weight.device
+
+    @property
     def und_width(self) -> int:
         """The width of `und_features` (a distillation teacher's feature width)."""
         return self.decoder.config.hidden_size
 
     def und_features(self, images: Tensor) -> Tensor:
         """Understanding-image tokens (B, T, D): the patch embedding, then the ViT encoder if there is one."""
-        x = self.patch_embed(images)
+        x = self.patch_embed(images.to(self.device))
         return x if self.vision is None else self.vision(x)
 
     def reference_features(self, sources) -> Tensor:
         """(B, T, D): for each generation position of an edit, the embedding of the reference image's latent at
         that position's scale and place (stream order: scale-major, row-major; `OmniConfig.edit_reference`)."""
-        latents = self.tokenizer.latents(as_images(sources, self.image_size))
+        latents = self.tokenizer.latents(as_images(sources, self.image_size).to(self.device))
         return self.ref_embed(stream_order(latents))
 
     # ---- layouts ----------------------------------------------------------------------------------------------
@@ -455,15 +461,16 @@ class OmniModel(nn.Module):
         und_images = [ex.source if ex.task == "edit" else ex.image for ex in examples
                       if ex.task in UNDERSTANDS]
         gen_images = [ex.image for ex in examples if ex.task in GENERATES]
-        und_pixels = as_images(und_images, side) if und_images else None
+        device = self.device
+        und_pixels = as_images(und_images, side).to(device) if und_images else None
         und = iter(self.und_features(und_pixels)) if und_images else iter(())
         taught = iter(())
         if teacher is not None and und_images:
             with torch.no_grad():
                 taught = iter(teacher.eval().und_features(und_pixels))
-        gen, targets = iter(()), torch.zeros(0, self.tokenizer.config.bits, dtype=torch.bool)
+        gen, targets = iter(()), torch.zeros(0, self.tokenizer.config.bits, dtype=torch.bool, device=device)
         if gen_images:
-            x = as_images(gen_images, side)
+            x = as_images(gen_images, side).to(device)
             if self.gen_modality == Modality.IMAGE_RASTER:  # next-token inputs: the previous token's code
                 bits = self.tokenizer.encode(x)
                 codes = self.tokenizer.quantizer.codes(bits[0]).flatten(2).transpose(1, 2)
@@ -474,7 +481,7 @@ class OmniModel(nn.Module):
                     flip = levels.float() / 3 * self.config.max_flip
                 else:
                     flip = torch.zeros(len(x))
-                inputs, bits = self.tokenizer.self_correct(x, flip, generator)
+                inputs, bits = self.tokenizer.self_correct(x, flip.to(device), generator)
                 gen = iter(self.scale_embed(inputs, batch=len(x)))
             targets = stream_order(bits).reshape(-1, bits[0].shape[1])
         refs = iter(())
@@ -497,10 +504,10 @@ class OmniModel(nn.Module):
                 features.append(t)
         self.check_context(samples, names)
         max_len = max(len(s) for s in samples) if pack else None
-        batch = collate(samples, max_len=max_len, pad_id=self.text.pad)
+        batch = collate(samples, max_len=max_len, pad_id=self.text.pad).to(device)
         if teacher is None:
             return batch, targets
-        return batch, targets, torch.cat(features) if features else torch.zeros(0, teacher.und_width)
+        return batch, targets, torch.cat(features) if features else torch.zeros(0, teacher.und_width, device=device)
 
     def check_context(self, samples: list[Sample], names: list[str], reserve: int = 0) -> None:
         """A named error when a sample (plus `reserve` positions still to generate) exceeds the context."""

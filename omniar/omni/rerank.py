@@ -41,11 +41,11 @@ def caption_scores(model: OmniModel, images, texts: Sequence[str]) -> Tensor:
     und = model.und_features(pixels)
     samples = [model.sample(Example("caption", t, image=pixels[i]), und[i], None) for i, t in enumerate(texts)]
     model.check_context(samples, [f"caption {i} ({t[:40]!r})" for i, t in enumerate(texts)])
-    batch = collate(samples, pad_id=model.text.pad)
+    batch = collate(samples, pad_id=model.text.pad).to(model.device)
     logits = model.decoder(**batch.model_inputs()).logits
     scored = batch.labels != IGNORE  # the text's tokens and <eos>: only there is a vocabulary softmax taken
     logp = torch.log_softmax(logits[scored].float(), -1).gather(-1, batch.labels[scored][:, None])[:, 0]
-    return torch.zeros(len(texts)).index_add_(0, scored.nonzero()[:, 0], logp)
+    return logp.new_zeros(len(texts)).index_add_(0, scored.nonzero()[:, 0], logp)
 
 
 @torch.inference_mode()
@@ -82,5 +82,5 @@ def generate_best_of(model: OmniModel, prompts: Sequence[str], best_of: int = 1,
                                                                 for s in seeds], **kw)
     scores = caption_scores(model, images, rows).view(best_of, n).T
     best = scores.argmax(1)
-    chosen = images.view(best_of, n, *images.shape[1:])[best, torch.arange(n)]
+    chosen = images.view(best_of, n, *images.shape[1:])[best, torch.arange(n, device=best.device)]
     return (chosen, scores) if return_scores else chosen

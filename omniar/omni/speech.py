@@ -33,6 +33,8 @@ MAX_SECONDS = 30.0  # the longest audio accepted as input
 def _codec(model: OmniModel):
     if model.speech_codec is None:
         raise ValueError("this model has no speech codec: it was trained without speech")
+    if model.device.type != "cpu":
+        raise ValueError(f"speech runs on the CPU only for now; this model is on {model.device} (model.to('cpu'))")
     return model.speech_codec
 
 

@@ -211,7 +211,10 @@ def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, 
     speech = [t for t in recipe.tasks if t in SPEECH_TASKS and recipe.tasks[t] > 0]
     if speech and model.speech_codec is None:
         raise ValueError(f"the recipe trains speech tasks ({', '.join(speech)}) but the model has no speech codec")
-    teacher = teacher.requires_grad_(False).eval() if recipe.distill > 0 else None
+    if speech and model.device.type != "cpu":
+        raise ValueError(f"speech tasks ({', '.join(speech)}) train on the CPU only for now; this model is on "
+                         f"{model.device}")
+    teacher = teacher.requires_grad_(False).eval().to(model.device) if recipe.distill > 0 else None
     grid = model.patch_embed.grid()
     if teacher is not None and getattr(teacher, "grid", grid[0]) != grid[0]:
         raise ValueError(f"the teacher gives a {teacher.grid} x {teacher.grid} feature grid for "

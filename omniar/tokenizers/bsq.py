@@ -111,7 +111,9 @@ class MultiScaleBSQ(nn.Module):
         for k, s in enumerate(self.scales):
             _, target, _ = self.quantize(self.down(f - f_hat, s))
             targets.append(target)
-            flip = torch.rand(target.shape, generator=generator, device=f.device) < p
+            # drawn where the generator lives (a CPU generator flips the same bits for a model on any device)
+            where = generator.device if generator is not None else f.device
+            flip = torch.rand(target.shape, generator=generator, device=where).to(f.device) < p
             f_hat = f_hat + self.contribution(self.codes(target ^ flip), k, size)
             if k + 1 < len(self.scales):
                 inputs.append(self.down(f_hat, self.scales[k + 1]))

@@ -45,7 +45,7 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """float (N, 3, S, S) in [0, 1] -> uint8 (N, S, S, 3), the inverse of `to_tensor`."""
-    return (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    return (images.detach().permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
 
 
 def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageTokenizerConfig | None = None,
