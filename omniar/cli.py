@@ -16,7 +16,8 @@ def _demo(args) -> None:
 
     plan = DemoPlan.for_budget(args.budget, seed=args.seed, distill=args.distill, teacher=args.teacher,
                                align=args.align, speech=args.speech, preset=args.preset)
-    report = run_demo(args.out, plan, cache=args.cache, use_cache=not args.no_cache)
+    device = _device(args.device)  # named before any work
+    report = run_demo(args.out, plan, cache=args.cache, use_cache=not args.no_cache, device=device)
     from omniar.data.shapeworld.benchmark import format_scores
 
     scores = dict(report["scores"])
@@ -481,6 +482,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--speech", action="store_true", help="AR-Omni's speech too: a speech codec, text-to-speech, "
                                                          "recognition and spoken questions in every stage")
     p.add_argument("--preset", default="onecat-tiny", help="e.g. ar-omni-tiny (raster images, swin-norm)")
+    p.add_argument("--device", default="cpu", help="where the stages train and the benchmark runs: cpu (default), "
+                   "cuda, ... (data, tokenizers and the teacher are made on the CPU; speech runs on the CPU only)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("info", help="parameter counts (total / active) of a preset or checkpoint")

@@ -136,8 +136,11 @@ class Cache:
 
 
 def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: str | Path | None = None,
-             use_cache: bool = True, progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Run the whole pipeline; writes out/report.html, out/report.json and out/eval/. Returns the report."""
+             use_cache: bool = True, progress: bool = True, log: Callable[[str], None] = print,
+             device: str = "cpu") -> dict:
+    """Run the whole pipeline; writes out/report.html, out/report.json and out/eval/. Returns the report.
+    `device`: where the three stages train and the benchmark runs (data, tokenizers and teacher are made on the
+    CPU; a stage's cache key does not name the device)."""
     import torch
 
     from omniar.model.patch_embed import token_grid
@@ -157,6 +160,9 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
     from omniar.tokenizers.text import TextTokenizer
 
     plan = plan or DemoPlan.for_budget()
+    device = torch.device(device)
+    if plan.speech and device.type != "cpu":
+        raise ValueError(f"the speech demo runs on the CPU only for now (device {device})")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     store = Cache(cache if cache is not None else out.parent / "cache", enabled=use_cache)
@@ -286,12 +292,12 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
                                   SpeechCodec.from_pretrained(codec_dir) if codec_dir is not None else None)
             else:
                 model = OmniModel.from_pretrained(previous)
-            metrics = train_stages(model, d, {name: n}, seed=plan.seed, progress=progress, stages=stages,
+            metrics = train_stages(model.to(device), d, {name: n}, seed=plan.seed, progress=progress, stages=stages,
                                    teacher=teacher if stages[name].distill else None).get(name) or [{}]
             return {"steps": n, "loss": metrics[-1].get("loss"), "tokens_per_s": metrics[-1].get("tokens_per_s")}
 
         previous = step(f"train-{name}", key, train) / name / "checkpoint"
-    model = OmniModel.from_pretrained(previous)
+    model = OmniModel.from_pretrained(previous).to(device)
 
     # 5. the benchmark (test split + held-out compositions), judged independently
     eval_dir = out / "eval"

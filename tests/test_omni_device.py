@@ -114,9 +114,10 @@ def test_training_on_the_device_saves_a_checkpoint_the_cpu_loads(tmp_path):
 def test_device_option_names_a_device_that_is_not_here(capsys):
     from omniar.cli import main
 
-    with pytest.raises(SystemExit) as e:
-        main(["eval", "model", "--model", "nowhere", "--out", "x", "--device", "tpu-or-not"])
-    assert "--device" in str(e.value.code)
+    for argv in (["eval", "model", "--model", "nowhere", "--out", "x"], ["demo", "--out", "nowhere/demo"]):
+        with pytest.raises(SystemExit) as e:
+            main([*argv, "--device", "tpu-or-not"])
+        assert "--device" in str(e.value.code)
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit) as e:
             main(["generate", "image", "a red circle", "--model", "nowhere", "--device", "cuda"])

@@ -128,7 +128,7 @@ class OmniDecoder(nn.Module):
             if f.shape != (count, proj.in_features):
                 raise ValueError(f"{name} features have shape {tuple(f.shape)}; the batch has {count} {name} "
                                  f"positions of width {proj.in_features}")
-            x = x.masked_scatter(where[..., None], proj(f.to(x.dtype)))
+            x = x.masked_scatter(where[..., None], proj(f.to(x.dtype)).to(x.dtype))
         return x
 
     def _positions(self, positions: Tensor | None, cache: DecoderCache | None, B: int, L: int, device) -> Tensor:
