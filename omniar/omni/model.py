@@ -484,21 +484,23 @@ class OmniModel(nn.Module):
                 inputs, bits = self.tokenizer.self_correct(x, flip.to(device), generator)
                 gen = iter(self.scale_embed(inputs, batch=len(x)))
             targets = stream_order(bits).reshape(-1, bits[0].shape[1])
-        refs = iter(())
-        if self.ref_embed is not None and any(ex.task == "edit" for ex in examples):
-            refs = iter(self.reference_features([ex.source for ex in examples if ex.task == "edit"]))
-        samples, features = [], []
+        drops = []  # condition dropout, each independently: (drop prompt, drop reference image)
         for ex in examples:
             drop_prompt = drop_image = False
-            if generator is not None and ex.task in ("t2i", "edit"):  # condition dropout, each independently
+            if generator is not None and ex.task in ("t2i", "edit"):
                 drop_prompt, drop_image = (torch.rand(2, generator=generator) < self.config.cfg_dropout).tolist()
+            drops.append((drop_prompt, drop_image and ex.task == "edit"))
+        refs = iter(())  # the reference latents of the edits that keep their reference
+        kept = [ex.source for ex, (_, di) in zip(examples, drops) if ex.task == "edit" and not di]
+        if self.ref_embed is not None and kept:
+            refs = iter(self.reference_features(kept))
+        samples, features = [], []
+        for ex, (drop_prompt, drop_image) in zip(examples, drops):
             u = next(und) if ex.task in UNDERSTANDS else None
             t = next(taught, None) if ex.task in UNDERSTANDS else None
             g = next(gen) if ex.task in GENERATES else None
-            drop_image = drop_image and ex.task == "edit"
-            r = next(refs, None) if ex.task == "edit" else None
-            if r is not None and not drop_image:
-                g = g + r
+            if ex.task == "edit" and not drop_image and self.ref_embed is not None:
+                g = g + next(refs)
             samples.append(self.sample(ex, u, g, drop_prompt, drop_image, reweight))
             if t is not None and not drop_image:  # a dropped reference is not in the stream
                 features.append(t)
