@@ -1,0 +1,95 @@
+"""Where an OmniModel training step's time goes, per device: building the batch (images encoded by the frozen
+tokenizer, the stream collated), forward, backward (with clipping) and the optimizer step (Muon: Newton-Schulz in
+bf16 for the hidden matrices, AdamW for the rest).
+
+    python bench/omni_train_step.py [--preset onecat-tiny] [--mix stage2|stage1|t2i] [--examples 16] [--steps 8]
+                                    [--devices cpu cuda]
+
+Untrained tokenizers (the work per step does not depend on their weights); the ShapeWorld examples are rendered
+before timing (rendering is the data loader's work, not the model's). Each device trains 2 warm-up steps, then
+times `--steps` more; the table gives the mean milliseconds of each phase, the stream positions per step, examples
+per second, and each device's step time against the first device's, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+from omniar.data.shapeworld.corpus import world_text
+from omniar.omni.model import OmniModel, omni_preset
+from omniar.omni.train import STAGES, Recipe, examples_for_step
+from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
+from omniar.tokenizers.text import TextTokenizer
+from omniar.train.trainer import TrainConfig, make_optimizer
+
+MIXES = {"stage1": STAGES["stage1"].tasks, "stage2": STAGES["stage2"].tasks, "t2i": {"t2i": 1.0}}
+PHASES = ("batch", "forward", "backward", "optimizer")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_device(device: torch.device, preset: str, text: TextTokenizer, examples: list, steps: int) -> dict:
+    torch.manual_seed(0)
+    model = OmniModel(omni_preset(preset), text, ImageTokenizer(ImageTokenizerConfig())).to(device).train()
+    optimizer = make_optimizer(model, TrainConfig(optimizer="muon", lr=1e-3))
+    totals = dict.fromkeys(PHASES, 0.0)
+    positions = 0
+    for i, step_examples in enumerate(examples):
+        marks = [time.perf_counter()]
+        batch = model.batch(step_examples, generator=torch.Generator().manual_seed(i), pack=True)
+        sync(device)
+        marks.append(time.perf_counter())
+        loss, _ = model.loss(*batch)
+        sync(device)
+        marks.append(time.perf_counter())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        sync(device)
+        marks.append(time.perf_counter())
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        marks.append(time.perf_counter())
+        if i >= len(examples) - steps:  # the first ones warm up
+            for name, a, b in zip(PHASES, marks, marks[1:]):
+                totals[name] += (b - a) / steps
+            positions += int((batch[0].meta.doc >= 0).sum()) // steps
+    return {**totals, "positions": positions, "step": sum(totals.values())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="onecat-tiny")
+    ap.add_argument("--mix", choices=sorted(MIXES), default="stage2", help="the task mix of the examples")
+    ap.add_argument("--examples", type=int, default=16, help="examples per step")
+    ap.add_argument("--steps", type=int, default=8, help="timed steps (after 2 warm-up steps)")
+    ap.add_argument("--devices", nargs="+", default=["cpu"])
+    args = ap.parse_args()
+    devices = [torch.device(d) for d in args.devices]
+    if any(d.type == "cuda" for d in devices) and not torch.cuda.is_available():
+        raise SystemExit("error: --devices names cuda, but this torch sees no CUDA device")
+    text = TextTokenizer.train(list(world_text(2000)), vocab_size=400)
+    recipe = Recipe(tasks=MIXES[args.mix], examples_per_step=args.examples, questions=4)
+    examples = [examples_for_step(recipe, i, ImageTokenizerConfig().image_size) for i in range(2 + args.steps)]
+    rows = [(d, time_device(d, args.preset, text, examples, args.steps)) for d in devices]
+    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
+          f"threads{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''}; {args.preset}, "
+          f"mix {args.mix}, {args.examples} examples a step, {args.steps} timed steps\n")
+    print("| device | batch ms | forward ms | backward ms | optimizer ms | step ms | positions / step | examples/s "
+          "| step time vs first |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    first = rows[0][1]["step"]
+    for device, r in rows:
+        print(f"| {device} | " + " | ".join(f"{1000 * r[p]:.0f}" for p in PHASES) + f" | {1000 * r['step']:.0f} | "
+              f"{r['positions']} | {args.examples / r['step']:.1f} | {r['step'] / first:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
