@@ -60,8 +60,8 @@ def time_device(device: torch.device, preset: str, text: TextTokenizer, examples
         if i >= len(examples) - steps:  # the first ones warm up
             for name, a, b in zip(PHASES, marks, marks[1:]):
                 totals[name] += (b - a) / steps
-            positions += int((batch[0].meta.doc >= 0).sum()) // steps
-    return {**totals, "positions": positions, "step": sum(totals.values())}
+            positions += int((batch[0].meta.doc >= 0).sum())
+    return {**totals, "positions": positions // steps, "step": sum(totals.values())}
 
 
 def main() -> None:

@@ -18,6 +18,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 # Rates on 2 CPU cores (BENCHMARKS.md, "make demo"): image-tokenizer steps (32 images) and onecat-tiny steps (16
 # mixed examples) per minute, and the benchmark's cost per evaluated item (all four tasks) in minutes.
@@ -137,7 +141,7 @@ class Cache:
 
 def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: str | Path | None = None,
              use_cache: bool = True, progress: bool = True, log: Callable[[str], None] = print,
-             device: str = "cpu") -> dict:
+             device: str | torch.device = "cpu") -> dict:
     """Run the whole pipeline; writes out/report.html, out/report.json and out/eval/. Returns the report.
     `device`: where the three stages train and the benchmark runs (data, tokenizers and teacher are made on the
     CPU; a stage's cache key does not name the device)."""

@@ -100,8 +100,7 @@ def steps(model, samples: Sequence[Sample], rules: DecodingRules | None = None,
             return
         history = torch.cat([history, torch.where(token < 0, pad, token)[:, None]], 1)
         ids = token.clamp(min=0)
-        meta = PositionMeta.text(B, 1)
-        meta.modality = torch.where(ids >= model.speech_offset, int(Modality.SPEECH), int(Modality.TEXT))[:, None]
+        modality = torch.where(ids >= model.speech_offset, int(Modality.SPEECH), int(Modality.TEXT))[:, None]
         pos = torch.zeros(B, 3)
         features = []
         for b in range(B):
@@ -112,7 +111,7 @@ def steps(model, samples: Sequence[Sample], rules: DecodingRules | None = None,
                 features.append(model.scale_embed.raster(prev[None].to(device), n, n + 1)[0])
                 s = float(image_at[b])
                 pos[b] = torch.tensor([s, s + n // side, s + n % side])
-                meta.modality[b] = raster
+                modality[b] = raster
                 wait[b] = False
                 continue
             if t == eoi and drawing[b]:  # after the image's cells (collate: the next segment starts at + side)
@@ -123,7 +122,8 @@ def steps(model, samples: Sequence[Sample], rules: DecodingRules | None = None,
             if t == boi:
                 wait[b], image_at[b] = True, position[b]
         feats = {raster: torch.cat(features)} if features else {}
-        meta = PositionMeta.unstack(meta.stack().to(device))
+        meta = PositionMeta.text(B, 1, device=device)
+        meta.modality = modality.to(device)
         out = decoder(ids[:, None].to(device), meta=meta, positions=pos[:, None].to(device), features=feats,
                       cache=cache, logits_to_keep=1)
         logits, hidden = out.logits[:, -1].cpu(), out.hidden[:, -1]

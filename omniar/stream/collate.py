@@ -50,6 +50,11 @@ class Batch:
                      self.labels[:, start:stop], self.loss_weights[:, start:stop])
 
     def to(self, device: torch.device | str) -> Batch:
+        """The batch on `device` (itself when every tensor is there already)."""
+        device = torch.device(device)
+        tensors = [self.input_ids, self.positions, self.labels, self.loss_weights, *self.features.values()]
+        if all(t.device == device for t in tensors) and self.meta.index.device == device:
+            return self
         meta = PositionMeta.unstack(self.meta.stack().to(device))
         feats = {m: f.to(device) for m, f in self.features.items()}
         return Batch(self.input_ids.to(device), meta, self.positions.to(device), feats, self.labels.to(device),
