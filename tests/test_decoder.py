@@ -5,6 +5,7 @@ import torch
 
 from omniar import Modality, OmniDecoder, PositionMeta, Sample, Segment, collate, preset
 from omniar.model import PRESETS
+from omniar.model.experts import upcycle_experts
 from tests.streams import FEAT, mixed_config, mixed_sample, random_sinks
 
 TOL = 1e-4
@@ -22,10 +23,13 @@ def boundaries(batch):
     return cuts + [L]
 
 
-@pytest.mark.parametrize("norm,sink", [("pre", False), ("swin", False), ("pre", True)])
-def test_cached_steps_equal_full_forward_on_mixed_modalities(norm, sink):
-    """Prefill, then steps of one token, whole scales and whole understanding images, rows of unequal lengths."""
-    model = OmniDecoder(mixed_config(norm_placement=norm, qk_norm=norm == "swin", attention_sink=sink)).eval()
+@pytest.mark.parametrize("norm,sink,mot", [("pre", False, False), ("swin", False, False), ("pre", True, False),
+                                           ("pre", False, True)])
+def test_cached_steps_equal_full_forward_on_mixed_modalities(norm, sink, mot):
+    """Prefill, then steps of one token, whole scales and whole understanding images, rows of unequal lengths;
+    `mot`: each expert with attention projections of its own (steps that hold tokens of several experts)."""
+    model = OmniDecoder(mixed_config(norm_placement=norm, qk_norm=norm == "swin", attention_sink=sink,
+                                     expert_attention=mot)).eval()
     if sink:
         random_sinks(model)
     batch = collate([mixed_sample(0, text_len=4), mixed_sample(1, text_len=1)], pad_side="left")
@@ -168,6 +172,44 @@ def test_each_expert_computes_exactly_its_tokens():
             assert torch.allclose(out[b, t], ref, atol=1e-6)
 
 
+def test_expert_attention_projects_each_token_with_its_experts_weights():
+    """Mixture-of-Transformers: QKV and output projections through the gather/scatter path equal applying each
+    token's expert by hand, and a batch without an expert's tokens leaves that expert's projections untouched."""
+    model = OmniDecoder(mixed_config(num_layers=1, expert_attention=True))
+    attn = model.blocks[0].mixer
+    x = torch.randn(2, 7, 48)
+    modality = torch.tensor([[0, 2, 2, 4, 0, 1, 1], [4, 4, 0, 2, 1, 0, 0]])
+    routing = model.router(modality)
+    for proj in (attn.qkv, attn.o):
+        out = attn._project(proj, x, routing)
+        ref = torch.stack([torch.stack([proj[{0: 0, 1: 1, 2: 2, 4: 3}[int(modality[b, t])]](x[b, t])
+                                        for t in range(7)]) for b in range(2)])
+        assert torch.allclose(out, ref, atol=1e-6)
+    s = Sample([Segment("text", [1, 2, 3]), Segment("image_gen", [4, 5, 6, 7, 8], scales=[(1, 1), (2, 2)])])
+    model(**collate([s]).model_inputs()).logits.sum().backward()
+    names = model.config.experts
+    for proj in (attn.qkv, attn.o):
+        grads = {n: p.weight.grad for n, p in zip(names, proj)}
+        assert grads["text"].abs().sum() > 0 and grads["gen"].abs().sum() > 0
+        assert grads["und"] is None and grads["speech"] is None
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_upcycling_copies_the_dense_weights_and_keeps_every_output(attention):
+    dense = OmniDecoder(mixed_config(experts=("shared",), routing={})).eval()
+    b = collate([mixed_sample(0), mixed_sample(1, text_len=2)])
+    moe = upcycle_experts(dense, ("text", "und", "gen", "speech"), mixed_config().routing, attention=attention)
+    assert moe.config.expert_attention is attention
+    assert isinstance(moe.blocks[0].mixer.qkv, torch.nn.ModuleList) is attention
+    with torch.no_grad():
+        ref = dense(**b.model_inputs()).logits
+        assert (moe(**b.model_inputs()).logits - ref).abs().max() <= TOL
+        if attention:  # the copies are parameters of their own: changing the text expert's moves the outputs
+            moe.blocks[0].mixer.o[0].weight.add_(0.5)
+            out = moe(**b.model_inputs()).logits
+            assert (out - ref).abs().max() > 1e-3
+
+
 def test_active_and_total_parameters():
     dense = OmniDecoder(preset("onecat-tiny", experts=("shared",), routing={}))
     moe = OmniDecoder(preset("onecat-tiny"))
@@ -175,6 +217,10 @@ def test_active_and_total_parameters():
     assert d["total"] == d["active"] == m["active"]
     per_expert = sum(p.numel() for p in moe.blocks[0].ffn.experts[0].parameters())
     assert m["total"] - m["active"] == 2 * per_expert * moe.config.num_layers
+    mot = OmniDecoder(preset("onecat-tiny", expert_attention=True)).num_parameters()
+    per_attention = sum(p.numel() for p in dense.blocks[0].mixer.parameters())
+    assert mot["active"] == m["active"]
+    assert mot["total"] - m["total"] == 2 * per_attention * moe.config.num_layers
 
 
 def test_features_enter_at_their_positions():

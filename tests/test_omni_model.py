@@ -17,7 +17,8 @@ TEXTS = ["a red circle", "a blue square left of a green star", "how many circles
          "make the circle blue", "there is a small yellow triangle"] * 4
 
 
-def tiny_model(seed=0, adapter=True, raster=False, bit_ar_width=0, edit_reference=False, prompt_expert=False):
+def tiny_model(seed=0, adapter=True, raster=False, bit_ar_width=0, edit_reference=False, prompt_expert=False,
+               expert_attention=False):
     torch.manual_seed(seed)
     text = TextTokenizer.train(TEXTS, vocab_size=300)
     image = ImageTokenizer(ImageTokenizerConfig(image_size=32, channels=16, bits=8, downsample=2,
@@ -29,6 +30,8 @@ def tiny_model(seed=0, adapter=True, raster=False, bit_ar_width=0, edit_referenc
         decoder.update(scale_adapter_rank=2, num_scales=4)
     if prompt_expert:
         decoder.update(experts=(*decoder["experts"], "prompt"), prompt_expert="prompt")
+    if expert_attention:
+        decoder.update(expert_attention=True)
     model = OmniModel(OmniConfig(decoder=decoder, patch=4, patch_channels=8,
                                  generation="raster" if raster else "next_scale", bit_ar_width=bit_ar_width,
                                  edit_reference=edit_reference),
@@ -40,8 +43,9 @@ def tiny_model(seed=0, adapter=True, raster=False, bit_ar_width=0, edit_referenc
     return model.eval()
 
 
-@pytest.fixture(scope="module", params=[dict(), dict(bit_ar_width=16), dict(prompt_expert=True)],
-                ids=["independent-bits", "autoregressive-bits", "prompt-expert"])
+@pytest.fixture(scope="module", params=[dict(), dict(bit_ar_width=16), dict(prompt_expert=True),
+                                        dict(prompt_expert=True, expert_attention=True)],
+                ids=["independent-bits", "autoregressive-bits", "prompt-expert", "expert-attention"])
 def model(request):
     return tiny_model(**request.param)
 

@@ -1,4 +1,4 @@
-"""One decoder layer: a sequence mixer (shared by all modalities) and modality-routed FFN experts.
+"""One decoder layer: a sequence mixer over all modalities' tokens and modality-routed FFN experts.
 
 Norm placement (`config.norm_placement`):
 - "pre" (Qwen2):        h = x + mixer(norm(x));  out = h + ffn(norm(h))
@@ -27,7 +27,7 @@ class DecoderBlock(nn.Module):
 
     def forward(self, x: Tensor, rope, mask, routing: Routing, cache=None) -> Tensor:
         if self.swin:
-            x = x + self.mixer_norm(self.mixer(x, rope, mask, cache))
+            x = x + self.mixer_norm(self.mixer(x, rope, mask, cache, routing))
             return x + self.ffn_norm(self.ffn(x, routing))
-        x = x + self.mixer(self.mixer_norm(x), rope, mask, cache)
+        x = x + self.mixer(self.mixer_norm(x), rope, mask, cache, routing)
         return x + self.ffn(self.ffn_norm(x), routing)

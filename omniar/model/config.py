@@ -57,6 +57,10 @@ class DecoderConfig:
     # generation losses train (a throwaway test on ShapeWorld: a wrong shape word cost 6.3 nats instead of 1.9,
     # BENCHMARKS.md "Why: the prompt is read through the text expert"). None: text goes by `routing`.
     prompt_expert: str | None = None
+    # Mixture-of-Transformers (Liang et al. 2024; BAGEL): each expert also owns the attention's QKV and output
+    # projections, chosen per token by the same routing; the attention itself still runs over all tokens. The
+    # same compute per token, the attention's parameters times the number of experts.
+    expert_attention: bool = False
     # Modalities that arrive as continuous features (n, d) instead of token ids, with their width d.
     feature_dims: dict[str, int] = field(default_factory=dict)
     # OneCAT's Scale-Aware Adapter: per-scale LoRA of this rank (0: none) on one expert's FFN, chosen by each

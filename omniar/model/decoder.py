@@ -186,8 +186,11 @@ class OmniDecoder(nn.Module):
         """Total parameters and active ones (a token passes through one expert per layer)."""
         total = sum(p.numel() for p in self.parameters())
         inactive = 0
-        for block in self.blocks:
+        for block in self.blocks:  # a token passes through its expert's FFN (and projections, if routed too)
             sizes = [sum(p.numel() for p in e.parameters()) for e in block.ffn.experts]
+            if isinstance(block.mixer.qkv, nn.ModuleList):
+                sizes = [n + sum(p.numel() for m in (q, o) for p in m.parameters())
+                         for n, q, o in zip(sizes, block.mixer.qkv, block.mixer.o)]
             inactive += sum(sizes) - max(sizes)
         return {"total": total, "active": total - inactive}
 

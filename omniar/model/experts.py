@@ -1,11 +1,14 @@
 """Modality-routed FFN experts (OneCAT §2.2): hard routing by each token's modality, no gate, no balancing.
 
-Every layer has one shared attention and E SwiGLU experts. A token's modality picks its expert through the
-config's `routing` map, so the routing is known before the forward pass: it is computed once per forward
-(`Routing`) and reused by every layer. Each expert runs only on its own tokens (one gather before, one after).
+Every layer has one attention and E SwiGLU experts. A token's modality picks its expert through the config's
+`routing` map, so the routing is known before the forward pass: it is computed once per forward (`Routing`) and
+reused by every layer. Each expert runs only on its own tokens (one gather before, one after: `dispatch`). With
+`DecoderConfig.expert_attention` the attention's projections are routed the same way (Mixture-of-Transformers).
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 from torch import Tensor, nn
@@ -88,6 +91,21 @@ def prompt_positions(modality: Tensor, doc: Tensor) -> Tensor:
     return (modality == Modality.TEXT) & (doc >= 0) & generating[key]
 
 
+def dispatch(x: Tensor, routing: Routing, run) -> Tensor:
+    """Apply `run(expert, tokens, scale)` to each expert's tokens of x (..., D) and put the outputs (..., D_out)
+    back in x's order. One expert for all: it sees x as is (and `routing.scale` (B, L)); several: flat sorted
+    groups (n, D) with their flat scales."""
+    if routing.single is not None:
+        return run(routing.single, x, routing.scale)
+    flat = x.reshape(-1, x.shape[-1])[routing.order]
+    outs, at = [], 0
+    for e, n in routing.groups:
+        scale = routing.scale[at : at + n] if routing.scale is not None else None
+        outs.append(run(e, flat[at : at + n], scale))
+        at += n
+    return torch.cat(outs)[routing.inverse].reshape(*x.shape[:-1], -1)
+
+
 class ModalityExperts(nn.Module):
     """E SwiGLU experts; with E == 1 this is the dense FFN of Qwen2. The expert named by
     `config.scale_adapter_expert` carries the Scale-Aware Adapter when `config.scale_adapter_rank` > 0."""
@@ -101,22 +119,17 @@ class ModalityExperts(nn.Module):
             if e == self.adapted else SwiGLU(D, inter) for e in range(len(config.experts)))
 
     def forward(self, x: Tensor, routing: Routing) -> Tensor:
-        if routing.single is not None:
-            return self._run(routing.single, x, routing.scale)
-        flat = x.reshape(-1, x.shape[-1])[routing.order]
-        outs, at = [], 0
-        for e, n in routing.groups:
-            scale = routing.scale[at : at + n] if routing.scale is not None else None
-            outs.append(self._run(e, flat[at : at + n], scale))
-            at += n
-        return torch.cat(outs)[routing.inverse].reshape(x.shape)
+        return dispatch(x, routing, self._run)
 
     def _run(self, e: int, x: Tensor, scale: Tensor | None) -> Tensor:
         return self.experts[e](x, scale) if e == self.adapted else self.experts[e](x)
 
 
-def upcycle_experts(model: nn.Module, experts: tuple[str, ...], routing: dict[str, str]) -> nn.Module:
-    """Turn a dense model into a modality-expert model by copying its FFN into every expert (OneCAT upcycling).
+def upcycle_experts(model: nn.Module, experts: tuple[str, ...], routing: dict[str, str],
+                    attention: bool = False) -> nn.Module:
+    """Turn a dense model into a modality-expert model by copying its FFN into every expert (OneCAT upcycling);
+    with `attention` (or a model that has `expert_attention` already) its attention projections too
+    (Mixture-of-Transformers).
 
     Before any training the copies are identical, so every token's output is unchanged.
     """
@@ -126,13 +139,20 @@ def upcycle_experts(model: nn.Module, experts: tuple[str, ...], routing: dict[st
         raise TypeError(f"upcycle_experts needs an OmniDecoder, got {type(model).__name__}")
     if len(model.config.experts) != 1:
         raise ValueError(f"model already has experts {model.config.experts}; upcycle a dense model")
-    cfg = DecoderConfig.from_dict({**model.config.to_dict(), "experts": tuple(experts), "routing": dict(routing)})
+    attention = attention or model.config.expert_attention
+    cfg = DecoderConfig.from_dict({**model.config.to_dict(), "experts": tuple(experts), "routing": dict(routing),
+                                   "expert_attention": attention})
     new = OmniDecoder(cfg).to(next(model.parameters()).dtype)
+    projection = re.compile(r"\.mixer\.(qkv|o)(\.0)?\.(weight|bias)$")  # plain, or one expert's own
     state = {}
     for name, t in model.state_dict().items():
+        m = projection.search(name) if attention else None
         if ".ffn.experts.0." in name:
             for e in range(len(experts)):
                 state[name.replace(".ffn.experts.0.", f".ffn.experts.{e}.")] = t.clone()
+        elif m is not None:
+            for e in range(len(experts)):
+                state[name[: m.start()] + f".mixer.{m.group(1)}.{e}.{m.group(3)}"] = t.clone()
         else:
             state[name] = t
     new.load_state_dict(state, strict=True)
