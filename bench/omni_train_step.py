@@ -3,17 +3,20 @@ tokenizer, the stream collated), forward, backward (with clipping) and the optim
 bf16 for the hidden matrices, AdamW for the rest).
 
     python bench/omni_train_step.py [--preset onecat-tiny] [--mix stage2|stage1|t2i] [--examples 16] [--steps 8]
-                                    [--devices cpu cuda]
+                                    [--devices cpu cuda] [--variants base expert_attention=true ...]
 
 Untrained tokenizers (the work per step does not depend on their weights); the ShapeWorld examples are rendered
 before timing (rendering is the data loader's work, not the model's). Each device trains 2 warm-up steps, then
 times `--steps` more; the table gives the mean milliseconds of each phase, the stream positions per step, examples
-per second, and each device's step time against the first device's, measured in the same run.
+per second, and each row's step time against the first row's, measured in the same run. `--variants` times
+decoder configurations side by side (`key=value`, the value as JSON; `base`: the preset as it is), each on every
+device.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import time
 
@@ -35,9 +38,27 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_device(device: torch.device, preset: str, text: TextTokenizer, examples: list, steps: int) -> dict:
+def parse_variant(spec: str) -> dict:
+    """`base` -> {}; `key=value[,key=value]` -> decoder overrides (values as JSON, else strings)."""
+    if spec == "base":
+        return {}
+    out = {}
+    for item in spec.split(","):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: variant {spec!r}: expected key=value items or 'base'")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def time_device(device: torch.device, preset: str, text: TextTokenizer, examples: list, steps: int,
+                overrides: dict | None = None) -> dict:
     torch.manual_seed(0)
-    model = OmniModel(omni_preset(preset), text, ImageTokenizer(ImageTokenizerConfig())).to(device).train()
+    model = OmniModel(omni_preset(preset, **(overrides or {})), text,
+                      ImageTokenizer(ImageTokenizerConfig())).to(device).train()
     optimizer = make_optimizer(model, TrainConfig(optimizer="muon", lr=1e-3))
     totals = dict.fromkeys(PHASES, 0.0)
     positions = 0
@@ -71,6 +92,8 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=16, help="examples per step")
     ap.add_argument("--steps", type=int, default=8, help="timed steps (after 2 warm-up steps)")
     ap.add_argument("--devices", nargs="+", default=["cpu"])
+    ap.add_argument("--variants", nargs="+", default=["base"],
+                    help="decoder configurations to time: base, or key=value[,key=value] overrides")
     args = ap.parse_args()
     devices = [torch.device(d) for d in args.devices]
     if any(d.type == "cuda" for d in devices) and not torch.cuda.is_available():
@@ -78,17 +101,20 @@ def main() -> None:
     text = TextTokenizer.train(list(world_text(2000)), vocab_size=400)
     recipe = Recipe(tasks=MIXES[args.mix], examples_per_step=args.examples, questions=4)
     examples = [examples_for_step(recipe, i, ImageTokenizerConfig().image_size) for i in range(2 + args.steps)]
-    rows = [(d, time_device(d, args.preset, text, examples, args.steps)) for d in devices]
+    variants = {v: parse_variant(v) for v in args.variants}
+    rows = [(d, v, time_device(d, args.preset, text, examples, args.steps, o)) for d in devices
+            for v, o in variants.items()]
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''}; {args.preset}, "
           f"mix {args.mix}, {args.examples} examples a step, {args.steps} timed steps\n")
-    print("| device | batch ms | forward ms | backward ms | optimizer ms | step ms | positions / step | examples/s "
-          "| step time vs first |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    first = rows[0][1]["step"]
-    for device, r in rows:
-        print(f"| {device} | " + " | ".join(f"{1000 * r[p]:.0f}" for p in PHASES) + f" | {1000 * r['step']:.0f} | "
-              f"{r['positions']} | {args.examples / r['step']:.1f} | {r['step'] / first:.2f}x |")
+    print("| device | variant | batch ms | forward ms | backward ms | optimizer ms | step ms | positions / step "
+          "| examples/s | step time vs first |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    first = rows[0][2]["step"]
+    for device, variant, r in rows:
+        print(f"| {device} | {variant} | " + " | ".join(f"{1000 * r[p]:.0f}" for p in PHASES)
+              + f" | {1000 * r['step']:.0f} | {r['positions']} | {args.examples / r['step']:.1f} "
+              f"| {r['step'] / first:.2f}x |")
 
 
 if __name__ == "__main__":

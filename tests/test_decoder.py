@@ -164,12 +164,16 @@ def test_each_expert_computes_exactly_its_tokens():
     ffn = model.blocks[0].ffn
     x = torch.randn(2, 7, 48)
     modality = torch.tensor([[0, 2, 2, 4, 0, 1, 1], [4, 4, 0, 2, 1, 0, 0]])
-    out = ffn(x, model.router(modality))
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = ffn(x1, model.router(modality))
     table = {0: 0, 1: 1, 2: 2, 4: 3}
-    for b in range(2):
-        for t in range(7):
-            ref = ffn.experts[table[int(modality[b, t])]](x[b, t])
-            assert torch.allclose(out[b, t], ref, atol=1e-6)
+    ref = torch.stack([torch.stack([ffn.experts[table[int(modality[b, t])]](x2[b, t]) for t in range(7)])
+                       for b in range(2)])
+    assert torch.allclose(out, ref, atol=1e-6)
+    w = torch.randn_like(out)  # and the gradients go back to each token through the same expert
+    (out * w).sum().backward()
+    (ref * w).sum().backward()
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-6)
 
 
 def test_expert_attention_projects_each_token_with_its_experts_weights():

@@ -69,3 +69,29 @@ def test_muon_update_has_adamw_like_rms(shape):
     change = p.detach() - before * (1 - 1e-2 * 0.5)
     rms = change.pow(2).mean().sqrt() / 1e-2
     assert 0.15 < rms < 0.25
+
+
+def test_matrices_of_one_shape_are_orthogonalised_together_as_each_alone():
+    """The step batches same-shaped matrices into one Newton-Schulz run: every update equals that matrix's own
+    orthogonalised Nesterov momentum (a 3-D parameter: each of its matrices alone), over several steps."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(24, 40), (24, 40), (40, 24), (3, 24, 40), (24, 40), (16, 16)]
+    params = [torch.nn.Parameter(torch.randn(*s, generator=g)) for s in shapes]
+    ref = [p.detach().clone() for p in params]
+    bufs = [torch.zeros_like(p) for p in params]
+    opt = Muon([{"params": params, "muon": True, "weight_decay": 0.1}], lr=1e-2, momentum=0.9)
+    for _ in range(3):
+        grads = [torch.randn(*s, generator=g) for s in shapes]
+        for p, gr in zip(params, grads):
+            p.grad = gr
+        params[-1].grad = None  # a matrix without a gradient is left alone
+        opt.step()
+        for i, (r, gr) in enumerate(zip(ref, grads)):
+            if i == len(shapes) - 1:
+                continue
+            bufs[i].mul_(0.9).add_(gr)
+            mats = (gr + 0.9 * bufs[i]).reshape(-1, *r.shape[-2:])
+            u = torch.stack([orthogonalize(m) for m in mats]).reshape(r.shape)
+            r.mul_(1 - 1e-2 * 0.1).add_(u * 0.2 * max(r.shape[-2:]) ** 0.5, alpha=-1e-2)
+    for p, r in zip(params, ref):
+        torch.testing.assert_close(p.detach(), r, rtol=0, atol=1e-6)

@@ -91,19 +91,34 @@ def prompt_positions(modality: Tensor, doc: Tensor) -> Tensor:
     return (modality == Modality.TEXT) & (doc >= 0) & generating[key]
 
 
+class _Permute(torch.autograd.Function):
+    """Rows of x in the order `index`; the gradient goes back by the inverse permutation - a gather both ways,
+    where indexing's backward would scatter-add (slower on the CPU, for what a permutation never needs)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor, inverse: Tensor) -> Tensor:
+        ctx.save_for_backward(inverse)
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
+
+
 def dispatch(x: Tensor, routing: Routing, run) -> Tensor:
     """Apply `run(expert, tokens, scale)` to each expert's tokens of x (..., D) and put the outputs (..., D_out)
     back in x's order. One expert for all: it sees x as is (and `routing.scale` (B, L)); several: flat sorted
     groups (n, D) with their flat scales."""
     if routing.single is not None:
         return run(routing.single, x, routing.scale)
-    flat = x.reshape(-1, x.shape[-1])[routing.order]
+    flat = _Permute.apply(x.reshape(-1, x.shape[-1]), routing.order, routing.inverse)
     outs, at = [], 0
     for e, n in routing.groups:
         scale = routing.scale[at : at + n] if routing.scale is not None else None
         outs.append(run(e, flat[at : at + n], scale))
         at += n
-    return torch.cat(outs)[routing.inverse].reshape(*x.shape[:-1], -1)
+    return _Permute.apply(torch.cat(outs), routing.inverse, routing.order).reshape(*x.shape[:-1], -1)
 
 
 class ModalityExperts(nn.Module):

@@ -65,30 +65,46 @@ class Muon(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if group["muon"]:
-                    if not state:
-                        state["momentum_buffer"] = torch.zeros_like(p)
-                    buf = state["momentum_buffer"]
-                    buf.mul_(group["momentum"]).add_(p.grad)
-                    g = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
-                    update = orthogonalize(g, group["ns_steps"])
-                    update.mul_(0.2 * math.sqrt(max(p.size(-2), p.size(-1))))
-                else:
-                    if not state:
-                        state["step"] = torch.zeros(())
-                        state["exp_avg"] = torch.zeros_like(p)
-                        state["exp_avg_sq"] = torch.zeros_like(p)
-                    beta1, beta2 = group["betas"]
-                    state["step"] += 1
-                    t = float(state["step"])
-                    state["exp_avg"].lerp_(p.grad, 1 - beta1)
-                    state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                    denom = (state["exp_avg_sq"] / (1 - beta2 ** t)).sqrt_().add_(group["eps"])
-                    update = state["exp_avg"] / (1 - beta1 ** t) / denom
+            params = [p for p in group["params"] if p.grad is not None]
+            updates = self._muon_updates(params, group) if group["muon"] else map(self._adamw_update, params,
+                                                                                    [group] * len(params))
+            for p, update in zip(params, updates):
                 p.mul_(1 - lr * wd)
                 p.add_(update, alpha=-lr)
         return loss
+
+    def _muon_updates(self, params: list[Tensor], group: dict) -> list[Tensor]:
+        """Each matrix's orthogonalised Nesterov momentum, scaled to AdamW's RMS. Matrices of one shape are
+        orthogonalised together as one batch (one matmul per iteration for all of them: at the small sizes of the
+        CPU presets the per-call overhead, not the arithmetic, is what costs)."""
+        by_shape: dict[tuple, list[int]] = {}
+        moments = []
+        for i, p in enumerate(params):
+            state = self.state[p]
+            if not state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            buf = state["momentum_buffer"]
+            buf.mul_(group["momentum"]).add_(p.grad)
+            moments.append(p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf)
+            by_shape.setdefault((tuple(p.shape), p.dtype, p.device), []).append(i)
+        updates: list[Tensor | None] = [None] * len(params)
+        for (shape, _, _), idx in by_shape.items():
+            flat = torch.stack([moments[i].reshape(-1, *shape[-2:]) for i in idx])  # (n, batch, rows, cols)
+            ortho = orthogonalize(flat, group["ns_steps"]).mul_(0.2 * math.sqrt(max(shape[-2], shape[-1])))
+            for i, u in zip(idx, ortho.unbind(0)):
+                updates[i] = u.reshape(shape)
+        return updates
+
+    def _adamw_update(self, p: Tensor, group: dict) -> Tensor:
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros(())
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        beta1, beta2 = group["betas"]
+        state["step"] += 1
+        t = float(state["step"])
+        state["exp_avg"].lerp_(p.grad, 1 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+        denom = (state["exp_avg_sq"] / (1 - beta2 ** t)).sqrt_().add_(group["eps"])
+        return state["exp_avg"] / (1 - beta1 ** t) / denom
