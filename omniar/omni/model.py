@@ -121,9 +121,10 @@ class OmniConfig:
 
 
 # Named OmniModel presets (data): the decoder's fields plus the patch embedding; vocabulary and feature widths
-# come from the tokenizers. onecat-tiny: 5.7M trainable parameters (4.5M before its prompt expert), sized for 2
-# CPU cores (BENCHMARKS.md);
-# raster-tiny is the same decoder decoding a single-scale tokenizer's codes token by token (the baseline). The
+# come from the tokenizers. onecat-tiny: 6.9M trainable parameters, 2.1M of them active per token (5.7M before
+# expert attention, 4.5M before its prompt expert), sized for 2 CPU cores (BENCHMARKS.md);
+# raster-tiny is the decoder of onecat-tiny's first demos decoding a single-scale tokenizer's codes token by token
+# (the baseline; its speed and quality were measured against that one). The
 # OneCAT presets edit with the reference's latent at every generation position (`edit_reference`: edits alone,
 # 800 steps, untouched objects preserved 0.275 -> 0.84, BENCHMARKS.md).
 _EXPERTS = dict(experts=("text", "und", "gen"), routing={"image_und": "und", "image_gen": "gen", "image_raster": "gen"})
@@ -131,9 +132,13 @@ _EXPERTS = dict(experts=("text", "und", "gen"), routing={"image_und": "und", "im
 # demo's test split, t2i 0.256 -> 0.273, held-out 0.197 -> 0.231, VQA 0.67 -> 0.765, edits 0.365 -> 0.50
 # (BENCHMARKS.md "Demo")
 _PROMPT = dict(experts=("text", "und", "gen", "prompt"), prompt_expert="prompt")
+# every expert with attention projections of its own (DecoderConfig.expert_attention, Mixture-of-Transformers): the
+# demo's test split, VQA 0.76 -> 0.86, edits satisfied 0.48 -> 0.665 and preserved 0.515 -> 0.685, held-out
+# 0.232 -> 0.282 (BENCHMARKS.md "Demo")
+_MOT = dict(expert_attention=True)
 _TINY = dict(hidden_size=192, num_layers=4, num_heads=6, num_kv_heads=2, intermediate_size=512, **_EXPERTS)
 OMNI_PRESETS: dict[str, dict] = {
-    "onecat-tiny": dict(decoder=dict(_TINY, scale_adapter_rank=8, num_scales=6, **_PROMPT), patch=4,
+    "onecat-tiny": dict(decoder=dict(_TINY, scale_adapter_rank=8, num_scales=6, **_PROMPT, **_MOT), patch=4,
                         patch_channels=32, edit_reference=True),
     "raster-tiny": dict(decoder=_TINY, generation="raster", patch=4, patch_channels=32, edit_reference=True),
     # the understanding-distillation teacher (omni/teacher.py): a ViT encoder (3 layers) + a small dense decoder
