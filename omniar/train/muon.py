@@ -66,8 +66,10 @@ class Muon(torch.optim.Optimizer):
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
             params = [p for p in group["params"] if p.grad is not None]
-            updates = self._muon_updates(params, group) if group["muon"] else map(self._adamw_update, params,
-                                                                                    [group] * len(params))
+            if group["muon"]:
+                updates = self._muon_updates(params, group)
+            else:
+                updates = [self._adamw_update(p, group) for p in params]
             for p, update in zip(params, updates):
                 p.mul_(1 - lr * wd)
                 p.add_(update, alpha=-lr)
