@@ -16,12 +16,12 @@ device.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 
 import torch
 
+from omniar.cli import parse_pairs
 from omniar.data.shapeworld.corpus import world_text
 from omniar.omni.model import OmniModel, omni_preset
 from omniar.omni.train import STAGES, Recipe, examples_for_step
@@ -40,18 +40,7 @@ def sync(device: torch.device) -> None:
 
 def parse_variant(spec: str) -> dict:
     """`base` -> {}; `key=value[,key=value]` -> decoder overrides (values as JSON, else strings)."""
-    if spec == "base":
-        return {}
-    out = {}
-    for item in spec.split(","):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"error: variant {spec!r}: expected key=value items or 'base'")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+    return {} if spec == "base" else parse_pairs(spec.split(","))
 
 
 def time_device(device: torch.device, preset: str, text: TextTokenizer, examples: list, steps: int,

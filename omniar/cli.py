@@ -265,8 +265,8 @@ def _tokenizer_train_speech(args) -> None:
     print(f"codec: {(Path(args.out) / 'checkpoint').resolve()} (report.json, sample*.wav, metrics.jsonl)")
 
 
-def _overrides(pairs: list[str]) -> dict:
-    """key=value pairs (values parsed as JSON when they can be) -> dict."""
+def parse_pairs(pairs: list[str]) -> dict:
+    """key=value pairs (values parsed as JSON when they can be) -> dict: --set, --config, --tasks."""
     out = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
@@ -319,7 +319,7 @@ def _train_omni_process(args, shards: int) -> None:
     from omniar.train.parallel import DataParallel
 
     torch.manual_seed(args.seed)
-    tasks = {k: float(v) for k, v in _overrides(args.tasks.split(",")).items()}
+    tasks = {k: float(v) for k, v in parse_pairs(args.tasks.split(",")).items()}
     from omniar.omni.teacher import load_teacher
 
     teacher = load_teacher(args.teacher) if args.teacher else None
@@ -331,13 +331,13 @@ def _train_omni_process(args, shards: int) -> None:
     if (out / "checkpoint" / "trainer.json").is_file():
         model = OmniModel.from_pretrained(out / "checkpoint")
     else:
-        config = omni_preset(args.preset, **_overrides(args.set))
+        config = omni_preset(args.preset, **parse_pairs(args.set))
         if args.config:
             import dataclasses
 
             from omniar.omni.model import OmniConfig
 
-            config = OmniConfig.from_dict({**dataclasses.asdict(config), **_overrides(args.config)})
+            config = OmniConfig.from_dict({**dataclasses.asdict(config), **parse_pairs(args.config)})
         if teacher is not None:
             from omniar.omni.teacher import distill_config
 

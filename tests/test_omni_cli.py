@@ -182,7 +182,7 @@ def test_train_omni_defaults_follow_the_recipe(monkeypatch):
     seen = {}
     monkeypatch.setattr(cli, "_train_omni", lambda args: seen.update(vars(args)))
     main(["train", "omni", "--out", "x", "--text-tokenizer", "t", "--image-tokenizer", "i"])
-    assert {k: float(v) for k, v in cli._overrides(seen["tasks"].split(",")).items()} == Recipe().tasks
+    assert {k: float(v) for k, v in cli.parse_pairs(seen["tasks"].split(",")).items()} == Recipe().tasks
     assert seen["distill"] == DEMO_DISTILL["onecat-tiny"]
     assert seen["optimizer"] == Recipe().optimizer
     for name in OPTIMIZERS:  # the written-out --optimizer choices take every optimizer the trainer knows
