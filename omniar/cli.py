@@ -12,11 +12,20 @@ DEVICE_HELP = ("where the model runs: cpu (default), cuda, cuda:1, ... (speech t
 
 
 def _demo(args) -> None:
-    from omniar.demo import DemoPlan, run_demo
+    from omniar.demo import DemoPlan, calibrate, run_demo
 
-    plan = DemoPlan.for_budget(args.budget, seed=args.seed, distill=args.distill, teacher=args.teacher,
-                               align=args.align, speech=args.speech, preset=args.preset)
+    kw = dict(seed=args.seed, distill=args.distill, teacher=args.teacher, align=args.align, speech=args.speech,
+              preset=args.preset)
+    plan = DemoPlan.for_budget(args.budget, **kw)  # the reference machine's plan; checks the settings
     device = _device(args.device)  # named before any work
+    seconds = dict(zip(plan.stage_steps, args.step_seconds)) if args.step_seconds else None
+    # the other steps' time is counted in training steps, so a step is timed on the CPU only, where they all run
+    if seconds is None and not (args.reference_rates or args.speech or device.type != "cpu"):
+        cache = args.cache if args.cache is not None else Path(args.out).parent / "cache"
+        seconds = calibrate(cache, plan, device, again=args.no_cache or args.recalibrate)
+    if seconds is not None:
+        plan = DemoPlan.for_budget(args.budget, step_seconds=seconds, **kw)
+        print(f"[demo] stages {plan.stage_steps} planned at {seconds} s a step")
     report = run_demo(args.out, plan, cache=args.cache, use_cache=not args.no_cache, device=device)
     from omniar.data.shapeworld.benchmark import format_scores
 
@@ -468,7 +477,14 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("demo", help="main job: data, tokenizers, staged onecat-tiny training, benchmark, report")
     p.add_argument("--out", default="out/demo")
-    p.add_argument("--budget", type=float, default=45.0, help="minutes on 2 CPU cores (sets every step count)")
+    p.add_argument("--budget", type=float, default=45.0, help="minutes (default 45): a training step is timed here "
+                   "first, and the stages get what the tokenizers, teacher and benchmark leave")
+    p.add_argument("--step-seconds", type=float, nargs=3, metavar=("STAGE1", "STAGE2", "STAGE3"),
+                   help="plan with these training step times (seconds) instead of timing them here")
+    p.add_argument("--reference-rates", action="store_true", help="plan from the reference 2-core machine's rates "
+                   "(BENCHMARKS.md) instead of timing a step here (the speech demo and --device cuda always do)")
+    p.add_argument("--recalibrate", action="store_true", help="time a training step again (it is kept in the "
+                   "cache, so that a second run plans the same steps)")
     p.add_argument("--cache", help="checkpoint cache (default: out/cache beside --out)")
     p.add_argument("--no-cache", action="store_true", help="rebuild every step")
     p.add_argument("--distill", type=float, help="> 0: train a teacher and distil it into the image positions "

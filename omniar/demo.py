@@ -3,10 +3,13 @@
 codec is trained too, every stage mixes in text-to-speech, speech recognition and spoken questions, and the
 benchmark and report cover them (`omniar demo --speech [--preset ar-omni-tiny]`).
 
-The budget (minutes on 2 CPU cores, default 45) is turned into step counts by `DemoPlan.for_budget` from rates
-measured on such a machine (BENCHMARKS.md), so a run is a pure function of (budget, seed) and its products can be
-cached: every step's output lives in cache/<step>-<hash of its settings and of its inputs' hashes>/ and is reused
-when its `done.json` is there (an interrupted training step resumes from its checkpoint).
+The budget (minutes, default 45) is turned into step counts by `DemoPlan.for_budget`. `omniar demo` first times a
+training step of the preset on the machine at hand (`calibrate`, ~15 s, kept in the cache so a second run plans
+the same) and gives the model's three stages what the budget leaves after the tokenizers, the teacher and the
+benchmark; without a measured step (`--reference-rates`, and the speech demo) the plan comes from rates measured on
+a reference 2-core machine (BENCHMARKS.md). Either way a run is a pure function of (budget, seed, step time) and its
+products can be cached: every step's output lives in cache/<step>-<hash of its settings and of its inputs'
+hashes>/ and is reused when its `done.json` is there (an interrupted training step resumes from its checkpoint).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +35,14 @@ CODEC_STEPS_PER_MIN = 240  # speech codec steps (16 one-second crops), BENCHMARK
 MODEL_STEPS_PER_MIN = 110
 CONV_TEACHER_STEPS_PER_MIN = 560  # ConvTeacher steps (16 scenes), BENCHMARKS.md "Distilling a ConvNet"
 EVAL_MIN_PER_ITEM = 0.012
+# A measured plan (`for_budget(..., step_seconds=s)`): the steps that do not train the model keep the reference
+# plan's counts (and so their cache keys); their time is counted in training steps of the preset, ratios measured on
+# two 2-core machines (BENCHMARKS.md "Demo") and rounded up, and the budget's rest trains the model.
+TOKENIZER_STEP_COST = 0.6  # an image-tokenizer step (32 images): 0.59 and 0.44 training steps
+TEACHER_STEP_COST = 0.25  # a ConvTeacher step (16 scenes): 0.22 and 0.08
+BENCHMARK_COST = 100  # the benchmark (200 items a task, 500 held-out prompts): 32 and 51
+FIXED_SECONDS = 60  # data, text tokenizer, loading and saving, the report: ~15 s
+MARGIN = 0.93  # of the budget is planned (a real stage-2 step ran 6% slower than its timing)
 CACHE_VERSION = 2  # bump when a change to the code makes cached products stale
 
 
@@ -56,6 +69,8 @@ class DemoPlan:
     speech: bool = False  # AR-Omni's speech: a codec, speech tasks in every stage, speech in the benchmark
     codec_steps: int = 0
     codec_utterances: int = 2000
+    # each stage's training step as measured on this machine, which sized the stages (None: the reference rates)
+    step_seconds: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.align < 0 or (self.align > 0 and self.teacher != "conv"):
@@ -63,13 +78,20 @@ class DemoPlan:
                              "alignment is a weight >= 0 and reads the ConvNet teacher (teacher='conv')")
 
     @classmethod
-    def for_budget(cls, minutes: float = 45.0, **kw) -> DemoPlan:
-        """Step counts that fit `minutes` on 2 CPU cores: ~25% image tokenizer, ~8% benchmark, ~2% data and text
-        tokenizer, the rest training (stages 45 / 40 / 15%); with speech, 12% of the training share goes to the
-        speech codec. Without a `distill` or `align` weight, the preset's recipe decides (`DEMO_DISTILL`,
-        `DEMO_ALIGN`)."""
+    def for_budget(cls, minutes: float = 45.0, step_seconds: dict[str, float] | None = None, **kw) -> DemoPlan:
+        """Step counts that fit `minutes`. From the reference machine's rates (2 CPU cores): ~25% image tokenizer,
+        ~8% benchmark, ~2% data and text tokenizer, the rest training (stages 45 / 40 / 15%); with speech, 12% of
+        the training share goes to the speech codec. With `step_seconds` (each stage's training step timed on this
+        machine, `calibrate`): the same tokenizer, teacher and benchmark, and the stages (45 / 40 / 15% of the
+        steps) get the time they leave. Without a `distill` or `align` weight, the preset's recipe decides
+        (`DEMO_DISTILL`, `DEMO_ALIGN`)."""
         if minutes <= 0:
             raise ValueError(f"the budget must be a positive number of minutes, got {minutes}")
+        if step_seconds is not None and (kw.get("speech") or set(step_seconds) != {"stage1", "stage2", "stage3"}
+                                         or not all(s > 0 for s in step_seconds.values())):
+            raise ValueError(f"step_seconds {step_seconds}: a measured plan needs a positive step time for each of "
+                             "stage1, stage2 and stage3, and covers the image demo only (the speech demo plans "
+                             "from the reference rates)")
         if kw.get("distill") is None:
             kw["distill"] = DEMO_DISTILL.get(kw.get("preset", cls.preset), 0.0)
         if kw.get("align") is None:  # the alignment reads the ConvNet teacher's features
@@ -81,9 +103,7 @@ class DemoPlan:
         if kw.get("speech"):
             kw.setdefault("codec_steps", min(2500, max(10, round(0.12 * minutes * CODEC_STEPS_PER_MIN))))
             share -= 0.12
-        train = max(6, round((share * minutes - 1.5 * num * EVAL_MIN_PER_ITEM) * MODEL_STEPS_PER_MIN))
-        stages = {"stage1": round(0.45 * train), "stage2": round(0.4 * train)}
-        stages["stage3"] = train - sum(stages.values())
+        stages = _stages(max(6, round((share * minutes - 1.5 * num * EVAL_MIN_PER_ITEM) * MODEL_STEPS_PER_MIN)))
         plan = cls(budget=minutes, tokenizer_steps=tok, tokenizer_images=min(20_000, tok * 32),
                    stage_steps=stages, eval_num=num, heldout_num=round(2.5 * num), **kw)
         if (plan.distill > 0 or plan.align > 0) and not plan.teacher_steps:  # its time comes out of stage 1's
@@ -98,7 +118,29 @@ class DemoPlan:
                 rate = CONV_TEACHER_STEPS_PER_MIN / MODEL_STEPS_PER_MIN
                 plan.teacher_steps = max(1, min(1200, round(0.25 * stages["stage1"] * rate)))
                 plan.stage_steps["stage1"] -= round(plan.teacher_steps / rate)
+        if step_seconds is not None:  # the other steps' costs in the costliest stage's steps
+            unit = max(step_seconds.values())
+            conv = plan.teacher_steps if plan.teacher == "conv" else 0
+            rest = MARGIN * minutes * 60 - FIXED_SECONDS - unit * (
+                TOKENIZER_STEP_COST * plan.tokenizer_steps + TEACHER_STEP_COST * conv + BENCHMARK_COST)
+            per_step = sum(share * step_seconds[name] for name, share in _SPLIT.items())
+            if rest < 6 * per_step:
+                raise ValueError(f"a {minutes}-minute budget leaves no time to train the model at {unit} s a step "
+                                 "after the tokenizers, teacher and benchmark: give a larger budget")
+            plan.step_seconds, plan.stage_steps = dict(step_seconds), _stages(math.floor(rest / per_step))
+            if plan.teacher == "vit":  # a quarter of stage 1, as in the reference plan
+                plan.teacher_steps = round(0.25 * plan.stage_steps["stage1"])
+                plan.stage_steps["stage1"] -= plan.teacher_steps
         return plan
+
+
+_SPLIT = {"stage1": 0.45, "stage2": 0.4, "stage3": 0.15}  # the stages' shares of the training steps
+
+
+def _stages(train: int) -> dict[str, int]:
+    stages = {"stage1": round(_SPLIT["stage1"] * train), "stage2": round(_SPLIT["stage2"] * train)}
+    stages["stage3"] = train - sum(stages.values())
+    return stages
 
 
 # the demo's distillation weight per preset: OneCAT's recipe distils a teacher into the image positions (with the
@@ -111,6 +153,73 @@ DEMO_DISTILL = {"onecat-tiny": 3.0, "ar-omni-tiny": 3.0}
 # features): text-to-image alone, 600 steps, 1,000 validation prompts: 0.113 plain, 0.184 / 0.195 / 0.191 at
 # weight 0.5 / 2 / 6 (BENCHMARKS.md, "A latent that knows shapes"); the other presets were not measured with it
 DEMO_ALIGN = {"onecat-tiny": 2.0}
+
+
+def measure_step_seconds(preset: str = "onecat-tiny", overrides: dict | None = None, examples_per_step: int = 16,
+                         distill: float = 0.0, stages: tuple[str, ...] = ("stage1", "stage2", "stage3"),
+                         steps: int = 16, warmup: int = 3, text_samples: int = 2000,
+                         device: str | torch.device = "cpu", seed: int = 0) -> dict[str, float]:
+    """Seconds per training step of `preset` here in each of `stages`, as the demo trains them: the stage's mix,
+    Muon, examples rendered on the fly, distillation from a ConvNet teacher when `distill` > 0. After `warmup`
+    steps, a run of `steps // 4` steps and one of `steps` are timed, and the step is their difference over the
+    difference of their lengths: what a run costs once (resuming, the checkpoint at its end) cancels. Stages of
+    one mix are timed once. The tokenizers and teacher are untrained: the work does not depend on their weights."""
+    import torch
+
+    from omniar.data.shapeworld.corpus import world_text
+    from omniar.model.patch_embed import token_grid
+    from omniar.omni.model import OmniModel, omni_preset
+    from omniar.omni.teacher import ConvTeacher, distill_config
+    from omniar.omni.train import STAGES, train_omni
+    from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
+    from omniar.tokenizers.text import TextTokenizer
+
+    torch.manual_seed(seed)
+    config = omni_preset(preset, **(overrides or {}))
+    image = ImageTokenizerConfig(scales=(8,)) if config.generation == "raster" else ImageTokenizerConfig()
+    teacher = ConvTeacher(image.image_size, token_grid(image.image_size, config.patch)) if distill > 0 else None
+    model = OmniModel(distill_config(config, teacher) if teacher is not None else config,
+                      TextTokenizer.train(list(world_text(text_samples))), ImageTokenizer(image)).to(device)
+    seconds, by_mix, short = {}, {}, max(1, steps // 4)
+    for name in stages:
+        recipe = dataclasses.replace(STAGES[name], examples_per_step=examples_per_step,
+                                     steps=warmup + short + steps, distill=distill)
+        mix = json.dumps([recipe.tasks, recipe.questions], sort_keys=True)
+        if mix not in by_mix:
+            with tempfile.TemporaryDirectory() as tmp:
+                train_omni(model, tmp, recipe, seed=seed, progress=False, until=warmup, teacher=teacher)
+                took = []
+                for until in (warmup + short, warmup + short + steps):  # resuming and saving cost both the same
+                    t0 = time.perf_counter()
+                    train_omni(model, tmp, recipe, seed=seed, progress=False, until=until, teacher=teacher)
+                    took.append(time.perf_counter() - t0)
+                by_mix[mix] = (took[1] - took[0]) / (steps - short) if took[1] > took[0] else took[1] / steps
+        seconds[name] = by_mix[mix]
+    return seconds
+
+
+def calibrate(cache: str | Path, plan: DemoPlan, device: str | torch.device = "cpu", again: bool = False,
+              log: Callable[[str], None] = print) -> dict[str, float]:
+    """`plan`'s training step per stage in seconds on this machine (`measure_step_seconds`, rounded up to 10 ms),
+    kept in cache/calibration-<hash of what it timed>.json so that the next run plans the same steps and finds its
+    products in the cache; `again`: measure anew."""
+    key = {"preset": plan.preset, "overrides": plan.overrides, "batch": plan.examples_per_step,
+           "distill": plan.distill > 0, "stages": list(plan.stage_steps), "device": str(device)}
+    path = Path(cache) / f"calibration-{_digest(key)}.json"
+    if path.is_file() and not again:
+        seconds = json.loads(path.read_text())["step_seconds"]
+        log(f"[demo] a training step takes {seconds} s here (measured before: {path})")
+        return seconds
+    log("[demo] timing training steps on this machine ...")
+    measured = measure_step_seconds(plan.preset, plan.overrides, plan.examples_per_step, plan.distill,
+                                    tuple(plan.stage_steps), text_samples=plan.text_samples, device=device)
+    seconds = {name: math.ceil(100 * s) / 100 for name, s in measured.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**key, "step_seconds": seconds}, indent=2))
+    tmp.replace(path)
+    log(f"[demo] a training step takes {seconds} s here")
+    return seconds
 
 
 def _digest(key: dict) -> str:

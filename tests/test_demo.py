@@ -106,6 +106,57 @@ def test_budget_sets_the_step_counts():
         DemoPlan.for_budget(0)
 
 
+def test_a_measured_plan_gives_the_stages_the_time_the_other_steps_leave():
+    from omniar.demo import BENCHMARK_COST, FIXED_SECONDS, MARGIN, TEACHER_STEP_COST, TOKENIZER_STEP_COST
+
+    reference = DemoPlan.for_budget(45)
+    fast = {"stage1": 0.3, "stage2": 0.4, "stage3": 0.4}
+    slow = {name: 2 * s for name, s in fast.items()}
+    plans = {"fast": DemoPlan.for_budget(45, step_seconds=fast), "slow": DemoPlan.for_budget(45, step_seconds=slow)}
+    for name, seconds in (("fast", fast), ("slow", slow)):
+        plan = plans[name]
+        assert plan.step_seconds == seconds
+        # the steps that do not train the model are the reference plan's: their cached products are reused
+        assert (plan.tokenizer_steps, plan.teacher_steps, plan.eval_num, plan.heldout_num) == (
+            reference.tokenizer_steps, reference.teacher_steps, reference.eval_num, reference.heldout_num)
+        training = sum(plan.stage_steps[s] * seconds[s] for s in seconds)
+        other = FIXED_SECONDS + max(seconds.values()) * (TOKENIZER_STEP_COST * plan.tokenizer_steps
+                                                         + TEACHER_STEP_COST * plan.teacher_steps + BENCHMARK_COST)
+        # planned to fill the budget (less its margin) within a step
+        assert 45 * 60 * MARGIN - max(seconds.values()) < training + other <= 45 * 60 * MARGIN
+        total = sum(plan.stage_steps.values())
+        assert abs(plan.stage_steps["stage1"] - 0.45 * total) <= 1
+        assert abs(plan.stage_steps["stage3"] - 0.15 * total) <= 1
+    assert sum(plans["fast"].stage_steps.values()) > 2 * sum(plans["slow"].stage_steps.values())
+    with pytest.raises(ValueError, match="no time to train the model"):
+        DemoPlan.for_budget(2, step_seconds=slow)
+    with pytest.raises(ValueError, match="image demo only"):
+        DemoPlan.for_budget(45, step_seconds=fast, speech=True)
+    with pytest.raises(ValueError, match="each of stage1, stage2 and stage3"):
+        DemoPlan.for_budget(45, step_seconds={"stage1": 0.3})
+
+
+def test_calibration_times_each_stage_once_and_is_kept_in_the_cache(tmp_path, monkeypatch):
+    from omniar import demo
+
+    plan = DemoPlan(**{**TINY.__dict__, "distill": 1.0})
+    measured = demo.measure_step_seconds(plan.preset, plan.overrides, plan.examples_per_step, plan.distill,
+                                         tuple(plan.stage_steps), steps=2, warmup=1, text_samples=plan.text_samples)
+    assert set(measured) == {"stage1", "stage2", "stage3"} and all(s > 0 for s in measured.values())
+    assert measured["stage2"] == measured["stage3"]  # one mix, timed once
+
+    calls = []
+    monkeypatch.setattr(demo, "measure_step_seconds",
+                        lambda *a, **k: calls.append(a) or {"stage1": 0.101, "stage2": 0.2, "stage3": 0.2})
+    first = demo.calibrate(tmp_path, plan, log=lambda s: None)
+    assert first == {"stage1": 0.11, "stage2": 0.2, "stage3": 0.2} and len(calls) == 1  # rounded up to 10 ms
+    assert demo.calibrate(tmp_path, plan, log=lambda s: None) == first and len(calls) == 1  # from the cache
+    other = DemoPlan(**{**plan.__dict__, "examples_per_step": 8})  # another batch is another step
+    demo.calibrate(tmp_path, other, log=lambda s: None)
+    demo.calibrate(tmp_path, plan, again=True, log=lambda s: None)
+    assert len(calls) == 3
+
+
 def test_demo_with_speech_trains_a_codec_and_reports_speech(tmp_path):
     """The AR-Omni demo: ar-omni-tiny over a raster tokenizer, a speech codec, speech tasks in every stage, and the
     benchmark and report covering text-to-speech, recognition and spoken questions."""
