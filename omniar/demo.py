@@ -4,7 +4,7 @@ codec is trained too, every stage mixes in text-to-speech, speech recognition an
 benchmark and report cover them (`omniar demo --speech [--preset ar-omni-tiny]`).
 
 The budget (minutes, default 45) is turned into step counts by `DemoPlan.for_budget`. `omniar demo` first times a
-training step of the preset on the machine at hand (`calibrate`, ~15 s, kept in the cache so a second run plans
+training step of each stage on the machine at hand (`calibrate`, ~20 s, kept in the cache so a second run plans
 the same) and gives the model's three stages what the budget leaves after the tokenizers, the teacher and the
 benchmark; without a measured step (`--reference-rates`, and the speech demo) the plan comes from rates measured on
 a reference 2-core machine (BENCHMARKS.md). Either way a run is a pure function of (budget, seed, step time) and its
@@ -41,7 +41,7 @@ EVAL_MIN_PER_ITEM = 0.012
 TOKENIZER_STEP_COST = 0.6  # an image-tokenizer step (32 images): 0.59 and 0.44 training steps
 TEACHER_STEP_COST = 0.25  # a ConvTeacher step (16 scenes): 0.22 and 0.08
 BENCHMARK_COST = 100  # the benchmark (200 items a task, 500 held-out prompts): 32 and 51
-FIXED_SECONDS = 60  # data, text tokenizer, loading and saving, the report: ~15 s
+FIXED_SECONDS = 60  # data, text tokenizer, the timing itself, loading and saving, the report: ~45 s
 MARGIN = 0.93  # of the budget is planned (a real stage-2 step ran 6% slower than its timing)
 CACHE_VERSION = 2  # bump when a change to the code makes cached products stale
 
@@ -203,8 +203,12 @@ def calibrate(cache: str | Path, plan: DemoPlan, device: str | torch.device = "c
     """`plan`'s training step per stage in seconds on this machine (`measure_step_seconds`, rounded up to 10 ms),
     kept in cache/calibration-<hash of what it timed>.json so that the next run plans the same steps and finds its
     products in the cache; `again`: measure anew."""
+    from omniar.omni.train import STAGES
+
+    # what is timed: the stages' mixes, the model, the batch; and how (a changed timing measures again)
     key = {"preset": plan.preset, "overrides": plan.overrides, "batch": plan.examples_per_step,
-           "distill": plan.distill > 0, "stages": list(plan.stage_steps), "device": str(device)}
+           "distill": plan.distill > 0, "device": str(device), "timing": "difference of a 4- and a 16-step run",
+           "mixes": {name: [STAGES[name].tasks, STAGES[name].questions] for name in plan.stage_steps}}
     path = Path(cache) / f"calibration-{_digest(key)}.json"
     if path.is_file() and not again:
         seconds = json.loads(path.read_text())["step_seconds"]

@@ -30,6 +30,7 @@ def test_demo_runs_every_step_and_a_second_run_comes_from_the_cache(tmp_path, mo
     assert len(images) >= 2 + 4 + 2 * 4 + 4 + 4  # held-out and test grids, edits, vqa and caption inputs
     assert all((tmp_path / "demo" / src).is_file() for src in images)
     assert "Scores" in page and "Training loss" in page and "<polyline" in page
+    assert "steps from the reference machine's rates" in page  # a plan of given steps, none timed
     model = OmniModel.from_pretrained(report["checkpoint"])
     assert model.config.preset == "onecat-tiny" and model.decoder.config.num_layers == 1
 

@@ -91,6 +91,15 @@ def _input_images(data_dir: Path, page_dir: Path, count: int) -> list[str]:
     return [os.path.relpath(data_dir / r["image"], page_dir) for r in records]
 
 
+def _sizing(plan: dict) -> str:
+    """How the budget became the stages' steps."""
+    seconds = plan.get("step_seconds")
+    if not seconds:
+        return "steps from the reference machine's rates"
+    timed = ", ".join(f"{name} {s} s" for name, s in seconds.items())
+    return f"stages sized by training steps timed on this machine: {_esc(timed)}"
+
+
 def write_report(path: str | Path, report: dict, eval_dir: str | Path, data_dir: str | Path,
                  metrics: list[Path] = (), show: int = 24) -> Path:
     """The page at `path` for a demo `report`, linking the benchmark's outputs in `eval_dir` and the inputs in the
@@ -107,7 +116,7 @@ def write_report(path: str | Path, report: dict, eval_dir: str | Path, data_dir:
              "<h1>omniar demo: OneCAT on ShapeWorld</h1>",
              f"<p>Preset <code>{_esc(plan.get('preset'))}</code>, "
              f"{report.get('parameters', {}).get('total', 0):,} decoder parameters; budget {plan.get('budget')} "
-             f"min, wall {report.get('wall_seconds', 0) / 60:.1f} min. Image sampling: "
+             f"min ({_sizing(plan)}), wall {report.get('wall_seconds', 0) / 60:.1f} min. Image sampling: "
              f"<code>{_esc(json.dumps(report.get('sampling')))}</code>.</p>",
              "<h2>Scores (independent judges)</h2>", _score_rows(report),
              "<h2>Steps</h2><table><tr><th>step</th><th>seconds</th><th>cached</th><th>summary</th></tr>"]
