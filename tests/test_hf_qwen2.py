@@ -1,5 +1,6 @@
 """Parity with Hugging Face transformers' Qwen2 on the same weights (transformers is a dev extra)."""
 
+import inspect
 import json
 
 import pytest
@@ -56,11 +57,13 @@ def test_cached_step_logits_match_hf_cache(tmp_path):
     ours = load_qwen2(path)
     ids = torch.randint(0, 300, (2, 20))
     with torch.no_grad():
+        # transformers renamed the cache argument (past_key_values -> cache, 5.2x); either works here
+        name = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
         out = hf(ids[:, :12], use_cache=True)
         ref = [out.logits]
         past = out.past_key_values
         for t in range(12, 20):
-            out = hf(ids[:, t : t + 1], past_key_values=past, use_cache=True)
+            out = hf(ids[:, t : t + 1], use_cache=True, **{name: past})
             past = out.past_key_values
             ref.append(out.logits)
         cache = ours.new_cache()
