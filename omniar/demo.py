@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from omniar.tokenizers.image import ImageTokenizerConfig
+
 # Rates on 2 CPU cores (BENCHMARKS.md, "make demo"): image-tokenizer steps (32 images) and onecat-tiny steps (16
 # mixed examples) per minute, and the benchmark's cost per evaluated item (all four tasks) in minutes.
 TOKENIZER_STEPS_PER_MIN = 120
@@ -155,6 +157,14 @@ DEMO_DISTILL = {"onecat-tiny": 3.0, "ar-omni-tiny": 3.0}
 DEMO_ALIGN = {"onecat-tiny": 2.0}
 
 
+def image_tokenizer_config(config) -> ImageTokenizerConfig:
+    """The image tokenizer the demo trains for an `OmniConfig`: single-scale for raster generation (decoded token by
+    token), the multi-scale default otherwise."""
+    from omniar.tokenizers.image import ImageTokenizerConfig
+
+    return ImageTokenizerConfig(scales=(8,)) if config.generation == "raster" else ImageTokenizerConfig()
+
+
 def measure_step_seconds(preset: str = "onecat-tiny", overrides: dict | None = None, examples_per_step: int = 16,
                          distill: float = 0.0, stages: tuple[str, ...] = ("stage1", "stage2", "stage3"),
                          steps: int = 16, warmup: int = 3, text_samples: int = 2000,
@@ -171,12 +181,12 @@ def measure_step_seconds(preset: str = "onecat-tiny", overrides: dict | None = N
     from omniar.omni.model import OmniModel, omni_preset
     from omniar.omni.teacher import ConvTeacher, distill_config
     from omniar.omni.train import STAGES, train_omni
-    from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
+    from omniar.tokenizers.image import ImageTokenizer
     from omniar.tokenizers.text import TextTokenizer
 
     torch.manual_seed(seed)
     config = omni_preset(preset, **(overrides or {}))
-    image = ImageTokenizerConfig(scales=(8,)) if config.generation == "raster" else ImageTokenizerConfig()
+    image = image_tokenizer_config(config)
     teacher = ConvTeacher(image.image_size, token_grid(image.image_size, config.patch)) if distill > 0 else None
     model = OmniModel(distill_config(config, teacher) if teacher is not None else config,
                       TextTokenizer.train(list(world_text(text_samples))), ImageTokenizer(image)).to(device)
@@ -272,7 +282,7 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
         train_teacher,
     )
     from omniar.omni.train import STAGES, train_stages, with_speech
-    from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
+    from omniar.tokenizers.image import ImageTokenizer
     from omniar.tokenizers.speech import SpeechCodec
     from omniar.tokenizers.text import TextTokenizer
 
@@ -319,7 +329,7 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
 
     preset = omni_preset(plan.preset, **plan.overrides)
     raster = preset.generation == "raster"  # a single-scale tokenizer, decoded token by token
-    image_config = ImageTokenizerConfig(scales=(8,)) if raster else ImageTokenizerConfig()
+    image_config = image_tokenizer_config(preset)
     side = image_config.image_size
 
     # 3. the teacher of understanding distillation (a ConvNet or a ViT-encoder captioner) and of the image
