@@ -108,15 +108,14 @@ class DemoPlan:
         stages = _stages(max(6, round((share * minutes - 1.5 * num * EVAL_MIN_PER_ITEM) * MODEL_STEPS_PER_MIN)))
         plan = cls(budget=minutes, tokenizer_steps=tok, tokenizer_images=min(20_000, tok * 32),
                    stage_steps=stages, eval_num=num, heldout_num=round(2.5 * num), **kw)
+        vit = False
         if (plan.distill > 0 or plan.align > 0) and not plan.teacher_steps:  # its time comes out of stage 1's
             from omniar.omni.teacher import TEACHERS
 
             if plan.teacher not in TEACHERS:
                 raise ValueError(f"unknown teacher {plan.teacher!r}; known: {', '.join(TEACHERS)}")
-            if plan.teacher == "vit":  # a quarter of stage 1
-                plan.teacher_steps = round(0.25 * stages["stage1"])
-                plan.stage_steps["stage1"] -= plan.teacher_steps
-            else:  # a ConvNet learns shapes in ~1,000 steps, whatever the budget; at most a quarter of stage 1
+            vit = plan.teacher == "vit"  # a quarter of stage 1, split off below (from either plan's stage 1)
+            if not vit:  # a ConvNet learns shapes in ~1,000 steps, whatever the budget; at most a quarter of stage 1
                 rate = CONV_TEACHER_STEPS_PER_MIN / MODEL_STEPS_PER_MIN
                 plan.teacher_steps = max(1, min(1200, round(0.25 * stages["stage1"] * rate)))
                 plan.stage_steps["stage1"] -= round(plan.teacher_steps / rate)
@@ -130,9 +129,9 @@ class DemoPlan:
                 raise ValueError(f"a {minutes}-minute budget leaves no time to train the model at {unit} s a step "
                                  "after the tokenizers, teacher and benchmark: give a larger budget")
             plan.step_seconds, plan.stage_steps = dict(step_seconds), _stages(math.floor(rest / per_step))
-            if plan.teacher == "vit":  # a quarter of stage 1, as in the reference plan
-                plan.teacher_steps = round(0.25 * plan.stage_steps["stage1"])
-                plan.stage_steps["stage1"] -= plan.teacher_steps
+        if vit:
+            plan.teacher_steps = round(0.25 * plan.stage_steps["stage1"])
+            plan.stage_steps["stage1"] -= plan.teacher_steps
         return plan
 
 

@@ -129,6 +129,13 @@ def test_a_measured_plan_gives_the_stages_the_time_the_other_steps_leave():
         assert abs(plan.stage_steps["stage1"] - 0.45 * total) <= 1
         assert abs(plan.stage_steps["stage3"] - 0.15 * total) <= 1
     assert sum(plans["fast"].stage_steps.values()) > 2 * sum(plans["slow"].stage_steps.values())
+    # a ViT teacher takes a quarter of the measured stage 1, as of the reference one; one that is not used, nothing
+    none = DemoPlan.for_budget(45, step_seconds=fast, distill=0, align=0)
+    vit = DemoPlan.for_budget(45, step_seconds=fast, distill=1.0, teacher="vit")
+    assert vit.teacher_steps == round(0.25 * none.stage_steps["stage1"])
+    assert vit.teacher_steps + vit.stage_steps["stage1"] == none.stage_steps["stage1"]
+    unused = DemoPlan.for_budget(45, step_seconds=fast, distill=0, align=0, teacher="vit")
+    assert unused.teacher_steps == 0 and unused.stage_steps == none.stage_steps
     with pytest.raises(ValueError, match="no time to train the model"):
         DemoPlan.for_budget(2, step_seconds=slow)
     with pytest.raises(ValueError, match="image demo only"):
