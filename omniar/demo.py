@@ -114,7 +114,7 @@ class DemoPlan:
 
             if plan.teacher not in TEACHERS:
                 raise ValueError(f"unknown teacher {plan.teacher!r}; known: {', '.join(TEACHERS)}")
-            vit = plan.teacher == "vit"  # a quarter of stage 1, split off below (from either plan's stage 1)
+            vit = plan.teacher == "vit"  # a quarter of the final plan's stage 1 (reference or measured), below
             if not vit:  # a ConvNet learns shapes in ~1,000 steps, whatever the budget; at most a quarter of stage 1
                 rate = CONV_TEACHER_STEPS_PER_MIN / MODEL_STEPS_PER_MIN
                 plan.teacher_steps = max(1, min(1200, round(0.25 * stages["stage1"] * rate)))
