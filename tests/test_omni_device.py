@@ -18,6 +18,9 @@ from omniar.train.trainer import TrainConfig, Trainer
 from .test_omni_model import examples, teacher_forced_bits, tiny_model
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+# what the onecat-tiny preset composes beyond plain next-scale: the prompt expert, attention projections per
+# expert (routed dispatch) and the edit reference's latent
+ONECAT_PARTS = dict(prompt_expert=True, edit_reference=True, expert_attention=True)
 
 
 @pytest.fixture(autouse=True)
@@ -34,8 +37,8 @@ def pair(**kw):
 
 
 @cuda
-@pytest.mark.parametrize("kw", [dict(), dict(prompt_expert=True, edit_reference=True), dict(raster=True)],
-                         ids=["next-scale", "prompt-expert+reference", "raster"])
+@pytest.mark.parametrize("kw", [dict(), ONECAT_PARTS, dict(raster=True)],
+                         ids=["next-scale", "onecat-tiny-parts", "raster"])
 def test_a_training_step_on_the_device_equals_the_cpus(kw):
     cpu, gpu = pair(**kw)
     losses, grads = [], []
@@ -63,8 +66,8 @@ def test_a_training_step_on_the_device_equals_the_cpus(kw):
 
 
 @cuda
-@pytest.mark.parametrize("kw", [dict(), dict(bit_ar_width=16), dict(raster=True)],
-                         ids=["next-scale", "autoregressive-bits", "raster"])
+@pytest.mark.parametrize("kw", [dict(), ONECAT_PARTS, dict(bit_ar_width=16), dict(raster=True)],
+                         ids=["next-scale", "onecat-tiny-parts", "autoregressive-bits", "raster"])
 def test_generation_on_the_device_draws_the_cpus_bits(kw):
     cpu, gpu = pair(**kw)
     prompts = ["a red circle", "a blue square left of a green star"]
