@@ -18,7 +18,7 @@ TEXTS = ["a red circle", "a blue square left of a green star", "how many circles
 
 
 def tiny_model(seed=0, adapter=True, raster=False, bit_ar_width=0, edit_reference=False, prompt_expert=False,
-               expert_attention=False):
+               expert_attention=False, **omni):
     torch.manual_seed(seed)
     text = TextTokenizer.train(TEXTS, vocab_size=300)
     image = ImageTokenizer(ImageTokenizerConfig(image_size=32, channels=16, bits=8, downsample=2,
@@ -34,7 +34,7 @@ def tiny_model(seed=0, adapter=True, raster=False, bit_ar_width=0, edit_referenc
         decoder.update(expert_attention=True)
     model = OmniModel(OmniConfig(decoder=decoder, patch=4, patch_channels=8,
                                  generation="raster" if raster else "next_scale", bit_ar_width=bit_ar_width,
-                                 edit_reference=edit_reference),
+                                 edit_reference=edit_reference, **omni),
                       text, image)
     with torch.no_grad():  # non-zero adapters, bit conditioning and reference embedding: they matter in every check
         for name, p in model.named_parameters():
@@ -373,16 +373,17 @@ def test_further_vqa_turns_extend_the_one_question_layout(model):
         Example("caption", "a red circle", image=image, turns=[("what color is the circle?", "red")])
 
 
-@pytest.mark.parametrize("raster", [False, True], ids=["next-scale", "raster"])
-def test_edit_reference_latent_enters_each_generation_position_in_training_and_decoding(raster):
+@pytest.mark.parametrize("raster,first", [(False, False), (True, False), (False, True)],
+                         ids=["next-scale", "raster", "instruction-first"])
+def test_edit_reference_latent_enters_each_generation_position_in_training_and_decoding(raster, first):
     """`edit_reference`: every generation position of an edit adds the embedding of the reference's latent at its
     scale and place - in training batches (not when the reference is dropped) and in cached
     decoding, which equals one teacher-forced pass with the same inputs; guidance rows without the reference get
     the plain inputs (three-branch guidance with image_cfg 0 and cfg 1 is the plain edit)."""
     from omniar.stream.collate import collate
 
-    model = tiny_model(adapter=False, raster=raster, edit_reference=True)
-    plain = tiny_model(adapter=False, raster=raster)
+    model = tiny_model(adapter=False, raster=raster, edit_reference=True, edit_instruction_first=first)
+    plain = tiny_model(adapter=False, raster=raster, edit_instruction_first=first)
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("ref_embed")})
     g = torch.Generator().manual_seed(5)
     source, target = torch.rand(3, 32, 32, generator=g), torch.rand(3, 32, 32, generator=g)
@@ -427,6 +428,58 @@ def test_edit_reference_latent_enters_each_generation_position_in_training_and_d
 
     with_ref, without = first_pass_inputs(model), first_pass_inputs(plain)
     assert not torch.allclose(with_ref[0], without[0]) and torch.equal(with_ref[1:], without[1:])
+
+
+def test_instruction_first_edits_let_the_reference_tokens_read_the_instruction():
+    """`edit_instruction_first`: <edit> instruction <ref> image </ref> <boi>: the reference's tokens come after the
+    instruction and change with it; in the default layout they precede it and cannot."""
+    g = torch.Generator().manual_seed(6)
+    source, target = torch.rand(3, 32, 32, generator=g), torch.rand(3, 32, 32, generator=g)
+    for first in (False, True):
+        model = tiny_model(edit_instruction_first=first)
+        hidden = []
+        for text in ("make the circle blue", "remove the red square"):
+            batch, _ = model.batch([Example("edit", text, image=target, source=source)])
+            mod = batch.meta.modality[0]
+            und = (mod == Modality.IMAGE_UND).nonzero().flatten()
+            instruction = ((mod == Modality.TEXT) & (torch.arange(len(mod)) < int(und[0]))).sum()
+            assert int(instruction) == 2 + (len(model.text.encode(text)) if first else 0)  # <edit> <ref> (+ words)
+            with torch.no_grad():
+                hidden.append(model.decoder(**batch.model_inputs()).hidden[0, und])
+        assert torch.allclose(*hidden) != first
+
+
+def test_grounding_teaches_the_reference_tokens_where_the_named_object_is(tmp_path):
+    from omniar.data.shapeworld.dataset import make_sample
+    from omniar.omni.train import shapeworld_example
+
+    with pytest.raises(ValueError, match="needs edit_instruction_first"):
+        OmniConfig(grounding_weight=1.0)
+    model = tiny_model(edit_instruction_first=True, grounding_weight=1.0)
+    ex = [e for e in examples() if e.task in ("caption", "edit")]
+    mask = torch.zeros(32, 32)
+    mask[:8, :16] = 1  # the top-left 8 x 8 pixel patches, two of them (a 4 x 4 grid of patches)
+    ex[1].grounding = mask
+    batch, bits, taught, target = model.batch(ex)
+    assert taught is None and target.shape == (2 * 16,)
+    assert target[:16].isnan().all()  # the caption's image: nothing taught
+    assert target[16:].tolist() == [1.0, 1.0] + [0.0] * 14
+    loss, parts = model.loss(batch, bits, taught, target)
+    assert "grounding" in parts and parts["grounding"] > 0
+    loss.backward()
+    assert model.grounding_head.weight.grad.abs().sum() > 0
+    model.config.cfg_dropout = 1.0  # the instruction (and reference) dropped: nothing to learn where
+    *_, dropped = model.batch(ex, generator=torch.Generator().manual_seed(0))
+    assert dropped.isnan().all()
+    model.config.cfg_dropout = 0.1
+    # ShapeWorld's edits name one object; its coverage is the target (none for an add, which names no object)
+    kinds = {i: (s["edit"] or {}).get("instruction", "") for i in range(100) if (s := make_sample("train", i))}
+    edit = shapeworld_example("edit", next(i for i, t in kinds.items() if t and "add" not in t), 64)
+    assert edit.grounding.shape == (64, 64) and 0 < edit.grounding.max() <= 1 and edit.grounding.sum() > 20
+    assert shapeworld_example("edit", next(i for i, t in kinds.items() if "add" in t), 64).grounding is None
+    model.save_pretrained(tmp_path)
+    loaded = OmniModel.from_pretrained(tmp_path)
+    assert torch.equal(loaded.grounding_head.weight, model.grounding_head.weight)
 
 
 def test_prompt_expert_serves_the_text_of_generating_documents_only():

@@ -104,6 +104,14 @@ class OmniConfig:
     # leaves the image alone they are a local function of the two (85-90% of them on ShapeWorld edits,
     # BENCHMARKS.md) instead of a redraw from the patch-embedded reference. Dropped with the reference for CFG.
     edit_reference: bool = False
+    # edits read the instruction before the reference image (<edit> instruction <ref> image </ref> <boi>), so the
+    # reference's image tokens, which see what precedes them, can each tell whether they belong to the named object
+    edit_instruction_first: bool = False
+    # > 0 (needs edit_instruction_first): a Linear(D, 1) head on the last hidden state at each reference-image
+    # position of an edit predicts how much of its patch the object the instruction names covers (BCE against
+    # `Example.grounding`, ShapeWorld's object masks), weighted by this, so the reference's tokens say which object
+    # is meant; training only
+    grounding_weight: float = 0.0
     max_flip: float = 0.3  # bitwise self-correction: flip probability ~ U{0, ..., max_flip} per image
     max_length: int = 512  # the context: positions of one example (prompt, images and answer)
 
@@ -112,6 +120,9 @@ class OmniConfig:
             raise ValueError(f"generation must be one of {', '.join(GENERATION)}, got {self.generation!r}")
         if self.perceptual_weight < 0:
             raise ValueError(f"perceptual_weight must be >= 0, got {self.perceptual_weight}")
+        if self.grounding_weight < 0 or (self.grounding_weight and not self.edit_instruction_first):
+            raise ValueError("grounding_weight must be >= 0, and > 0 needs edit_instruction_first (the reference's "
+                             "tokens must see the instruction)")
         if self.speech_vocab not in SPEECH_VOCAB:
             raise ValueError(f"speech_vocab must be one of {', '.join(SPEECH_VOCAB)}, got {self.speech_vocab!r}")
 
@@ -176,6 +187,8 @@ class Example:
     source: Tensor | np.ndarray | None = None  # edit: the reference image
     speech: Tensor | Sequence[int] | None = None  # tts target, asr input, svqa / chat spoken question (codec codes)
     answer_speech: Tensor | Sequence[int] | None = None  # chat: the spoken answer (the target)
+    # edit: (S, S) coverage in [0, 1] of the source by the object the instruction names (OmniConfig.grounding_weight)
+    grounding: Tensor | np.ndarray | None = None
     # vqa: further (question, answer) turns about the same image after the first answer (training: more answers
     # per image read, for little more than the image's positions)
     turns: Sequence[tuple[str, str]] = ()
@@ -302,6 +315,7 @@ class OmniModel(nn.Module):
             nn.init.zeros_(self.ref_embed.bias)
         width = image_tokenizer.decoder.net[0].out_channels
         self.perceptual = nn.Linear(D, width) if config.perceptual_weight > 0 else None
+        self.grounding_head = nn.Linear(D, 1) if config.grounding_weight > 0 else None
         image_tokenizer.requires_grad_(False).eval()
         if speech_codec is not None:
             speech_codec.requires_grad_(False).eval()
@@ -436,9 +450,12 @@ class OmniModel(nn.Module):
                 segs += [Segment("text", [ids["boi"]], loss=True), self.gen_segment(gen, begin=False)]
                 target("text", [ids["eot"]])
         elif ex.task == "edit":
+            first = self.config.edit_instruction_first
+            if prompt and first:
+                segs.append(Segment("text", prompt))
             if not drop_image:
                 segs.append(self.und_segment(und, "ref", "ref_end"))
-            if prompt:
+            if prompt and not first:
                 segs.append(Segment("text", prompt))
             segs.append(self.gen_segment(gen))
         else:
@@ -499,7 +516,8 @@ class OmniModel(nn.Module):
         kept = [ex.source for ex, (_, di) in zip(examples, drops) if ex.task == "edit" and not di]
         if self.ref_embed is not None and kept:
             refs = iter(self.reference_features(kept))
-        samples, features = [], []
+        samples, features, grounding = [], [], []
+        n_und = self.patch_embed.grid()[0] * self.patch_embed.grid()[1]
         for ex, (drop_prompt, drop_image) in zip(examples, drops):
             u = next(und) if ex.task in UNDERSTANDS else None
             t = next(taught, None) if ex.task in UNDERSTANDS else None
@@ -509,12 +527,27 @@ class OmniModel(nn.Module):
             samples.append(self.sample(ex, u, g, drop_prompt, drop_image, reweight))
             if t is not None and not drop_image:  # a dropped reference is not in the stream
                 features.append(t)
+            if ex.task in UNDERSTANDS and not (ex.task == "edit" and drop_image):
+                grounding.append(self.grounding_target(ex, n_und, known=not drop_prompt))
         self.check_context(samples, names)
         max_len = max(len(s) for s in samples) if pack else None
         batch = collate(samples, max_len=max_len, pad_id=self.text.pad).to(device)
-        if teacher is None:
-            return batch, targets
-        return batch, targets, torch.cat(features) if features else torch.zeros(0, teacher.und_width, device=device)
+        taught = None
+        if teacher is not None:
+            taught = torch.cat(features) if features else torch.zeros(0, teacher.und_width, device=device)
+        if self.grounding_head is not None:
+            named = torch.cat(grounding).to(device) if grounding else torch.zeros(0, device=device)
+            return batch, targets, taught, named
+        return (batch, targets) if teacher is None else (batch, targets, taught)
+
+    def grounding_target(self, ex: Example, n: int, known: bool = True) -> Tensor:
+        """(n,): the share of each understanding-image patch the named object covers, NaN where nothing is taught
+        (no grounding, not an edit, or the instruction dropped)."""
+        if ex.task != "edit" or ex.grounding is None or not known:
+            return torch.full((n,), float("nan"))
+        g = torch.as_tensor(np.asarray(ex.grounding), dtype=torch.float32)
+        side = int(round(n ** 0.5))
+        return F.adaptive_avg_pool2d(g[None, None], side).reshape(-1)
 
     def check_context(self, samples: list[Sample], names: list[str], reserve: int = 0) -> None:
         """A named error when a sample (plus `reserve` positions still to generate) exceeds the context."""
@@ -524,7 +557,7 @@ class OmniModel(nn.Module):
                 raise ValueError(f"{name} needs {len(s)}{extra} positions, more than the model's context of "
                                  f"{self.config.max_length} (OmniConfig.max_length): shorten the prompt")
 
-    def loss(self, batch: Batch, target_bits: Tensor, teacher: Tensor | None = None,
+    def loss(self, batch: Batch, target_bits: Tensor, teacher: Tensor | None = None, grounding: Tensor | None = None,
              distill_weight: float = 1.0) -> tuple[Tensor, dict]:
         """Token CE (task-weighted) + bit_loss_weight * bitwise CE at generation positions (+ perceptual_weight *
         the perceptual alignment MSE there, when the config has it); with `teacher`
@@ -543,6 +576,13 @@ class OmniModel(nn.Module):
                 pred = self.distill_proj(out.hidden[und])
                 parts["distill"] = feature_distillation(pred, teacher)
                 total = total + distill_weight * parts["distill"]
+        if grounding is not None and self.grounding_head is not None:
+            und = batch.meta.modality == Modality.IMAGE_UND
+            known = ~grounding.isnan()
+            if known.any():
+                logit = self.grounding_head(out.hidden[und][known]).squeeze(-1)
+                parts["grounding"] = F.binary_cross_entropy_with_logits(logit, grounding[known])
+                total = total + self.config.grounding_weight * parts["grounding"]
         labels = batch.labels
         if (labels != IGNORE).any():
             logits = out.logits

@@ -150,8 +150,21 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train",
                        turns=more_questions(s, questions - 1) if questions > 1 else ())
     if task == "edit":
         target = render(Scene.from_dict(s["edit"]["scene"]), side)
-        return Example("edit", s["edit"]["instruction"], image=target, source=image)
+        return Example("edit", s["edit"]["instruction"], image=target, source=image,
+                       grounding=named_object(s["edit"]["instruction"], Scene.from_dict(s["scene"]), side))
     return Example("text", f"{s['caption']}. {s['question']} {s['answer']}.")
+
+
+def named_object(instruction: str, scene, side: int) -> np.ndarray | None:
+    """(side, side) coverage of the object an edit instruction names in its source scene (None for an add)."""
+    from omniar.data.shapeworld.judge import parse_edit
+    from omniar.data.shapeworld.render import coverage
+
+    kind, args = parse_edit(instruction)
+    if kind == "add":
+        return None
+    (o,) = [o for o in scene.objects if (o.color, o.shape) == args[:2]]
+    return coverage(o.shape, o.size, o.cx, o.cy, side)
 
 
 _SPOKEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # codec -> {(text, voice): codes}
