@@ -21,6 +21,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 # what the onecat-tiny preset composes beyond plain next-scale: the prompt expert, attention projections per
 # expert (routed dispatch) and the edit reference's latent
 ONECAT_PARTS = dict(prompt_expert=True, edit_reference=True, expert_attention=True)
+# edits told the named object: the grounding head's map from a prefill pass feeds the generation positions
+GROUNDED = dict(edit_reference=True, edit_instruction_first=True, grounding_weight=1.0, grounding_input=True)
 
 
 @pytest.fixture(autouse=True)
@@ -66,8 +68,8 @@ def test_a_training_step_on_the_device_equals_the_cpus(kw):
 
 
 @cuda
-@pytest.mark.parametrize("kw", [dict(), ONECAT_PARTS, dict(bit_ar_width=16), dict(raster=True)],
-                         ids=["next-scale", "onecat-tiny-parts", "autoregressive-bits", "raster"])
+@pytest.mark.parametrize("kw", [dict(), ONECAT_PARTS, GROUNDED, dict(bit_ar_width=16), dict(raster=True)],
+                         ids=["next-scale", "onecat-tiny-parts", "grounded-edits", "autoregressive-bits", "raster"])
 def test_generation_on_the_device_draws_the_cpus_bits(kw):
     cpu, gpu = pair(**kw)
     prompts = ["a red circle", "a blue square left of a green star"]

@@ -38,7 +38,7 @@ def tiny_model(seed=0, adapter=True, raster=False, bit_ar_width=0, edit_referenc
                       text, image)
     with torch.no_grad():  # non-zero adapters, bit conditioning and reference embedding: they matter in every check
         for name, p in model.named_parameters():
-            if "_lora.B" in name or "bit_head.ar_" in name or "ref_embed" in name:
+            if "_lora.B" in name or "bit_head.ar_" in name or "ref_embed" in name or "ground_embed" in name:
                 p.normal_(std=0.02 if "_lora.B" in name else 0.5)
     return model.eval()
 
@@ -476,10 +476,75 @@ def test_grounding_teaches_the_reference_tokens_where_the_named_object_is(tmp_pa
     kinds = {i: (s["edit"] or {}).get("instruction", "") for i in range(100) if (s := make_sample("train", i))}
     edit = shapeworld_example("edit", next(i for i, t in kinds.items() if t and "add" not in t), 64)
     assert edit.grounding.shape == (64, 64) and 0 < edit.grounding.max() <= 1 and edit.grounding.sum() > 20
-    assert shapeworld_example("edit", next(i for i, t in kinds.items() if "add" in t), 64).grounding is None
+    add = shapeworld_example("edit", next(i for i, t in kinds.items() if "add" in t), 64)
+    assert add.grounding.shape == (64, 64) and not add.grounding.any()  # nothing named is there: all zero
     model.save_pretrained(tmp_path)
     loaded = OmniModel.from_pretrained(tmp_path)
     assert torch.equal(loaded.grounding_head.weight, model.grounding_head.weight)
+
+
+def test_grounding_input_gives_the_drawing_the_named_objects_map():
+    """`grounding_input`: in training the true map enters each generation position of an edit (zero when the
+    instruction is dropped); at generation the head's map from the prompt's prefill does, at the cost of that one
+    pass, and cached decoding equals one teacher-forced pass fed the same map."""
+    from omniar.stream.collate import collate
+
+    with pytest.raises(ValueError, match="needs grounding_weight"):
+        OmniConfig(grounding_input=True)
+    model = tiny_model(adapter=False, edit_reference=True, edit_instruction_first=True, grounding_weight=1.0,
+                       grounding_input=True)
+    with torch.no_grad():
+        model.ground_embed.weight.normal_(std=0.5)
+        model.grounding_head.weight.normal_(std=0.5)
+    g = torch.Generator().manual_seed(7)
+    source, target = torch.rand(3, 32, 32, generator=g), torch.rand(3, 32, 32, generator=g)
+    mask = torch.zeros(32, 32)
+    mask[8:24, 8:16] = 1
+    ex = Example("edit", "make the circle blue", image=target, source=source, grounding=mask)
+    gen = int(model.gen_modality)
+    told = model.batch([ex])[0].features[gen]
+    blind = model.batch([Example("edit", ex.text, image=target, source=source)])[0].features[gen]
+    grid = model.patch_embed.grid()
+    named = model.grounding_target(ex, grid[0] * grid[1]).reshape(1, *grid)
+    expected = (model.grounding_features(named) - model.grounding_features(torch.zeros_like(named)))[0]
+    assert expected.abs().sum() > 0 and torch.allclose(told - blind, expected, atol=1e-6)
+    def text_positions(e, generator=None):
+        return int((model.batch([e], generator=generator)[0].meta.modality[0] == Modality.TEXT).sum())
+
+    bare = text_positions(Example("edit", "", image=target, source=source))  # markers only
+    assert text_positions(ex) == bare + len(model.text.encode(ex.text))
+    model.config.cfg_dropout = 0.5  # the same draws for both: the map only where instruction and reference stay
+    seen = set()
+    for seed in range(30):
+        a, b = (model.batch([e], generator=torch.Generator().manual_seed(seed))[0] for e in (ex, Example(
+            "edit", ex.text, image=target, source=source)))
+        mod = a.meta.modality[0]
+        kept = (int((mod == Modality.IMAGE_UND).sum()) > 0, int((mod == Modality.TEXT).sum()) > bare)
+        seen.add(kept)
+        assert torch.allclose(a.features[gen], b.features[gen], atol=1e-6) != all(kept)
+    model.config.cfg_dropout = 0.1
+    assert seen == {(True, True), (True, False), (False, True), (False, False)}
+
+    calls = []
+    hook = model.decoder.register_forward_hook(lambda m, args, out: calls.append(1))
+    try:
+        _, bits = generate_images(model, [ex.text], sources=[source], return_bits=True)
+    finally:
+        hook.remove()
+    assert len(calls) == len(model.scales) + 1  # the prefill, then one pass per scale
+    emb = model.scale_embed(model.tokenizer.ar_inputs(bits), batch=1)[0] + model.reference_features([source])[0]
+    sample = lambda feats: collate([model.sample(Example("edit", ex.text, image=target, source=source),  # noqa
+                                                 model.und_features(source[None])[0], feats)])
+    with torch.no_grad():
+        first = sample(emb)
+        hidden = model.decoder(**first.model_inputs()).hidden[first.meta.modality == Modality.IMAGE_UND]
+        heads = torch.sigmoid(model.grounding_head(hidden)).reshape(1, *grid)
+        full = sample(emb + model.grounding_features(heads)[0])
+        hidden = model.decoder(**full.model_inputs()).hidden
+    flat = torch.cat([b.flatten(2).transpose(1, 2) for b in bits], 1)[0]
+    assert torch.equal(model.bit_head(hidden[full.meta.modality == gen], flat).argmax(-1).bool(), flat)
+    guided = generate_images(model, [ex.text] * 2, sources=[source, source.flip(-1)], cfg=3.0, image_cfg=1.5)
+    assert guided.shape == (2, 3, 32, 32)
 
 
 def test_prompt_expert_serves_the_text_of_generating_documents_only():

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import Tensor
 
 from omniar.generation.sampling import SamplingParams
 from omniar.modality import Modality
@@ -108,12 +109,17 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
     at = first = L - T  # first image column, identical in every row
     gen_key = int(model.gen_modality)
     cache = model.decoder.new_cache()
+    grounded = None  # grounding_input: the prompt's prefill first, its reference tokens' map into every position
+    if sources is not None and model.ground_embed is not None:
+        grounded = _grounding_from_prefill(model, batch.slice(0, first), cache, n, groups)
     for k, size in enumerate(steps.sizes):
-        piece = batch.slice(0 if k == 0 else at, at + size)
+        piece = batch.slice(0 if k == 0 and grounded is None else at, at + size)
         inputs = piece.model_inputs()
         x = steps.inputs(k).repeat(groups, 1, 1)
         if ref is not None:
             x = x + ref[:, at - first : at - first + size]
+        if grounded is not None:
+            x = x + grounded[:, at - first : at - first + size]
         inputs["features"] = {**inputs["features"], gen_key: x.reshape(-1, D)}
         hidden = model.decoder(**inputs, cache=cache).hidden[:, -size:]
         drawn = model.bit_head.draw(hidden, groups, lambda logp, w=weights[k]: _guide(logp, w, image_cfg),
@@ -126,6 +132,18 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
     bits = steps.bits()
     images = model.tokenizer.decode(bits)
     return (images, bits) if return_bits else images
+
+
+def _grounding_from_prefill(model: OmniModel, prompt, cache, n: int, groups: int) -> Tensor:
+    """Runs the prompt rows through the decoder (filling `cache`) and returns the generation positions' grounding
+    features (groups * n, T, D): the grounding head's map over the reference's tokens in the conditional rows (the
+    first n), zero in the guidance rows (their instruction or reference is dropped, as in training)."""
+    hidden = model.decoder(**prompt.model_inputs(), cache=cache).hidden
+    und = prompt.meta.modality[:n] == Modality.IMAGE_UND
+    grid = model.patch_embed.grid()
+    maps = torch.sigmoid(model.grounding_head(hidden[:n][und])).reshape(n, *grid)
+    feats = model.grounding_features(maps)
+    return torch.cat([feats, torch.zeros_like(feats).repeat(groups - 1, 1, 1)])
 
 
 def _guide(logp, w: float, image_cfg: float | None):

@@ -112,6 +112,11 @@ class OmniConfig:
     # `Example.grounding`, ShapeWorld's object masks), weighted by this, so the reference's tokens say which object
     # is meant; training only
     grounding_weight: float = 0.0
+    # (needs grounding_weight) each generation position of an edit also adds Linear(1, D) (from zero) of the named
+    # object's map at its scale and place, so the drawing is told which object the instruction means: in training
+    # the true mask (`Example.grounding`), at generation the grounding head's map, read from the prompt's prefill
+    # (one pass before the scales); zero where the instruction or the reference is dropped
+    grounding_input: bool = False
     max_flip: float = 0.3  # bitwise self-correction: flip probability ~ U{0, ..., max_flip} per image
     max_length: int = 512  # the context: positions of one example (prompt, images and answer)
 
@@ -123,6 +128,8 @@ class OmniConfig:
         if self.grounding_weight < 0 or (self.grounding_weight and not self.edit_instruction_first):
             raise ValueError("grounding_weight must be >= 0, and > 0 needs edit_instruction_first (the reference's "
                              "tokens must see the instruction)")
+        if self.grounding_input and not self.grounding_weight:
+            raise ValueError("grounding_input feeds the grounding head's map to the drawing: it needs grounding_weight")
         if self.speech_vocab not in SPEECH_VOCAB:
             raise ValueError(f"speech_vocab must be one of {', '.join(SPEECH_VOCAB)}, got {self.speech_vocab!r}")
 
@@ -316,6 +323,10 @@ class OmniModel(nn.Module):
         width = image_tokenizer.decoder.net[0].out_channels
         self.perceptual = nn.Linear(D, width) if config.perceptual_weight > 0 else None
         self.grounding_head = nn.Linear(D, 1) if config.grounding_weight > 0 else None
+        self.ground_embed = nn.Linear(1, D) if config.grounding_input else None
+        if self.ground_embed is not None:  # starts as no change, like ref_embed
+            nn.init.zeros_(self.ground_embed.weight)
+            nn.init.zeros_(self.ground_embed.bias)
         image_tokenizer.requires_grad_(False).eval()
         if speech_codec is not None:
             speech_codec.requires_grad_(False).eval()
@@ -380,6 +391,12 @@ class OmniModel(nn.Module):
         that position's scale and place (stream order: scale-major, row-major; `OmniConfig.edit_reference`)."""
         latents = self.tokenizer.latents(as_images(sources, self.image_size).to(self.device))
         return self.ref_embed(stream_order(latents))
+
+    def grounding_features(self, maps: Tensor) -> Tensor:
+        """(B, T, D): the named object's maps (B, g, g) on the understanding grid, area-pooled to each scale, embedded
+        at each generation position's place (`OmniConfig.grounding_input`)."""
+        maps = maps[:, None].to(self.device)
+        return self.ground_embed(stream_order([F.adaptive_avg_pool2d(maps, s) for s in self.scales]))
 
     # ---- layouts ----------------------------------------------------------------------------------------------
     def gen_segment(self, features: Tensor, begin: bool = True) -> Segment:
@@ -517,13 +534,21 @@ class OmniModel(nn.Module):
         if self.ref_embed is not None and kept:
             refs = iter(self.reference_features(kept))
         samples, features, grounding = [], [], []
-        n_und = self.patch_embed.grid()[0] * self.patch_embed.grid()[1]
+        grid = self.patch_embed.grid()
+        n_und = grid[0] * grid[1]
+        grounds = iter(())  # grounding_input: the true map of each edit that keeps its reference (0 if no prompt)
+        if self.ground_embed is not None and kept:
+            maps = [self.grounding_target(ex, n_und, known=not dp) for ex, (dp, di) in zip(examples, drops)
+                    if ex.task == "edit" and not di]
+            grounds = iter(self.grounding_features(torch.stack(maps).nan_to_num(0.0).reshape(-1, *grid)))
         for ex, (drop_prompt, drop_image) in zip(examples, drops):
             u = next(und) if ex.task in UNDERSTANDS else None
             t = next(taught, None) if ex.task in UNDERSTANDS else None
             g = next(gen) if ex.task in GENERATES else None
             if ex.task == "edit" and not drop_image and self.ref_embed is not None:
                 g = g + next(refs)
+            if ex.task == "edit" and not drop_image and self.ground_embed is not None:
+                g = g + next(grounds)
             samples.append(self.sample(ex, u, g, drop_prompt, drop_image, reweight))
             if t is not None and not drop_image:  # a dropped reference is not in the stream
                 features.append(t)

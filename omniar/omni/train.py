@@ -156,13 +156,14 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train",
 
 
 def named_object(instruction: str, scene, side: int) -> np.ndarray | None:
-    """(side, side) coverage of the object an edit instruction names in its source scene (None for an add)."""
+    """(side, side) coverage of the object an edit instruction names in its source scene (zeros for an add, which
+    names no object there)."""
     from omniar.data.shapeworld.judge import parse_edit
     from omniar.data.shapeworld.render import coverage
 
     kind, args = parse_edit(instruction)
     if kind == "add":
-        return None
+        return np.zeros((side, side), np.float32)
     (o,) = [o for o in scene.objects if (o.color, o.shape) == args[:2]]
     return coverage(o.shape, o.size, o.cx, o.cy, side)
 
