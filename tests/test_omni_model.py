@@ -492,7 +492,7 @@ def test_grounding_input_gives_the_drawing_the_named_objects_map():
     with pytest.raises(ValueError, match="needs grounding_weight"):
         OmniConfig(grounding_input=True)
     model = tiny_model(adapter=False, edit_reference=True, edit_instruction_first=True, grounding_weight=1.0,
-                       grounding_input=True)
+                       grounding_input=True, prompt_expert=True, expert_attention=True)  # the preset's routing
     with torch.no_grad():
         model.ground_embed.weight.normal_(std=0.5)
         model.grounding_head.weight.normal_(std=0.5)

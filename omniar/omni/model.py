@@ -114,8 +114,8 @@ class OmniConfig:
     grounding_weight: float = 0.0
     # (needs grounding_weight) each generation position of an edit also adds Linear(1, D) (from zero) of the named
     # object's map at its scale and place, so the drawing is told which object the instruction means: in training
-    # the true mask (`Example.grounding`), at generation the grounding head's map, read from the prompt's prefill
-    # (one pass before the scales); zero where the instruction or the reference is dropped
+    # the true mask (`Example.grounding`), at generation the grounding head's map, read in one pass over the prompt
+    # before the scales' passes; zero where the instruction or the reference is dropped
     grounding_input: bool = False
     max_flip: float = 0.3  # bitwise self-correction: flip probability ~ U{0, ..., max_flip} per image
     max_length: int = 512  # the context: positions of one example (prompt, images and answer)
