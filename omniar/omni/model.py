@@ -194,7 +194,7 @@ class Example:
     source: Tensor | np.ndarray | None = None  # edit: the reference image
     speech: Tensor | Sequence[int] | None = None  # tts target, asr input, svqa / chat spoken question (codec codes)
     answer_speech: Tensor | Sequence[int] | None = None  # chat: the spoken answer (the target)
-    # edit: (S, S) coverage in [0, 1] of the source by the object the instruction names (OmniConfig.grounding_weight)
+    # edit: (S, S) coverage in [0, 1] of the source by the object the instruction names (grounding_weight / _input)
     grounding: Tensor | np.ndarray | None = None
     # vqa: further (question, answer) turns about the same image after the first answer (training: more answers
     # per image read, for little more than the image's positions)

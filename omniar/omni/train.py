@@ -155,7 +155,7 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train",
     return Example("text", f"{s['caption']}. {s['question']} {s['answer']}.")
 
 
-def named_object(instruction: str, scene, side: int) -> np.ndarray | None:
+def named_object(instruction: str, scene, side: int) -> np.ndarray:
     """(side, side) coverage of the object an edit instruction names in its source scene (zeros for an add, which
     names no object there)."""
     from omniar.data.shapeworld.judge import parse_edit
