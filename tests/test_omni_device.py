@@ -21,8 +21,9 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 # what the onecat-tiny preset composes beyond plain next-scale: the prompt expert, attention projections per
 # expert (routed dispatch) and the edit reference's latent
 ONECAT_PARTS = dict(prompt_expert=True, edit_reference=True, expert_attention=True)
-# edits told the named object: the grounding head's map from a prefill pass feeds the generation positions
-GROUNDED = dict(edit_reference=True, edit_instruction_first=True, grounding_weight=1.0, grounding_input=True)
+# edits told the named object: the grounding head's map, read in a pass over the prompt, feeds the generation
+# positions (with the prompt expert, whose routing that pass must keep)
+GROUNDED = dict(ONECAT_PARTS, edit_instruction_first=True, grounding_weight=1.0, grounding_input=True)
 
 
 @pytest.fixture(autouse=True)

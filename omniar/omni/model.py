@@ -486,7 +486,9 @@ class OmniModel(nn.Module):
         With a generator, applies condition dropout and bitwise self-correction (training). With `pack`, the
         image-generation examples come first, one per row, and the short ones share rows of that length. With a
         `teacher` (omni/teacher.py), a third element: its features (N_und, width) of the understanding images in
-        stream order. `reweight`: the task-aware loss weights of the token targets."""
+        stream order. With a grounding head (`OmniConfig.grounding_weight`), always four: (batch, bits, teacher
+        features or None, grounding targets (N_und,), NaN where none). `reweight`: the task-aware loss weights of
+        the token targets."""
         for i, ex in enumerate(examples):
             if not ex.target:
                 raise ValueError(f"{ex.task} example {i} has no target to train on (tts: speech, asr: text, svqa: "
@@ -535,13 +537,16 @@ class OmniModel(nn.Module):
             refs = iter(self.reference_features(kept))
         samples, features, grounding = [], [], []
         grid = self.patch_embed.grid()
-        n_und = grid[0] * grid[1]
-        grounds = iter(())  # grounding_input: the true map of each edit that keeps its reference (0 if no prompt)
+        # grounding: each understanding image's target in the stream (the named object's share of each patch, NaN
+        # where nothing is taught), once; with grounding_input the edits' maps are also their drawing's input
+        named = [self.grounding_target(ex, grid[0] * grid[1], known=not dp) if self.grounding_head is not None
+                 and ex.task in UNDERSTANDS and not (ex.task == "edit" and di) else None
+                 for ex, (dp, di) in zip(examples, drops)]
+        grounds = iter(())
         if self.ground_embed is not None and kept:
-            maps = [self.grounding_target(ex, n_und, known=not dp) for ex, (dp, di) in zip(examples, drops)
-                    if ex.task == "edit" and not di]
-            grounds = iter(self.grounding_features(torch.stack(maps).nan_to_num(0.0).reshape(-1, *grid)))
-        for ex, (drop_prompt, drop_image) in zip(examples, drops):
+            maps = torch.stack([m for ex, m in zip(examples, named) if ex.task == "edit" and m is not None])
+            grounds = iter(self.grounding_features(maps.nan_to_num(0.0).reshape(-1, *grid)))
+        for ex, (drop_prompt, drop_image), target_map in zip(examples, drops, named):
             u = next(und) if ex.task in UNDERSTANDS else None
             t = next(taught, None) if ex.task in UNDERSTANDS else None
             g = next(gen) if ex.task in GENERATES else None
@@ -552,8 +557,8 @@ class OmniModel(nn.Module):
             samples.append(self.sample(ex, u, g, drop_prompt, drop_image, reweight))
             if t is not None and not drop_image:  # a dropped reference is not in the stream
                 features.append(t)
-            if ex.task in UNDERSTANDS and not (ex.task == "edit" and drop_image):
-                grounding.append(self.grounding_target(ex, n_und, known=not drop_prompt))
+            if target_map is not None:
+                grounding.append(target_map)
         self.check_context(samples, names)
         max_len = max(len(s) for s in samples) if pack else None
         batch = collate(samples, max_len=max_len, pad_id=self.text.pad).to(device)
