@@ -212,10 +212,13 @@ def calibrate(cache: str | Path, plan: DemoPlan, device: str | torch.device = "c
     """`plan`'s training step per stage in seconds on this machine (`measure_step_seconds`, rounded up to 10 ms),
     kept in cache/calibration-<hash of what it timed>.json so that the next run plans the same steps and finds its
     products in the cache; `again`: measure anew."""
+    from omniar.omni.model import omni_preset
     from omniar.omni.train import STAGES
 
-    # what is timed: the stages' mixes, the model, the batch; and how (a changed timing measures again)
-    key = {"preset": plan.preset, "overrides": plan.overrides, "batch": plan.examples_per_step,
+    # what is timed: the stages' mixes, the model (the preset's whole config: a changed preset measures again), the
+    # batch; and how (a changed timing measures again)
+    config = dataclasses.asdict(omni_preset(plan.preset, **plan.overrides))
+    key = {"preset": plan.preset, "config": config, "overrides": plan.overrides, "batch": plan.examples_per_step,
            "distill": plan.distill > 0, "device": str(device), "timing": "difference of a 4- and a 16-step run",
            "mixes": {name: [STAGES[name].tasks, STAGES[name].questions] for name in plan.stage_steps}}
     path = Path(cache) / f"calibration-{_digest(key)}.json"

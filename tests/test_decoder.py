@@ -84,6 +84,32 @@ def test_cache_reset_and_reuse_give_the_same_logits():
     assert (nxt - ref).abs().max() <= TOL
 
 
+def test_truncated_cache_continues_as_if_the_forgotten_positions_never_ran():
+    """A pass over a prefix and a guess of what follows, cut back to the prefix, then the real continuation ==
+    one full forward (the guess's keys, values and metadata are forgotten); then positions must be given."""
+    model = OmniDecoder(mixed_config(expert_attention=True)).eval()
+    batch = collate([mixed_sample(0, text_len=4), mixed_sample(1, text_len=1)], pad_side="left")
+    cuts = boundaries(batch)
+    keep, guess = cuts[len(cuts) // 3], cuts[len(cuts) // 3 + 2]
+    wrong = batch.slice(0, guess).model_inputs()
+    wrong["input_ids"] = wrong["input_ids"].clone()
+    wrong["input_ids"][:, keep:] = (wrong["input_ids"][:, keep:] + 7) % 80  # a guess that is not the real tail
+    with torch.no_grad():
+        full = model(**batch.model_inputs()).logits
+        cache = model.new_cache()
+        head = model(**wrong, cache=cache).logits[:, :keep]
+        cache.truncate(keep)
+        assert cache.length == keep
+        tail = model(**batch.slice(keep, batch.meta.shape[1]).model_inputs(), cache=cache).logits
+        real = batch.meta.doc >= 0
+        assert (torch.cat([head, tail], 1) - full).abs()[real].max() <= TOL
+        cache.truncate(keep)
+        with pytest.raises(ValueError, match="give positions"):
+            model(torch.zeros(2, 1, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="cannot truncate"):
+        cache.truncate(cache.length + 1)
+
+
 def test_cache_grows_past_its_first_capacity():
     model = OmniDecoder(mixed_config(num_layers=1)).eval()
     ids = torch.randint(0, 80, (1, 150))

@@ -163,6 +163,11 @@ def test_calibration_times_each_stage_once_and_is_kept_in_the_cache(tmp_path, mo
     demo.calibrate(tmp_path, other, log=lambda s: None)
     demo.calibrate(tmp_path, plan, again=True, log=lambda s: None)
     assert len(calls) == 3
+    from omniar.omni import model as omni_model  # a changed preset (same name, other config) is another step
+
+    monkeypatch.setitem(omni_model.OMNI_PRESETS, plan.preset, {**omni_model.OMNI_PRESETS[plan.preset], "patch": 8})
+    demo.calibrate(tmp_path, plan, log=lambda s: None)
+    assert len(calls) == 4
 
 
 def test_demo_with_speech_trains_a_codec_and_reports_speech(tmp_path):

@@ -54,6 +54,10 @@ class KVCache:
     def reset(self) -> None:
         self.length = 0
 
+    def truncate(self, length: int) -> None:
+        """Forget the positions from `length` on (the buffers keep them, to be overwritten)."""
+        self.length = length
+
     def select(self, rows: Tensor) -> None:
         if self.k is not None:
             self.k, self.v = self.k[rows], self.v[rows]
@@ -68,6 +72,7 @@ class DecoderCache:
         self.meta: Tensor | None = None  # (F, B, capacity) stacked PositionMeta of cached positions
         self.next_position: Tensor | None = None  # (B,) RoPE t-position of the next token of each row
         self.plain = True  # one document, no padding: a single plain-text query may see every cached key
+        self.positions_lost = False  # truncated: the next RoPE position is unknown until a step gives positions
 
     def append_meta(self, meta: PositionMeta | None, batch: int, new: int, device: torch.device) -> PositionMeta:
         """Record the metadata of `new` positions (plain text when `meta` is None); return the keys' metadata.
@@ -103,8 +108,29 @@ class DecoderCache:
         self.meta = None
         self.next_position = None
         self.plain = True
+        self.positions_lost = False
         for layer in self.layers:
             layer.reset()
+
+    def truncate(self, length: int) -> None:
+        """Forget every cached position from `length` on, as if the forward passes had stopped there (e.g. a
+        pass that read the prompt and a first guess of what follows keeps the prompt). Attention caches only: a
+        recurrent state cannot go back. The RoPE position after `length` is not kept, so the next step must give
+        its positions (a text step without them raises)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} positions to {length}")
+        for layer in self.layers:
+            if not hasattr(layer, "truncate"):
+                raise ValueError(f"a {type(layer).__name__} cannot be cut back to an earlier position")
+        for layer in self.layers:
+            layer.truncate(length)
+        if self.meta is not None:  # the forgotten slots hold plain text's metadata again, as fresh ones do
+            self.meta[:, :, length:] = PositionMeta.text(self.meta.shape[1], self.meta.shape[2] - length, start=length,
+                                                         device=self.meta.device).stack()
+            self.meta[2, :, length:] = APPENDED_TEXT_SEGMENT
+        self.length = length
+        self.next_position = None
+        self.positions_lost = length > 0
 
     def select(self, rows: Tensor) -> None:
         """Keep only the given batch rows (in that order)."""

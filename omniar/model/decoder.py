@@ -134,6 +134,8 @@ class OmniDecoder(nn.Module):
     def _positions(self, positions: Tensor | None, cache: DecoderCache | None, B: int, L: int, device) -> Tensor:
         """RoPE positions: given (B, L, 3), or 1-D text positions (B, L) continuing the cache."""
         if positions is None:
+            if cache is not None and cache.positions_lost:
+                raise ValueError("the cache was truncated and its next RoPE position is unknown: give positions")
             positions = torch.arange(L, device=device, dtype=torch.float32)
             if cache is not None and cache.next_position is not None:
                 positions = cache.next_position[:, None] + positions
@@ -145,6 +147,7 @@ class OmniDecoder(nn.Module):
             raise ValueError(f"positions must have shape {(B, L, 3)} (t, row, col), got {tuple(positions.shape)}")
         if cache is not None:
             cache.next_position = positions[:, -1].amax(-1) + 1
+            cache.positions_lost = False
         return positions
 
     def _mask(self, meta: PositionMeta | None, cache: DecoderCache | None, B: int, L: int, device):

@@ -109,13 +109,13 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
     at = first = L - T  # first image column, identical in every row
     gen_key = int(model.gen_modality)
     cache = model.decoder.new_cache()
-    grounded = None  # grounding_input: the reference tokens' map, read in one pass first, into every position
+    grounded = None  # grounding_input: the reference tokens' map, read in a first pass, into every position
     if sources is not None and model.ground_embed is not None:
         x = steps.inputs(0).repeat(groups, 1, 1)
         x = x if ref is None else x + ref[:, : steps.sizes[0]]
-        grounded = _grounding(model, batch.slice(0, first + steps.sizes[0]), x.reshape(-1, D), n, groups)
+        grounded = _grounding(model, batch.slice(0, first + steps.sizes[0]), x.reshape(-1, D), n, groups, cache)
     for k, size in enumerate(steps.sizes):
-        piece = batch.slice(0 if k == 0 else at, at + size)
+        piece = batch.slice(0 if k == 0 and grounded is None else at, at + size)
         inputs = piece.model_inputs()
         x = steps.inputs(k).repeat(groups, 1, 1)
         if ref is not None:
@@ -136,14 +136,17 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
     return (images, bits) if return_bits else images
 
 
-def _grounding(model: OmniModel, prompt, first_scale: Tensor, n: int, groups: int) -> Tensor:
+def _grounding(model: OmniModel, prompt, first_scale: Tensor, n: int, groups: int, cache) -> Tensor:
     """The generation positions' grounding features (groups * n, T, D): the grounding head's map over the
     reference's tokens in the conditional rows (the first n), zero in the guidance rows (their instruction or
-    reference is dropped, as in training). One uncached pass over the prompt and the first scale's positions (the
-    map is not theirs to see: causal), which route the prompt as generation does (`prompt_positions`)."""
+    reference is dropped, as in training). The prompt's prefill: one pass over the prompt and the first scale's
+    positions without their map (which, causal, the prompt does not see), so the prompt is routed as generation
+    routes it (`prompt_positions`); the cache keeps the prompt and forgets the first scale, which is passed
+    again with its map."""
     inputs = prompt.model_inputs()
     inputs["features"] = {**inputs["features"], int(model.gen_modality): first_scale}
-    hidden = model.decoder(**inputs).hidden
+    hidden = model.decoder(**inputs, cache=cache).hidden
+    cache.truncate(cache.length - first_scale.shape[0] // prompt.input_ids.shape[0])
     und = prompt.meta.modality[:n] == Modality.IMAGE_UND
     grid = model.patch_embed.grid()
     maps = torch.sigmoid(model.grounding_head(hidden[:n][und])).reshape(n, *grid)
