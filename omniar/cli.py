@@ -176,8 +176,10 @@ def _eval_model(args) -> None:
     model = _load_omni(args)
     tasks = tuple(args.tasks) if args.tasks else EVAL_TASKS + (SPEECH_EVAL_TASKS if model.speech_codec else ())
     sampling = ImageSampling(**{k: v for k, v in (("cfg", args.cfg), ("edit_cfg", args.edit_cfg),
-                                                  ("cfg_schedule", args.cfg_schedule), ("best_of", args.best_of))
-                                if v is not None})
+                                                  ("cfg_schedule", args.cfg_schedule),
+                                                  ("edit_cfg_schedule", args.edit_cfg_schedule),
+                                                  ("edit_temperature", args.edit_temperature),
+                                                  ("best_of", args.best_of)) if v is not None})
     result = evaluate_model(model, args.out, num=args.num, heldout=args.heldout, tasks=tasks, split=args.split,
                             sampling=sampling)
     scores = dict(result["scores"])
@@ -375,13 +377,14 @@ def _generate_image(args) -> None:
         from omniar.data.manifest import load_image
 
         sources = [load_image(args.image)] * len(args.prompts)
-    cfg = args.cfg
-    if cfg is None:  # the benchmark's guidance (chosen on the validation split)
-        from omniar.omni.evaluate import ImageSampling
+    from omniar.omni.evaluate import ImageSampling
 
-        cfg = ImageSampling().guidance(edit=sources is not None)
+    bench, edit = ImageSampling(), sources is not None  # what is not given: the benchmark's (chosen on validation)
+    cfg = bench.guidance(edit) if args.cfg is None else args.cfg
+    temperature = bench.params(edit).temperature if args.temperature is None else args.temperature
     images = generate_best_of(model, args.prompts, args.best_of, sources=sources, cfg=cfg, image_cfg=args.image_cfg,
-                              params=SamplingParams(temperature=args.temperature, top_p=args.top_p),
+                              cfg_schedule=args.cfg_schedule or bench.schedule(edit),
+                              params=SamplingParams(temperature=temperature, top_p=args.top_p),
                               seeds=[args.seed + i for i in range(len(args.prompts))])
     out = Path(args.output)
     arrays = to_uint8(images)
@@ -470,7 +473,8 @@ def _transcribe(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from omniar.omni.generate import EDIT_CFG, T2I_CFG  # the benchmark's guidance weights, named in the help
+    # the benchmark's guidance and sampling, named in the help
+    from omniar.omni.generate import EDIT_CFG, EDIT_CFG_SCHEDULE, EDIT_TEMPERATURE, T2I_CFG
 
     ap = argparse.ArgumentParser(prog="omniar", description="Unified multimodal autoregressive models.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -596,12 +600,19 @@ def main(argv: list[str] | None = None) -> None:
         t.add_argument("prompts", nargs="+", metavar="instructions" if edit else "prompts")
         t.add_argument("-o", "--output", default="out.png", help="one prompt: this file; more: name-0.png, ...")
         t.add_argument("--image", required=edit, help="edit this image (the prompts are instructions)")
-        t.add_argument("--cfg", type=float, help="guidance weight at the last scale (ramped linearly from 1); "
+        t.add_argument("--cfg", type=float, help="guidance weight (at the last scale when ramped); "
                                                  + (f"default: the benchmark's, {EDIT_CFG:g}" if edit else
                                                     f"default: the benchmark's, {T2I_CFG:g} for text-to-image, "
                                                     f"{EDIT_CFG:g} for edits (with --image)"))
+        t.add_argument("--cfg-schedule", choices=["linear", "constant"],
+                       help="guidance over the scales: ramped linearly from 1, or constant; default: the benchmark's, "
+                            + (f"{EDIT_CFG_SCHEDULE}" if edit else
+                               f"linear for text-to-image, {EDIT_CFG_SCHEDULE} for edits"))
         t.add_argument("--image-cfg", type=float, help="edits: OneCAT's three-branch guidance with this image weight")
-        t.add_argument("--temperature", type=float, default=0.0, help="per bit; 0 = greedy")
+        t.add_argument("--temperature", type=float,
+                       help="per bit, 0 = greedy; default: the benchmark's, "
+                            + (f"{EDIT_TEMPERATURE:g}" if edit else f"1 for text-to-image, {EDIT_TEMPERATURE:g} for "
+                                                                    "edits"))
         t.add_argument("--top-p", type=float, default=1.0)
         t.add_argument("--seed", type=int, default=0)
         if not edit:
@@ -697,7 +708,11 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--split", default="test", choices=["val", "test"])
     e.add_argument("--cfg", type=float, help=f"text-to-image guidance weight (default {T2I_CFG:g})")
     e.add_argument("--edit-cfg", type=float, help=f"edit guidance weight (default {EDIT_CFG:g})")
-    e.add_argument("--cfg-schedule", choices=["linear", "constant"], help="over scales (default linear)")
+    e.add_argument("--cfg-schedule", choices=["linear", "constant"], help="text-to-image guidance over the scales "
+                                                                          "(default linear)")
+    e.add_argument("--edit-cfg-schedule", choices=["linear", "constant"],
+                   help=f"edit guidance over the scales (default {EDIT_CFG_SCHEDULE})")
+    e.add_argument("--edit-temperature", type=float, help=f"edits' per-bit temperature (default {EDIT_TEMPERATURE:g})")
     e.add_argument("--best-of", type=int, metavar="N", help="text-to-image: the best of N samples by the model's own "
                                                             "caption likelihood (default 1: one sample)")
     e.add_argument("--device", default="cpu", help=DEVICE_HELP)

@@ -66,18 +66,19 @@ def test_teacher_distillation_and_preset_mismatch_on_resume(run):
 
 
 def test_guidance_defaults_and_flags_reach_each_task(run, tmp_path, monkeypatch):
-    """Text-to-image and edits are guided by their own weights: the benchmark's defaults (10 and 3) unless the
-    command line says otherwise, in `eval model` as in `generate`; --best-of draws its candidates in one call."""
+    """Text-to-image and edits are guided and sampled by settings of their own: the benchmark's defaults (cfg 10
+    ramped, temperature 1; edits cfg 1.5 constant, greedy) unless the command line says otherwise, in `eval model`
+    as in `generate`; --best-of draws its candidates in one call."""
     import omniar.omni.evaluate as evaluate
     import omniar.omni.generate as generate
     import omniar.omni.rerank as rerank
 
     seen = []
 
-    def spy(model, prompts, *, sources=None, cfg=1.0, **kw):
-        seen.append(("edit" if sources is not None else "t2i", cfg))
+    def spy(model, prompts, *, sources=None, cfg=1.0, cfg_schedule="linear", params=None, **kw):
+        seen.append(("edit" if sources is not None else "t2i", cfg, cfg_schedule, params.temperature))
         rows.append(len(prompts))
-        return real(model, prompts, sources=sources, cfg=cfg, **kw)
+        return real(model, prompts, sources=sources, cfg=cfg, cfg_schedule=cfg_schedule, params=params, **kw)
 
     real, rows = generate.generate_images, []
     for module in (evaluate, generate, rerank):
@@ -85,20 +86,24 @@ def test_guidance_defaults_and_flags_reach_each_task(run, tmp_path, monkeypatch)
     ckpt = str(run / "run" / "checkpoint")
     common = ["eval", "model", "--model", ckpt, "--tasks", "t2i", "edit", "--num", "1", "--split", "val"]
     main([*common, "--out", str(tmp_path / "a")])
-    main([*common, "--out", str(tmp_path / "b"), "--cfg", "4", "--edit-cfg", "2"])
+    main([*common, "--out", str(tmp_path / "b"), "--cfg", "4", "--edit-cfg", "2", "--edit-cfg-schedule", "linear",
+          "--edit-temperature", "0.5"])
     main(["generate", "image", "--model", ckpt, "a red circle", "-o", str(tmp_path / "g.png")])
     main(["edit", "--model", ckpt, "--image", str(tmp_path / "g.png"), "remove the circle",
           "-o", str(tmp_path / "e.png")])
-    main(["generate", "image", "--model", ckpt, "a red circle", "--cfg", "5", "-o", str(tmp_path / "h.png")])
-    assert seen == [("t2i", 10.0), ("edit", 3.0), ("t2i", 4.0), ("edit", 2.0), ("t2i", 10.0), ("edit", 3.0),
-                    ("t2i", 5.0)]
-    main(["generate", "image", "--model", ckpt, "a red circle", "a blue star", "--best-of", "3", "--temperature", "1",
+    main(["generate", "image", "--model", ckpt, "a red circle", "--cfg", "5", "--cfg-schedule", "constant",
+          "--temperature", "0", "-o", str(tmp_path / "h.png")])
+    t2i, edit = ("t2i", 10.0, "linear", 1.0), ("edit", 1.5, "constant", 0.0)
+    assert seen == [t2i, edit, ("t2i", 4.0, "linear", 1.0), ("edit", 2.0, "linear", 0.5), t2i, edit,
+                    ("t2i", 5.0, "constant", 0.0)]
+    main(["generate", "image", "--model", ckpt, "a red circle", "a blue star", "--best-of", "3",
           "-o", str(tmp_path / "b.png")])
     main([*common[:5], "t2i", *common[7:], "--out", str(tmp_path / "c"), "--best-of", "2"])
-    assert seen[7:] == [("t2i", 10.0)] * 2 and rows[7:] == [2 * 3, 1 * 2]
+    assert seen[7:] == [t2i] * 2 and rows[7:] == [2 * 3, 1 * 2]
     assert (tmp_path / "b-1.png").is_file() and not (tmp_path / "b-2.png").exists()  # one image per prompt
     with pytest.raises(SystemExit, match="best-of-N needs sampled bits"):
-        main(["generate", "image", "--model", ckpt, "a red circle", "--best-of", "2", "-o", str(tmp_path / "x.png")])
+        main(["generate", "image", "--model", ckpt, "a red circle", "--best-of", "2", "--temperature", "0",
+              "-o", str(tmp_path / "x.png")])
 
 
 def test_named_errors(run):

@@ -18,7 +18,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from omniar.generation.sampling import SamplingParams
-from omniar.omni.generate import EDIT_CFG, T2I_CFG, generate_images
+from omniar.omni.generate import EDIT_CFG, EDIT_CFG_SCHEDULE, EDIT_TEMPERATURE, T2I_CFG, generate_images
 from omniar.omni.model import OmniModel
 from omniar.omni.rerank import generate_best_of
 from omniar.omni.understand import describe
@@ -30,15 +30,17 @@ SPEECH_EVAL_TASKS = ("tts", "asr", "svqa")  # for models with a speech codec
 
 @dataclass
 class ImageSampling:
-    """How images are decoded in the benchmark: guidance (text-to-image weight, edit weight, schedule over scales,
-    edit image weight) and per-bit sampling. Chosen on the validation split, never on test (`T2I_CFG`,
-    `EDIT_CFG` in omni/generate.py)."""
+    """How images are decoded in the benchmark: guidance (text-to-image weight, edit weight, schedules over scales,
+    edit image weight) and per-bit sampling, the edits' of their own. Chosen on the validation split, never on test
+    (`T2I_CFG`, `EDIT_CFG`, ... in omni/generate.py)."""
 
     cfg: float = T2I_CFG
     cfg_schedule: str = "linear"
     edit_cfg: float | None = EDIT_CFG  # None: `cfg`
+    edit_cfg_schedule: str | None = EDIT_CFG_SCHEDULE  # None: `cfg_schedule`
     image_cfg: float | None = None
     temperature: float = 1.0
+    edit_temperature: float | None = EDIT_TEMPERATURE  # None: `temperature`
     top_k: int = 0
     top_p: float = 1.0
     # text-to-image: the best of this many samples by the model's own caption likelihood (omni/rerank.py);
@@ -53,8 +55,14 @@ class ImageSampling:
         """The guidance weight of a text-to-image row, or of an edit's."""
         return self.edit_cfg if edit and self.edit_cfg is not None else self.cfg
 
-    def params(self) -> SamplingParams:
-        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+    def schedule(self, edit: bool = False) -> str:
+        """The guidance schedule over scales of a text-to-image row, or of an edit's."""
+        return self.edit_cfg_schedule if edit and self.edit_cfg_schedule is not None else self.cfg_schedule
+
+    def params(self, edit: bool = False) -> SamplingParams:
+        """Per-bit sampling of a text-to-image row, or of an edit's."""
+        t = self.edit_temperature if edit and self.edit_temperature is not None else self.temperature
+        return SamplingParams(temperature=t, top_k=self.top_k, top_p=self.top_p)
 
 
 def predict_shapeworld(model: OmniModel, out: str | Path, num: int = 200, split: str = "test",
@@ -123,8 +131,8 @@ def predict_shapeworld(model: OmniModel, out: str | Path, num: int = 200, split:
                 chunk = edits[a : a + batch_size]
                 sources = [render(Scene.from_dict(s["scene"]), side) for s in chunk]
                 gen = generate_images(model, [s["edit"]["instruction"] for s in chunk], sources=sources,
-                                      cfg=sampling.guidance(edit=True), cfg_schedule=sampling.cfg_schedule,
-                                      image_cfg=sampling.image_cfg, params=sampling.params(),
+                                      cfg=sampling.guidance(edit=True), cfg_schedule=sampling.schedule(edit=True),
+                                      image_cfg=sampling.image_cfg, params=sampling.params(edit=True),
                                       seeds=[seed + a + i for i in range(len(chunk))])
                 for j, (s, src, img) in enumerate(zip(chunk, sources, to_uint8(gen))):
                     records.append({"task": "edit", "instruction": s["edit"]["instruction"],
