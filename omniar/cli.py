@@ -474,7 +474,7 @@ def _transcribe(args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     # the benchmark's guidance and sampling, named in the help
-    from omniar.omni.generate import EDIT_CFG, EDIT_CFG_SCHEDULE, EDIT_TEMPERATURE, T2I_CFG
+    from omniar.omni.generate import EDIT_CFG, EDIT_CFG_SCHEDULE, EDIT_TEMPERATURE, T2I_CFG, T2I_TEMPERATURE
 
     ap = argparse.ArgumentParser(prog="omniar", description="Unified multimodal autoregressive models.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -611,8 +611,8 @@ def main(argv: list[str] | None = None) -> None:
         t.add_argument("--image-cfg", type=float, help="edits: OneCAT's three-branch guidance with this image weight")
         t.add_argument("--temperature", type=float,
                        help="per bit, 0 = greedy; default: the benchmark's, "
-                            + (f"{EDIT_TEMPERATURE:g}" if edit else f"1 for text-to-image, {EDIT_TEMPERATURE:g} for "
-                                                                    "edits"))
+                            + (f"{EDIT_TEMPERATURE:g}" if edit else f"{T2I_TEMPERATURE:g} for text-to-image, "
+                                                                    f"{EDIT_TEMPERATURE:g} for edits"))
         t.add_argument("--top-p", type=float, default=1.0)
         t.add_argument("--seed", type=int, default=0)
         if not edit:

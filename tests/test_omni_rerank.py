@@ -62,7 +62,7 @@ def test_best_of_one_is_plain_generation_and_misuse_is_named(model):
     _, scores = generate_best_of(model, PROMPTS, 1, params=SAMPLED, cfg=2.0, seeds=[1, 2, 3], return_scores=True)
     assert torch.allclose(scores[:, 0], caption_scores(model, plain, PROMPTS), atol=1e-4)
     with pytest.raises(ValueError, match="temperature > 0"):
-        model.generate_image(PROMPTS, best_of=2)  # greedy by default
+        model.generate_image(PROMPTS, best_of=2, params=SamplingParams(temperature=0.0))
     with pytest.raises(ValueError, match="best_of must be >= 1"):
         generate_best_of(model, PROMPTS, 0, params=SAMPLED)
     with pytest.raises(ValueError, match="edits have no caption"):

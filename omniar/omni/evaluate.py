@@ -18,7 +18,14 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from omniar.generation.sampling import SamplingParams
-from omniar.omni.generate import EDIT_CFG, EDIT_CFG_SCHEDULE, EDIT_TEMPERATURE, T2I_CFG, generate_images
+from omniar.omni.generate import (
+    EDIT_CFG,
+    EDIT_CFG_SCHEDULE,
+    EDIT_TEMPERATURE,
+    T2I_CFG,
+    T2I_TEMPERATURE,
+    generate_images,
+)
 from omniar.omni.model import OmniModel
 from omniar.omni.rerank import generate_best_of
 from omniar.omni.understand import describe
@@ -39,7 +46,7 @@ class ImageSampling:
     edit_cfg: float | None = EDIT_CFG  # None: `cfg`
     edit_cfg_schedule: str | None = EDIT_CFG_SCHEDULE  # None: `cfg_schedule`
     image_cfg: float | None = None
-    temperature: float = 1.0
+    temperature: float = T2I_TEMPERATURE
     edit_temperature: float | None = EDIT_TEMPERATURE  # None: `temperature`
     top_k: int = 0
     top_p: float = 1.0

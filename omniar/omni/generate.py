@@ -37,6 +37,7 @@ from omniar.stream.collate import collate
 # sampled bits redraw untouched objects. The benchmark (`ImageSampling`), the CLI and `OmniModel.generate_image` /
 # `edit_image` all default to these.
 T2I_CFG = 10.0
+T2I_TEMPERATURE = 1.0  # sampled bits: greedy ones draw the same blob for every seed and score lower (BENCHMARKS.md)
 EDIT_CFG = 1.5
 EDIT_CFG_SCHEDULE = "constant"
 EDIT_TEMPERATURE = 0.0

@@ -656,13 +656,15 @@ class OmniModel(nn.Module):
     # ---- the Python API (batched; see omni/generate.py and omni/understand.py for every knob) ----------------
     def generate_image(self, prompts: str | Sequence[str], cfg: float | None = None, best_of: int = 1,
                        **kw) -> Tensor:
-        """Images (B, 3, S, S) in [0, 1] for text prompts; guidance `cfg` (None: the benchmark's, `T2I_CFG`).
-        `best_of` > 1 (with sampled bits, `params`): the best of that many candidates by the model's own
-        caption likelihood of the prompt (omni/rerank.py)."""
-        from omniar.omni.generate import T2I_CFG
+        """Images (B, 3, S, S) in [0, 1] for text prompts; guidance `cfg` and the per-bit `params` default to the
+        benchmark's (`T2I_CFG`, ramped over the scales; `T2I_TEMPERATURE`). `best_of` > 1 (with sampled bits): the
+        best of that many candidates by the model's own caption likelihood of the prompt (omni/rerank.py)."""
+        from omniar.generation.sampling import SamplingParams
+        from omniar.omni.generate import T2I_CFG, T2I_TEMPERATURE
         from omniar.omni.rerank import generate_best_of
 
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        kw.setdefault("params", SamplingParams(temperature=T2I_TEMPERATURE))
         return generate_best_of(self, prompts, best_of, cfg=T2I_CFG if cfg is None else cfg, **kw)
 
     def edit_image(self, images, instructions: str | Sequence[str], cfg: float | None = None, **kw) -> Tensor:
