@@ -507,7 +507,7 @@ def test_grounding_input_gives_the_drawing_the_named_objects_map():
     told = model.batch([ex])[0].features[gen]
     blind = model.batch([Example("edit", ex.text, image=target, source=source)])[0].features[gen]
     grid = model.patch_embed.grid()
-    named = model.grounding_target(ex, grid[0] * grid[1]).reshape(1, *grid)
+    named = model.grounding_target(ex, grid).reshape(1, *grid)
     expected = (model.grounding_features(named) - model.grounding_features(torch.zeros_like(named)))[0]
     assert expected.abs().sum() > 0 and torch.allclose(told - blind, expected, atol=1e-6)
     def text_positions(e, generator=None):

@@ -72,7 +72,11 @@ class DecoderCache:
         self.meta: Tensor | None = None  # (F, B, capacity) stacked PositionMeta of cached positions
         self.next_position: Tensor | None = None  # (B,) RoPE t-position of the next token of each row
         self.plain = True  # one document, no padding: a single plain-text query may see every cached key
-        self.positions_lost = False  # truncated: the next RoPE position is unknown until a step gives positions
+
+    @property
+    def positions_lost(self) -> bool:
+        """Truncated: positions are cached but the next RoPE position is unknown until a step gives positions."""
+        return self.next_position is None and self.length > 0
 
     def append_meta(self, meta: PositionMeta | None, batch: int, new: int, device: torch.device) -> PositionMeta:
         """Record the metadata of `new` positions (plain text when `meta` is None); return the keys' metadata.
@@ -108,7 +112,6 @@ class DecoderCache:
         self.meta = None
         self.next_position = None
         self.plain = True
-        self.positions_lost = False
         for layer in self.layers:
             layer.reset()
 
@@ -130,7 +133,6 @@ class DecoderCache:
             self.meta[2, :, length:] = APPENDED_TEXT_SEGMENT
         self.length = length
         self.next_position = None
-        self.positions_lost = length > 0
 
     def select(self, rows: Tensor) -> None:
         """Keep only the given batch rows (in that order)."""

@@ -147,7 +147,6 @@ class OmniDecoder(nn.Module):
             raise ValueError(f"positions must have shape {(B, L, 3)} (t, row, col), got {tuple(positions.shape)}")
         if cache is not None:
             cache.next_position = positions[:, -1].amax(-1) + 1
-            cache.positions_lost = False
         return positions
 
     def _mask(self, meta: PositionMeta | None, cache: DecoderCache | None, B: int, L: int, device):

@@ -27,6 +27,7 @@ from torch import Tensor
 from omniar.generation.sampling import SamplingParams
 from omniar.modality import Modality
 from omniar.model.bitwise import sample_bits
+from omniar.model.cache import DecoderCache
 from omniar.omni.model import Example, OmniModel, as_images
 from omniar.stream.collate import collate
 
@@ -119,6 +120,7 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
         x = steps.inputs(0).repeat(groups, 1, 1)
         x = x if ref is None else x + ref[:, : steps.sizes[0]]
         grounded = _grounding(model, batch.slice(0, first + steps.sizes[0]), x.reshape(-1, D), n, groups, cache)
+        cache.truncate(first)  # keep the prompt; the first scale is passed again with its map
     for k, size in enumerate(steps.sizes):
         piece = batch.slice(0 if k == 0 and grounded is None else at, at + size)
         inputs = piece.model_inputs()
@@ -141,17 +143,16 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
     return (images, bits) if return_bits else images
 
 
-def _grounding(model: OmniModel, prompt, first_scale: Tensor, n: int, groups: int, cache) -> Tensor:
+def _grounding(model: OmniModel, prompt, first_scale: Tensor, n: int, groups: int, cache: DecoderCache) -> Tensor:
     """The generation positions' grounding features (groups * n, T, D): the grounding head's map over the
     reference's tokens in the conditional rows (the first n), zero in the guidance rows (their instruction or
     reference is dropped, as in training). The prompt's prefill: one pass over the prompt and the first scale's
     positions without their map (which, causal, the prompt does not see), so the prompt is routed as generation
-    routes it (`prompt_positions`); the cache keeps the prompt and forgets the first scale, which is passed
-    again with its map."""
+    routes it (`prompt_positions`), into `cache` (the caller then forgets the first scale's positions, which are
+    passed again with their map)."""
     inputs = prompt.model_inputs()
     inputs["features"] = {**inputs["features"], int(model.gen_modality): first_scale}
     hidden = model.decoder(**inputs, cache=cache).hidden
-    cache.truncate(cache.length - first_scale.shape[0] // prompt.input_ids.shape[0])
     und = prompt.meta.modality[:n] == Modality.IMAGE_UND
     grid = model.patch_embed.grid()
     maps = torch.sigmoid(model.grounding_head(hidden[:n][und])).reshape(n, *grid)

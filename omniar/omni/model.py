@@ -114,8 +114,8 @@ class OmniConfig:
     grounding_weight: float = 0.0
     # (needs grounding_weight) each generation position of an edit also adds Linear(1, D) (from zero) of the named
     # object's map at its scale and place, so the drawing is told which object the instruction means: in training
-    # the true mask (`Example.grounding`), at generation the grounding head's map, read in one pass over the prompt
-    # before the scales' passes; zero where the instruction or the reference is dropped
+    # the true mask (`Example.grounding`), at generation the grounding head's map, read by the prompt's prefill
+    # (omni/generate.py); zero where the instruction or the reference is dropped
     grounding_input: bool = False
     max_flip: float = 0.3  # bitwise self-correction: flip probability ~ U{0, ..., max_flip} per image
     max_length: int = 512  # the context: positions of one example (prompt, images and answer)
@@ -544,7 +544,7 @@ class OmniModel(nn.Module):
         grid = self.patch_embed.grid()
         # grounding: each understanding image's target in the stream (the named object's share of each patch, NaN
         # where nothing is taught), once; with grounding_input the edits' maps are also their drawing's input
-        named = [self.grounding_target(ex, grid[0] * grid[1], known=not dp) if self.grounding_head is not None
+        named = [self.grounding_target(ex, grid, known=not dp) if self.grounding_head is not None
                  and ex.task in UNDERSTANDS and not (ex.task == "edit" and di) else None
                  for ex, (dp, di) in zip(examples, drops)]
         grounds = iter(())
@@ -575,14 +575,13 @@ class OmniModel(nn.Module):
             return batch, targets, taught, named
         return (batch, targets) if teacher is None else (batch, targets, taught)
 
-    def grounding_target(self, ex: Example, n: int, known: bool = True) -> Tensor:
-        """(n,): the share of each understanding-image patch the named object covers, NaN where nothing is taught
-        (no grounding, not an edit, or the instruction dropped)."""
+    def grounding_target(self, ex: Example, grid: tuple[int, int], known: bool = True) -> Tensor:
+        """(h * w,): the share of each understanding-image patch (`grid` h x w) the named object covers, NaN where
+        nothing is taught (no grounding, not an edit, or the instruction dropped)."""
         if ex.task != "edit" or ex.grounding is None or not known:
-            return torch.full((n,), float("nan"))
+            return torch.full((grid[0] * grid[1],), float("nan"))
         g = torch.as_tensor(np.asarray(ex.grounding), dtype=torch.float32)
-        side = int(round(n ** 0.5))
-        return F.adaptive_avg_pool2d(g[None, None], side).reshape(-1)
+        return F.adaptive_avg_pool2d(g[None, None], grid).reshape(-1)
 
     def check_context(self, samples: list[Sample], names: list[str], reserve: int = 0) -> None:
         """A named error when a sample (plus `reserve` positions still to generate) exceeds the context."""
