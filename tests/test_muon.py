@@ -4,17 +4,18 @@ import pytest
 import torch
 
 from omniar import OmniDecoder, preset
-from omniar.train import TrainConfig
+from omniar.train import TrainConfig, muon
 from omniar.train.muon import Muon, orthogonalize
 from omniar.train.trainer import make_optimizer
 
 SMALL = dict(num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(48, 48), (96, 32), (32, 96), (3, 40, 24)])
-def test_orthogonalize_is_near_the_polar_factor(shape):
+def test_orthogonalize_is_near_the_polar_factor(shape, dtype):
     g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-    u = orthogonalize(g).float()
+    u = orthogonalize(g, dtype=dtype).float()
     assert u.shape == g.shape
     sv = torch.linalg.svdvals(u)
     assert sv.min() > 0.6 and sv.max() < 1.25  # every direction moves at about the same rate
@@ -23,7 +24,16 @@ def test_orthogonalize_is_near_the_polar_factor(shape):
     cos = (u * polar).sum((-2, -1)) / (u.norm(dim=(-2, -1)) * polar.norm(dim=(-2, -1)))
     assert (cos > 0.95).all()  # and the same directions as U V^T
     # the update does not depend on the gradient's scale (a power of two: exact in bf16)
-    assert torch.allclose(orthogonalize(64 * g).float(), u, atol=1e-2)
+    assert torch.allclose(orthogonalize(64 * g, dtype=dtype).float(), u, atol=1e-2)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_orthogonalize_iterates_in_bf16_only_where_its_matmuls_are_native(monkeypatch, native):
+    g = torch.randn(40, 24, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(muon, "fast_bf16", lambda device: native)
+    want = orthogonalize(g, dtype=torch.bfloat16 if native else torch.float32)
+    assert torch.equal(orthogonalize(g), want)
+    assert not torch.equal(want, orthogonalize(g, dtype=torch.float32 if native else torch.bfloat16))
 
 
 def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():

@@ -21,12 +21,25 @@ from torch import Tensor
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
-def orthogonalize(g: Tensor, steps: int = 5, dtype: torch.dtype = torch.bfloat16) -> Tensor:
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls are native on `device`: a GPU that supports bf16, a CPU with AVX512-BF16 or AMX. Elsewhere
+    they are emulated: on a 2-core AVX2 CPU (AMD EPYC) the Newton-Schulz iteration of onecat-tiny's step took 20x
+    longer in bf16 than in fp32 (BENCHMARKS.md "Muon")."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False
+
+
+def orthogonalize(g: Tensor, steps: int = 5, dtype: torch.dtype | None = None) -> Tensor:
     """An approximately semi-orthogonal matrix U V^T for g = U S V^T (a batch of matrices in the last two dims),
-    by Newton-Schulz iterations on the Frobenius-normalised input, computed in `dtype` (bf16 halves the cost on a
-    CPU with bf16 matmuls, as on GPUs). Singular values come out in about [0.7, 1.2], not exactly 1: enough for an
-    update direction, and far cheaper than an SVD."""
+    by Newton-Schulz iterations on the Frobenius-normalised input, computed in `dtype` - by default bf16 where its
+    matmuls are native (half the cost; `fast_bf16`), fp32 elsewhere. Singular values come out in about [0.7, 1.2],
+    not exactly 1: enough for an update direction, and far cheaper than an SVD."""
     a, b, c = NS_COEFFICIENTS
+    if dtype is None:
+        dtype = torch.bfloat16 if fast_bf16(g.device) else torch.float32
     x = g.to(dtype)
     tall = x.size(-2) > x.size(-1)
     if tall:  # iterate on the wide side: the Gram matrix is the small one
