@@ -318,7 +318,8 @@ def test_python_api_is_batched_and_broadcasts_one_image(model):
     assert not torch.equal(model.generate_image("a red circle", seeds=[4]), one)  # sampled, as the benchmark does
     edits = model.edit_image(two[0], ["make the circle blue", "remove the circle"], seeds=[0, 1])
     assert edits.shape == (2, 3, 32, 32)
-    assert torch.equal(model.edit_image(two[0], "make the circle blue", seeds=[5])[0], edits[0])  # greedy
+    # greedy: the same bits for any seed and batch (the decoder's convolutions round a batch of 2 differently)
+    assert torch.allclose(model.edit_image(two[0], "make the circle blue", seeds=[5])[0], edits[0], atol=1e-5)
     answers = model.answer(two[0], ["how many circles are there?", "two"], max_new_tokens=4)
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
     assert len(model.caption(two, max_new_tokens=4)) == 2
