@@ -1,6 +1,6 @@
 """Where an OmniModel training step's time goes, per device: building the batch (images encoded by the frozen
-tokenizer, the stream collated), forward, backward (with clipping) and the optimizer step (Muon: Newton-Schulz in
-bf16 for the hidden matrices, AdamW for the rest).
+tokenizer, the stream collated), forward, backward (with clipping) and the optimizer step (Muon: Newton-Schulz for
+the hidden matrices, in bf16 where its matmuls are native, AdamW for the rest).
 
     python bench/omni_train_step.py [--preset onecat-tiny] [--mix stage2|stage1|t2i] [--examples 16] [--steps 8]
                                     [--devices cpu cuda] [--variants base expert_attention=true ...]
