@@ -28,7 +28,8 @@ def fast_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        native = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch's own probes (private)
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in native)
     return False
 
 
