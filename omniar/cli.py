@@ -24,8 +24,10 @@ def _demo(args) -> None:
         cache = args.cache if args.cache is not None else Path(args.out).parent / "cache"
         seconds = calibrate(cache, plan, device, again=args.no_cache or args.recalibrate)
     if seconds is not None:
+        reference = sum(plan.stage_steps.values())
         plan = DemoPlan.for_budget(args.budget, step_seconds=seconds, **kw)
-        print(f"[demo] stages {plan.stage_steps} planned at {seconds} s a step")
+        print(f"[demo] stages {plan.stage_steps} planned at {seconds} s a step ({sum(plan.stage_steps.values())} "
+              f"training steps; the reference machine's rates give {reference})")
     report = run_demo(args.out, plan, cache=args.cache, use_cache=not args.no_cache, device=device)
     from omniar.data.shapeworld.benchmark import format_scores
 

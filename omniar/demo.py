@@ -4,12 +4,13 @@ codec is trained too, every stage mixes in text-to-speech, speech recognition an
 benchmark and report cover them (`omniar demo --speech [--preset ar-omni-tiny]`).
 
 The budget (minutes, default 45) is turned into step counts by `DemoPlan.for_budget`. `omniar demo` first times a
-training step of each stage on the machine at hand (`calibrate`, ~20 s, kept in the cache so a second run plans
-the same) and gives the model's three stages what the budget leaves after the tokenizers, the teacher and the
-benchmark; without a measured step (`--reference-rates`, and the speech demo) the plan comes from rates measured on
-a reference 2-core machine (BENCHMARKS.md). Either way a run is a pure function of (budget, seed, step time) and its
-products can be cached: every step's output lives in cache/<step>-<hash of its settings and of its inputs'
-hashes>/ and is reused when its `done.json` is there (an interrupted training step resumes from its checkpoint).
+training step of each stage, an image-tokenizer step and a teacher step on the machine at hand (`calibrate`, ~40 s,
+kept in the cache so a second run plans the same) and gives the model's three stages what the budget leaves after
+the tokenizers, the teacher and the benchmark; without a measured step (`--reference-rates`, and the speech demo)
+the plan comes from rates measured on a reference 2-core machine (BENCHMARKS.md). Either way a run is a pure
+function of (budget, seed, step times) and its products can be cached: every step's output lives in
+cache/<step>-<hash of its settings and of its inputs' hashes>/ and is reused when its `done.json` is there (an
+interrupted training step resumes from its checkpoint).
 """
 
 from __future__ import annotations
@@ -38,12 +39,16 @@ MODEL_STEPS_PER_MIN = 110
 CONV_TEACHER_STEPS_PER_MIN = 560  # ConvTeacher steps (16 scenes), BENCHMARKS.md "Distilling a ConvNet"
 EVAL_MIN_PER_ITEM = 0.012
 # A measured plan (`for_budget(..., step_seconds=s)`): the steps that do not train the model keep the reference
-# plan's counts (and so their cache keys); their time is counted in training steps of the preset, ratios measured on
-# two 2-core machines (BENCHMARKS.md "Demo") and rounded up, and the budget's rest trains the model.
+# plan's counts (and so their cache keys); the image tokenizer's and ConvTeacher's steps are timed too (`calibrate`)
+# or else counted in training steps of the preset (ratios measured on two 2-core machines, BENCHMARKS.md "Demo",
+# rounded up: on a third, an AVX2 EPYC, they were 0.47 and 0.09), the benchmark always is, and the budget's rest
+# trains the model.
 TOKENIZER_STEP_COST = 0.6  # an image-tokenizer step (32 images): 0.59 and 0.44 training steps
 TEACHER_STEP_COST = 0.25  # a ConvTeacher step (16 scenes): 0.22 and 0.08
 BENCHMARK_COST = 100  # the benchmark (200 items a task, 500 held-out prompts): 32 and 51
-FIXED_SECONDS = 60  # data, text tokenizer, the timing itself, loading and saving, the report: ~45 s
+# data, text tokenizer, the timing itself, the tokenizer's renders and evaluation, loading and saving, the report:
+# ~75 s on the Intel machines, ~150 s on an AVX2 EPYC (BENCHMARKS.md "Demo")
+FIXED_SECONDS = 90
 MARGIN = 0.93  # of the budget is planned (a real stage-2 step ran 6% slower than its timing)
 CACHE_VERSION = 2  # bump when a change to the code makes cached products stale
 
@@ -84,16 +89,16 @@ class DemoPlan:
         """Step counts that fit `minutes`. From the reference machine's rates (2 CPU cores): ~25% image tokenizer,
         ~8% benchmark, ~2% data and text tokenizer, the rest training (stages 45 / 40 / 15%); with speech, 12% of
         the training share goes to the speech codec. With `step_seconds` (each stage's training step timed on this
-        machine, `calibrate`): the same tokenizer, teacher and benchmark, and the stages (45 / 40 / 15% of the
-        steps) get the time they leave. Without a `distill` or `align` weight, the preset's recipe decides
-        (`DEMO_DISTILL`, `DEMO_ALIGN`)."""
+        machine, `calibrate`, and optionally "image-tokenizer" and "teacher": the seconds of their steps): the same
+        tokenizer, teacher and benchmark, and the stages (45 / 40 / 15% of the steps) get the time they leave.
+        Without a `distill` or `align` weight, the preset's recipe decides (`DEMO_DISTILL`, `DEMO_ALIGN`)."""
         if minutes <= 0:
             raise ValueError(f"the budget must be a positive number of minutes, got {minutes}")
-        if step_seconds is not None and (kw.get("speech") or set(step_seconds) != {"stage1", "stage2", "stage3"}
-                                         or not all(s > 0 for s in step_seconds.values())):
+        if step_seconds is not None and (kw.get("speech") or not set(_SPLIT) <= set(step_seconds) <= {*_SPLIT,
+                                         *OTHER_STEPS} or not all(s > 0 for s in step_seconds.values())):
             raise ValueError(f"step_seconds {step_seconds}: a measured plan needs a positive step time for each of "
-                             "stage1, stage2 and stage3, and covers the image demo only (the speech demo plans "
-                             "from the reference rates)")
+                             f"stage1, stage2 and stage3 (and may time {' and '.join(OTHER_STEPS)}), and covers the "
+                             "image demo only (the speech demo plans from the reference rates)")
         if kw.get("distill") is None:
             kw["distill"] = DEMO_DISTILL.get(kw.get("preset", cls.preset), 0.0)
         if kw.get("align") is None:  # the alignment reads the ConvNet teacher's features
@@ -119,11 +124,13 @@ class DemoPlan:
                 rate = CONV_TEACHER_STEPS_PER_MIN / MODEL_STEPS_PER_MIN
                 plan.teacher_steps = max(1, min(1200, round(0.25 * stages["stage1"] * rate)))
                 plan.stage_steps["stage1"] -= round(plan.teacher_steps / rate)
-        if step_seconds is not None:  # the other steps' costs in the costliest stage's steps
-            unit = max(step_seconds.values())
+        if step_seconds is not None:  # the other steps' costs: timed, or in the costliest stage's steps
+            unit = max(step_seconds[name] for name in _SPLIT)
             conv = plan.teacher_steps if plan.teacher == "conv" else 0
-            rest = MARGIN * minutes * 60 - FIXED_SECONDS - unit * (
-                TOKENIZER_STEP_COST * plan.tokenizer_steps + TEACHER_STEP_COST * conv + BENCHMARK_COST)
+            tokenizer = step_seconds.get("image-tokenizer", TOKENIZER_STEP_COST * unit)
+            teacher = step_seconds.get("teacher", TEACHER_STEP_COST * unit)
+            rest = (MARGIN * minutes * 60 - FIXED_SECONDS - tokenizer * plan.tokenizer_steps - teacher * conv
+                    - unit * BENCHMARK_COST)
             per_step = sum(share * step_seconds[name] for name, share in _SPLIT.items())
             if rest < 6 * per_step:
                 raise ValueError(f"a {minutes}-minute budget leaves no time to train the model at {unit} s a step "
@@ -136,6 +143,7 @@ class DemoPlan:
 
 
 _SPLIT = {"stage1": 0.45, "stage2": 0.4, "stage3": 0.15}  # the stages' shares of the training steps
+OTHER_STEPS = ("image-tokenizer", "teacher")  # timed beside the stages (`measure_other_seconds`)
 
 
 def _stages(train: int) -> dict[str, int]:
@@ -207,34 +215,76 @@ def measure_step_seconds(preset: str = "onecat-tiny", overrides: dict | None = N
     return seconds
 
 
+def measure_other_seconds(image_config: ImageTokenizerConfig, teacher_grid: int | None = None, align: float = 0.0,
+                          batch: int = 16, steps: int = 8, seed: int = 0) -> dict[str, float]:
+    """Seconds per step here of the image tokenizer (32 images; aligned to an untrained ConvTeacher with `align`)
+    and, with `teacher_grid`, of the ConvTeacher (`batch` scenes), on the CPU where the demo trains them: each
+    trained from scratch for `steps // 4` and for `steps` steps (the teacher 5x as many: its step is short), the
+    step the difference of the two runs over the difference of their lengths, so their set-up cancels."""
+    import torch
+
+    from omniar.omni.teacher import ConvTeacher, train_conv_teacher
+    from omniar.tokenizers.train_image import shapeworld_images, train_image_tokenizer
+
+    def per_step(run: Callable[[Path, int], object], n: int) -> float:
+        took = []
+        for length in (max(1, n // 4), n):
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                run(Path(tmp), length)
+                took.append(time.perf_counter() - t0)
+        return max(took[1] - took[0], 1e-3) / (n - max(1, n // 4))
+
+    torch.manual_seed(seed)
+    side = image_config.image_size
+    images = shapeworld_images(64, side=side)
+    teacher = ConvTeacher(side, teacher_grid or 8).requires_grad_(False).eval() if align > 0 else None
+    config = dataclasses.replace(image_config, align_width=teacher.und_width) if teacher is not None else image_config
+    seconds = {"image-tokenizer": per_step(lambda d, n: train_image_tokenizer(
+        d, images, config, steps=n, progress=False, align_teacher=teacher, align_weight=align), steps)}
+    if teacher_grid is not None:
+        seconds["teacher"] = per_step(lambda d, n: train_conv_teacher(d, n, side, teacher_grid, seed=seed,
+                                                                      batch=batch, progress=False), 5 * steps)
+    return seconds
+
+
 def calibrate(cache: str | Path, plan: DemoPlan, device: str | torch.device = "cpu", again: bool = False,
               log: Callable[[str], None] = print) -> dict[str, float]:
-    """`plan`'s training step per stage in seconds on this machine (`measure_step_seconds`, rounded up to 10 ms),
-    kept in cache/calibration-<hash of what it timed>.json so that the next run plans the same steps and finds its
+    """`plan`'s training step per stage in seconds on this machine (`measure_step_seconds`), and the image
+    tokenizer's and ConvTeacher's steps (`measure_other_seconds`), rounded up to 10 ms, kept in
+    cache/calibration-<hash of what it timed>.json so that the next run plans the same steps and finds its
     products in the cache; `again`: measure anew."""
+    from omniar.model.patch_embed import token_grid
     from omniar.omni.model import omni_preset
     from omniar.omni.train import STAGES
 
     # what is timed: the stages' mixes, the model (the preset's whole config: a changed preset measures again), the
     # batch; and how (a changed timing measures again)
-    config = dataclasses.asdict(omni_preset(plan.preset, **plan.overrides))
-    key = {"preset": plan.preset, "config": config, "overrides": plan.overrides, "batch": plan.examples_per_step,
-           "distill": plan.distill > 0, "device": str(device), "timing": "difference of a 4- and a 16-step run",
-           "mixes": {name: [STAGES[name].tasks, STAGES[name].questions] for name in plan.stage_steps}}
+    preset = omni_preset(plan.preset, **plan.overrides)
+    image = image_tokenizer_config(preset)
+    conv = plan.teacher == "conv" and (plan.distill > 0 or plan.align > 0)  # the demo trains a ConvTeacher
+    key = {"preset": plan.preset, "config": dataclasses.asdict(preset), "overrides": plan.overrides,
+           "batch": plan.examples_per_step, "distill": plan.distill > 0, "device": str(device),
+           "timing": "difference of a 4- and a 16-step run; image tokenizer 2 / 8 steps, ConvTeacher 10 / 40",
+           "mixes": {name: [STAGES[name].tasks, STAGES[name].questions] for name in plan.stage_steps},
+           "image": dataclasses.asdict(image), "align": plan.align, "conv_teacher": conv}
     path = Path(cache) / f"calibration-{_digest(key)}.json"
     if path.is_file() and not again:
         seconds = json.loads(path.read_text())["step_seconds"]
-        log(f"[demo] a training step takes {seconds} s here (measured before: {path})")
+        log(f"[demo] a step takes {seconds} s here (measured before: {path})")
         return seconds
-    log("[demo] timing training steps on this machine ...")
+    log("[demo] timing training, tokenizer and teacher steps on this machine ...")
     measured = measure_step_seconds(plan.preset, plan.overrides, plan.examples_per_step, plan.distill,
                                     tuple(plan.stage_steps), text_samples=plan.text_samples, device=device)
+    grid = token_grid(image.image_size, preset.patch)
+    measured.update(measure_other_seconds(image, grid if conv else None, plan.align if conv else 0.0,
+                                          plan.examples_per_step))
     seconds = {name: math.ceil(100 * s) / 100 for name, s in measured.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({**key, "step_seconds": seconds}, indent=2))
     tmp.replace(path)
-    log(f"[demo] a training step takes {seconds} s here")
+    log(f"[demo] a step takes {seconds} s here")
     return seconds
 
 

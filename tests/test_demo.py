@@ -8,7 +8,7 @@ import re
 import pytest
 
 from omniar.demo import DemoPlan, run_demo
-from omniar.omni.model import OmniModel
+from omniar.omni.model import OmniModel, omni_preset
 
 TINY = DemoPlan(budget=0.5, tokenizer_steps=3, tokenizer_images=64, stage_steps={"stage1": 2, "stage2": 2, "stage3": 1},
                 eval_num=4, heldout_num=2, text_samples=200, examples_per_step=4,
@@ -142,6 +142,15 @@ def test_a_measured_plan_gives_the_stages_the_time_the_other_steps_leave():
         DemoPlan.for_budget(45, step_seconds=fast, speech=True)
     with pytest.raises(ValueError, match="each of stage1, stage2 and stage3"):
         DemoPlan.for_budget(45, step_seconds={"stage1": 0.3})
+    with pytest.raises(ValueError, match="may time image-tokenizer and teacher"):
+        DemoPlan.for_budget(45, step_seconds={**fast, "codec": 0.1})
+    # timed tokenizer and teacher steps replace their ratios to a training step: the stages get what they leave
+    timed = {**slow, "image-tokenizer": 0.3, "teacher": 0.05}
+    plan = DemoPlan.for_budget(45, step_seconds=timed)
+    other = FIXED_SECONDS + 0.3 * plan.tokenizer_steps + 0.05 * plan.teacher_steps + 0.8 * BENCHMARK_COST
+    training = sum(plan.stage_steps[s] * slow[s] for s in slow)
+    assert 45 * 60 * MARGIN - 0.8 < training + other <= 45 * 60 * MARGIN
+    assert sum(plan.stage_steps.values()) > sum(plans["slow"].stage_steps.values())  # 0.3 < 0.6 x 0.8 s
 
 
 def test_calibration_times_each_stage_once_and_is_kept_in_the_cache(tmp_path, monkeypatch):
@@ -153,11 +162,18 @@ def test_calibration_times_each_stage_once_and_is_kept_in_the_cache(tmp_path, mo
     assert set(measured) == {"stage1", "stage2", "stage3"} and all(s > 0 for s in measured.values())
     assert measured["stage2"] == measured["stage3"]  # one mix, timed once
 
+    image = demo.image_tokenizer_config(omni_preset(plan.preset, **plan.overrides))
+    others = demo.measure_other_seconds(dataclasses.replace(image, channels=8), teacher_grid=8, align=1.0,
+                                        batch=4, steps=4)
+    assert set(others) == {"image-tokenizer", "teacher"} and all(s > 0 for s in others.values())
+    assert set(demo.measure_other_seconds(dataclasses.replace(image, channels=8), steps=4)) == {"image-tokenizer"}
+
     calls = []
     monkeypatch.setattr(demo, "measure_step_seconds",
                         lambda *a, **k: calls.append(a) or {"stage1": 0.101, "stage2": 0.2, "stage3": 0.2})
+    monkeypatch.setattr(demo, "measure_other_seconds", lambda *a, **k: {"image-tokenizer": 0.05})
     first = demo.calibrate(tmp_path, plan, log=lambda s: None)
-    assert first == {"stage1": 0.11, "stage2": 0.2, "stage3": 0.2} and len(calls) == 1  # rounded up to 10 ms
+    assert first == {"stage1": 0.11, "stage2": 0.2, "stage3": 0.2, "image-tokenizer": 0.05} and len(calls) == 1
     assert demo.calibrate(tmp_path, plan, log=lambda s: None) == first and len(calls) == 1  # from the cache
     other = DemoPlan(**{**plan.__dict__, "examples_per_step": 8})  # another batch is another step
     demo.calibrate(tmp_path, other, log=lambda s: None)
