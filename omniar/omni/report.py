@@ -97,7 +97,7 @@ def _sizing(plan: dict) -> str:
     if not seconds:
         return "steps from the reference machine's rates"
     timed = ", ".join(f"{name} {s} s" for name, s in seconds.items())
-    return f"stages sized by training steps timed on this machine: {_esc(timed)}"
+    return f"stages sized by the steps timed on this machine: {_esc(timed)}"
 
 
 def write_report(path: str | Path, report: dict, eval_dir: str | Path, data_dir: str | Path,
