@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from omniar.cli import main
+from omniar.omni.generate import EDIT_KEEP
 from omniar.omni.model import OMNI_PRESETS, omni_preset
 from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
 from omniar.tokenizers.text import TextTokenizer
@@ -76,7 +77,8 @@ def test_guidance_defaults_and_flags_reach_each_task(run, tmp_path, monkeypatch)
     seen = []
 
     def spy(model, prompts, *, sources=None, cfg=1.0, cfg_schedule="linear", params=None, **kw):
-        seen.append(("edit" if sources is not None else "t2i", cfg, cfg_schedule, params.temperature))
+        seen.append(("edit" if sources is not None else "t2i", cfg, cfg_schedule, params.temperature,
+                     kw.get("keep", 0.0)))
         rows.append(len(prompts))
         return real(model, prompts, sources=sources, cfg=cfg, cfg_schedule=cfg_schedule, params=params, **kw)
 
@@ -87,19 +89,21 @@ def test_guidance_defaults_and_flags_reach_each_task(run, tmp_path, monkeypatch)
     common = ["eval", "model", "--model", ckpt, "--tasks", "t2i", "edit", "--num", "1", "--split", "val"]
     main([*common, "--out", str(tmp_path / "a")])
     main([*common, "--out", str(tmp_path / "b"), "--cfg", "4", "--edit-cfg", "2", "--edit-cfg-schedule", "linear",
-          "--edit-temperature", "0.5"])
+          "--edit-temperature", "0.5", "--edit-keep", "1.5"])
     main(["generate", "image", "--model", ckpt, "a red circle", "-o", str(tmp_path / "g.png")])
     main(["edit", "--model", ckpt, "--image", str(tmp_path / "g.png"), "remove the circle",
           "-o", str(tmp_path / "e.png")])
+    main(["edit", "--model", ckpt, "--image", str(tmp_path / "g.png"), "remove the circle", "--keep", "2",
+          "-o", str(tmp_path / "k.png")])
     main(["generate", "image", "--model", ckpt, "a red circle", "--cfg", "5", "--cfg-schedule", "constant",
           "--temperature", "0", "-o", str(tmp_path / "h.png")])
-    t2i, edit = ("t2i", 10.0, "linear", 1.0), ("edit", 1.5, "constant", 0.0)
-    assert seen == [t2i, edit, ("t2i", 4.0, "linear", 1.0), ("edit", 2.0, "linear", 0.5), t2i, edit,
-                    ("t2i", 5.0, "constant", 0.0)]
+    t2i, edit = ("t2i", 10.0, "linear", 1.0, 0.0), ("edit", 1.5, "constant", 0.0, EDIT_KEEP)
+    assert seen == [t2i, edit, ("t2i", 4.0, "linear", 1.0, 0.0), ("edit", 2.0, "linear", 0.5, 1.5), t2i, edit,
+                    ("edit", 1.5, "constant", 0.0, 2.0), ("t2i", 5.0, "constant", 0.0, 0.0)]
     main(["generate", "image", "--model", ckpt, "a red circle", "a blue star", "--best-of", "3",
           "-o", str(tmp_path / "b.png")])
     main([*common[:5], "t2i", *common[7:], "--out", str(tmp_path / "c"), "--best-of", "2"])
-    assert seen[7:] == [t2i] * 2 and rows[7:] == [2 * 3, 1 * 2]
+    assert seen[8:] == [t2i] * 2 and rows[8:] == [2 * 3, 1 * 2]
     assert (tmp_path / "b-1.png").is_file() and not (tmp_path / "b-2.png").exists()  # one image per prompt
     with pytest.raises(SystemExit, match="best-of-N needs sampled bits"):
         main(["generate", "image", "--model", ckpt, "a red circle", "--best-of", "2", "--temperature", "0",

@@ -233,6 +233,44 @@ def test_understanding_learns_to_answer_about_the_image():
     assert describe(model, [red, blue], ["a red circle"] * 2, max_new_tokens=8) == ["two", "make the circle blue"]
 
 
+def test_keep_pulls_an_edit_towards_its_reference_as_the_tokenizer_codes_it(model):
+    """`keep`: the bit that keeps the reference (the tokenizer's code of the reference less the running
+    reconstruction) gains `keep` in log-probability; overwhelming, it redraws the reference's own code."""
+    g = torch.Generator().manual_seed(3)
+    sources = [torch.rand(3, 32, 32, generator=g) for _ in range(2)]
+    prompts = ["make the circle blue", "remove the circle"]
+    code = model.tokenizer.encode(torch.stack(sources))
+    _, plain = generate_images(model, prompts, sources=sources, cfg=2.0, return_bits=True)
+    assert not all(torch.equal(a, b) for a, b in zip(plain, code))  # the untrained model does not copy
+    _, kept = generate_images(model, prompts, sources=sources, cfg=2.0, keep=1e4, return_bits=True)
+    assert all(torch.equal(a, b) for a, b in zip(kept, code))
+    _, none = generate_images(model, prompts, sources=sources, cfg=2.0, keep=0.0, return_bits=True)
+    assert all(torch.equal(a, b) for a, b in zip(none, plain))
+    with pytest.raises(ValueError, match="keep pulls an edit"):
+        generate_images(model, prompts, keep=1.0)
+
+
+def test_keep_spares_the_named_object_where_the_model_grounds_one():
+    """The pull is zero on every token the named object's map touches (max-pooled to the scale), `keep` elsewhere,
+    and its bit is the tokenizer's own code at every scale while the drawing follows that code."""
+    from omniar.omni.generate import _NextScale
+
+    model = tiny_model(adapter=False)
+    steps = _NextScale(model, 1)
+    maps = torch.zeros(1, 4, 4)
+    maps[0, 1, 2] = 1.0  # the named object covers one understanding patch
+    source = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    code = model.tokenizer.encode(source[None])
+    for k, s in enumerate(model.scales):
+        bias = steps.keep_bias(k, [source], 2.0, maps)  # (1, s^2, d, 2)
+        bits = code[k].flatten(2).transpose(1, 2)
+        named = torch.nn.functional.adaptive_max_pool2d(maps[:, None], s).flatten(1) > 0
+        assert torch.all(bias[named] == 0) and torch.all(bias[~named].sum(-1) == 2.0)
+        assert torch.equal(bias[~named][..., 1] > 0, bits[~named])
+        steps.add(k, bits)
+    assert named.sum() == 4 and (~named).sum() == 60  # the finest scale: 8 x 8 tokens, the patch's 2 x 2
+
+
 def test_three_branch_edit_guidance_is_one_batch_and_reduces_to_the_plain_edit(model):
     g = torch.Generator().manual_seed(4)
     sources = [torch.rand(3, 32, 32, generator=g) for _ in range(2)]

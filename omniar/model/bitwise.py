@@ -118,23 +118,28 @@ class BitwiseHead(nn.Module):
         delta = z @ (self.ar_out * self.mask_out).t() + x @ (self.ar_direct * self.mask_direct).t()
         return logits + torch.stack([torch.zeros_like(delta), delta], -1)
 
-    def draw(self, h: Tensor, groups: int, guide, sample_rows) -> Tensor:
+    def draw(self, h: Tensor, groups: int, guide, sample_rows, bias: Tensor | None = None) -> Tensor:
         """Bits (N, T, d) for hidden states h (groups * N, T, D), the guidance groups stacked: `guide` maps
         log-probabilities (groups, N, T, d', 2) to guided ones (N, T, d', 2) and `sample_rows` those to bits
-        (N, T, d'). Independent bits take one step; an autoregressive head draws bit by bit, every group reading
+        (N, T, d'). `bias` (N, T, d, 2) is added to the guided log-probabilities (an edit's pull towards its
+        reference). Independent bits take one step; an autoregressive head draws bit by bit, every group reading
         the bits drawn so far."""
         def logp(logits: Tensor) -> Tensor:
             return logits.float().log_softmax(-1).unflatten(0, (groups, -1))
 
+        def guided(logits: Tensor, i: slice = slice(None)) -> Tensor:
+            g = guide(logp(logits))
+            return g if bias is None else g + bias[..., i, :]
+
         logits = self.proj(h).unflatten(-1, (self.bits, 2))
         if not self.autoregressive:
-            return sample_rows(guide(logp(logits)))
+            return sample_rows(guided(logits))
         context = self.ar_context(h)
         n = h.shape[0] // groups
         x = h.new_zeros(n, h.shape[1], self.bits)
         for i in range(self.bits):  # bit i's logits read only bits < i (the masks), so the zeros beyond are unread
             full = self._conditioned(logits, context, x.repeat(groups, 1, 1))
-            x[..., i : i + 1] = sample_rows(guide(logp(full[..., i : i + 1, :]))).to(x.dtype) * 2 - 1
+            x[..., i : i + 1] = sample_rows(guided(full[..., i : i + 1, :], slice(i, i + 1))).to(x.dtype) * 2 - 1
         return x > 0
 
 

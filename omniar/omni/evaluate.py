@@ -21,6 +21,7 @@ from omniar.generation.sampling import SamplingParams
 from omniar.omni.generate import (
     EDIT_CFG,
     EDIT_CFG_SCHEDULE,
+    EDIT_KEEP,
     EDIT_TEMPERATURE,
     T2I_CFG,
     T2I_TEMPERATURE,
@@ -48,6 +49,7 @@ class ImageSampling:
     image_cfg: float | None = None
     temperature: float = T2I_TEMPERATURE
     edit_temperature: float | None = EDIT_TEMPERATURE  # None: `temperature`
+    edit_keep: float = EDIT_KEEP  # an edit's pull towards its reference's bits (generate_images' `keep`)
     top_k: int = 0
     top_p: float = 1.0
     # text-to-image: the best of this many samples by the model's own caption likelihood (omni/rerank.py);
@@ -107,7 +109,7 @@ def predict_shapeworld(model: OmniModel, out: str | Path, num: int = 200, split:
             for a in range(0, num, batch_size):
                 chunk = samples[a : a + batch_size]
                 gen = generate_best_of(model, [s["caption"] for s in chunk], sampling.best_of,
-                                       cfg=sampling.guidance(), cfg_schedule=sampling.cfg_schedule,
+                                       cfg=sampling.guidance(), cfg_schedule=sampling.schedule(),
                                        params=sampling.params(), seeds=[seed + a + i for i in range(len(chunk))])
                 for i, (s, img) in enumerate(zip(chunk, to_uint8(gen))):
                     records.append({"task": "t2i", "prompt": s["caption"], "kind": s["kind"],
@@ -140,7 +142,7 @@ def predict_shapeworld(model: OmniModel, out: str | Path, num: int = 200, split:
                 gen = generate_images(model, [s["edit"]["instruction"] for s in chunk], sources=sources,
                                       cfg=sampling.guidance(edit=True), cfg_schedule=sampling.schedule(edit=True),
                                       image_cfg=sampling.image_cfg, params=sampling.params(edit=True),
-                                      seeds=[seed + a + i for i in range(len(chunk))])
+                                      keep=sampling.edit_keep, seeds=[seed + a + i for i in range(len(chunk))])
                 for j, (s, src, img) in enumerate(zip(chunk, sources, to_uint8(gen))):
                     records.append({"task": "edit", "instruction": s["edit"]["instruction"],
                                     "source": save(f"edit-{a + j:05d}-source.png", src),

@@ -15,6 +15,8 @@ passes; the per-bit log-probabilities are combined as uncond + w_k (cond - uncon
 linearly from 1 at the first scale to `cfg` at the last (VAR's schedule; raster: constant). Editing with
 `image_cfg` uses OneCAT's three branches in one batch - full (reference + instruction), text-only
 (instruction), empty: l_I = (l_full + image_cfg l_text) / (1 + image_cfg), l = l_empty + w_k (l_I - l_empty).
+An edit's `keep` then adds keep * (1 - the named object's map) to the log-probability of each bit that keeps the
+reference there (`_NextScale.keep_bias`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from omniar.generation.sampling import SamplingParams
@@ -42,6 +45,7 @@ T2I_TEMPERATURE = 1.0  # sampled bits: greedy ones draw the same blob for every 
 EDIT_CFG = 1.5
 EDIT_CFG_SCHEDULE = "constant"
 EDIT_TEMPERATURE = 0.0
+EDIT_KEEP = 0.0
 
 
 def guidance_weights(cfg: float, scales: int, schedule: str = "linear") -> list[float]:
@@ -65,13 +69,19 @@ def row_params(params: SamplingParams, i: int) -> SamplingParams:
 def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequence | None = None,
                     cfg: float = 1.0, cfg_schedule: str = "linear", image_cfg: float | None = None,
                     params: SamplingParams | None = None,
-                    seeds: Sequence[int] | None = None, prefix: Sequence | None = None, return_bits: bool = False):
+                    seeds: Sequence[int] | None = None, prefix: Sequence | None = None, return_bits: bool = False,
+                    keep: float = 0.0):
     """Images (B, 3, S, S) in [0, 1], on the model's device, for text prompts - or, with `sources` (one image per
     prompt), edits of them (guidance then drops the instruction and keeps the reference image). `params` sample each
     bit (default greedy); `seeds` gives each row its own generator, so a row's image does not depend on its batch.
     `prefix` (next-scale): the bits of the first K scales, each (B, d, s_k, s_k) as `ImageTokenizer.encode` gives
     them, which are kept and the later scales generated from them (complete an image from its coarse layout; where
-    quality is lost per scale: bench/omni_scale_forcing.py). With return_bits, also the bits per scale."""
+    quality is lost per scale: bench/omni_scale_forcing.py). `keep` (edits, next-scale) pulls every bit towards
+    the one that keeps the reference there: it is added to that bit's guided log-probability, scaled by 1 - the
+    grounding head's map of the named object (max-pooled to the scale) where the model has one; the bit that keeps
+    is the sign of the reference's latent less the running reconstruction, pooled to the scale - the tokenizer's
+    own code, so a large `keep` with no map redraws the reference as the tokenizer encodes it. With return_bits,
+    also the bits per scale."""
     if not prompts:
         raise ValueError("generate_images needs at least one prompt")
     if sources is not None and len(sources) != len(prompts):
@@ -84,6 +94,9 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
     model.decoder.merge_scale_adapter()  # each scale's forward pass has one scale: merged weights, no LoRA matmuls
     if image_cfg is not None and sources is None:
         raise ValueError("image_cfg guides edits: give `sources`")
+    if keep and (sources is None or model.gen_modality != Modality.IMAGE_GEN):
+        raise ValueError("keep pulls an edit towards its reference's bits: it needs `sources` and next-scale "
+                         "generation")
     n = len(prompts)
     task = "t2i" if sources is None else "edit"
     examples = [Example(task, p, image=torch.zeros(3, model.image_size, model.image_size),
@@ -115,11 +128,12 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
     at = first = L - T  # first image column, identical in every row
     gen_key = int(model.gen_modality)
     cache = model.decoder.new_cache()
-    grounded = None  # grounding_input: the reference tokens' map, read in a first pass, into every position
+    grounded = maps = None  # grounding_input: the reference tokens' map, read in a first pass, into every position
     if sources is not None and model.ground_embed is not None:
         x = steps.inputs(0).repeat(groups, 1, 1)
         x = x if ref is None else x + ref[:, : steps.sizes[0]]
-        grounded = _grounding(model, batch.slice(0, first + steps.sizes[0]), x.reshape(-1, D), n, groups, cache)
+        grounded, maps = _grounding(model, batch.slice(0, first + steps.sizes[0]), x.reshape(-1, D), n, groups,
+                                    cache)
         cache.truncate(first)  # keep the prompt; the first scale is passed again with its map
     for k, size in enumerate(steps.sizes):
         piece = batch.slice(0 if k == 0 and grounded is None else at, at + size)
@@ -133,7 +147,8 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
         hidden = model.decoder(**inputs, cache=cache).hidden[:, -size:]
         drawn = model.bit_head.draw(hidden, groups, lambda logp, w=weights[k]: _guide(logp, w, image_cfg),
                                     lambda logp: torch.cat([sample_bits(logp[i : i + 1], row_params(params, i), g)
-                                                            for i, g in enumerate(generators)]))
+                                                            for i, g in enumerate(generators)]),
+                                    bias=None if not keep else steps.keep_bias(k, sources, keep, maps))
         if prefix is not None and k < len(prefix):  # drawn all the same: a row's generator does not depend on K
             drawn = prefix[k].flatten(2).transpose(1, 2).to(drawn.device, drawn.dtype)
         steps.add(k, drawn)
@@ -157,7 +172,7 @@ def _grounding(model: OmniModel, prompt, first_scale: Tensor, n: int, groups: in
     grid = model.patch_embed.grid()
     maps = torch.sigmoid(model.grounding_head(hidden[:n][und])).reshape(n, *grid)
     feats = model.grounding_features(maps)
-    return torch.cat([feats, torch.zeros_like(feats).repeat(groups - 1, 1, 1)])
+    return torch.cat([feats, torch.zeros_like(feats).repeat(groups - 1, 1, 1)]), maps
 
 
 def _guide(logp, w: float, image_cfg: float | None):
@@ -187,12 +202,29 @@ class _NextScale:
         self.sizes = [s * s for s in self.scales]
         self.per_scale: list = []
         self.f_hat = None
+        self.reference = None  # an edit's reference latent (keep_bias)
 
     def inputs(self, k: int):
         embed = self.model.scale_embed
         if k == 0:
             return embed([], batch=self.n)
         return embed([self.model.tokenizer.quantizer.down(self.f_hat, self.scales[k])], batch=self.n, first=k)
+
+    def keep_bias(self, k: int, sources, keep: float, maps: Tensor | None) -> Tensor:
+        """(n, s_k^2, d, 2): `keep` on the log-probability of each bit of scale k that keeps the reference, times
+        1 - the named object's map max-pooled to the scale (generate_images' `keep`)."""
+        if self.reference is None:
+            self.reference = self.model.tokenizer.latents(as_images(list(sources), self.model.image_size)
+                                                          .to(self.model.device))[-1]
+        s = self.scales[k]
+        q = self.model.tokenizer.quantizer
+        residual = self.reference if self.f_hat is None else self.reference - self.f_hat
+        _, bits, _ = q.quantize(q.down(residual, s))
+        one = bits.flatten(2).transpose(1, 2).float()  # (n, s^2, d): 1 where the keeping bit is 1
+        weight = torch.full(one.shape[:2], keep, device=one.device)
+        if maps is not None:
+            weight = keep * (1 - F.adaptive_max_pool2d(maps[:, None].to(one.device), s).flatten(1).clamp(0, 1))
+        return torch.stack([1 - one, one], -1) * weight[..., None, None]
 
     def add(self, k: int, bits) -> None:
         s = self.scales[k]
