@@ -41,7 +41,7 @@ EVAL_MIN_PER_ITEM = 0.012
 # A measured plan (`for_budget(..., step_seconds=s)`): the steps that do not train the model keep the reference
 # plan's counts (and so their cache keys); the image tokenizer's and ConvTeacher's steps are timed too (`calibrate`)
 # or else counted in training steps of the preset (ratios measured on two 2-core machines, BENCHMARKS.md "Demo",
-# rounded up: on a third, an AVX2 EPYC, they were 0.47 and 0.09), the benchmark always is, and the budget's rest
+# rounded up: on a third, an AVX2 EPYC, they were 0.51 and 0.09), the benchmark always is, and the budget's rest
 # trains the model.
 TOKENIZER_STEP_COST = 0.6  # an image-tokenizer step (32 images): 0.59 and 0.44 training steps
 TEACHER_STEP_COST = 0.25  # a ConvTeacher step (16 scenes): 0.22 and 0.08
