@@ -235,10 +235,12 @@ def measure_other_seconds(image_config: ImageTokenizerConfig, teacher_grid: int 
                 took.append(time.perf_counter() - t0)
         return max(took[1] - took[0], 1e-3) / (n - max(1, n // 4))
 
+    if align > 0 and teacher_grid is None:
+        raise ValueError("an aligned image tokenizer reads the ConvTeacher: give its teacher_grid")
     torch.manual_seed(seed)
     side = image_config.image_size
     images = shapeworld_images(64, side=side)
-    teacher = ConvTeacher(side, teacher_grid or 8).requires_grad_(False).eval() if align > 0 else None
+    teacher = ConvTeacher(side, teacher_grid).requires_grad_(False).eval() if align > 0 else None
     config = dataclasses.replace(image_config, align_width=teacher.und_width) if teacher is not None else image_config
     seconds = {"image-tokenizer": per_step(lambda d, n: train_image_tokenizer(
         d, images, config, steps=n, progress=False, align_teacher=teacher, align_weight=align), steps)}

@@ -261,8 +261,9 @@ def test_keep_spares_the_named_object_where_the_model_grounds_one():
     maps[0, 1, 2] = 1.0  # the named object covers one understanding patch
     source = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
     code = model.tokenizer.encode(source[None])
+    reference = model.tokenizer.latents(source[None])[-1]
     for k, s in enumerate(model.scales):
-        bias = steps.keep_bias(k, [source], 2.0, maps)  # (1, s^2, d, 2)
+        bias = steps.keep_bias(k, reference, 2.0, maps)  # (1, s^2, d, 2)
         bits = code[k].flatten(2).transpose(1, 2)
         named = torch.nn.functional.adaptive_max_pool2d(maps[:, None], s).flatten(1) > 0
         assert torch.all(bias[named] == 0) and torch.all(bias[~named].sum(-1) == 2.0)

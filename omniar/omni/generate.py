@@ -104,10 +104,14 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
     # row groups: (drop prompt, drop image) - conditional first, then the unconditional branches
     branches = [(False, False)] + ([(False, True), (True, True)] if image_cfg is not None else
                                    [(True, False)] if cfg != 1.0 else [])
-    und = None if sources is None else model.und_features(as_images(list(sources), model.image_size))
+    pixels = None if sources is None else as_images(list(sources), model.image_size)
+    und = None if sources is None else model.und_features(pixels)
+    # the reference's latents, encoded once: edit_reference's input and keep's target
+    latents = model.tokenizer.latents(pixels.to(model.device)) if sources is not None and (
+        model.ref_embed is not None or keep) else None
     ref = None  # edit_reference: the reference's latent at each generation position, in the branches that keep it
     if sources is not None and model.ref_embed is not None:
-        r = model.reference_features(list(sources))
+        r = model.reference_features(sources, latents=latents)
         ref = torch.cat([torch.zeros_like(r) if di else r for _, di in branches])
     T = sum(s * s for s in model.scales)
     D = model.decoder.config.hidden_size
@@ -148,7 +152,7 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
         drawn = model.bit_head.draw(hidden, groups, lambda logp, w=weights[k]: _guide(logp, w, image_cfg),
                                     lambda logp: torch.cat([sample_bits(logp[i : i + 1], row_params(params, i), g)
                                                             for i, g in enumerate(generators)]),
-                                    bias=None if not keep else steps.keep_bias(k, sources, keep, maps))
+                                    bias=None if not keep else steps.keep_bias(k, latents[-1], keep, maps))
         if prefix is not None and k < len(prefix):  # drawn all the same: a row's generator does not depend on K
             drawn = prefix[k].flatten(2).transpose(1, 2).to(drawn.device, drawn.dtype)
         steps.add(k, drawn)
@@ -158,13 +162,14 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
     return (images, bits) if return_bits else images
 
 
-def _grounding(model: OmniModel, prompt, first_scale: Tensor, n: int, groups: int, cache: DecoderCache) -> Tensor:
+def _grounding(model: OmniModel, prompt, first_scale: Tensor, n: int, groups: int,
+               cache: DecoderCache) -> tuple[Tensor, Tensor]:
     """The generation positions' grounding features (groups * n, T, D): the grounding head's map over the
     reference's tokens in the conditional rows (the first n), zero in the guidance rows (their instruction or
-    reference is dropped, as in training). The prompt's prefill: one pass over the prompt and the first scale's
-    positions without their map (which, causal, the prompt does not see), so the prompt is routed as generation
-    routes it (`prompt_positions`), into `cache` (the caller then forgets the first scale's positions, which are
-    passed again with their map)."""
+    reference is dropped, as in training); and those maps (n, h, w). The prompt's prefill: one pass over the
+    prompt and the first scale's positions without their map (which, causal, the prompt does not see), so the
+    prompt is routed as generation routes it (`prompt_positions`), into `cache` (the caller then forgets the first
+    scale's positions, which are passed again with their map)."""
     inputs = prompt.model_inputs()
     inputs["features"] = {**inputs["features"], int(model.gen_modality): first_scale}
     hidden = model.decoder(**inputs, cache=cache).hidden
@@ -202,7 +207,6 @@ class _NextScale:
         self.sizes = [s * s for s in self.scales]
         self.per_scale: list = []
         self.f_hat = None
-        self.reference = None  # an edit's reference latent (keep_bias)
 
     def inputs(self, k: int):
         embed = self.model.scale_embed
@@ -210,15 +214,12 @@ class _NextScale:
             return embed([], batch=self.n)
         return embed([self.model.tokenizer.quantizer.down(self.f_hat, self.scales[k])], batch=self.n, first=k)
 
-    def keep_bias(self, k: int, sources, keep: float, maps: Tensor | None) -> Tensor:
-        """(n, s_k^2, d, 2): `keep` on the log-probability of each bit of scale k that keeps the reference, times
-        1 - the named object's map max-pooled to the scale (generate_images' `keep`)."""
-        if self.reference is None:
-            self.reference = self.model.tokenizer.latents(as_images(list(sources), self.model.image_size)
-                                                          .to(self.model.device))[-1]
+    def keep_bias(self, k: int, reference: Tensor, keep: float, maps: Tensor | None) -> Tensor:
+        """(n, s_k^2, d, 2): `keep` on the log-probability of each bit of scale k that keeps the reference (its
+        latent (n, d, H, H)), times 1 - the named object's map max-pooled to the scale (generate_images' `keep`)."""
         s = self.scales[k]
         q = self.model.tokenizer.quantizer
-        residual = self.reference if self.f_hat is None else self.reference - self.f_hat
+        residual = reference if self.f_hat is None else reference - self.f_hat
         _, bits, _ = q.quantize(q.down(residual, s))
         one = bits.flatten(2).transpose(1, 2).float()  # (n, s^2, d): 1 where the keeping bit is 1
         weight = torch.full(one.shape[:2], keep, device=one.device)

@@ -391,10 +391,12 @@ class OmniModel(nn.Module):
         x = self.patch_embed(images.to(self.device))
         return x if self.vision is None else self.vision(x)
 
-    def reference_features(self, sources) -> Tensor:
+    def reference_features(self, sources, latents: list[Tensor] | None = None) -> Tensor:
         """(B, T, D): for each generation position of an edit, the embedding of the reference image's latent at
-        that position's scale and place (stream order: scale-major, row-major; `OmniConfig.edit_reference`)."""
-        latents = self.tokenizer.latents(as_images(sources, self.image_size).to(self.device))
+        that position's scale and place (stream order: scale-major, row-major; `OmniConfig.edit_reference`).
+        `latents`: the sources' `ImageTokenizer.latents`, where the caller has them already."""
+        if latents is None:
+            latents = self.tokenizer.latents(as_images(sources, self.image_size).to(self.device))
         return self.ref_embed(stream_order(latents))
 
     def grounding_features(self, maps: Tensor) -> Tensor:
