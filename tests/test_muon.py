@@ -27,6 +27,38 @@ def test_orthogonalize_is_near_the_polar_factor(shape, dtype):
     assert torch.allclose(orthogonalize(64 * g, dtype=dtype).float(), u, atol=1e-2)
 
 
+def _spread(shape, seed, decades):
+    """A float64 matrix of `shape` whose singular values span `decades` powers of ten (0: Gaussian)."""
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    if not decades:
+        return g
+    u, s, vh = torch.linalg.svd(g, full_matrices=False)
+    return u @ torch.diag(torch.logspace(0, -decades, s.numel(), dtype=torch.float64)) @ vh
+
+
+@pytest.mark.parametrize("shape", [(32, 96), (48, 96), (64, 256)])
+@pytest.mark.parametrize("decades", [0, 4])
+def test_gram_space_iterations_are_the_direct_iterations(shape, decades):
+    x = _spread(shape, 0, decades)
+    x = x / x.norm()
+    direct = muon._iterations(x, 5)
+    # the same polynomial: equal to float64's rounding
+    assert torch.allclose(muon._gram_iterations(x, 5), direct, rtol=0, atol=1e-11)
+    # in fp32 its rounding grows with Q on the weakest directions: 5e-7 on a Gaussian matrix (as the direct form's),
+    # at most 1.5e-4 of entries ~0.27 when the singular values span 10^4 (the direct form: 4e-6); bf16 is ~1e-2
+    err = (muon._gram_iterations(x.float(), 5).double() - direct).abs().max()
+    assert err < (2e-6 if not decades else 3e-4)
+
+
+def test_orthogonalize_takes_the_gram_space_for_wide_fp32_matrices(monkeypatch):
+    calls = []
+    monkeypatch.setattr(muon, "_gram_iterations", lambda x, steps: calls.append(tuple(x.shape)) or x)
+    for shape, dtype in [((40, 24), torch.float32), ((48, 96), torch.float32), ((2, 200, 64), torch.float32),
+                         ((48, 96), torch.bfloat16), ((64, 256), torch.bfloat16)]:
+        orthogonalize(torch.ones(shape), dtype=dtype)
+    assert calls == [(48, 96), (2, 64, 200)]  # twice as wide (either way round), in fp32 only
+
+
 @pytest.mark.parametrize("native", [False, True])
 def test_orthogonalize_iterates_in_bf16_only_where_its_matmuls_are_native(monkeypatch, native):
     g = torch.randn(40, 24, generator=torch.Generator().manual_seed(0))
