@@ -97,7 +97,7 @@ def main() -> None:
     right = [a == e.answer for a, e in zip(answers, examples)]
     wrong_other = [a in o for a, o, r in zip(answers, others, right) if not r]
 
-    batch, _ = model.batch(examples)
+    batch, _, *_ = model.batch(examples)
     with torch.inference_mode(), recorded_attention() as probs:
         model.decoder(**batch.model_inputs())
     rows, cols = model.patch_embed.grid()

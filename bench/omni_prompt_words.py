@@ -59,7 +59,7 @@ def object_token_losses(model: OmniModel, scene: Scene, prompts: list[str]) -> t
     """Per prompt and scale: the summed bit cross-entropy (nats) of the tokens the object covers (all prompts in
     one batch, the image's bits teacher-forced under each); and per scale the number of those bits."""
     image = render(scene, model.image_size)
-    batch, bits = model.batch([Example("t2i", p, image=image) for p in prompts])
+    batch, bits, *_ = model.batch([Example("t2i", p, image=image) for p in prompts])
     out = model.decoder(**batch.model_inputs())
     gen = batch.meta.modality == model.gen_modality  # right-padded rows: each prompt's tokens in stream order
     logits = model.bit_head(out.hidden[gen], bits)

@@ -43,13 +43,13 @@ def test_teacher_features_follow_the_understanding_positions():
     pixels = torch.stack([ex.source if ex.task == "edit" else ex.image for ex in exs if ex.task in
                           ("caption", "vqa", "edit")])
     assert not torch.allclose(teacher.und_features(pixels), teacher.patch_embed(pixels))  # the ViT is applied
-    batch, bits, feats = student.batch(exs, teacher=teacher)
+    batch, bits, feats, _ = student.batch(exs, teacher=teacher)
     und = batch.meta.modality == Modality.IMAGE_UND
     assert feats.shape == (int(und.sum()), 32)
     assert torch.allclose(feats, teacher.und_features(pixels).reshape(-1, 32), atol=1e-6)  # stream order
     # every edit reference dropped: its features leave with it
     student.config.cfg_dropout = 1.0
-    batch, bits, feats = student.batch(exs, generator=torch.Generator().manual_seed(0), teacher=teacher)
+    batch, bits, feats, _ = student.batch(exs, generator=torch.Generator().manual_seed(0), teacher=teacher)
     assert feats.shape[0] == int((batch.meta.modality == Modality.IMAGE_UND).sum()) == 2 * 16
     with pytest.raises(ValueError, match="2 teacher features for 32"):
         student.loss(batch, bits, feats[:2])
@@ -58,13 +58,13 @@ def test_teacher_features_follow_the_understanding_positions():
 def test_distillation_loss_trains_the_student_towards_the_teacher():
     teacher = tiny_teacher(tiny_model())
     student = student_for(teacher).train()
-    batch, bits, feats = student.batch(examples(), teacher=teacher)
+    batch, bits, feats, _ = student.batch(examples(), teacher=teacher)
     _, parts = student.loss(batch, bits)
     assert "distill" not in parts
     opt = torch.optim.Adam(student.parameters(), lr=3e-3)
     first = None
     for _ in range(25):
-        batch, bits, feats = student.batch(examples(), teacher=teacher)  # the images' features are in the graph
+        batch, bits, feats, _ = student.batch(examples(), teacher=teacher)  # the images' features are in the graph
         loss, parts = student.loss(batch, bits, feats, distill_weight=1.0)
         first = parts["distill"] if first is None else first
         opt.zero_grad()
@@ -98,7 +98,7 @@ def test_conv_teacher_cells_are_the_understanding_tokens_in_stream_order():
     exs = [ex for ex in examples() if ex.task in ("caption", "vqa")]
     pixels = torch.stack([ex.image for ex in exs])
     fmap = teacher.feature_map(pixels)  # (B, C, g, g)
-    batch, bits, feats = student.batch(exs, teacher=teacher)
+    batch, bits, feats, _ = student.batch(exs, teacher=teacher)
     assert feats.shape == (int((batch.meta.modality == Modality.IMAGE_UND).sum()), 128)
     # token r * g + c of image b is cell (r, c) of image b's map
     g = teacher.grid

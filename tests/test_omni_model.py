@@ -62,7 +62,9 @@ def examples(n_img=32):
 
 
 def test_layouts_route_every_image_token_to_its_expert(model):
-    batch, bits = model.batch(examples())
+    got = model.batch(examples())
+    batch, bits, *_ = got
+    assert got.stream is batch and got.bits is bits and got.teacher is None and got.grounding is None
     mod = batch.meta.modality
     T = 1 + 4 + 16 + 64
     assert int((mod == Modality.IMAGE_GEN).sum()) == 2 * T == len(bits)  # t2i and edit targets
@@ -80,7 +82,7 @@ def test_a_short_training_run_lowers_the_loss():
     g = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(30):
-        batch, bits = model.batch(examples(), generator=g)
+        batch, bits, *_ = model.batch(examples(), generator=g)
         loss, _ = model.loss(batch, bits)
         opt.zero_grad()
         loss.backward()
@@ -225,7 +227,7 @@ def test_understanding_learns_to_answer_about_the_image():
             Example("vqa", "a red circle", answer="make the circle blue", image=blue)]
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     for _ in range(60):
-        batch, bits = model.batch(data, generator=g)
+        batch, bits, *_ = model.batch(data, generator=g)
         loss, _ = model.loss(batch, bits)
         opt.zero_grad()
         loss.backward()
@@ -297,7 +299,7 @@ def test_condition_dropout_drops_edit_prompts_and_references():
     g = torch.Generator().manual_seed(0)
     layouts = set()
     for _ in range(40):
-        batch, _ = model.batch([ex], generator=g)
+        batch, _, *_ = model.batch([ex], generator=g)
         mod = batch.meta.modality[0]
         layouts.add((int((mod == Modality.IMAGE_UND).sum()), int((batch.meta.doc[0] >= 0).sum())))
     assert len(layouts) == 4  # with/without the reference x with/without the instruction
@@ -336,7 +338,7 @@ def test_raster_baseline_decodes_token_by_token_like_teacher_forcing():
         hidden = model.decoder(**batch.model_inputs()).hidden
     forced = model.bit_head(hidden[batch.meta.modality == Modality.IMAGE_RASTER]).argmax(-1).bool()
     assert torch.equal(forced, plain[0].flatten(2).transpose(1, 2)[0])
-    batch, targets = model.batch(examples())
+    batch, targets, *_ = model.batch(examples())
     loss, parts = model.loss(batch, targets)
     assert int((batch.meta.modality == Modality.IMAGE_RASTER).sum()) == 2 * 64 == len(targets) and "bits" in parts
 
@@ -377,7 +379,7 @@ def test_perceptual_alignment_targets_the_decoders_response_to_each_code():
     base = tiny_model(adapter=False, raster=True)
     model = OmniModel(dataclasses.replace(base.config, perceptual_weight=0.5), base.text, base.tokenizer)
     model.load_state_dict(base.state_dict(), strict=False)
-    batch, bits = model.batch(examples())
+    batch, bits, *_ = model.batch(examples())
     loss, parts = model.loss(batch, bits)
     base_loss, base_parts = base.loss(batch, bits)
     assert "perceptual" not in base_parts and base.perceptual is None
@@ -405,7 +407,7 @@ def test_further_vqa_turns_extend_the_one_question_layout(model):
     one = Example("vqa", "how many circles are there?", answer="two", image=image)
     more = Example("vqa", "how many circles are there?", answer="two", image=image,
                    turns=[("what color is the star?", "red"), ("is there a red star?", "yes")])
-    (a, _), (b, _) = model.batch([one]), model.batch([more])
+    (a, *_), (b, *_) = model.batch([one]), model.batch([more])
     n = a.input_ids.shape[1]
     assert torch.equal(b.input_ids[:, :n], a.input_ids) and torch.equal(b.labels[:, :n], a.labels)
     targets = b.labels[b.labels != IGNORE].tolist()
@@ -481,7 +483,7 @@ def test_instruction_first_edits_let_the_reference_tokens_read_the_instruction()
         model = tiny_model(edit_instruction_first=first)
         hidden = []
         for text in ("make the circle blue", "remove the red square"):
-            batch, _ = model.batch([Example("edit", text, image=target, source=source)])
+            batch, _, *_ = model.batch([Example("edit", text, image=target, source=source)])
             mod = batch.meta.modality[0]
             und = (mod == Modality.IMAGE_UND).nonzero().flatten()
             instruction = ((mod == Modality.TEXT) & (torch.arange(len(mod)) < int(und[0]))).sum()
@@ -595,7 +597,7 @@ def test_prompt_expert_serves_the_text_of_generating_documents_only():
     from omniar.model.experts import prompt_positions
 
     model = tiny_model(prompt_expert=True).train()
-    batch, bits = model.batch(examples() * 2, pack=True)
+    batch, bits, *_ = model.batch(examples() * 2, pack=True)
     meta = batch.meta
     got = prompt_positions(meta.modality, meta.doc)
     for b in range(meta.doc.shape[0]):
@@ -607,7 +609,7 @@ def test_prompt_expert_serves_the_text_of_generating_documents_only():
 
     def prompt_grad(exs):
         model.zero_grad()
-        b, target = model.batch(exs, pack=True)
+        b, target, *_ = model.batch(exs, pack=True)
         model.loss(b, target)[0].backward()
         return sum(p.grad.abs().sum().item() for n, p in model.named_parameters()
                    if ".experts.3." in n and p.grad is not None)

@@ -28,7 +28,7 @@ def test_caption_score_is_the_captioning_loss_of_each_pair_whatever_the_batch(mo
     pix = images(3)
     together = caption_scores(model, pix, PROMPTS)
     for i, text in enumerate(PROMPTS):
-        batch, _ = model.batch([Example("caption", text, image=pix[i])])
+        batch, _, *_ = model.batch([Example("caption", text, image=pix[i])])
         with torch.no_grad():
             loss, _ = model.loss(batch, torch.zeros(0, 8, dtype=torch.bool))
         targets = len(model.text.encode(text)) + 1  # the text and <eos>

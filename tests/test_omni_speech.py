@@ -50,7 +50,7 @@ def model():
 
 
 def test_speech_segments_sit_between_markers_and_go_through_the_speech_expert(model):
-    batch, _ = model.batch(speech_examples())
+    batch, _, *_ = model.batch(speech_examples())
     ids, mod, labels = batch.input_ids, batch.meta.modality, batch.labels
     off, boa, eoa = model.speech_offset, model.ids["boa"], model.ids["eoa"]
     assert model.decoder.config.vocab_size == off + K
@@ -84,7 +84,7 @@ def test_prompts_end_where_generation_starts(model):
 @pytest.mark.parametrize("vocab", ["joint", "decoupled"])
 def test_the_token_loss_matches_a_brute_force_softmax(vocab):
     m = speech_model(vocab=vocab)
-    batch, bits = m.batch(speech_examples())
+    batch, bits, *_ = m.batch(speech_examples())
     loss, parts = m.loss(batch, bits)
     out = m.decoder(**batch.model_inputs())
     logits, labels = out.logits, batch.labels
@@ -110,9 +110,9 @@ def test_tail_reweighting_weights_the_last_response_tokens():
     m = speech_model()
     ex = [Example("caption", "a blue square left of a green star", image=torch.rand(3, 32, 32)),
           Example("asr", "a red circle", speech=codes(6)), Example("tts", "a red circle", speech=codes(5))]
-    plain, _ = m.batch(ex)
+    plain, _, *_ = m.batch(ex)
     rw = Reweighting(task={"tts": 0.5}, tail=3, tail_weight=2.0)
-    tailed, bits = m.batch(ex, reweight=rw)
+    tailed, bits, *_ = m.batch(ex, reweight=rw)
     assert torch.equal(plain.labels, tailed.labels)
     for row in range(2):  # caption and asr: the last 3 targets (the last text tokens and <eos>) weigh 2
         w = tailed.loss_weights[row][tailed.labels[row] != IGNORE]
@@ -147,7 +147,7 @@ def test_save_load_round_trip_keeps_the_codec_and_the_outputs(model, tmp_path):
     model.save_pretrained(tmp_path / "m")
     back = OmniModel.from_pretrained(tmp_path / "m")
     assert back.config.speech_vocab == model.config.speech_vocab and back.speech_codec is not None
-    batch, _ = model.batch(speech_examples())
+    batch, _, *_ = model.batch(speech_examples())
     with torch.no_grad():
         assert torch.equal(model.decoder(**batch.model_inputs()).logits, back.decoder(**batch.model_inputs()).logits)
     wav = torch.randn(1, 3200)
@@ -184,7 +184,7 @@ def test_tts_decoding_with_the_cache_equals_teacher_forcing(model):
         run = list(steps(model, [prompt], greedy=[True], max_new_tokens=10, stops=[model.ids["eoa"]]))
     got = torch.stack([s.tokens[0] for s in run])
     got = got[got != model.ids["eoa"]] - model.speech_offset
-    batch, _ = model.batch([Example("tts", text, speech=got)])
+    batch, _, *_ = model.batch([Example("tts", text, speech=got)])
     with torch.no_grad():
         logits = model.decoder(**batch.model_inputs()).logits[0]
     speech = (batch.meta.modality[0] == Modality.SPEECH).nonzero().squeeze(1)
@@ -355,7 +355,7 @@ def test_a_spoken_conversation_answers_in_speech_after_turn_markers(model):
 
     img = torch.rand(3, 32, 32)
     ex = Example("chat", image=img, speech=codes(6, 1), answer_speech=codes(4, 2))
-    batch, _ = model.batch([ex])
+    batch, _, *_ = model.batch([ex])
     ids, labels, ids_of = batch.input_ids[0], batch.labels[0], model.ids
     assert ids[0] == ids_of["user"]
     turn = (ids == ids_of["assistant"]).nonzero()[0, 0]
@@ -405,7 +405,7 @@ def test_an_image_drawn_inside_a_conversation_equals_teacher_forcing(model):
 def test_s2i_training_layout_and_its_named_error():
     m = speech_model()
     img = torch.rand(3, 32, 32)
-    batch, bits = m.batch([Example("s2i", image=img, speech=codes(7, 4))])
+    batch, bits, *_ = m.batch([Example("s2i", image=img, speech=codes(7, 4))])
     ids, labels = batch.input_ids[0], batch.labels[0]
     assert labels[labels != IGNORE].tolist() == [m.ids["boi"], m.ids["eot"]]  # <eoi> is forced, never learnt
     assert int((batch.meta.modality[0] == Modality.IMAGE_RASTER).sum()) == len(bits) == 64

@@ -39,6 +39,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -286,6 +287,14 @@ def vision_encoder(width: int, heads: int, layers: int) -> nn.Module:
     return nn.Sequential(nn.TransformerEncoder(layer, layers, enable_nested_tensor=False), nn.LayerNorm(width))
 
 
+class TrainingBatch(NamedTuple):
+    """What `OmniModel.batch` gives, in the order `OmniModel.loss` takes it (`model.loss(*batch)`)."""
+    stream: Batch  # the collated token stream (inputs, features, labels, masks)
+    bits: Tensor  # the target bits (N_gen, d) of the generation positions, in stream order
+    teacher: Tensor | None = None  # with a teacher: its features (N_und, width) of the understanding images
+    grounding: Tensor | None = None  # with a grounding head: targets (N_und,), NaN where none is taught
+
+
 class OmniModel(nn.Module):
     def __init__(self, config: OmniConfig, text_tokenizer: TextTokenizer, image_tokenizer: ImageTokenizer,
                  speech_codec: SpeechCodec | None = None):
@@ -488,14 +497,14 @@ class OmniModel(nn.Module):
 
     # ---- training -----------------------------------------------------------------------------------------------
     def batch(self, examples: list[Example], generator: torch.Generator | None = None,
-              pack: bool = False, teacher: nn.Module | None = None, reweight: Reweighting | None = None) -> tuple:
-        """(collated batch, target bits (N_gen, d) in stream order); images embedded in one call per kind.
+              pack: bool = False, teacher: nn.Module | None = None,
+              reweight: Reweighting | None = None) -> TrainingBatch:
+        """The examples as one `TrainingBatch` (`loss(*batch)` trains on it); images embedded in one call per kind.
         With a generator, applies condition dropout and bitwise self-correction (training). With `pack`, the
         image-generation examples come first, one per row, and the short ones share rows of that length. With a
-        `teacher` (omni/teacher.py), a third element: its features (N_und, width) of the understanding images in
-        stream order. With a grounding head (`OmniConfig.grounding_weight`), always four: (batch, bits, teacher
-        features or None, grounding targets (N_und,), NaN where none). `reweight`: the task-aware loss weights of
-        the token targets."""
+        `teacher` (omni/teacher.py), its features of the understanding images; with a grounding head
+        (`OmniConfig.grounding_weight`), the grounding targets. `reweight`: the task-aware loss weights of the token
+        targets."""
         for i, ex in enumerate(examples):
             if not ex.target:
                 raise ValueError(f"{ex.task} example {i} has no target to train on (tts: speech, asr: text, svqa: "
@@ -569,13 +578,12 @@ class OmniModel(nn.Module):
         self.check_context(samples, names)
         max_len = max(len(s) for s in samples) if pack else None
         batch = collate(samples, max_len=max_len, pad_id=self.text.pad).to(device)
-        taught = None
+        taught = named = None
         if teacher is not None:
             taught = torch.cat(features) if features else torch.zeros(0, teacher.und_width, device=device)
         if self.grounding_head is not None:
             named = torch.cat(grounding).to(device) if grounding else torch.zeros(0, device=device)
-            return batch, targets, taught, named
-        return (batch, targets) if teacher is None else (batch, targets, taught)
+        return TrainingBatch(batch, targets, taught, named)
 
     def grounding_target(self, ex: Example, grid: tuple[int, int], known: bool = True) -> Tensor:
         """(h * w,): the share of each understanding-image patch (`grid` h x w) the named object covers, NaN where
