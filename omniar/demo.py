@@ -172,15 +172,26 @@ def image_tokenizer_config(config) -> ImageTokenizerConfig:
     return ImageTokenizerConfig(scales=(8,)) if config.generation == "raster" else ImageTokenizerConfig()
 
 
+def seconds_per_step(run: Callable[[int], object], steps: int) -> float:
+    """Seconds per step of `run(n)` (n steps of some training): a run of `steps // 4` steps and one of `steps` are
+    timed and the step is their difference over the difference of their lengths, so what a run costs once (set-up,
+    resuming, the checkpoint at its end) cancels; the long run alone where the two came out the wrong way round."""
+    took = []
+    for n in (max(1, steps // 4), steps):
+        t0 = time.perf_counter()
+        run(n)
+        took.append(time.perf_counter() - t0)
+    return (took[1] - took[0]) / (steps - max(1, steps // 4)) if took[1] > took[0] else took[1] / steps
+
+
 def measure_step_seconds(preset: str = "onecat-tiny", overrides: dict | None = None, examples_per_step: int = 16,
                          distill: float = 0.0, stages: tuple[str, ...] = ("stage1", "stage2", "stage3"),
                          steps: int = 16, warmup: int = 3, text_samples: int = 2000,
                          device: str | torch.device = "cpu", seed: int = 0) -> dict[str, float]:
     """Seconds per training step of `preset` here in each of `stages`, as the demo trains them: the stage's mix,
     Muon, examples rendered on the fly, distillation from a ConvNet teacher when `distill` > 0. After `warmup`
-    steps, a run of `steps // 4` steps and one of `steps` are timed, and the step is their difference over the
-    difference of their lengths: what a run costs once (resuming, the checkpoint at its end) cancels. Stages of
-    one mix are timed once. The tokenizers and teacher are untrained: the work does not depend on their weights."""
+    steps, `steps // 4` and `steps` more are timed, each run resuming the last (`seconds_per_step`). Stages of one
+    mix are timed once. The tokenizers and teacher are untrained: the work does not depend on their weights."""
     import torch
 
     from omniar.data.shapeworld.corpus import world_text
@@ -197,20 +208,21 @@ def measure_step_seconds(preset: str = "onecat-tiny", overrides: dict | None = N
     teacher = ConvTeacher(image.image_size, token_grid(image.image_size, config.patch)) if distill > 0 else None
     model = OmniModel(distill_config(config, teacher) if teacher is not None else config,
                       TextTokenizer.train(list(world_text(text_samples))), ImageTokenizer(image)).to(device)
-    seconds, by_mix, short = {}, {}, max(1, steps // 4)
+    seconds, by_mix = {}, {}
     for name in stages:
         recipe = dataclasses.replace(STAGES[name], examples_per_step=examples_per_step,
-                                     steps=warmup + short + steps, distill=distill)
+                                     steps=warmup + max(1, steps // 4) + steps, distill=distill)
         mix = json.dumps([recipe.tasks, recipe.questions], sort_keys=True)
         if mix not in by_mix:
             with tempfile.TemporaryDirectory() as tmp:
-                train_omni(model, tmp, recipe, seed=seed, progress=False, until=warmup, teacher=teacher)
-                took = []
-                for until in (warmup + short, warmup + short + steps):  # resuming and saving cost both the same
-                    t0 = time.perf_counter()
-                    train_omni(model, tmp, recipe, seed=seed, progress=False, until=until, teacher=teacher)
-                    took.append(time.perf_counter() - t0)
-                by_mix[mix] = (took[1] - took[0]) / (steps - short) if took[1] > took[0] else took[1] / steps
+                done = [warmup]  # each timed run resumes the last: resuming and saving cost every run the same
+
+                def more(n: int, tmp=tmp, recipe=recipe, done=done) -> None:
+                    done[0] += n
+                    train_omni(model, tmp, recipe, seed=seed, progress=False, until=done[0], teacher=teacher)
+
+                more(0)
+                by_mix[mix] = seconds_per_step(more, steps)
         seconds[name] = by_mix[mix]
     return seconds
 
@@ -219,21 +231,18 @@ def measure_other_seconds(image_config: ImageTokenizerConfig, teacher_grid: int 
                           batch: int = 16, steps: int = 8, seed: int = 0) -> dict[str, float]:
     """Seconds per step here of the image tokenizer (32 images; aligned to an untrained ConvTeacher with `align`)
     and, with `teacher_grid`, of the ConvTeacher (`batch` scenes), on the CPU where the demo trains them: each
-    trained from scratch for `steps // 4` and for `steps` steps (the teacher 5x as many: its step is short), the
-    step the difference of the two runs over the difference of their lengths, so their set-up cancels."""
+    trained from scratch for `steps // 4` and for `steps` steps (the teacher 5x as many: its step is short),
+    `seconds_per_step`."""
     import torch
 
     from omniar.omni.teacher import ConvTeacher, train_conv_teacher
     from omniar.tokenizers.train_image import shapeworld_images, train_image_tokenizer
 
-    def per_step(run: Callable[[Path, int], object], n: int) -> float:
-        took = []
-        for length in (max(1, n // 4), n):
+    def fresh(train: Callable[[Path, int], object]) -> Callable[[int], object]:
+        def run(n: int) -> None:
             with tempfile.TemporaryDirectory() as tmp:
-                t0 = time.perf_counter()
-                run(Path(tmp), length)
-                took.append(time.perf_counter() - t0)
-        return max(took[1] - took[0], 1e-3) / (n - max(1, n // 4))
+                train(Path(tmp), n)
+        return run
 
     if align > 0 and teacher_grid is None:
         raise ValueError("an aligned image tokenizer reads the ConvTeacher: give its teacher_grid")
@@ -242,11 +251,11 @@ def measure_other_seconds(image_config: ImageTokenizerConfig, teacher_grid: int 
     images = shapeworld_images(64, side=side)
     teacher = ConvTeacher(side, teacher_grid).requires_grad_(False).eval() if align > 0 else None
     config = dataclasses.replace(image_config, align_width=teacher.und_width) if teacher is not None else image_config
-    seconds = {"image-tokenizer": per_step(lambda d, n: train_image_tokenizer(
-        d, images, config, steps=n, progress=False, align_teacher=teacher, align_weight=align), steps)}
+    seconds = {"image-tokenizer": seconds_per_step(fresh(lambda d, n: train_image_tokenizer(
+        d, images, config, steps=n, progress=False, align_teacher=teacher, align_weight=align)), steps)}
     if teacher_grid is not None:
-        seconds["teacher"] = per_step(lambda d, n: train_conv_teacher(d, n, side, teacher_grid, seed=seed,
-                                                                      batch=batch, progress=False), 5 * steps)
+        seconds["teacher"] = seconds_per_step(fresh(lambda d, n: train_conv_teacher(
+            d, n, side, teacher_grid, seed=seed, batch=batch, progress=False)), 5 * steps)
     return seconds
 
 

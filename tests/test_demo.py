@@ -153,6 +153,22 @@ def test_a_measured_plan_gives_the_stages_the_time_the_other_steps_leave():
     assert sum(plan.stage_steps.values()) > sum(plans["slow"].stage_steps.values())  # 0.3 < 0.6 x 0.8 s
 
 
+def test_seconds_per_step_cancels_what_a_run_costs_once(monkeypatch):
+    from omniar import demo
+
+    clock = [0.0]
+    monkeypatch.setattr(demo.time, "perf_counter", lambda: clock[0])
+    runs = []
+
+    def run(n):  # 5 s of set-up, then 0.25 s a step
+        runs.append(n)
+        clock[0] += 5 + 0.25 * n
+
+    assert demo.seconds_per_step(run, 16) == 0.25 and runs == [4, 16]
+    # the long run came out shorter (timing noise): the long run alone
+    assert demo.seconds_per_step(lambda n: clock.__setitem__(0, clock[0] + (3 if n == 1 else 2)), 4) == 0.5
+
+
 def test_calibration_times_each_stage_once_and_is_kept_in_the_cache(tmp_path, monkeypatch):
     from omniar import demo
 
