@@ -28,6 +28,15 @@ def _demo(args) -> None:
         plan = DemoPlan.for_budget(args.budget, step_seconds=seconds, **kw)
         print(f"[demo] stages {plan.stage_steps} planned at {seconds} s a step ({sum(plan.stage_steps.values())} "
               f"training steps; the reference machine's rates give {reference})")
+    rows = plan.schedule()
+    rates = "steps timed here" if plan.step_seconds else "the reference machine's rates"
+    print(f"[demo] the plan for {args.budget:g} minutes ({rates}; a cached part takes no time):\n"
+          "| part | steps | minutes |\n|---|---:|---:|")
+    for part, steps, took in rows:
+        print(f"| {part} | {'' if steps is None else steps} | {took / 60:.1f} |")
+    print(f"| total | | {sum(t for *_, t in rows) / 60:.1f} |")
+    if args.plan:
+        return
     report = run_demo(args.out, plan, cache=args.cache, use_cache=not args.no_cache, device=device)
     from omniar.data.shapeworld.benchmark import format_scores
 
@@ -493,6 +502,8 @@ def main(argv: list[str] | None = None) -> None:
                    "(BENCHMARKS.md) instead of timing a step here (the speech demo and --device cuda always do)")
     p.add_argument("--recalibrate", action="store_true", help="time a training step again (it is kept in the "
                    "cache, so that a second run plans the same steps)")
+    p.add_argument("--plan", action="store_true", help="print the plan (each part's steps and expected minutes, "
+                   "after timing a step here) and stop")
     p.add_argument("--cache", help="checkpoint cache (default: out/cache beside --out)")
     p.add_argument("--no-cache", action="store_true", help="rebuild every step")
     p.add_argument("--distill", type=float, help="> 0: train a teacher and distil it into the image positions "

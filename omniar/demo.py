@@ -49,6 +49,10 @@ BENCHMARK_COST = 100  # the benchmark (200 items a task, 500 held-out prompts): 
 # data, text tokenizer, the timing itself, the tokenizer's renders and evaluation, loading and saving, the report:
 # ~75 s on the Intel machines, ~150 s on an AVX2 EPYC (BENCHMARKS.md "Demo")
 FIXED_SECONDS = 90
+# at most this share of a measured plan's time for the model (the budget's less the benchmark and fixed work) goes to
+# the image tokenizer and ConvTeacher: where their reference step counts would take more (an AVX2 EPYC on a slow day:
+# 32 + 6 of the 36 minutes, BENCHMARKS.md "Demo"), both get fewer steps in proportion
+PREP_SHARE = 0.5
 MARGIN = 0.93  # of the budget is planned (a real stage-2 step ran 6% slower than its timing)
 CACHE_VERSION = 2  # bump when a change to the code makes cached products stale
 
@@ -126,11 +130,18 @@ class DemoPlan:
                 plan.stage_steps["stage1"] -= round(plan.teacher_steps / rate)
         if step_seconds is not None:  # the other steps' costs: timed, or in the costliest stage's steps
             unit = max(step_seconds[name] for name in _SPLIT)
-            conv = plan.teacher_steps if plan.teacher == "conv" else 0
+            conv = plan.teacher == "conv"
             tokenizer = step_seconds.get("image-tokenizer", TOKENIZER_STEP_COST * unit)
-            teacher = step_seconds.get("teacher", TEACHER_STEP_COST * unit)
-            rest = (MARGIN * minutes * 60 - FIXED_SECONDS - tokenizer * plan.tokenizer_steps - teacher * conv
-                    - unit * BENCHMARK_COST)
+            teacher = step_seconds.get("teacher", TEACHER_STEP_COST * unit) if conv else 0.0
+            rest = MARGIN * minutes * 60 - FIXED_SECONDS - unit * BENCHMARK_COST
+            before = tokenizer * plan.tokenizer_steps + teacher * plan.teacher_steps
+            if before > PREP_SHARE * rest:  # a slow machine: fewer tokenizer and teacher steps, in proportion
+                scale = PREP_SHARE * rest / before
+                plan.tokenizer_steps = max(10, math.floor(scale * plan.tokenizer_steps))
+                plan.tokenizer_images = min(plan.tokenizer_images, plan.tokenizer_steps * 32)
+                if conv and plan.teacher_steps:
+                    plan.teacher_steps = max(1, math.floor(scale * plan.teacher_steps))
+            rest -= tokenizer * plan.tokenizer_steps + teacher * plan.teacher_steps
             per_step = sum(share * step_seconds[name] for name, share in _SPLIT.items())
             if rest < 6 * per_step:
                 raise ValueError(f"a {minutes}-minute budget leaves no time to train the model at {unit} s a step "
@@ -140,6 +151,29 @@ class DemoPlan:
             plan.teacher_steps = round(0.25 * plan.stage_steps["stage1"])
             plan.stage_steps["stage1"] -= plan.teacher_steps
         return plan
+
+    def schedule(self) -> list[tuple[str, int | None, float]]:
+        """What the plan expects of each part: (part, steps, seconds), from the steps timed here (`step_seconds`)
+        as `for_budget` counted them, else from the reference machine's rates; last the benchmark and the fixed work
+        (data, text tokenizer, the timing, renders, saving, the report), whose steps are None."""
+        conv = self.teacher == "conv"
+        if self.step_seconds is not None:
+            timed = self.step_seconds
+            unit = max(timed[name] for name in _SPLIT)
+            per = {"image tokenizer": timed.get("image-tokenizer", TOKENIZER_STEP_COST * unit),
+                   "teacher": timed.get("teacher", TEACHER_STEP_COST * unit) if conv else timed["stage1"],
+                   **{name: timed[name] for name in _SPLIT}}
+            rest = {"benchmark": unit * BENCHMARK_COST, "data, text tokenizer, report": FIXED_SECONDS}
+        else:
+            per = {"image tokenizer": 60 / TOKENIZER_STEPS_PER_MIN, "speech codec": 60 / CODEC_STEPS_PER_MIN,
+                   "teacher": 60 / (CONV_TEACHER_STEPS_PER_MIN if conv else MODEL_STEPS_PER_MIN),
+                   **dict.fromkeys(_SPLIT, 60 / MODEL_STEPS_PER_MIN)}
+            rest = {"benchmark": 60 * 1.5 * self.eval_num * EVAL_MIN_PER_ITEM,
+                    "data, text tokenizer, report": 0.02 * 60 * self.budget}
+        steps = {"image tokenizer": self.tokenizer_steps, "speech codec": self.codec_steps,
+                 "teacher": self.teacher_steps, **self.stage_steps}
+        rows = [(part, n, n * per[part]) for part, n in steps.items() if n]
+        return rows + [(part, None, seconds) for part, seconds in rest.items()]
 
 
 _SPLIT = {"stage1": 0.45, "stage2": 0.4, "stage3": 0.15}  # the stages' shares of the training steps

@@ -151,6 +151,32 @@ def test_a_measured_plan_gives_the_stages_the_time_the_other_steps_leave():
     training = sum(plan.stage_steps[s] * slow[s] for s in slow)
     assert 45 * 60 * MARGIN - 0.8 < training + other <= 45 * 60 * MARGIN
     assert sum(plan.stage_steps.values()) > sum(plans["slow"].stage_steps.values())  # 0.3 < 0.6 x 0.8 s
+    # the plan's own account of its time is what it planned
+    assert 45 * 60 * MARGIN - 0.8 < sum(seconds for *_, seconds in plan.schedule()) <= 45 * 60 * MARGIN
+
+
+def test_on_a_slow_machine_the_tokenizer_and_teacher_leave_the_model_half_its_time():
+    from omniar.demo import BENCHMARK_COST, FIXED_SECONDS, MARGIN, PREP_SHARE
+
+    reference = DemoPlan.for_budget(45)
+    # an AVX2 EPYC on a slow day: the reference plan's 1,350 tokenizer and 1,200 teacher steps alone took 38 of the
+    # 45 minutes, and the demo refused to plan
+    timed = {"stage1": 2.1, "stage2": 2.48, "stage3": 2.48, "image-tokenizer": 1.44, "teacher": 0.29}
+    plan = DemoPlan.for_budget(45, step_seconds=timed)
+    model_time = 45 * 60 * MARGIN - FIXED_SECONDS - 2.48 * BENCHMARK_COST
+    prep = 1.44 * plan.tokenizer_steps + 0.29 * plan.teacher_steps
+    assert PREP_SHARE * model_time - 1.44 - 0.29 < prep <= PREP_SHARE * model_time
+    # both cut in the same proportion (to a step)
+    assert abs(plan.tokenizer_steps / reference.tokenizer_steps - plan.teacher_steps / reference.teacher_steps) < 2e-3
+    assert plan.tokenizer_images == min(reference.tokenizer_images, 32 * plan.tokenizer_steps)
+    rows = {part: (steps, seconds) for part, steps, seconds in plan.schedule()}
+    training = sum(rows[s][1] for s in ("stage1", "stage2", "stage3"))
+    assert model_time - prep - 2.48 < training <= model_time - prep
+    assert 45 * 60 * MARGIN - 2.48 < sum(seconds for _, seconds in rows.values()) <= 45 * 60 * MARGIN
+    # a machine where they fit keeps the reference counts (and their cached products)
+    fast = DemoPlan.for_budget(45, step_seconds={**timed, "image-tokenizer": 0.25, "teacher": 0.05,
+                                                  "stage1": 0.3, "stage2": 0.4, "stage3": 0.4})
+    assert (fast.tokenizer_steps, fast.teacher_steps) == (reference.tokenizer_steps, reference.teacher_steps)
 
 
 def test_seconds_per_step_cancels_what_a_run_costs_once(monkeypatch):
@@ -233,3 +259,18 @@ def test_speech_stages_mix_the_speech_tasks_in():
     assert DemoPlan.for_budget(45, speech=True).codec_steps == 1296
     assert sum(DemoPlan.for_budget(45, speech=True).stage_steps.values()) < sum(
         DemoPlan.for_budget(45).stage_steps.values())
+
+
+def test_demo_plan_prints_each_part_and_trains_nothing(tmp_path, monkeypatch, capsys):
+    from omniar import demo
+    from omniar.cli import main
+
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: pytest.fail("--plan trained"))
+    main(["demo", "--out", str(tmp_path / "demo"), "--plan", "--step-seconds", "2.1", "2.48", "2.48"])
+    out = capsys.readouterr().out
+    plan = DemoPlan.for_budget(45, step_seconds={"stage1": 2.1, "stage2": 2.48, "stage3": 2.48})
+    rows = plan.schedule()
+    for part, steps, seconds in rows:
+        assert f"| {part} | {'' if steps is None else steps} | {seconds / 60:.1f} |" in out
+    assert f"| total | | {sum(s for *_, s in rows) / 60:.1f} |" in out
+    assert not (tmp_path / "demo").exists()
