@@ -129,11 +129,10 @@ class DemoPlan:
                 plan.teacher_steps = max(1, min(1200, round(0.25 * stages["stage1"] * rate)))
                 plan.stage_steps["stage1"] -= round(plan.teacher_steps / rate)
         if step_seconds is not None:  # the other steps' costs: timed, or in the costliest stage's steps
-            unit = max(step_seconds[name] for name in _SPLIT)
-            conv = plan.teacher == "conv"
-            tokenizer = step_seconds.get("image-tokenizer", TOKENIZER_STEP_COST * unit)
-            teacher = step_seconds.get("teacher", TEACHER_STEP_COST * unit) if conv else 0.0
-            rest = MARGIN * minutes * 60 - FIXED_SECONDS - unit * BENCHMARK_COST
+            conv = plan.teacher == "conv"  # a ViT teacher's steps come out of stage 1's, below
+            tokenizer, teacher, benchmark = _other_seconds(step_seconds)
+            teacher = teacher if conv else 0.0
+            rest = MARGIN * minutes * 60 - FIXED_SECONDS - benchmark
             before = tokenizer * plan.tokenizer_steps + teacher * plan.teacher_steps
             if before > PREP_SHARE * rest:  # a slow machine: fewer tokenizer and teacher steps, in proportion
                 scale = PREP_SHARE * rest / before
@@ -144,7 +143,8 @@ class DemoPlan:
             rest -= tokenizer * plan.tokenizer_steps + teacher * plan.teacher_steps
             per_step = sum(share * step_seconds[name] for name, share in _SPLIT.items())
             if rest < 6 * per_step:
-                raise ValueError(f"a {minutes}-minute budget leaves no time to train the model at {unit} s a step "
+                raise ValueError(f"a {minutes}-minute budget leaves no time to train the model at "
+                                 f"{max(step_seconds[name] for name in _SPLIT)} s a step "
                                  "after the tokenizers, teacher and benchmark: give a larger budget")
             plan.step_seconds, plan.stage_steps = dict(step_seconds), _stages(math.floor(rest / per_step))
         if vit:
@@ -158,12 +158,10 @@ class DemoPlan:
         (data, text tokenizer, the timing, renders, saving, the report), whose steps are None."""
         conv = self.teacher == "conv"
         if self.step_seconds is not None:
-            timed = self.step_seconds
-            unit = max(timed[name] for name in _SPLIT)
-            per = {"image tokenizer": timed.get("image-tokenizer", TOKENIZER_STEP_COST * unit),
-                   "teacher": timed.get("teacher", TEACHER_STEP_COST * unit) if conv else timed["stage1"],
-                   **{name: timed[name] for name in _SPLIT}}
-            rest = {"benchmark": unit * BENCHMARK_COST, "data, text tokenizer, report": FIXED_SECONDS}
+            tokenizer, teacher, benchmark = _other_seconds(self.step_seconds)
+            per = {"image tokenizer": tokenizer, "teacher": teacher if conv else self.step_seconds["stage1"],
+                   **{name: self.step_seconds[name] for name in _SPLIT}}
+            rest = {"benchmark": benchmark, "data, text tokenizer, report": FIXED_SECONDS}
         else:
             per = {"image tokenizer": 60 / TOKENIZER_STEPS_PER_MIN, "speech codec": 60 / CODEC_STEPS_PER_MIN,
                    "teacher": 60 / (CONV_TEACHER_STEPS_PER_MIN if conv else MODEL_STEPS_PER_MIN),
@@ -178,6 +176,14 @@ class DemoPlan:
 
 _SPLIT = {"stage1": 0.45, "stage2": 0.4, "stage3": 0.15}  # the stages' shares of the training steps
 OTHER_STEPS = ("image-tokenizer", "teacher")  # timed beside the stages (`measure_other_seconds`)
+
+
+def _other_seconds(step_seconds: dict[str, float]) -> tuple[float, float, float]:
+    """A measured plan's image-tokenizer step, ConvTeacher step and benchmark in seconds: the steps as timed, or
+    else, like the benchmark, counted in the costliest stage's training steps."""
+    unit = max(step_seconds[name] for name in _SPLIT)
+    return (step_seconds.get("image-tokenizer", TOKENIZER_STEP_COST * unit),
+            step_seconds.get("teacher", TEACHER_STEP_COST * unit), unit * BENCHMARK_COST)
 
 
 def _stages(train: int) -> dict[str, int]:
