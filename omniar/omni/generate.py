@@ -222,9 +222,8 @@ class _NextScale:
         residual = reference if self.f_hat is None else reference - self.f_hat
         _, bits, _ = q.quantize(q.down(residual, s))
         one = bits.flatten(2).transpose(1, 2).float()  # (n, s^2, d): 1 where the keeping bit is 1
-        weight = torch.full(one.shape[:2], keep, device=one.device)
-        if maps is not None:
-            weight = keep * (1 - F.adaptive_max_pool2d(maps[:, None].to(one.device), s).flatten(1).clamp(0, 1))
+        free = 0.0 if maps is None else F.adaptive_max_pool2d(maps[:, None].to(one.device), s).flatten(1).clamp(0, 1)
+        weight = keep * (1 - free) * one.new_ones(one.shape[:2])
         return torch.stack([1 - one, one], -1) * weight[..., None, None]
 
     def add(self, k: int, bits) -> None:
