@@ -1,13 +1,16 @@
 """Checkpoints on disk: `config.json` + `model.safetensors`, written atomically, read back strictly.
 
 Atomic: each file is written to a temporary name in the same directory and renamed over the old one, weights
-first, so an interrupted save never leaves a torn file behind. Safetensors only: nothing is unpickled.
+first, so an interrupted save never leaves a torn file behind; a training checkpoint (several files that must agree:
+weights, optimizer state, step) is written whole beside the old one and swapped in (`save_training_checkpoint`).
+Safetensors only: nothing is unpickled.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -29,6 +32,36 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _staging_directory(path: str | Path) -> Path:
+    """An empty directory beside `path` to write its next version into (then `_replace_directory`)."""
+    path = Path(path)
+    staging = path.with_name(f".{path.name}.saving")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _replace_directory(new: Path, path: str | Path) -> None:
+    """Put the directory `new` in `path`'s place, so that a reader finds the old version or the new one, never a mix
+    of their files. The old one is moved aside first and removed once the new one is in place; a crash between the
+    two renames leaves it at `.<name>.old`, which `recover_directory` puts back."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(new, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_directory(path: str | Path) -> None:
+    """Undo a `_replace_directory` cut short between its renames: `path` missing, its old version beside it."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and old.is_dir():
+        os.replace(old, path)
 
 
 def write_tensors(path: str | Path, tensors: dict[str, Tensor]) -> None:
@@ -110,6 +143,18 @@ def save_training_state(directory: str | Path, optimizer: torch.optim.Optimizer,
     write_tensors(directory / OPTIMIZER_NAME, tensors)
     meta = {"step": step, "param_groups": state["param_groups"], **extra}
     atomic_write(directory / TRAINER_NAME, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+
+
+def save_training_checkpoint(directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, step: int,
+                             **extra) -> Path:
+    """`model.save_pretrained`'s files, the optimizer state and the step, written together into a directory beside
+    `directory` and swapped in, so that a save cut short (a crash, a full disk, a second Ctrl-C) leaves the previous
+    checkpoint whole rather than new weights beside an old step."""
+    staging = _staging_directory(directory)
+    model.save_pretrained(staging)
+    save_training_state(staging, optimizer, step, **extra)
+    _replace_directory(staging, directory)
+    return Path(directory)
 
 
 def load_training_state(directory: str | Path, optimizer: torch.optim.Optimizer) -> dict:

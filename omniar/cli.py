@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("train", help="train a model")
     tsub = p.add_subparsers(dest="what", required=True)
     t = tsub.add_parser("text", help="text-only decoder on the toy corpus or --data FILE (one text per line)")
-    t.add_argument("--out", required=True)
+    t.add_argument("--out", required=True, help="run directory (resumes from its checkpoint if there is one)")
     t.add_argument("--data")
     t.add_argument("--preset", default="text-tiny")
     t.add_argument("--steps", type=int, default=400)
@@ -743,6 +743,9 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except (ValueError, FileNotFoundError) as e:  # includes ManifestError
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # training saved a checkpoint first and said where (train/trainer.py)
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ the tokenizers, the teacher and the benchmark; without a measured step (`--refer
 the plan comes from rates measured on a reference 2-core machine (BENCHMARKS.md). Either way a run is a pure
 function of (budget, seed, step times) and its products can be cached: every step's output lives in
 cache/<step>-<hash of its settings and of its inputs' hashes>/ and is reused when its `done.json` is there (an
-interrupted training step resumes from its checkpoint).
+interrupted training step resumes from its last checkpoint: one is written on Ctrl-C or SIGTERM and every 10 minutes,
+train/interrupt.py).
 """
 
 from __future__ import annotations

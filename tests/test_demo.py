@@ -1,9 +1,11 @@
 """`make demo`'s pipeline with a tiny plan: every step runs, the report shows what the model made, a second run
-comes from the checkpoint cache, and the budget sets the step counts."""
+comes from the checkpoint cache, a stage stopped by Ctrl-C resumes, and the budget sets the step counts."""
 
 import dataclasses
 import json
+import os
 import re
+import signal
 
 import pytest
 
@@ -279,3 +281,30 @@ def test_demo_plan_prints_each_part_and_trains_nothing(tmp_path, monkeypatch, ca
         assert f"| {part} | {'' if steps is None else steps} | {seconds / 60:.1f} |" in out
     assert f"| total | | {sum(s for *_, s in rows) / 60:.1f} |" in out
     assert not (tmp_path / "demo").exists()
+
+
+def test_a_stage_stopped_by_ctrl_c_resumes_to_the_model_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    from omniar.omni import train
+
+    plan = DemoPlan(**{**TINY.__dict__, "stage_steps": {"stage1": 2, "stage2": 3, "stage3": 1}, "eval_num": 1,
+                       "heldout_num": 1})
+    straight = run_demo(tmp_path / "a", plan, cache=tmp_path / "cache-a", progress=False, log=lambda s: None)
+    examples_for_step = train.examples_for_step
+
+    def ctrl_c_in_stage2(recipe, step, *args, **kwargs):
+        if recipe.tasks == train.STAGES["stage2"].tasks and step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return examples_for_step(recipe, step, *args, **kwargs)
+
+    monkeypatch.setattr(train, "examples_for_step", ctrl_c_in_stage2)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(tmp_path / "b", plan, cache=tmp_path / "cache-b", progress=False, log=lambda s: None)
+    monkeypatch.undo()
+    (stage2,) = (tmp_path / "cache-b").glob("train-stage2-*")
+    assert json.loads((stage2 / "stage2" / "checkpoint" / "trainer.json").read_text())["step"] == 2
+    assert not (stage2 / "done.json").exists()
+    resumed = run_demo(tmp_path / "b", plan, cache=tmp_path / "cache-b", progress=False, log=lambda s: None)
+    assert resumed["steps"]["train-stage1"]["cached"] and not resumed["steps"]["train-stage2"]["cached"]
+    a = OmniModel.from_pretrained(straight["checkpoint"]).state_dict()
+    b = OmniModel.from_pretrained(resumed["checkpoint"]).state_dict()
+    assert all(a[k].equal(b[k]) for k in a)

@@ -1,13 +1,17 @@
 """The multi-scale bitwise image tokenizer: shapes, determinism, save/load, self-correction, resume, errors."""
 
 import dataclasses
+import json
+import os
+import signal
 
 import numpy as np
 import pytest
 import torch
 
 from omniar.omni.teacher import ConvTeacher
-from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
+from omniar.tokenizers import train_image
+from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, reconstruction_loss
 from omniar.tokenizers.train_image import (
     evaluate_image_tokenizer,
     shapeworld_images,
@@ -84,6 +88,28 @@ def test_resume_equals_uninterrupted(tmp_path, aligned):
     straight = train_image_tokenizer(tmp_path / "a", imgs, cfg, steps=4, batch=4, progress=False, **kw)
     train_image_tokenizer(tmp_path / "b", imgs, cfg, steps=4, batch=4, progress=False, stop_at=2, **kw)
     resumed = train_image_tokenizer(tmp_path / "b", imgs, cfg, steps=4, batch=4, progress=False, **kw)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_ctrl_c_saves_the_step_reached_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    imgs = shapeworld_images(12)
+    cfg = ImageTokenizerConfig(**SMALL)
+    straight = train_image_tokenizer(tmp_path / "a", imgs, cfg, steps=4, batch=4, progress=False)
+    calls = []
+
+    def loss_then_ctrl_c(*args):  # Ctrl-C while step 2 (of 0..3) is computed
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return reconstruction_loss(*args)
+
+    monkeypatch.setattr(train_image, "reconstruction_loss", loss_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        train_image_tokenizer(tmp_path / "b", imgs, cfg, steps=4, batch=4, progress=False)
+    assert json.loads((tmp_path / "b" / "checkpoint" / "trainer.json").read_text())["step"] == 2
+    monkeypatch.undo()
+    resumed = train_image_tokenizer(tmp_path / "b", imgs, cfg, steps=4, batch=4, progress=False)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
 

@@ -1,12 +1,21 @@
-"""Data parallelism: two gloo processes == one process accumulating the same pieces; the processes stay in sync."""
+"""Data parallelism: two gloo processes == one process accumulating the same pieces; the processes stay in sync,
+also when one of them is stopped."""
+
+import json
+import os
+import signal
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from omniar import OmniDecoder, preset
+from omniar.data.toy import corpus
 from omniar.omni.model import OmniModel
 from omniar.omni.train import Recipe, train_omni
+from omniar.tokenizers.bytes import ByteTokenizer
 from omniar.train.parallel import DataParallel, launch
+from omniar.train.text import text_batches
 from omniar.train.trainer import TrainConfig, Trainer
 from tests.test_omni_model import tiny_model
 
@@ -46,3 +55,26 @@ def test_shards_must_split_evenly_and_parallel_needs_a_group():
         Trainer(model, lambda step: None, TrainConfig(), shards=0)
     with pytest.raises(RuntimeError, match="needs a process group"):
         DataParallel()
+
+
+def _interrupted_worker(out: str) -> None:
+    parallel = DataParallel()
+    torch.manual_seed(0)
+    tok = ByteTokenizer()
+    model = OmniDecoder(preset("text-tiny", vocab_size=tok.vocab_size, num_layers=1, hidden_size=32, num_heads=2,
+                               num_kv_heads=1, intermediate_size=64))
+    data = text_batches(corpus(100), tok, rows=2, seq_len=32)
+
+    def batch_for_step(step: int, shard: int, shards: int):
+        if step == 1 and parallel.rank == 1:  # only one process sees the Ctrl-C
+            os.kill(os.getpid(), signal.SIGINT)
+        return data(step * shards + shard)
+
+    Trainer(model, batch_for_step, TrainConfig(steps=6, warmup=1), out_dir=out, progress=False, shards=2,
+            parallel=parallel).fit()
+
+
+def test_a_ctrl_c_in_one_process_stops_all_at_the_same_step_with_a_checkpoint(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        launch(_interrupted_worker, 2, str(tmp_path))
+    assert json.loads((tmp_path / "checkpoint" / "trainer.json").read_text())["step"] == 2

@@ -2,12 +2,15 @@
 resume == uninterrupted, the quantiser's k-means start and dead-code restarts, and named errors."""
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
+from omniar.tokenizers import train_speech
 from omniar.tokenizers.speech import STREAM_TOLERANCE, SpeechCodec, SpeechCodecConfig
 from omniar.tokenizers.train_speech import codec_losses, manifest_speech, train_speech_codec
 from omniar.tokenizers.vq import VectorQuantizer
@@ -93,6 +96,29 @@ def test_save_load_round_trip(codec, tmp_path):
     assert torch.equal(again.encode(wav), tokens)
     assert torch.equal(again.decode(tokens), codec.decode(tokens))
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "omniar-speech-codec"
+
+
+def test_sigterm_saves_the_step_reached_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    clips = tone_clips([8000] * 6, seed=5)
+    kw = dict(config=SpeechCodecConfig(**TINY, restart_after=1), steps=4, batch=4, crop_seconds=0.2,
+              progress=False)
+    straight = train_speech_codec(tmp_path / "a", clips, **kw)
+    calls = []
+
+    def losses_then_sigterm(*args):  # SIGTERM while step 1 (of 0..3) is computed
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return codec_losses(*args)
+
+    monkeypatch.setattr(train_speech, "codec_losses", losses_then_sigterm)
+    with pytest.raises(SystemExit):
+        train_speech_codec(tmp_path / "b", clips, **kw)
+    assert json.loads((tmp_path / "b" / "checkpoint" / "trainer.json").read_text())["step"] == 2
+    monkeypatch.undo()
+    resumed = train_speech_codec(tmp_path / "b", clips, **kw)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_resume_equals_uninterrupted(tmp_path):

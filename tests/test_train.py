@@ -1,11 +1,17 @@
-"""Training: loss goes down, resume == uninterrupted, gradients reach the right places, demo and CLI run."""
+"""Training: loss goes down, resume == uninterrupted (also after Ctrl-C, SIGTERM or a crash), checkpoints are
+never torn, demo and CLI run."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
-from omniar import OmniDecoder, preset
+from omniar import OmniDecoder, checkpoint, preset
 from omniar.cli import main
 from omniar.data.toy import corpus, is_grammatical
 from omniar.stream import IGNORE
@@ -16,13 +22,33 @@ from omniar.train.text import text_batches
 SMALL = dict(num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128)
 
 
-def make_trainer(out=None, steps=12, optimizer="adamw"):
+def make_trainer(out=None, steps=12, optimizer="adamw", signals=(), fail_at=None, **config):
+    """A small text trainer; `signals` sends itself each signal while building step `signals`' batch
+    [(step, signal), ...], `fail_at` raises there (a crash)."""
     torch.manual_seed(0)
     tok = ByteTokenizer()
     model = OmniDecoder(preset("text-tiny", vocab_size=tok.vocab_size, **SMALL))
     data = text_batches(corpus(500), tok, rows=4, seq_len=64)
-    return Trainer(model, data, TrainConfig(steps=steps, warmup=3, log_every=1, optimizer=optimizer), out_dir=out,
-                   progress=False)
+
+    def batch_for_step(step):
+        for at, sig in signals:
+            if at == step:
+                os.kill(os.getpid(), sig)
+        if step == fail_at:
+            raise RuntimeError(f"crash at step {step}")
+        return data(step)
+
+    return Trainer(model, batch_for_step, TrainConfig(steps=steps, warmup=3, log_every=1, optimizer=optimizer,
+                                                      **config), out_dir=out, progress=False)
+
+
+def assert_same_weights(a, b):
+    for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def saved_step(out):
+    return json.loads((out / "checkpoint" / "trainer.json").read_text())["step"]
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
@@ -41,8 +67,76 @@ def test_resume_equals_uninterrupted(tmp_path, optimizer):
     second.resume(tmp_path / "run" / "checkpoint")
     assert second.step == 5
     second.fit()
-    for (name, a), b in zip(straight.model.state_dict().items(), second.model.state_dict().values()):
-        assert torch.equal(a, b), name
+    assert_same_weights(straight, second)
+
+
+@pytest.mark.parametrize("sig, stops", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, SystemExit)])
+def test_a_signal_stops_after_the_step_with_a_checkpoint_that_resumes_exactly(tmp_path, capsys, sig, stops):
+    straight = make_trainer(steps=12)
+    straight.fit()
+    out = tmp_path / "run"
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(stops):
+        make_trainer(out, steps=12, signals=[(4, sig)]).fit()
+    assert saved_step(out) == 5  # step 4, under way when the signal came, was finished and saved
+    assert "stopped at step 5 of 12" in capsys.readouterr().err
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # put back
+    second = make_trainer(out, steps=12)
+    second.resume(out / "checkpoint")
+    second.fit()
+    assert_same_weights(straight, second)
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer(out, steps=12, signals=[(4, signal.SIGINT), (4, signal.SIGINT)]).fit()
+    assert not (out / "checkpoint").exists()
+
+
+def test_checkpoints_on_the_way_keep_a_crashed_run(tmp_path):
+    straight = make_trainer(steps=12)
+    straight.fit()
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="crash at step 5"):
+        make_trainer(out, steps=12, fail_at=5, save_every=3).fit()
+    assert saved_step(out) == 3
+    with pytest.raises(RuntimeError, match="crash at step 7"):  # by time: after every step here
+        make_trainer(tmp_path / "timed", steps=12, fail_at=7, save_minutes=1e-9).fit()
+    assert saved_step(tmp_path / "timed") == 7
+    with pytest.raises(RuntimeError):  # the default: every 10 minutes, so none in this short run
+        make_trainer(tmp_path / "default", steps=12, fail_at=5).fit()
+    assert not (tmp_path / "default" / "checkpoint").exists()
+    second = make_trainer(out, steps=12)
+    second.resume(out / "checkpoint")
+    second.fit()
+    assert_same_weights(straight, second)
+    # the steps trained after the checkpoint and before the crash are logged once, by the run that kept them
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))
+
+
+def test_a_save_cut_short_leaves_the_last_checkpoint_whole(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    first = make_trainer(out, steps=3)
+    first.fit()
+    before = {p.name: p.read_bytes() for p in (out / "checkpoint").iterdir()}
+
+    def cut_short(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint, "save_training_state", cut_short)  # the new weights are written, then this fails
+    again = make_trainer(out, steps=6)
+    again.resume(out / "checkpoint")
+    with pytest.raises(OSError, match="disk full"):
+        again.fit()
+    assert {p.name: p.read_bytes() for p in (out / "checkpoint").iterdir()} == before
+    # a crash between the swap's two renames: the old version is put back when training starts again
+    os.replace(out / "checkpoint", out / ".checkpoint.old")
+    make_trainer(out, steps=3)
+    assert saved_step(out) == 3
 
 
 def test_resume_with_another_optimizer_is_named(tmp_path):
@@ -92,3 +186,22 @@ def test_text_training_and_cli_run_end_to_end(tmp_path, capsys):
     assert info["active"] < info["total"]
     with pytest.raises(SystemExit, match="checkpoint directory not found"):
         main(["generate", "text", "--model", str(tmp_path / "missing"), "x"])
+
+
+def test_ctrl_c_on_the_command_line_saves_and_the_command_resumes(tmp_path):
+    out = tmp_path / "text"
+    cmd = [sys.executable, "-m", "omniar.cli", "train", "text", "--out", str(out), "--steps", "100000"]
+    run = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text():  # step 10 is done
+        assert run.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130
+    step = json.loads((out / "checkpoint" / "trainer.json").read_text())["step"]
+    assert step >= 10 and f"stopped at step {step} of 100000" in err
+    again = subprocess.run(cmd[:-1] + [str(step + 2)], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming {out / 'checkpoint'} at step {step}" in again.stderr
+    assert json.loads((out / "checkpoint" / "trainer.json").read_text())["step"] == step + 2

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from omniar.checkpoint import load_training_state, save_training_state
+from omniar.checkpoint import load_training_state, recover_directory, save_training_checkpoint
 from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, reconstruction_loss
-from omniar.train.trainer import warm_cosine
+from omniar.train.interrupt import GracefulStop
+from omniar.train.trainer import open_metrics, warm_cosine
 
 # the semantic alignment's weight when a teacher is given (BENCHMARKS.md, "A latent that knows shapes")
 ALIGN_WEIGHT = 2.0
@@ -79,53 +80,55 @@ def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageToke
         align_teacher.requires_grad_(False).eval()
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99))
     step = 0
+    recover_directory(ckpt)
     if resume and (ckpt / "trainer.json").is_file():
         model.load_state_dict(ImageTokenizer.from_pretrained(ckpt).state_dict())
         step = load_training_state(ckpt, opt)["step"]
     data = to_tensor(images)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = (out / "metrics.jsonl").open("a")
+    metrics = open_metrics(out / "metrics.jsonl", step)
     bar = tqdm(total=steps, initial=step, disable=not progress, desc="image tokenizer", unit="step")
     t0 = time.perf_counter()
     model.train()
-    while step < stop_at:
-        rng = np.random.default_rng(seed * 1_000_003 + step)
-        x = data[torch.from_numpy(rng.integers(0, len(data), batch))]
-        for g in opt.param_groups:
-            g["lr"] = warm_cosine(step, steps, lr, floor=0.1)
-        features = None
-        if align_teacher is not None:
-            with torch.no_grad():
-                features = align_teacher.feature_map(x)
-        recon, _, parts = model(x, features)
-        rec = reconstruction_loss(recon, x)
-        loss = rec + commit_weight * parts["commit"] + balance_weight * parts["balance"]
-        if "rate" in parts:
-            loss = loss + rate_weight * parts["rate"]
-        if "align" in parts:
-            loss = loss + align_weight * parts["align"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        bar.update(1)
-        if step % 50 == 0 or step == stop_at:
-            m = {"step": step, "loss": loss.item(), "recon": rec.item(), **{k: v.item() for k, v in parts.items()},
-                 "seconds": round(time.perf_counter() - t0, 1)}
-            bar.set_postfix(loss=f"{m['loss']:.4f}")
-            metrics.write(json.dumps(m) + "\n")
-            metrics.flush()
-        if step % 500 == 0 or step == stop_at:
-            _save(model, opt, step, ckpt)
+    stop = GracefulStop()
+    with stop:
+        while step < stop_at:
+            rng = np.random.default_rng(seed * 1_000_003 + step)
+            x = data[torch.from_numpy(rng.integers(0, len(data), batch))]
+            for g in opt.param_groups:
+                g["lr"] = warm_cosine(step, steps, lr, floor=0.1)
+            features = None
+            if align_teacher is not None:
+                with torch.no_grad():
+                    features = align_teacher.feature_map(x)
+            recon, _, parts = model(x, features)
+            rec = reconstruction_loss(recon, x)
+            loss = rec + commit_weight * parts["commit"] + balance_weight * parts["balance"]
+            if "rate" in parts:
+                loss = loss + rate_weight * parts["rate"]
+            if "align" in parts:
+                loss = loss + align_weight * parts["align"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            bar.update(1)
+            if step % 50 == 0 or step == stop_at:
+                m = {"step": step, "loss": loss.item(), "recon": rec.item(), **{k: v.item() for k, v in parts.items()},
+                     "seconds": round(time.perf_counter() - t0, 1)}
+                bar.set_postfix(loss=f"{m['loss']:.4f}")
+                metrics.write(json.dumps(m) + "\n")
+                metrics.flush()
+            if step % 500 == 0 or step == stop_at or stop.signal is not None:
+                save_training_checkpoint(ckpt, model, opt, step)
+            if stop.signal is not None:
+                break
     bar.close()
     metrics.close()
+    if stop.signal is not None:
+        stop.stop(step, steps, ckpt)
     return model.eval()
-
-
-def _save(model: ImageTokenizer, opt: torch.optim.Optimizer, step: int, ckpt: Path) -> None:
-    model.save_pretrained(ckpt)
-    save_training_state(ckpt, opt, step)
 
 
 @torch.no_grad()

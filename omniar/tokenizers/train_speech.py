@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from omniar.checkpoint import load_training_state, save_training_state
+from omniar.checkpoint import load_training_state, recover_directory, save_training_checkpoint
 from omniar.tokenizers.speech import SpeechCodec, SpeechCodecConfig, magnitude
-from omniar.train.trainer import warm_cosine
+from omniar.train.interrupt import GracefulStop
+from omniar.train.trainer import open_metrics, warm_cosine
 
 STFT_RESOLUTIONS = ((128, 32), (256, 64), (512, 128), (1024, 256))  # (n_fft, hop)
 
@@ -94,6 +95,7 @@ def train_speech_codec(out: str | Path, clips: list[np.ndarray], config: SpeechC
     cfg = codec.config
     opt = torch.optim.AdamW(codec.parameters(), lr=lr, betas=(0.8, 0.99), weight_decay=0.01)
     step = 0
+    recover_directory(ckpt)
     if resume and (ckpt / "trainer.json").is_file():
         saved = SpeechCodec.from_pretrained(ckpt)
         if saved.config != cfg:
@@ -115,35 +117,40 @@ def train_speech_codec(out: str | Path, clips: list[np.ndarray], config: SpeechC
             z = torch.cat([codec.encoder(_crops(stream, rng, batch, length)) for _ in range(math.ceil(n / batch))])
         codec.quantizer.kmeans_init(z, generator=torch.Generator().manual_seed(seed))
     out.mkdir(parents=True, exist_ok=True)
-    metrics = (out / "metrics.jsonl").open("a")
+    metrics = open_metrics(out / "metrics.jsonl", step)
     bar = tqdm(total=steps, initial=step, disable=not progress, desc="speech codec", unit="step")
     t0 = time.perf_counter()
-    while step < stop_at:
-        rng = np.random.default_rng([seed, 0, step])
-        x = _crops(stream, rng, batch, length)
-        for g in opt.param_groups:
-            g["lr"] = warm_cosine(step, steps, lr, floor=0.05)
-        y, ids, commit = codec(x, generator=torch.Generator().manual_seed(seed * 1_000_003 + step))
-        stft, mel = codec_losses(codec, y, x)
-        loss = stft + mel_weight * mel + commit_weight * commit
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
-        opt.step()
-        step += 1
-        bar.update(1)
-        if step % 50 == 0 or step == stop_at:
-            m = {"step": step, "loss": loss.item(), "stft": stft.item(), "mel": mel.item(), "commit": commit.item(),
-                 "batch_usage": ids.unique().numel() / cfg.codebook_size,
-                 "seconds": round(time.perf_counter() - t0, 1)}
-            bar.set_postfix(loss=f"{m['loss']:.3f}", mel=f"{m['mel']:.3f}")
-            metrics.write(json.dumps(m) + "\n")
-            metrics.flush()
-        if step % 500 == 0 or step == stop_at:
-            codec.save_pretrained(ckpt)
-            save_training_state(ckpt, opt, step)
+    stop = GracefulStop()
+    with stop:
+        while step < stop_at:
+            rng = np.random.default_rng([seed, 0, step])
+            x = _crops(stream, rng, batch, length)
+            for g in opt.param_groups:
+                g["lr"] = warm_cosine(step, steps, lr, floor=0.05)
+            y, ids, commit = codec(x, generator=torch.Generator().manual_seed(seed * 1_000_003 + step))
+            stft, mel = codec_losses(codec, y, x)
+            loss = stft + mel_weight * mel + commit_weight * commit
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
+            opt.step()
+            step += 1
+            bar.update(1)
+            if step % 50 == 0 or step == stop_at:
+                m = {"step": step, "loss": loss.item(), "stft": stft.item(), "mel": mel.item(), "commit": commit.item(),
+                     "batch_usage": ids.unique().numel() / cfg.codebook_size,
+                     "seconds": round(time.perf_counter() - t0, 1)}
+                bar.set_postfix(loss=f"{m['loss']:.3f}", mel=f"{m['mel']:.3f}")
+                metrics.write(json.dumps(m) + "\n")
+                metrics.flush()
+            if step % 500 == 0 or step == stop_at or stop.signal is not None:
+                save_training_checkpoint(ckpt, codec, opt, step)
+            if stop.signal is not None:
+                break
     bar.close()
     metrics.close()
+    if stop.signal is not None:
+        stop.stop(step, steps, ckpt)
     return codec.eval()
 
 

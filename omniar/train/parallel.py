@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
+
+from omniar.train.interrupt import INTERRUPTED, TERMINATED
 
 
 class DataParallel:
@@ -78,6 +81,8 @@ def _worker(rank: int, fn: Callable, world: int, port: int, threads: int, args: 
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         fn(*args)
+    except KeyboardInterrupt:  # Ctrl-C (a Trainer saves first): the parent learns of it from the exit code
+        sys.exit(INTERRUPTED)
     finally:
         dist.destroy_process_group()
 
@@ -85,7 +90,15 @@ def _worker(rank: int, fn: Callable, world: int, port: int, threads: int, args: 
 def launch(fn: Callable, world: int, *args, threads: int = 1) -> None:
     """Run `fn(*args)` in `world` fresh processes joined in a gloo process group (`DataParallel()` inside them),
     each with `threads` threads; returns when all are done and raises if one fails. `fn` must be importable (a
-    module-level function); results go through files (checkpoints), as rank 0 writes them."""
+    module-level function); results go through files (checkpoints), as rank 0 writes them. Workers stopped by
+    Ctrl-C or SIGTERM (a `Trainer` in them saves a checkpoint first) raise KeyboardInterrupt or SystemExit here."""
     if world < 1:
         raise ValueError(f"world must be >= 1, got {world}")
-    mp.spawn(_worker, args=(fn, world, _free_port(), threads, args), nprocs=world, join=True)
+    try:
+        mp.spawn(_worker, args=(fn, world, _free_port(), threads, args), nprocs=world, join=True)
+    except mp.ProcessExitedException as e:
+        if e.exit_code == INTERRUPTED:
+            raise KeyboardInterrupt from None
+        if e.exit_code == TERMINATED:
+            raise SystemExit(TERMINATED) from None
+        raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def text_batches(lines: Sequence[str], tokenizer: ByteTokenizer, rows: int, seq_
 def train_text(lines: Sequence[str], out: str | Path, preset_name: str = "text-tiny", steps: int = 300,
                rows: int = 16, seq_len: int = 128, lr: float = 3e-3, seed: int = 0, progress: bool = True,
                **overrides) -> tuple[OmniDecoder, ByteTokenizer, list[dict]]:
-    """Train from scratch; writes out/checkpoint (model, optimizer, trainer state), tokenizer.json, metrics.jsonl."""
+    """Train from scratch, or resume out/checkpoint; writes out/checkpoint (model, optimizer, trainer state),
+    tokenizer.json, metrics.jsonl."""
     import torch
 
     torch.manual_seed(seed)
@@ -44,6 +46,10 @@ def train_text(lines: Sequence[str], out: str | Path, preset_name: str = "text-t
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(model, text_batches(lines, tokenizer, rows, seq_len, seed), TrainConfig(steps=steps, lr=lr),
                       out_dir=out, progress=progress)
+    if (out / "checkpoint" / "trainer.json").is_file():
+        trainer.resume(out / "checkpoint")
+        if progress:
+            print(f"resuming {out / 'checkpoint'} at step {trainer.step}", file=sys.stderr)
     log = trainer.fit()
     tokenizer.save(out / "checkpoint")
     return model.eval(), tokenizer, log

@@ -2,6 +2,11 @@
 gradient clipping, progress bar, JSONL metrics, atomic checkpoints (model + optimizer + step, all safetensors/JSON)
 and exact resume.
 
+Nothing is lost when a run is cut short: `fit` saves a checkpoint every `save_minutes` of training (and every
+`save_every` steps if set), and a first Ctrl-C (SIGINT) or SIGTERM lets the step in progress finish, saves, and then
+stops with KeyboardInterrupt / SystemExit (train/interrupt.py); a second Ctrl-C stops at once. Running the same
+command again resumes.
+
 Data comes from `batch_for_step(step)`, a pure function of the step, so a resumed run sees exactly the batches the
 uninterrupted run would have seen (resume == uninterrupted is a test). With `shards` > 1 a step's batch comes in
 pieces, `batch_for_step(step, shard, shards)`, each its own forward and backward (gradient accumulation), and
@@ -24,9 +29,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from omniar.checkpoint import TRAINER_NAME, load_training_state, save_training_state
+from omniar.checkpoint import TRAINER_NAME, load_training_state, recover_directory, save_training_checkpoint
 from omniar.model.decoder import OmniDecoder
 from omniar.stream.collate import Batch
+from omniar.train.interrupt import GracefulStop
 from omniar.train.losses import weighted_cross_entropy
 from omniar.train.muon import Muon
 from omniar.train.parallel import DataParallel
@@ -51,13 +57,33 @@ class TrainConfig:
     # "adamw", or "muon": Muon for the 2-D weights inside the decoder blocks, AdamW for the rest (train/muon.py)
     optimizer: str = "adamw"
     log_every: int = 10
-    save_every: int = 0  # 0: only at the end
+    save_every: int = 0  # steps between checkpoints; 0: by time only
+    save_minutes: float = 10.0  # minutes of training between checkpoints (0: none before the end)
 
     def lr_at(self, step: int) -> float:
         if step < self.warmup:
             return self.lr * (step + 1) / self.warmup
         progress = (step - self.warmup) / max(1, self.steps - self.warmup)
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def open_metrics(path: Path, step: int):
+    """A metrics log (JSON lines with a "step") opened for appending by a run at `step`: the lines of later steps,
+    left by a run that stopped after its last checkpoint, are dropped first (they are trained and logged again), as
+    is a line cut short by a crash."""
+
+    def before(line: str) -> bool:
+        try:
+            return json.loads(line).get("step", 0) <= step
+        except (json.JSONDecodeError, AttributeError):
+            return False
+
+    if path.is_file():
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if before(line)]
+        if len(kept) != len(lines):
+            path.write_text("".join(line + "\n" for line in kept))
+    return path.open("a")
 
 
 OPTIMIZERS = ("adamw", "muon")
@@ -105,6 +131,7 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         if self.out_dir is not None and self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            recover_directory(self.out_dir / "checkpoint")  # a save cut short between its two renames
         self.progress = progress and self.is_main
         # frozen parts (a tokenizer) stay out of the optimizer and the gradient all-reduce
         self.trainable = [p for p in model.parameters() if p.requires_grad]
@@ -119,10 +146,11 @@ class Trainer:
             return [self.batch_for_step(step)]
         return [self.batch_for_step(step, shard, self.shards) for shard in self.local_shards]
 
-    def train_step(self, batches: list) -> dict:
+    def train_step(self, batches: list, requests: tuple[bool, bool] = (False, False)) -> dict:
         """One optimizer step on this process's pieces of the batch (each piece's loss weighs 1 / shards). The
         logged loss (and each named part) is the mean over the pieces that have it, across all processes; the
-        step's `tokens` are counted over all processes too."""
+        step's `tokens` are counted over all processes too. `requests` (save after this step, stop after it) come
+        back in "save" and "stop", agreed by all processes (any one's request holds for all)."""
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr_at(self.step)
@@ -139,56 +167,75 @@ class Trainer:
             tokens += int((collated.meta.doc >= 0).sum()) if isinstance(collated, Batch) else len(collated)
         if self.parallel is not None:
             self.parallel.sum_gradients_(self.trainable)
-            gathered = self.parallel.gather((sums, tokens))
+            gathered = self.parallel.gather((sums, tokens, requests))
             sums = {}
-            for rank_sums, _ in gathered:
+            for rank_sums, _, _ in gathered:
                 for name, values in rank_sums.items():
                     sums.setdefault(name, []).extend(values)
-            tokens = sum(t for _, t in gathered)
+            tokens = sum(t for _, t, _ in gathered)
+            requests = tuple(any(r[i] for _, _, r in gathered) for i in range(2))
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         lr = self.config.lr_at(self.step)
         self.step += 1
         means = {name: sum(v) / len(v) for name, v in sums.items()}
-        return {"step": self.step, **means, "grad_norm": float(grad_norm), "lr": lr, "tokens": tokens}
+        return {"step": self.step, **means, "grad_norm": float(grad_norm), "lr": lr, "tokens": tokens,
+                "save": requests[0], "stop": requests[1]}
 
     def fit(self, until: int | None = None) -> list[dict]:
-        """Train to step `until` (default: config.steps); returns the logged metrics."""
+        """Train to step `until` (default: config.steps); returns the logged metrics. With an `out_dir`, saves a
+        checkpoint on the way (`save_minutes`, `save_every`) and at the end, and a first Ctrl-C or SIGTERM stops
+        after the step in progress with a checkpoint (module docstring)."""
         until = self.config.steps if until is None else until
         log = []
-        metrics_file = (self.out_dir / "metrics.jsonl").open("a") if self.out_dir is not None and self.is_main else None
+        writes = self.out_dir is not None and self.is_main
+        metrics_file = open_metrics(self.out_dir / "metrics.jsonl", self.step) if writes else None
         bar = tqdm(total=until, initial=self.step, disable=not self.progress, desc="train", unit="step")
         tokens, t0 = 0, time.perf_counter()
-        try:
-            while self.step < until:
-                m = self.train_step(self.batches(self.step))
-                tokens += m.pop("tokens")
-                if self.step % self.config.log_every == 0 or self.step == until:
-                    m["tokens_per_s"] = tokens / (time.perf_counter() - t0)
-                    log.append(m)
-                    bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m['tokens_per_s']:.0f}")
-                    if metrics_file is not None:
-                        metrics_file.write(json.dumps(m) + "\n")
-                        metrics_file.flush()
-                if self.out_dir is not None and self.config.save_every and self.step % self.config.save_every == 0:
-                    self.save(self.out_dir / "checkpoint")
-                bar.update(1)
-        finally:
-            bar.close()
-            if metrics_file is not None:
-                metrics_file.close()
-        if self.out_dir is not None:
-            self.save(self.out_dir / "checkpoint")
+        saved_at = t0
+        stop, halted = GracefulStop(enabled=self.out_dir is not None), False
+        with stop:
+            try:
+                while self.step < until:
+                    due = (self.is_main and self.config.save_minutes > 0
+                           and time.perf_counter() - saved_at >= 60 * self.config.save_minutes)
+                    m = self.train_step(self.batches(self.step), (due, stop.signal is not None))
+                    tokens += m.pop("tokens")
+                    save, halt = m.pop("save"), m.pop("stop")
+                    if self.step % self.config.log_every == 0 or self.step == until or halt:
+                        m["tokens_per_s"] = tokens / (time.perf_counter() - t0)
+                        log.append(m)
+                        bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m['tokens_per_s']:.0f}")
+                        if metrics_file is not None:
+                            metrics_file.write(json.dumps(m) + "\n")
+                            metrics_file.flush()
+                    bar.update(1)
+                    if halt:
+                        halted = True
+                        break
+                    if self.out_dir is not None and (save or self.config.save_every
+                                                     and self.step % self.config.save_every == 0):
+                        self.save(self.out_dir / "checkpoint")
+                        saved_at = time.perf_counter()
+            finally:
+                bar.close()
+                if metrics_file is not None:
+                    metrics_file.close()
+            if self.out_dir is not None:
+                self.save(self.out_dir / "checkpoint")
+        # stopped by a signal, saved (in a data-parallel run all processes stop at the step they agreed on)
+        if halted or (self.parallel is None and stop.signal is not None):
+            stop.stop(self.step, until, self.out_dir / "checkpoint", announce=self.is_main)
         return log
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
-        """Model (config.json + model.safetensors), optimizer.safetensors and trainer.json, each written atomically
-        (by the main process; the others wait for it)."""
+        """Model (config.json + model.safetensors), optimizer.safetensors and trainer.json, written together into a
+        directory beside `directory` and swapped in, so a save cut short leaves the previous checkpoint whole (by
+        the main process; the others wait for it)."""
         directory = Path(directory)
         if self.is_main:
-            self.model.save_pretrained(directory)
-            save_training_state(directory, self.optimizer, self.step, config=asdict(self.config))
+            save_training_checkpoint(directory, self.model, self.optimizer, self.step, config=asdict(self.config))
         if self.parallel is not None:
             self.parallel.barrier()
         return directory
@@ -203,3 +250,4 @@ class Trainer:
                              f"(set TrainConfig.optimizer / Recipe.optimizer to {saved!r} to resume it)")
         self.step = load_training_state(directory, self.optimizer)["step"]  # first: it names a non-training dir
         self.model.load_state_dict(type(self.model).from_pretrained(directory).state_dict())
+
