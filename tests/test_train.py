@@ -89,6 +89,22 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_that_resumes_exactly(tm
     assert steps == list(range(1, 13))
 
 
+def test_a_signal_during_the_forward_pass_stops_after_that_step(tmp_path):
+    out = tmp_path / "run"
+    t = make_trainer(out, steps=12)
+    loss_fn = t.loss_fn
+
+    def loss_then_ctrl_c(model, batch):
+        if t.step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss_fn(model, batch)
+
+    t.loss_fn = loss_then_ctrl_c
+    with pytest.raises(KeyboardInterrupt):
+        t.fit()
+    assert saved_step(out) == 5
+
+
 def test_a_second_ctrl_c_stops_at_once_without_saving(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):

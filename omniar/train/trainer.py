@@ -202,6 +202,7 @@ class Trainer:
                     m = self.train_step(self.batches(self.step), (due, stop.signal is not None))
                     tokens += m.pop("tokens")
                     save, halt = m.pop("save"), m.pop("stop")
+                    halt = halt or (self.parallel is None and stop.signal is not None)  # one that came mid-step
                     if self.step % self.config.log_every == 0 or self.step == until or halt:
                         m["tokens_per_s"] = tokens / (time.perf_counter() - t0)
                         log.append(m)
