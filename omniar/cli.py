@@ -743,7 +743,7 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except (ValueError, FileNotFoundError) as e:  # includes ManifestError
         sys.exit(f"error: {e}")
-    except KeyboardInterrupt:  # training saved a checkpoint first and said where (train/trainer.py)
+    except KeyboardInterrupt:  # training saved a checkpoint first and said where (train/interrupt.py)
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
 
