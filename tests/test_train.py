@@ -47,6 +47,17 @@ def assert_same_weights(a, b):
         assert torch.equal(x, y), name
 
 
+def resume_to_the_end(out, straight):
+    """Resume out's checkpoint to step 12: the weights of the uninterrupted run `straight`, and every step logged
+    once (those trained after the checkpoint and before the stop by the run that kept them)."""
+    second = make_trainer(out, steps=12)
+    second.resume(out / "checkpoint")
+    second.fit()
+    assert_same_weights(straight, second)
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))
+
+
 def saved_step(out):
     return json.loads((out / "checkpoint" / "trainer.json").read_text())["step"]
 
@@ -81,12 +92,7 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_that_resumes_exactly(tm
     assert saved_step(out) == 5  # step 4, under way when the signal came, was finished and saved
     assert "stopped at step 5 of 12" in capsys.readouterr().err
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # put back
-    second = make_trainer(out, steps=12)
-    second.resume(out / "checkpoint")
-    second.fit()
-    assert_same_weights(straight, second)
-    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 13))
+    resume_to_the_end(out, straight)
 
 
 def test_a_signal_during_the_forward_pass_stops_after_that_step(tmp_path):
@@ -125,13 +131,7 @@ def test_checkpoints_on_the_way_keep_a_crashed_run(tmp_path):
     with pytest.raises(RuntimeError):  # the default: every 10 minutes, so none in this short run
         make_trainer(tmp_path / "default", steps=12, fail_at=5).fit()
     assert not (tmp_path / "default" / "checkpoint").exists()
-    second = make_trainer(out, steps=12)
-    second.resume(out / "checkpoint")
-    second.fit()
-    assert_same_weights(straight, second)
-    # the steps trained after the checkpoint and before the crash are logged once, by the run that kept them
-    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 13))
+    resume_to_the_end(out, straight)
 
 
 def test_a_save_cut_short_leaves_the_last_checkpoint_whole(tmp_path, monkeypatch):
