@@ -13,6 +13,7 @@ tiny model scale poorly over threads (bench/train_parallel.py). `launch` starts 
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import sys
@@ -75,10 +76,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, fn: Callable, world: int, port: int, threads: int, args: tuple) -> None:
+def _worker(rank: int, fn: Callable, world: int, port: int, threads: int, timeout: float, args: tuple) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(threads)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout))
     try:
         fn(*args)
     except KeyboardInterrupt:  # Ctrl-C (a Trainer saves first): the parent learns of it from the exit code
@@ -87,15 +88,16 @@ def _worker(rank: int, fn: Callable, world: int, port: int, threads: int, args: 
         dist.destroy_process_group()
 
 
-def launch(fn: Callable, world: int, *args, threads: int = 1) -> None:
+def launch(fn: Callable, world: int, *args, threads: int = 1, timeout: float = 1800.0) -> None:
     """Run `fn(*args)` in `world` fresh processes joined in a gloo process group (`DataParallel()` inside them),
-    each with `threads` threads; returns when all are done and raises if one fails. `fn` must be importable (a
+    each with `threads` threads; returns when all are done and raises if one fails, or if a collective waits more
+    than `timeout` seconds for the others (torch's default, 30 minutes). `fn` must be importable (a
     module-level function); results go through files (checkpoints), as rank 0 writes them. Workers stopped by
     Ctrl-C or SIGTERM (a `Trainer` in them saves a checkpoint first) raise KeyboardInterrupt or SystemExit here."""
     if world < 1:
         raise ValueError(f"world must be >= 1, got {world}")
     try:
-        mp.spawn(_worker, args=(fn, world, _free_port(), threads, args), nprocs=world, join=True)
+        mp.spawn(_worker, args=(fn, world, _free_port(), threads, timeout, args), nprocs=world, join=True)
     except mp.ProcessExitedException as e:
         if e.exit_code == INTERRUPTED:
             raise KeyboardInterrupt from None
