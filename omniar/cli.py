@@ -29,7 +29,8 @@ def _demo(args) -> None:
         print(f"[demo] stages {plan.stage_steps} planned at {seconds} s a step ({sum(plan.stage_steps.values())} "
               f"training steps; the reference machine's rates give {reference})")
     rows = plan.schedule()
-    rates = "steps timed here" if plan.step_seconds else "the reference machine's rates"
+    rates = ("the step times given" if args.step_seconds else "steps timed here" if plan.step_seconds
+             else "the reference machine's rates")
     print(f"[demo] the plan for {args.budget:g} minutes ({rates}; a cached part takes no time):\n"
           "| part | steps | minutes |\n|---|---:|---:|")
     for part, steps, took in rows:

@@ -280,6 +280,7 @@ def test_demo_plan_prints_each_part_and_trains_nothing(tmp_path, monkeypatch, ca
     for part, steps, seconds in rows:
         assert f"| {part} | {'' if steps is None else steps} | {seconds / 60:.1f} |" in out
     assert f"| total | | {sum(s for *_, s in rows) / 60:.1f} |" in out
+    assert "(the step times given;" in out  # not "timed here": nothing was
     assert not (tmp_path / "demo").exists()
 
 
