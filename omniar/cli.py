@@ -192,6 +192,7 @@ def _eval_model(args) -> None:
                                                   ("edit_cfg_schedule", args.edit_cfg_schedule),
                                                   ("edit_temperature", args.edit_temperature),
                                                   ("edit_keep", args.edit_keep),
+                                                  ("edit_keep_tau", args.edit_keep_tau),
                                                   ("best_of", args.best_of)) if v is not None})
     result = evaluate_model(model, args.out, num=args.num, heldout=args.heldout, tasks=tasks, split=args.split,
                             sampling=sampling)
@@ -395,9 +396,12 @@ def _generate_image(args) -> None:
     bench, edit = ImageSampling(), sources is not None  # what is not given: the benchmark's (chosen on validation)
     cfg = bench.guidance(edit) if args.cfg is None else args.cfg
     temperature = bench.params(edit).temperature if args.temperature is None else args.temperature
-    keep = args.keep if args.keep is not None else bench.edit_keep if edit else 0.0
+    pull = bench.pull(model) if edit else {"keep": 0.0, "keep_tau": None}
+    keep = args.keep if args.keep is not None else pull["keep"]
+    keep_tau = args.keep_tau if args.keep_tau is not None else pull["keep_tau"]
     images = generate_best_of(model, args.prompts, args.best_of, sources=sources, cfg=cfg, image_cfg=args.image_cfg,
                               cfg_schedule=args.cfg_schedule or bench.schedule(edit), keep=keep,
+                              keep_tau=keep_tau if keep else None,
                               params=SamplingParams(temperature=temperature, top_p=args.top_p),
                               seeds=[args.seed + i for i in range(len(args.prompts))])
     out = Path(args.output)
@@ -488,7 +492,15 @@ def _transcribe(args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     # the benchmark's guidance and sampling, named in the help
-    from omniar.omni.generate import EDIT_CFG, EDIT_CFG_SCHEDULE, EDIT_KEEP, EDIT_TEMPERATURE, T2I_CFG, T2I_TEMPERATURE
+    from omniar.omni.generate import (
+        EDIT_CFG,
+        EDIT_CFG_SCHEDULE,
+        EDIT_KEEP,
+        EDIT_KEEP_TAU,
+        EDIT_TEMPERATURE,
+        T2I_CFG,
+        T2I_TEMPERATURE,
+    )
 
     ap = argparse.ArgumentParser(prog="omniar", description="Unified multimodal autoregressive models.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -628,6 +640,9 @@ def main(argv: list[str] | None = None) -> None:
         t.add_argument("--keep", type=float, help="edits: the log-probability added to each bit that keeps the "
                                                   "reference, outside the object the instruction names; default: "
                                                   f"the benchmark's, {EDIT_KEEP:g}")
+        t.add_argument("--keep-tau", type=float, help="edits: pull only where the drawing so far is within this "
+                                                      "relative distance of the reference's latent (inf: "
+                                                      f"everywhere); default: the benchmark's, {EDIT_KEEP_TAU:g}")
         t.add_argument("--temperature", type=float,
                        help="per bit, 0 = greedy; default: the benchmark's, "
                             + (f"{EDIT_TEMPERATURE:g}" if edit else f"{T2I_TEMPERATURE:g} for text-to-image, "
@@ -734,6 +749,9 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--edit-temperature", type=float, help=f"edits' per-bit temperature (default {EDIT_TEMPERATURE:g})")
     e.add_argument("--edit-keep", type=float, help="edits' pull towards the reference's bits outside the named "
                                                    f"object (generate_images' keep; default {EDIT_KEEP:g})")
+    e.add_argument("--edit-keep-tau", type=float, help="... only where the drawing so far is within this relative "
+                                                       "distance of the reference's latent (generate_images' keep_tau;"
+                                                       f" inf: everywhere; default {EDIT_KEEP_TAU:g})")
     e.add_argument("--best-of", type=int, metavar="N", help="text-to-image: the best of N samples by the model's own "
                                                             "caption likelihood (default 1: one sample)")
     e.add_argument("--device", default="cpu", help=DEVICE_HELP)

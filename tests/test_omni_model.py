@@ -274,6 +274,59 @@ def test_keep_spares_the_named_object_where_the_model_grounds_one():
     assert named.sum() == 4 and (~named).sum() == 60  # the finest scale: 8 x 8 tokens, the patch's 2 x 2
 
 
+def test_keep_tau_pulls_only_where_the_drawing_so_far_agrees_with_the_reference():
+    """With `tau` a token is pulled only where the running reconstruction is within tau (relative to the
+    reference's latent norm, max over the token's area of the finest grid) of the reference - brute force over
+    each token's adaptive-pooling window; nothing at the first scale, more as the drawing follows the code."""
+    from omniar.omni.generate import _NextScale
+
+    model = tiny_model(adapter=False)
+    steps = _NextScale(model, 2)
+    source = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    code = model.tokenizer.encode(source)
+    reference = model.tokenizer.latents(source)[-1]
+    H, tau, pulled = reference.shape[-1], 0.6, []
+    for k, s in enumerate(model.scales):
+        bias = steps.keep_bias(k, reference, 2.0, None, tau)  # (2, s^2, d, 2)
+        drawn = 0 if steps.f_hat is None else steps.f_hat
+        off = (reference - drawn).norm(dim=1) / reference.norm(dim=1)  # (2, H, H)
+        for n in range(2):
+            for i in range(s):
+                for j in range(s):
+                    window = off[n, i * H // s: -(-(i + 1) * H // s), j * H // s: -(-(j + 1) * H // s)]
+                    want = 2.0 if window.max() < tau else 0.0
+                    assert torch.all(bias[n, i * s + j].sum(-1) == want), (k, n, i, j)
+        pulled.append(int((bias.sum(-1)[..., 0] > 0).sum()))
+        assert torch.equal(steps.keep_bias(k, reference, 2.0, None, float("inf")),
+                           steps.keep_bias(k, reference, 2.0, None))  # no gate at infinity
+        steps.add(k, code[k].flatten(2).transpose(1, 2))
+    assert pulled[0] == 0 and pulled[-1] > 0  # drawn from nothing: distance 1; following the code: it agrees
+
+
+def test_keep_tau_leaves_the_first_scale_to_the_model(model):
+    g = torch.Generator().manual_seed(3)
+    sources = [torch.rand(3, 32, 32, generator=g) for _ in range(2)]
+    prompts = ["make the circle blue", "remove the circle"]
+    _, plain = generate_images(model, prompts, sources=sources, cfg=2.0, return_bits=True)
+    _, gated = generate_images(model, prompts, sources=sources, cfg=2.0, keep=1e4, keep_tau=0.9, return_bits=True)
+    _, everywhere = generate_images(model, prompts, sources=sources, cfg=2.0, keep=1e4, return_bits=True)
+    assert torch.equal(gated[0], plain[0]) and not torch.equal(everywhere[0], plain[0])
+    with pytest.raises(ValueError, match="keep_tau must be > 0"):
+        generate_images(model, prompts, sources=sources, keep=1.0, keep_tau=0.0)
+
+
+def test_edits_of_a_raster_model_are_not_pulled_by_default():
+    """The benchmark's pull needs scales: a raster model edits without it, and asked for it, says so."""
+    from omniar.omni.evaluate import ImageSampling
+
+    model = tiny_model(adapter=False, raster=True)
+    assert ImageSampling().pull(model) == {"keep": 0.0, "keep_tau": None}
+    source = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert model.edit_image(source, "remove the circle").shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="keep pulls an edit"):
+        model.edit_image(source, "remove the circle", keep=1.0)
+
+
 def test_three_branch_edit_guidance_is_one_batch_and_reduces_to_the_plain_edit(model):
     g = torch.Generator().manual_seed(4)
     sources = [torch.rand(3, 32, 32, generator=g) for _ in range(2)]

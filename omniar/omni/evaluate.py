@@ -18,10 +18,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from omniar.generation.sampling import SamplingParams
+from omniar.modality import Modality
 from omniar.omni.generate import (
     EDIT_CFG,
     EDIT_CFG_SCHEDULE,
     EDIT_KEEP,
+    EDIT_KEEP_TAU,
     EDIT_TEMPERATURE,
     T2I_CFG,
     T2I_TEMPERATURE,
@@ -50,6 +52,7 @@ class ImageSampling:
     temperature: float = T2I_TEMPERATURE
     edit_temperature: float | None = EDIT_TEMPERATURE  # None: `temperature`
     edit_keep: float = EDIT_KEEP  # an edit's pull towards its reference's bits (generate_images' `keep`)
+    edit_keep_tau: float | None = EDIT_KEEP_TAU  # ... where the drawing so far agrees with it (`keep_tau`)
     top_k: int = 0
     top_p: float = 1.0
     # text-to-image: the best of this many samples by the model's own caption likelihood (omni/rerank.py);
@@ -72,6 +75,13 @@ class ImageSampling:
         """Per-bit sampling of a text-to-image row, or of an edit's."""
         t = self.edit_temperature if edit and self.edit_temperature is not None else self.temperature
         return SamplingParams(temperature=t, top_k=self.top_k, top_p=self.top_p)
+
+    def pull(self, model: OmniModel) -> dict:
+        """An edit's `keep` and `keep_tau` (generate_images') for `model`: none where it decodes raster tokens,
+        which have no scales to pull."""
+        if model.gen_modality == Modality.IMAGE_RASTER:
+            return {"keep": 0.0, "keep_tau": None}
+        return {"keep": self.edit_keep, "keep_tau": self.edit_keep_tau}
 
 
 def predict_shapeworld(model: OmniModel, out: str | Path, num: int = 200, split: str = "test",
@@ -142,7 +152,7 @@ def predict_shapeworld(model: OmniModel, out: str | Path, num: int = 200, split:
                 gen = generate_images(model, [s["edit"]["instruction"] for s in chunk], sources=sources,
                                       cfg=sampling.guidance(edit=True), cfg_schedule=sampling.schedule(edit=True),
                                       image_cfg=sampling.image_cfg, params=sampling.params(edit=True),
-                                      keep=sampling.edit_keep, seeds=[seed + a + i for i in range(len(chunk))])
+                                      **sampling.pull(model), seeds=[seed + a + i for i in range(len(chunk))])
                 for j, (s, src, img) in enumerate(zip(chunk, sources, to_uint8(gen))):
                     records.append({"task": "edit", "instruction": s["edit"]["instruction"],
                                     "source": save(f"edit-{a + j:05d}-source.png", src),

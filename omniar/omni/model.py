@@ -678,15 +678,17 @@ class OmniModel(nn.Module):
 
     def edit_image(self, images, instructions: str | Sequence[str], cfg: float | None = None, **kw) -> Tensor:
         """Edits of `images` (one per instruction; a single image is used for every instruction); guidance `cfg`,
-        its `cfg_schedule`, the per-bit `params` and the pull towards the reference (`keep`) default to the
-        benchmark's (`EDIT_CFG`, `EDIT_CFG_SCHEDULE`, `EDIT_TEMPERATURE`, `EDIT_KEEP`)."""
+        its `cfg_schedule`, the per-bit `params` and the pull towards the reference (`keep`, `keep_tau`) default to
+        the benchmark's (`EDIT_CFG`, `EDIT_CFG_SCHEDULE`, `EDIT_TEMPERATURE`, `EDIT_KEEP`, `EDIT_KEEP_TAU`)."""
         from omniar.generation.sampling import SamplingParams
-        from omniar.omni.generate import EDIT_CFG, EDIT_CFG_SCHEDULE, EDIT_KEEP, EDIT_TEMPERATURE, generate_images
+        from omniar.omni.evaluate import ImageSampling
+        from omniar.omni.generate import EDIT_CFG, EDIT_CFG_SCHEDULE, EDIT_TEMPERATURE, generate_images
 
         instructions = [instructions] if isinstance(instructions, str) else list(instructions)
         kw.setdefault("cfg_schedule", EDIT_CFG_SCHEDULE)
         kw.setdefault("params", SamplingParams(temperature=EDIT_TEMPERATURE))
-        kw.setdefault("keep", EDIT_KEEP)
+        for name, value in ImageSampling().pull(self).items():  # none for raster decoding
+            kw.setdefault(name, value)
         return generate_images(self, instructions, sources=self._one_per(images, len(instructions)),
                                cfg=EDIT_CFG if cfg is None else cfg, **kw)
 
