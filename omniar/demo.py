@@ -352,18 +352,26 @@ class Cache:
         self.root, self.enabled = Path(root), enabled
 
     def run(self, name: str, key: dict, build: Callable[[Path], dict]) -> tuple[Path, dict, bool]:
-        """(directory, build's summary, whether it came from the cache)."""
+        """(directory, build's summary, whether it came from the cache). The summary's "seconds" count every
+        attempt at the step: a build cut short (Ctrl-C, an error) leaves its time in spent.json for the next."""
         d = self.root / f"{name}-{_digest(key)}"
-        done = d / "done.json"
+        done, spent = d / "done.json", d / "spent.json"
         if self.enabled and done.is_file():
             return d, json.loads(done.read_text()), True
         d.mkdir(parents=True, exist_ok=True)
         (d / "key.json").write_text(json.dumps(key, indent=2, sort_keys=True))
+        before = json.loads(spent.read_text())["seconds"] if self.enabled and spent.is_file() else 0.0
         t0 = time.perf_counter()
-        summary = {**build(d), "seconds": round(time.perf_counter() - t0, 1)}
+        try:
+            summary = build(d)
+        except BaseException:
+            spent.write_text(json.dumps({"seconds": round(before + time.perf_counter() - t0, 1)}))
+            raise
+        summary = {**summary, "seconds": round(before + time.perf_counter() - t0, 1)}
         tmp = done.with_suffix(".tmp")
         tmp.write_text(json.dumps(summary, indent=2))
         tmp.replace(done)
+        spent.unlink(missing_ok=True)
         return d, summary, False
 
 

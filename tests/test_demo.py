@@ -309,3 +309,24 @@ def test_a_stage_stopped_by_ctrl_c_resumes_to_the_model_of_an_uninterrupted_run(
     a = OmniModel.from_pretrained(straight["checkpoint"]).state_dict()
     b = OmniModel.from_pretrained(resumed["checkpoint"]).state_dict()
     assert all(a[k].equal(b[k]) for k in a)
+
+
+def test_a_cached_step_counts_the_time_of_every_attempt(tmp_path, monkeypatch):
+    """A step cut short and run again reports the time of both attempts, not only of the last."""
+    from omniar import demo
+
+    clock = iter([0.0, 30.0, 100.0, 112.5])  # attempt 1: 30 s, then Ctrl-C; attempt 2: 12.5 s
+    monkeypatch.setattr(demo.time, "perf_counter", lambda: next(clock))
+    store, calls = demo.Cache(tmp_path), []
+
+    def build(d):
+        calls.append(d)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return {"steps": 3}
+
+    with pytest.raises(KeyboardInterrupt):
+        store.run("stage", {"a": 1}, build)
+    d, summary, cached = store.run("stage", {"a": 1}, build)
+    assert summary == {"steps": 3, "seconds": 42.5} and not cached and not (d / "spent.json").exists()
+    assert store.run("stage", {"a": 1}, build)[1:] == (summary, True) and len(calls) == 2

@@ -13,6 +13,8 @@ import threading
 from pathlib import Path
 from typing import NoReturn
 
+from tqdm.auto import tqdm
+
 INTERRUPTED, TERMINATED = 130, 143  # the exit codes after Ctrl-C and after SIGTERM (the shell's 128 + signal)
 
 
@@ -34,8 +36,8 @@ class GracefulStop:
         if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal = signum
-        print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint (Ctrl-C again to stop "
-              f"at once, without one)", file=sys.stderr)
+        tqdm.write(f"{signal.Signals(signum).name}: stopping after this step with a checkpoint (Ctrl-C again to "
+                   f"stop at once, without one)", file=sys.stderr)  # on its own line, the progress bar below it
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
@@ -46,8 +48,8 @@ class GracefulStop:
         """Say where the run stopped and raise what the signal would have: SystemExit(143) for SIGTERM,
         KeyboardInterrupt otherwise (also where another process of a data-parallel run had the signal)."""
         if announce:
-            print(f"stopped at step {step} of {until}; the checkpoint in {checkpoint} resumes it (run the same "
-                  f"command again)", file=sys.stderr)
+            tqdm.write(f"stopped at step {step} of {until}; the checkpoint in {checkpoint} resumes it (run the "
+                       f"same command again)", file=sys.stderr)
         if self.signal == signal.SIGTERM:
             raise SystemExit(TERMINATED)
         raise KeyboardInterrupt
