@@ -401,7 +401,7 @@ def _generate_image(args) -> None:
     keep_tau = args.keep_tau if args.keep_tau is not None else pull["keep_tau"]
     images = generate_best_of(model, args.prompts, args.best_of, sources=sources, cfg=cfg, image_cfg=args.image_cfg,
                               cfg_schedule=args.cfg_schedule or bench.schedule(edit), keep=keep,
-                              keep_tau=keep_tau if keep else None,
+                              keep_tau=keep_tau,
                               params=SamplingParams(temperature=temperature, top_p=args.top_p),
                               seeds=[args.seed + i for i in range(len(args.prompts))])
     out = Path(args.output)
