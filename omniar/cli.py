@@ -18,7 +18,10 @@ def _demo(args) -> None:
               preset=args.preset)
     plan = DemoPlan.for_budget(args.budget, **kw)  # the reference machine's plan; checks the settings
     device = _device(args.device)  # named before any work
-    seconds = dict(zip(plan.stage_steps, args.step_seconds)) if args.step_seconds else None
+    if args.step_seconds and len(args.step_seconds) not in (3, 4):
+        raise SystemExit(f"--step-seconds takes 3 or 4 times (STAGE1 STAGE2 STAGE3 [RELATIONS]), got "
+                         f"{len(args.step_seconds)}")
+    seconds = dict(zip(("stage1", "stage2", "stage3", "relations"), args.step_seconds)) if args.step_seconds else None
     # the other steps' time is counted in training steps, so a step is timed on the CPU only, where they all run
     if seconds is None and not (args.reference_rates or args.speech or device.type != "cpu"):
         cache = args.cache if args.cache is not None else Path(args.out).parent / "cache"
@@ -509,8 +512,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="out/demo")
     p.add_argument("--budget", type=float, default=45.0, help="minutes (default 45): a training step is timed here "
                    "first, and the stages get what the tokenizers, teacher and benchmark leave")
-    p.add_argument("--step-seconds", type=float, nargs=3, metavar=("STAGE1", "STAGE2", "STAGE3"),
-                   help="plan with these training step times (seconds) instead of timing them here")
+    p.add_argument("--step-seconds", type=float, nargs="+", metavar="S",
+                   help="plan with these training step times (seconds: STAGE1 STAGE2 STAGE3 [RELATIONS]; a "
+                   "relations step is otherwise counted as 0.45 stage-2 steps) instead of timing them here")
     p.add_argument("--reference-rates", action="store_true", help="plan from the reference 2-core machine's rates "
                    "(BENCHMARKS.md) instead of timing a step here (the speech demo and --device cuda always do)")
     p.add_argument("--recalibrate", action="store_true", help="time a training step again (it is kept in the "

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from omniar.omni.train import Recipe
     from omniar.tokenizers.image import ImageTokenizerConfig
 
 # Rates on 2 CPU cores (BENCHMARKS.md, "make demo"): image-tokenizer steps (32 images) and onecat-tiny steps (16
@@ -54,7 +55,17 @@ FIXED_SECONDS = 90
 # the image tokenizer and ConvTeacher: where their reference step counts would take more (an AVX2 EPYC on a slow day:
 # 32 + 6 of the 36 minutes, BENCHMARKS.md "Demo"), the tokenizer gets fewer steps (the teacher too if need be)
 PREP_SHARE = 0.5
+# the relations curriculum (omni/train.py, STAGES["relations"]) after stage 3: 1,800 steps teach the trained model
+# the four position relations, which the mixed stages never learn, and only the text expert changes, so its
+# drawing and editing stay what they were (the reference plan's model: VQA 0.905 -> 0.990, BENCHMARKS.md
+# "Relations"). Its time comes out of the three stages' in proportion; a plan where it would take more than
+# `RELATION_SHARE` of the training time (a model too little trained to learn them: from a stage 1 of 2,394 steps
+# "left of" was not learnt in 250), the speech demo and presets without an und expert train without it
+RELATION_STEPS = 1800
+RELATION_STEP_COST = 0.6  # a relations step in the stages' mean steps, where not timed (an AMD machine: 1.04 / ~1.7 s)
+RELATION_SHARE = 0.25
 MARGIN = 0.93  # of the budget is planned (a real stage-2 step ran 6% slower than its timing)
+DEFAULT_BATCH = 16  # examples per step of the stage recipes (`Recipe`) and of the plan
 CACHE_VERSION = 2  # bump when a change to the code makes cached products stale
 
 
@@ -94,16 +105,18 @@ class DemoPlan:
         """Step counts that fit `minutes`. From the reference machine's rates (2 CPU cores): ~25% image tokenizer,
         ~8% benchmark, ~2% data and text tokenizer, the rest training (stages 45 / 40 / 15%); with speech, 12% of
         the training share goes to the speech codec. With `step_seconds` (each stage's training step timed on this
-        machine, `calibrate`, and optionally "image-tokenizer" and "teacher": the seconds of their steps): the same
-        tokenizer, teacher and benchmark, and the stages (45 / 40 / 15% of the steps) get the time they leave.
+        machine, `calibrate`, and optionally "relations", "image-tokenizer" and "teacher": the seconds of their
+        steps): the same tokenizer, teacher and benchmark, and the stages (45 / 40 / 15% of the steps) get the time
+        they leave. Where the plan trains long enough, the relations curriculum (`RELATION_STEPS`) runs last, on
+        time taken from the stages in proportion.
         Without a `distill` or `align` weight, the preset's recipe decides (`DEMO_DISTILL`, `DEMO_ALIGN`)."""
         if minutes <= 0:
             raise ValueError(f"the budget must be a positive number of minutes, got {minutes}")
         if step_seconds is not None and (kw.get("speech") or not set(_SPLIT) <= set(step_seconds) <= {*_SPLIT,
-                                         *OTHER_STEPS} or not all(s > 0 for s in step_seconds.values())):
+                                         "relations", *OTHER_STEPS} or not all(s > 0 for s in step_seconds.values())):
             raise ValueError(f"step_seconds {step_seconds}: a measured plan needs a positive step time for each of "
-                             f"stage1, stage2 and stage3 (and may time {' and '.join(OTHER_STEPS)}), and covers the "
-                             "image demo only (the speech demo plans from the reference rates)")
+                             f"stage1, stage2 and stage3 (and may time relations, {' and '.join(OTHER_STEPS)}), and "
+                             "covers the image demo only (the speech demo plans from the reference rates)")
         if kw.get("distill") is None:
             kw["distill"] = DEMO_DISTILL.get(kw.get("preset", cls.preset), 0.0)
         if kw.get("align") is None:  # the alignment reads the ConvNet teacher's features
@@ -115,7 +128,9 @@ class DemoPlan:
         if kw.get("speech"):
             kw.setdefault("codec_steps", min(2500, max(10, round(0.12 * minutes * CODEC_STEPS_PER_MIN))))
             share -= 0.12
-        stages = _stages(max(6, round((share * minutes - 1.5 * num * EVAL_MIN_PER_ITEM) * MODEL_STEPS_PER_MIN)))
+        relations = RELATION_STEP_COST if _relations_for(kw.get("preset", cls.preset), kw.get("speech")) else None
+        stages = _stages(max(6, round((share * minutes - 1.5 * num * EVAL_MIN_PER_ITEM) * MODEL_STEPS_PER_MIN)),
+                         relations)
         plan = cls(budget=minutes, tokenizer_steps=tok, tokenizer_images=min(20_000, tok * 32),
                    stage_steps=stages, eval_num=num, heldout_num=round(2.5 * num), **kw)
         vit = False
@@ -143,12 +158,14 @@ class DemoPlan:
                 if teacher * plan.teacher_steps > prep - tokenizer * plan.tokenizer_steps:
                     plan.teacher_steps = max(1, math.floor((prep - tokenizer * plan.tokenizer_steps) / teacher))
             rest -= tokenizer * plan.tokenizer_steps + teacher * plan.teacher_steps
-            per_step = sum(share * step_seconds[name] for name, share in _SPLIT.items())
+            per_step = _mean_step(step_seconds)
             if rest < 6 * per_step:
                 raise ValueError(f"a {minutes}-minute budget leaves no time to train the model at "
                                  f"{max(step_seconds[name] for name in _SPLIT)} s a step "
                                  "after the tokenizers, teacher and benchmark: give a larger budget")
-            plan.step_seconds, plan.stage_steps = dict(step_seconds), _stages(math.floor(rest / per_step))
+            plan.step_seconds = dict(step_seconds)
+            relations = _relation_cost(step_seconds) if _relations_for(plan.preset, plan.speech) else None
+            plan.stage_steps = _stages(math.floor(rest / per_step), relations)
         if vit:
             plan.teacher_steps = round(0.25 * plan.stage_steps["stage1"])
             plan.stage_steps["stage1"] -= plan.teacher_steps
@@ -162,12 +179,14 @@ class DemoPlan:
         if self.step_seconds is not None:
             tokenizer, teacher, benchmark = _other_seconds(self.step_seconds)
             per = {"image tokenizer": tokenizer, "teacher": teacher if conv else self.step_seconds["stage1"],
-                   **{name: self.step_seconds[name] for name in _SPLIT}}
+                   **{name: self.step_seconds[name] for name in _SPLIT},
+                   "relations": _relation_cost(self.step_seconds) * _mean_step(self.step_seconds)}
             rest = {"benchmark": benchmark, "data, text tokenizer, report": FIXED_SECONDS}
         else:
             per = {"image tokenizer": 60 / TOKENIZER_STEPS_PER_MIN, "speech codec": 60 / CODEC_STEPS_PER_MIN,
                    "teacher": 60 / (CONV_TEACHER_STEPS_PER_MIN if conv else MODEL_STEPS_PER_MIN),
-                   **dict.fromkeys(_SPLIT, 60 / MODEL_STEPS_PER_MIN)}
+                   **dict.fromkeys(_SPLIT, 60 / MODEL_STEPS_PER_MIN),
+                   "relations": RELATION_STEP_COST * 60 / MODEL_STEPS_PER_MIN}
             rest = {"benchmark": 60 * 1.5 * self.eval_num * EVAL_MIN_PER_ITEM,
                     "data, text tokenizer, report": 0.02 * 60 * self.budget}
         steps = {"image tokenizer": self.tokenizer_steps, "speech codec": self.codec_steps,
@@ -188,9 +207,35 @@ def _other_seconds(step_seconds: dict[str, float]) -> tuple[float, float, float]
             step_seconds.get("teacher", TEACHER_STEP_COST * unit), unit * BENCHMARK_COST)
 
 
-def _stages(train: int) -> dict[str, int]:
-    stages = {"stage1": round(_SPLIT["stage1"] * train), "stage2": round(_SPLIT["stage2"] * train)}
-    stages["stage3"] = train - sum(stages.values())
+def _relations_for(preset: str, speech: bool | None) -> bool:
+    """Whether a plan may hold the relations stage: it trains the text expert alone, so the preset needs an und
+    expert to hold; the speech demo keeps its measured stages."""
+    from omniar.omni.model import omni_preset
+
+    return not speech and "und" in (omni_preset(preset).decoder.get("experts") or ())
+
+
+def _mean_step(step_seconds: dict[str, float]) -> float:
+    """The seconds of the stages' mean training step (45 / 40 / 15% of the steps)."""
+    return sum(share * step_seconds[name] for name, share in _SPLIT.items())
+
+
+def _relation_cost(step_seconds: dict[str, float]) -> float:
+    """A relations step in the stages' mean steps: as timed, else `RELATION_STEP_COST`."""
+    return step_seconds["relations"] / _mean_step(step_seconds) if "relations" in step_seconds else RELATION_STEP_COST
+
+
+def _stages(train: int, relations: float | None = RELATION_STEP_COST) -> dict[str, int]:
+    """`train` steps' worth of the stages in their order: 45 / 40 / 15%, and with `relations` (a relations step's
+    cost in their mean steps) the curriculum's `RELATION_STEPS` after stage 3, paid from the stages' steps in
+    proportion where it costs at most `RELATION_SHARE` of them."""
+    paid = round(RELATION_STEPS * relations) if relations is not None else 0
+    if relations is not None and paid > RELATION_SHARE * train:
+        paid = 0
+    stages = {"stage1": round(_SPLIT["stage1"] * (train - paid)), "stage2": round(_SPLIT["stage2"] * (train - paid))}
+    stages["stage3"] = train - paid - sum(stages.values())
+    if paid:
+        stages["relations"] = RELATION_STEPS
     return stages
 
 
@@ -204,6 +249,12 @@ DEMO_DISTILL = {"onecat-tiny": 3.0, "ar-omni-tiny": 3.0}
 # features): text-to-image alone, 600 steps, 1,000 validation prompts: 0.113 plain, 0.184 / 0.195 / 0.191 at
 # weight 0.5 / 2 / 6 (BENCHMARKS.md, "A latent that knows shapes"); the other presets were not measured with it
 DEMO_ALIGN = {"onecat-tiny": 2.0}
+
+
+def stage_batch(recipe: Recipe, examples_per_step: int) -> int:
+    """A stage's examples per step in a plan of `examples_per_step`: the recipe's own, scaled by the plan's batch
+    against the default (16), so a stage that asks more (the relations curriculum) keeps its ratio."""
+    return max(1, round(recipe.examples_per_step * examples_per_step / DEFAULT_BATCH))
 
 
 def image_tokenizer_config(config) -> ImageTokenizerConfig:
@@ -252,8 +303,9 @@ def measure_step_seconds(preset: str = "onecat-tiny", overrides: dict | None = N
                       TextTokenizer.train(list(world_text(text_samples))), ImageTokenizer(image)).to(device)
     seconds, by_mix = {}, {}
     for name in stages:
-        recipe = dataclasses.replace(STAGES[name], examples_per_step=examples_per_step,
-                                     steps=warmup + max(1, steps // 4) + steps, distill=distill)
+        recipe = dataclasses.replace(STAGES[name], examples_per_step=stage_batch(STAGES[name], examples_per_step),
+                                     steps=warmup + max(1, steps // 4) + steps,
+                                     distill=0.0 if STAGES[name].relations else distill)  # as the demo trains it
         mix = json.dumps([recipe.tasks, recipe.questions], sort_keys=True)
         if mix not in by_mix:
             with tempfile.TemporaryDirectory() as tmp:
@@ -513,14 +565,15 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
         base_key.update(teacher=_digest(teacher_key), distill=plan.distill)
     if plan.speech:
         base_key.update(speech=_digest(codec_key))
-    stages = {name: dataclasses.replace(recipe, examples_per_step=plan.examples_per_step,
+    stages = {name: dataclasses.replace(recipe, examples_per_step=stage_batch(recipe, plan.examples_per_step),
                                         distill=plan.distill if name in plan.distill_stages and teacher is not None
                                         else 0.0)
               for name, recipe in (with_speech(STAGES) if plan.speech else STAGES).items()}
     previous, key = None, base_key
     for name, n in plan.stage_steps.items():
         # the stage's recipe is in its key: a changed task mix, rate or reweighting retrains from that stage on
-        recipe = {k: v for k, v in dataclasses.asdict(stages[name]).items() if k != "steps"}
+        # (an option left at None is left out, so a new option keeps the stages that do not use it cached)
+        recipe = {k: v for k, v in dataclasses.asdict(stages[name]).items() if k != "steps" and v is not None}
         key = {**base_key, "stage": name, "steps": n, "recipe": recipe, "after": _digest(key)}
 
         def train(d: Path, name=name, n=n, previous=previous) -> dict:

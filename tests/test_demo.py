@@ -3,6 +3,7 @@ comes from the checkpoint cache, a stage stopped by Ctrl-C resumes, and the budg
 
 import dataclasses
 import json
+import math
 import os
 import re
 import signal
@@ -64,10 +65,12 @@ def test_demo_runs_every_step_and_a_second_run_comes_from_the_cache(tmp_path, mo
 def test_demo_with_distillation_trains_the_teacher_first(tmp_path, kind, width):
     # the ConvNet also aligns the image tokenizer's latent, so it comes before it; the ViT reads the tokenizer
     align = 1.0 if kind == "conv" else 0.0
-    plan = DemoPlan(**{**TINY.__dict__, "distill": 1.0, "teacher": kind, "teacher_steps": 2, "align": align})
+    stages = {"stage1": 2, "stage2": 2, "stage3": 1, "relations": 2}  # as a plan with the relations curriculum
+    plan = DemoPlan(**{**TINY.__dict__, "distill": 1.0, "teacher": kind, "teacher_steps": 2, "align": align,
+                       "stage_steps": stages})
     report = run_demo(tmp_path / "demo", plan, progress=False, log=lambda s: None)
     order = ["teacher", "image-tokenizer"] if kind == "conv" else ["image-tokenizer", "teacher"]
-    assert list(report["steps"])[2:5] == [*order, "train-stage1"]
+    assert list(report["steps"])[2:8] == [*order, "train-stage1", "train-stage2", "train-stage3", "train-relations"]
     tokenizer = report["steps"]["image-tokenizer"]["dir"]
     metrics = [json.loads(line) for line in open(f"{tokenizer}/metrics.jsonl")]
     assert ("align" in metrics[-1]) == (kind == "conv")
@@ -76,10 +79,10 @@ def test_demo_with_distillation_trains_the_teacher_first(tmp_path, kind, width):
         assert json.loads(open(f"{tokenizer}/checkpoint/config.json").read())["align_width"] == width
     model = OmniModel.from_pretrained(report["checkpoint"])
     assert model.config.distill_dim == width  # the ConvTeacher's / vit-teacher-tiny's feature width
-    for stage in ("stage1", "stage2", "stage3"):  # distilled in every stage (DemoPlan.distill_stages)
+    for stage in stages:  # distilled in every mixed stage (DemoPlan.distill_stages), not in the relations one
         d = report["steps"][f"train-{stage}"]["dir"]
         metrics = [json.loads(line) for line in open(f"{d}/{stage}/metrics.jsonl")]
-        assert "distill" in metrics[-1]
+        assert ("distill" in metrics[-1]) == (stage != "relations")
 
 
 def test_budget_sets_the_step_counts():
@@ -110,7 +113,14 @@ def test_budget_sets_the_step_counts():
 
 
 def test_a_measured_plan_gives_the_stages_the_time_the_other_steps_leave():
-    from omniar.demo import BENCHMARK_COST, FIXED_SECONDS, MARGIN, TEACHER_STEP_COST, TOKENIZER_STEP_COST
+    from omniar.demo import (
+        BENCHMARK_COST,
+        FIXED_SECONDS,
+        MARGIN,
+        RELATION_STEP_COST,
+        TEACHER_STEP_COST,
+        TOKENIZER_STEP_COST,
+    )
 
     reference = DemoPlan.for_budget(45)
     fast = {"stage1": 0.3, "stage2": 0.4, "stage3": 0.4}
@@ -122,12 +132,15 @@ def test_a_measured_plan_gives_the_stages_the_time_the_other_steps_leave():
         # the steps that do not train the model are the reference plan's: their cached products are reused
         assert (plan.tokenizer_steps, plan.teacher_steps, plan.eval_num, plan.heldout_num) == (
             reference.tokenizer_steps, reference.teacher_steps, reference.eval_num, reference.heldout_num)
-        training = sum(plan.stage_steps[s] * seconds[s] for s in seconds)
+        mean = 0.45 * seconds["stage1"] + 0.4 * seconds["stage2"] + 0.15 * seconds["stage3"]
+        cost = {**seconds, "relations": RELATION_STEP_COST * mean}
+        training = sum(n * cost[s] for s, n in plan.stage_steps.items())
         other = FIXED_SECONDS + max(seconds.values()) * (TOKENIZER_STEP_COST * plan.tokenizer_steps
                                                          + TEACHER_STEP_COST * plan.teacher_steps + BENCHMARK_COST)
         # planned to fill the budget (less its margin) within a step
         assert 45 * 60 * MARGIN - max(seconds.values()) < training + other <= 45 * 60 * MARGIN
-        total = sum(plan.stage_steps.values())
+        # 45 / 40 / 15% of the stages' steps (the relations curriculum's time taken from them in proportion)
+        total = sum(n for s, n in plan.stage_steps.items() if s != "relations")
         assert abs(plan.stage_steps["stage1"] - 0.45 * total) <= 1
         assert abs(plan.stage_steps["stage3"] - 0.15 * total) <= 1
     assert sum(plans["fast"].stage_steps.values()) > 2 * sum(plans["slow"].stage_steps.values())
@@ -144,13 +157,14 @@ def test_a_measured_plan_gives_the_stages_the_time_the_other_steps_leave():
         DemoPlan.for_budget(45, step_seconds=fast, speech=True)
     with pytest.raises(ValueError, match="each of stage1, stage2 and stage3"):
         DemoPlan.for_budget(45, step_seconds={"stage1": 0.3})
-    with pytest.raises(ValueError, match="may time image-tokenizer and teacher"):
+    with pytest.raises(ValueError, match="may time relations, image-tokenizer and teacher"):
         DemoPlan.for_budget(45, step_seconds={**fast, "codec": 0.1})
     # timed tokenizer and teacher steps replace their ratios to a training step: the stages get what they leave
     timed = {**slow, "image-tokenizer": 0.3, "teacher": 0.05}
     plan = DemoPlan.for_budget(45, step_seconds=timed)
     other = FIXED_SECONDS + 0.3 * plan.tokenizer_steps + 0.05 * plan.teacher_steps + 0.8 * BENCHMARK_COST
-    training = sum(plan.stage_steps[s] * slow[s] for s in slow)
+    cost = {**slow, "relations": RELATION_STEP_COST * (0.45 * slow["stage1"] + 0.55 * slow["stage2"])}
+    training = sum(n * cost[s] for s, n in plan.stage_steps.items())
     assert 45 * 60 * MARGIN - 0.8 < training + other <= 45 * 60 * MARGIN
     assert sum(plan.stage_steps.values()) > sum(plans["slow"].stage_steps.values())  # 0.3 < 0.6 x 0.8 s
     # the plan's own account of its time is what it planned
@@ -177,7 +191,7 @@ def test_on_a_slow_machine_the_tokenizer_and_teacher_leave_the_model_half_its_ti
     assert PREP_SHARE * model_time - 1.2 < tight_prep <= PREP_SHARE * model_time
     assert plan.tokenizer_images == min(reference.tokenizer_images, 32 * plan.tokenizer_steps)
     rows = {part: (steps, seconds) for part, steps, seconds in plan.schedule()}
-    training = sum(rows[s][1] for s in ("stage1", "stage2", "stage3"))
+    training = sum(rows[s][1] for s in plan.stage_steps)
     assert model_time - prep - 2.48 < training <= model_time - prep
     assert 45 * 60 * MARGIN - 2.48 < sum(seconds for _, seconds in rows.values()) <= 45 * 60 * MARGIN
     # a machine where they fit keeps the reference counts (and their cached products)
@@ -254,6 +268,7 @@ def test_speech_stages_mix_the_speech_tasks_in():
     from omniar.omni.train import STAGES, with_speech
 
     stages = with_speech(STAGES, share=0.3)
+    assert stages.pop("relations") == STAGES["relations"]  # the curriculum stays one (and the speech demo skips it)
     for i, (name, recipe) in enumerate(stages.items()):
         speech = {t: w for t, w in recipe.tasks.items() if t in ("tts", "asr", "svqa")}
         assert sum(speech.values()) == pytest.approx(0.3) and sum(recipe.tasks.values()) == pytest.approx(1.0)
@@ -266,6 +281,7 @@ def test_speech_stages_mix_the_speech_tasks_in():
     assert DemoPlan.for_budget(45, speech=True).codec_steps == 1296
     assert sum(DemoPlan.for_budget(45, speech=True).stage_steps.values()) < sum(
         DemoPlan.for_budget(45).stage_steps.values())
+    assert "relations" not in DemoPlan.for_budget(90, speech=True).stage_steps
 
 
 def test_demo_plan_prints_each_part_and_trains_nothing(tmp_path, monkeypatch, capsys):
@@ -282,6 +298,12 @@ def test_demo_plan_prints_each_part_and_trains_nothing(tmp_path, monkeypatch, ca
     assert f"| total | | {sum(s for *_, s in rows) / 60:.1f} |" in out
     assert "(the step times given;" in out  # not "timed here": nothing was
     assert not (tmp_path / "demo").exists()
+    main(["demo", "--out", str(tmp_path / "demo"), "--plan", "--step-seconds", "0.32", "0.4", "0.4", "0.1"])
+    plan = DemoPlan.for_budget(45, step_seconds={"stage1": 0.32, "stage2": 0.4, "stage3": 0.4, "relations": 0.1})
+    steps = plan.stage_steps["relations"]
+    assert f"| relations | {steps} | {0.1 * steps / 60:.1f} |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="3 or 4 times"):
+        main(["demo", "--out", str(tmp_path / "demo"), "--plan", "--step-seconds", "2.1", "2.48"])
 
 
 def test_a_stage_stopped_by_ctrl_c_resumes_to_the_model_of_an_uninterrupted_run(tmp_path, monkeypatch):
@@ -330,3 +352,30 @@ def test_a_cached_step_counts_the_time_of_every_attempt(tmp_path, monkeypatch):
     d, summary, cached = store.run("stage", {"a": 1}, build)
     assert summary == {"steps": 3, "seconds": 42.5} and not cached and not (d / "spent.json").exists()
     assert store.run("stage", {"a": 1}, build)[1:] == (summary, True) and len(calls) == 2
+
+
+def test_the_relations_curriculum_runs_last_where_the_plan_trains_long_enough():
+    from omniar.demo import RELATION_SHARE, RELATION_STEP_COST, RELATION_STEPS, _stages
+
+    # the reference plan (the Intel machines' step times): the stages pay for the curriculum in proportion
+    seconds = {"stage1": 0.32, "stage2": 0.4, "stage3": 0.4}
+    plan = DemoPlan.for_budget(45, step_seconds=seconds)
+    paid = round(RELATION_STEPS * RELATION_STEP_COST)
+    assert list(plan.stage_steps) == ["stage1", "stage2", "stage3", "relations"]
+    assert plan.stage_steps == {**_stages(sum(plan.stage_steps.values()) - RELATION_STEPS, None),
+                                "relations": RELATION_STEPS}
+    assert sum(_stages(5000, None).values()) - sum(n for s, n in _stages(5000).items() if s != "relations") == paid
+    # a timed relations step sets its cost; a plan too short for it (a slow machine, or the speech demo) has none
+    timed = DemoPlan.for_budget(45, step_seconds={**seconds, "relations": 0.1})
+    mean = 0.45 * 0.32 + 0.55 * 0.4
+    stages = sum(n for s, n in timed.stage_steps.items() if s != "relations")
+    assert stages - sum(n for s, n in plan.stage_steps.items() if s != "relations") == paid - round(
+        RELATION_STEPS * 0.1 / mean)
+    slow = DemoPlan.for_budget(45, step_seconds={"stage1": 1.6, "stage2": 2.0, "stage3": 2.0})
+    assert "relations" not in slow.stage_steps and "relations" not in DemoPlan.for_budget(90, speech=True).stage_steps
+    # the stage trains the text expert alone: a dense preset has no understanding expert to hold
+    assert "relations" not in DemoPlan.for_budget(45, step_seconds=seconds, preset="ar-omni-tiny").stage_steps
+    just = math.ceil(paid / RELATION_SHARE)  # the fewest training steps of which it takes at most its share
+    assert "relations" not in _stages(just - 1) and _stages(just)["relations"] == RELATION_STEPS
+    rows = {part: (steps, seconds) for part, steps, seconds in plan.schedule()}
+    assert rows["relations"] == (RELATION_STEPS, pytest.approx(RELATION_STEPS * RELATION_STEP_COST * mean))

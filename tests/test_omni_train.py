@@ -1,14 +1,47 @@
 """Training an OmniModel on ShapeWorld: task mixing, resume == uninterrupted, recipe errors."""
 
+import dataclasses
+import random
+import re
+
+import numpy as np
 import pytest
 import torch
 
 from omniar.omni.model import OmniModel
-from omniar.omni.train import Recipe, examples_for_step, shapeworld_example, train_omni
+from omniar.omni.train import (
+    STAGES,
+    Recipe,
+    RelationCurriculum,
+    examples_for_step,
+    shapeworld_example,
+    train_omni,
+    with_speech,
+)
 from tests.test_omni_model import tiny_model
 
 TINY = dict(tasks={"t2i": 1, "caption": 1, "vqa": 1, "edit": 1, "text": 1}, examples_per_step=4, steps=6, lr=2e-3,
             warmup=2)
+
+
+def answer(question, objs):
+    """An answerer of our own for the five question forms."""
+    from omniar.data.shapeworld.judge import relation_holds
+    from omniar.data.shapeworld.tasks import NUMBER_WORDS
+
+    if m := re.fullmatch(r"what color is the (\w+)\?", question):
+        return [o.color for o in objs if o.shape == m[1]][0]
+    if m := re.fullmatch(r"what shape is the (\w+) object\?", question):
+        return [o.shape for o in objs if o.color == m[1]][0]
+    if m := re.fullmatch(r"how many (\w+) objects are there\?", question):
+        return NUMBER_WORDS[sum(o.color == m[1] for o in objs)]
+    if m := re.fullmatch(r"how many (\w+)s are there\?", question):
+        return NUMBER_WORDS[sum(o.shape == m[1] for o in objs)]
+    if m := re.fullmatch(r"is there an? (\w+) (\w+)\?", question):
+        return "yes" if any((o.color, o.shape) == (m[1], m[2]) for o in objs) else "no"
+    m = re.fullmatch(r"is the (\w+) (\w+) (.+) the (\w+) (\w+)\?", question)
+    a, b = ([o for o in objs if (o.color, o.shape) == (m[i], m[i + 1])][0] for i in (1, 4))
+    return "yes" if relation_holds(a, b, m[3]) else "no"
 
 
 def test_examples_follow_the_ratios_and_are_a_function_of_the_step():
@@ -40,6 +73,8 @@ def test_recipe_errors():
         Recipe(tasks={"t2i": 0.0})
     with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
         Recipe(optimizer="sgd")
+    with pytest.raises(ValueError, match="decay_steps"):
+        Recipe(decay_steps=0)
 
 
 def test_shards_partition_the_step_with_balanced_work():
@@ -54,27 +89,8 @@ def test_shards_partition_the_step_with_balanced_work():
 
 def test_vqa_examples_ask_more_questions_about_the_same_scene():
     """Further questions are distinct, reproducible, answered by the scene and free of held-out pairs."""
-    import re
-
     from omniar.data.shapeworld.dataset import make_sample, mentions_held_out, more_questions
-    from omniar.data.shapeworld.judge import relation_holds
     from omniar.data.shapeworld.scene import Scene
-    from omniar.data.shapeworld.tasks import NUMBER_WORDS
-
-    def answer(question, objs):  # an answerer of our own for the five question forms
-        if m := re.fullmatch(r"what color is the (\w+)\?", question):
-            return [o.color for o in objs if o.shape == m[1]][0]
-        if m := re.fullmatch(r"what shape is the (\w+) object\?", question):
-            return [o.shape for o in objs if o.color == m[1]][0]
-        if m := re.fullmatch(r"how many (\w+) objects are there\?", question):
-            return NUMBER_WORDS[sum(o.color == m[1] for o in objs)]
-        if m := re.fullmatch(r"how many (\w+)s are there\?", question):
-            return NUMBER_WORDS[sum(o.shape == m[1] for o in objs)]
-        if m := re.fullmatch(r"is there an? (\w+) (\w+)\?", question):
-            return "yes" if any((o.color, o.shape) == (m[1], m[2]) for o in objs) else "no"
-        m = re.fullmatch(r"is the (\w+) (\w+) (.+) the (\w+) (\w+)\?", question)
-        a, b = ([o for o in objs if (o.color, o.shape) == (m[i], m[i + 1])][0] for i in (1, 4))
-        return "yes" if relation_holds(a, b, m[3]) else "no"
 
     asked = 0
     for i in range(100):
@@ -94,3 +110,100 @@ def test_vqa_examples_ask_more_questions_about_the_same_scene():
     assert shapeworld_example("vqa", 0, 32).turns == ()
     with pytest.raises(ValueError, match="questions"):
         Recipe(questions=0)
+
+
+def test_the_relations_curriculum_brings_in_one_relation_at_a_time():
+    """Its phases against the rule written out, over the steps and the per-question draws."""
+    cur, draws = RelationCurriculum(above=20, mirrors=40, full=70), np.arange(1000) / 1000
+    for step in range(101):
+        asked = [cur.relations(step, d) for d in draws]
+        if step < 20:
+            assert set(asked) == {("left of",)}
+        elif step < 40:
+            assert set(asked) == {("left of", "above")}
+        else:
+            mirrored = sum(r == ("right of", "below") for r in asked) / len(asked)
+            assert set(asked) <= {("left of", "above"), ("right of", "below")}
+            assert mirrored == pytest.approx(0.5 * min(1.0, (step - 40) / 30), abs=1.5e-3), step
+    for bad in (dict(above=50, mirrors=40), dict(mirrors=2000), dict(above=-1)):
+        with pytest.raises(ValueError, match="phases"):
+            RelationCurriculum(**bad)
+
+
+def test_a_relations_recipe_asks_position_questions_of_its_phase():
+    """Each vqa example asks one question of the phase's relations, free of held-out pairs, about its own scene
+    (the sample's, or the next one with such a pair: found by its render), answered right; the draws of tasks and
+    samples are the plain recipe's."""
+    from omniar.data.shapeworld.dataset import make_sample, mentions_held_out
+    from omniar.data.shapeworld.render import render
+    from omniar.data.shapeworld.scene import Scene
+    from omniar.data.shapeworld.tasks import sample_qa
+
+    question = re.compile(r"is the \w+ \w+ (.+) the \w+ \w+\?")
+    recipe = dataclasses.replace(STAGES["relations"], tasks={"vqa": 3, "t2i": 1}, steps=100, examples_per_step=12,
+                                 questions=1, relations=RelationCurriculum(above=20, mirrors=40, full=70))
+    seen = set()
+    phases = ((0, {"left of"}), (30, {"left of", "above"}), (99, {"left of", "above", "right of", "below"}))
+    for step, allowed in phases:
+        examples = examples_for_step(recipe, step, 32)
+        plain = examples_for_step(dataclasses.replace(recipe, relations=None), step, 32)
+        assert [x.task for x in examples] == [x.task for x in plain] and "vqa" in {x.task for x in plain}
+        for ex, base in zip(examples, plain):
+            if ex.task != "vqa":
+                assert ex.text == base.text and np.array_equal(ex.image, base.image)
+                continue
+            m = question.fullmatch(ex.text)
+            assert m and m[1] in allowed and ex.turns == () and not mentions_held_out(ex.text), ex.text
+            seen.add(m[1])
+    assert {"left of", "above"} < seen  # and a mirror by the last phase
+    for i in range(40):
+        relations = (("left of",), ("above", "below"))[i % 2]
+        ex = shapeworld_example("vqa", i, 32, relations=relations)
+        assert question.fullmatch(ex.text)[1] in relations
+        scenes = (Scene.from_dict(make_sample("train", j)["scene"]) for j in range(i, i + 100))
+        scene = next(sc for sc in scenes if np.array_equal(render(sc, 32), ex.image))
+        assert ex.answer == answer(ex.text, scene.objects), ex.text
+    with pytest.raises(ValueError, match="unknown relation"):
+        sample_qa(Scene([]), random.Random(0), "position", ("beside",))
+    assert with_speech(STAGES)["relations"] == STAGES["relations"]
+
+
+def test_a_recipe_can_hold_parameters_fixed_for_its_stage(tmp_path):
+    """Frozen parameters stay bit for bit what they were (no update, no weight decay) and train again after."""
+    model = tiny_model(seed=2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    recipe = Recipe(**{**TINY, "steps": 3}, freeze=("decoder.embed.*", "decoder.blocks.*_norm.*"))
+    train_omni(model, tmp_path / "a", recipe, progress=False)
+    after = dict(model.named_parameters())
+    norm = re.compile(r"decoder\.blocks\.\d+\.\w+_norm\..*")
+    frozen = [n for n in before if n.startswith("decoder.embed.") or norm.fullmatch(n)]
+    assert frozen and all(torch.equal(before[n], after[n]) for n in frozen)
+    rest = [n for n in after if n.startswith("decoder.blocks.") and n not in frozen]
+    assert any(not torch.equal(before[n], after[n]) for n in rest)  # the rest trained
+    assert all(p.requires_grad for n, p in model.named_parameters() if n in frozen)
+    with pytest.raises(ValueError, match="name none of the model's trainable parameters"):
+        train_omni(model, tmp_path / "b", Recipe(**TINY, freeze=("decoder.embeddings.*",)), progress=False)
+    # {name} stands for the index of the expert of that name (experts text, und, gen: und is 1)
+    model = tiny_model(seed=2, expert_attention=True)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_omni(model, tmp_path / "c", Recipe(**{**TINY, "steps": 3}, freeze=STAGES["relations"].freeze),
+               progress=False)
+    after = dict(model.named_parameters())
+    und = [n for n in after if re.search(r"\.(qkv|o|experts)\.1\.", n) or n.startswith("patch_embed.")]
+    assert und and all(torch.equal(before[n], after[n]) for n in und)
+    assert any(not torch.equal(before[n], after[n]) for n in after if re.search(r"\.experts\.0\.", n))
+    with pytest.raises(ValueError, match="freezes the vision expert, which this model does not have"):
+        train_omni(model, tmp_path / "d", Recipe(**TINY, freeze=("decoder.blocks.*.experts.{vision}.*",)),
+                   progress=False)
+
+
+def test_a_relations_share_leaves_the_other_vqa_examples_their_own_questions():
+    recipe = Recipe(tasks={"vqa": 1.0}, examples_per_step=400, steps=10, questions=2,
+                    relations=RelationCurriculum(share=0.25))
+    examples = examples_for_step(recipe, 9, 16)
+    plain = examples_for_step(dataclasses.replace(recipe, relations=None), 9, 16)
+    own = [a for a, b in zip(examples, plain) if (a.text, a.answer, a.turns) == (b.text, b.answer, b.turns)]
+    assert 0.68 < len(own) / 400 < 0.82  # three quarters ask the sample's own questions (with its further ones)
+    assert all(not x.turns for x in examples if not any(x is o for o in own))  # a relation question is asked alone
+    with pytest.raises(ValueError, match="share"):
+        RelationCurriculum(share=0.0)

@@ -2,6 +2,7 @@
 never torn, demo and CLI run."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -166,6 +167,24 @@ def test_resume_from_a_directory_without_trainer_state_is_named(tmp_path):
     t.model.save_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="not a training checkpoint"):
         t.resume(tmp_path)
+
+
+def test_warmup_stable_decay_holds_the_rate_until_its_last_steps():
+    from omniar.train.trainer import TrainConfig
+
+    cosine = TrainConfig(steps=100, lr=1.0, warmup=10, min_lr_ratio=0.1)
+    wsd = TrainConfig(steps=100, lr=1.0, warmup=10, min_lr_ratio=0.1, decay_steps=30)
+    assert [wsd.lr_at(s) for s in range(10)] == [cosine.lr_at(s) for s in range(10)]  # the same warm-up
+    assert all(wsd.lr_at(s) == 1.0 for s in range(10, 71))
+    tail = [wsd.lr_at(s) for s in range(70, 100)]
+    assert all(a > b for a, b in zip(tail, tail[1:])) and tail[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(
+        math.pi * 29 / 30)))
+    # the decay is the plain cosine's shape over its own steps
+    short = TrainConfig(steps=30, lr=1.0, warmup=0, min_lr_ratio=0.1)
+    assert tail == pytest.approx([short.lr_at(s) for s in range(30)])
+    # more decay steps than steps after the warm-up: the plain cosine
+    longer = TrainConfig(steps=100, lr=1.0, warmup=10, min_lr_ratio=0.1, decay_steps=500)
+    assert [longer.lr_at(s) for s in range(100)] == [cosine.lr_at(s) for s in range(100)]
 
 
 def test_weighted_cross_entropy_is_the_weighted_mean():

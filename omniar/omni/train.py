@@ -12,6 +12,8 @@ bits. Speech tasks (tts, asr, svqa) need a model with a speech codec; their spee
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import random
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,36 @@ from omniar.omni.model import SPEECH_TASKS, TASKS, Example, OmniModel, Reweighti
 from omniar.tokenizers.speech import SpeechCodec
 from omniar.train.parallel import DataParallel
 from omniar.train.trainer import OPTIMIZERS, TrainConfig, Trainer
+
+
+@dataclass(frozen=True)
+class RelationCurriculum:
+    """Position questions ("is the red circle left of the blue square?") taught one relation at a time, by the
+    recipe's step: "left of" alone until step `above`, then "above" beside it, then from step `mirrors` on "right
+    of" and "below" ramped in until they are half of the questions at step `full`. Taught all four at once, or
+    inside the mixed stages, the model stays at chance (answering "yes" or "no" to every question); taught in this
+    order to a trained model's text expert, 1,500 steps reach 0.97 (BENCHMARKS.md, "Relations")."""
+
+    above: int = 300
+    mirrors: int = 600
+    full: int = 1050
+    share: float = 1.0  # of the vqa examples ask a relation question; the others their sample's own questions
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.above <= self.mirrors <= self.full:
+            raise ValueError(f"the curriculum's phases must satisfy 0 <= above <= mirrors <= full, got "
+                             f"{self.above}, {self.mirrors}, {self.full}")
+        if not 0 < self.share <= 1:
+            raise ValueError(f"share (of the vqa examples asking a relation) must be in (0, 1], got {self.share}")
+
+    def relations(self, step: int, draw: float) -> tuple[str, ...]:
+        """The relations one question may ask about at `step`, `draw` uniform in [0, 1)."""
+        if step < self.above:
+            return ("left of",)
+        if step < self.mirrors:
+            return ("left of", "above")
+        mirrored = 0.5 * min(1.0, (step - self.mirrors) / max(self.full - self.mirrors, 1e-9))
+        return ("right of", "below") if draw < mirrored else ("left of", "above")
 
 
 @dataclass
@@ -45,6 +77,8 @@ class Recipe:
     optimizer: str = "muon"
     pack: bool = True  # short examples share rows (documents isolated by the mask): less padding
     distill: float = 0.0  # weight of understanding distillation (needs a teacher; omni/teacher.py)
+    # None: a cosine over the steps after the warm-up; n: lr held until the last n steps, the cosine over those
+    decay_steps: int | None = None
     # questions per vqa image: the sample's own, then further ones about the same scene as later turns (each read
     # image then teaches several answers for ~10 positions more per question)
     questions: int = 1
@@ -54,6 +88,11 @@ class Recipe:
     # process (~30 ms) when first drawn and then served from memory. Too small a pool is memorized: 4,000
     # utterances heard ~14 times each took the TTS loss to 0.008 and doubled the test WER (BENCHMARKS.md)
     speech_pool: int = 20_000
+    # not None: vqa examples ask one position question about their image (`share` of them), by this curriculum
+    relations: RelationCurriculum | None = None
+    # parameters held fixed in this stage: fnmatch patterns of their names, e.g. "decoder.embed.*", where {und}
+    # stands for the index of the expert named und
+    freeze: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= self.examples_per_step:
@@ -66,23 +105,39 @@ class Recipe:
             raise ValueError(f"questions (per vqa image) must be >= 1, got {self.questions}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+        if self.decay_steps is not None and self.decay_steps < 1:  # more than the steps: all of them decay
+            raise ValueError(f"decay_steps must be >= 1 (or None), got {self.decay_steps}")
         if self.speech_pool < 1:
             raise ValueError(f"speech_pool must be >= 1, got {self.speech_pool}")
         if not self.tasks or min(self.tasks.values()) < 0 or sum(self.tasks.values()) <= 0:
             raise ValueError(f"task ratios must be >= 0 with a positive sum, got {self.tasks}")
 
 
+# the parameters every task reads: the token embeddings (tied to the text head) and the norms
+SHARED = ("decoder.embed.*", "decoder.norm.*", "decoder.blocks.*_norm.*")
+# the understanding path, which edits read their reference image by: the patch embedding and the und expert
+UNDERSTANDING = ("patch_embed.*", "decoder.feature_proj.image_und.*", "decoder.blocks.*.mixer.qkv.{und}.*",
+                 "decoder.blocks.*.mixer.o.{und}.*", "decoder.blocks.*.ffn.experts.{und}.*")
+
 # OneCAT's staged recipe on ShapeWorld (each stage starts from the previous stage's weights with a fresh optimizer):
 # stage 1 pretrains generation with captioning and some VQA beside it (the understanding path learns to read images
 # and to find the objects a question names); stage 2 is unified mid-training on every task; stage 3 fine-tunes on
 # the same mixture at a lower learning rate. Every stage asks four questions per VQA image (VQA alone, 1,000 steps:
-# 0.625 -> 0.73, BENCHMARKS.md). `steps` here are placeholders: `train_stages` (and `omniar demo --budget`) set them;
-# stages 2 and 3 use the default mix.
+# 0.625 -> 0.73, BENCHMARKS.md). "relations" (after stage 3; last in this dict so that the other stages keep their
+# seeds, which follow the order here) teaches the position questions by their curriculum, most of each step's
+# images asking one, the rest the sample's own questions or a caption so that the other answers stay; the
+# parameters every task shares (token embeddings, norms) and the understanding path are held, so only the text
+# expert learns and text-to-image and edits draw what they drew before, bit for bit (BENCHMARKS.md "Relations").
+# `steps` here are placeholders: `train_stages` (and `omniar demo --budget`) set them; stages 2 and 3 use the
+# default mix.
 STAGES: dict[str, Recipe] = {
     "stage1": Recipe(tasks={"t2i": 0.5, "caption": 0.25, "vqa": 0.15, "text": 0.1}, lr=2e-3, min_lr_ratio=0.5,
                      warmup=50, questions=4),
     "stage2": Recipe(lr=1.5e-3, min_lr_ratio=0.2, warmup=20, questions=4),
     "stage3": Recipe(lr=5e-4, min_lr_ratio=0.1, warmup=10, questions=4),
+    "relations": Recipe(tasks={"vqa": 0.85, "caption": 0.15}, examples_per_step=24, lr=1e-3, min_lr_ratio=0.1,
+                        warmup=10, decay_steps=300, questions=4, relations=RelationCurriculum(share=0.8),
+                        freeze=SHARED + UNDERSTANDING),
 }
 
 
@@ -93,11 +148,15 @@ AR_OMNI_REWEIGHT = Reweighting(tail=4, tail_weight=2.0)
 def with_speech(stages: dict[str, Recipe], share: float = 0.3,
                 reweight: Reweighting | None = AR_OMNI_REWEIGHT) -> dict[str, Recipe]:
     """The stage recipes with AR-Omni's speech tasks mixed in at `share` of each stage's examples: text-to-speech
-    and recognition (and, after stage 1, spoken questions), the other tasks scaled down to make room; with AR-Omni's
-    task-aware `reweight` (by default the last 4 target tokens of captioning and recognition weighted 2.0, which
-    more than doubled correct captions in its ablation, BENCHMARKS.md), or None to keep each recipe's own."""
+    and recognition (and, after stage 1, spoken questions), the other tasks scaled down to make room (a relations
+    curriculum is left as it is); with AR-Omni's task-aware `reweight` (by default the last 4 target tokens of
+    captioning and recognition weighted 2.0, which more than doubled correct captions in its ablation,
+    BENCHMARKS.md), or None to keep each recipe's own."""
     out = {}
     for i, (name, recipe) in enumerate(stages.items()):
+        if recipe.relations is not None:  # a curriculum of position questions stays one
+            out[name] = recipe
+            continue
         total = sum(recipe.tasks.values())
         speech = {"tts": 0.4, "asr": 0.4, "svqa": 0.2} if i else {"tts": 0.5, "asr": 0.5}
         tasks = {t: (1 - share) * w / total for t, w in recipe.tasks.items()}
@@ -107,9 +166,11 @@ def with_speech(stages: dict[str, Recipe], share: float = 0.3,
 
 
 def shapeworld_example(task: str, index: int, side: int, split: str = "train",
-                       speech: SpeechCodec | None = None, questions: int = 1) -> Example:
+                       speech: SpeechCodec | None = None, questions: int = 1,
+                       relations: tuple[str, ...] | None = None) -> Example:
     """The ShapeWorld sample `index` of `split` as an example of `task` (the next sample with an edit, for edit);
-    a vqa example asks up to `questions` different questions about its image, one per turn.
+    a vqa example asks up to `questions` different questions about its image, one per turn, or with `relations`
+    one position question about one of them (the next sample whose scene has such a pair).
     Speech tasks speak the sample's text (espeak-ng) and encode it with the `speech` codec: tts the caption in the
     narrator's voice (the model's own voice: a single-speaker TTS), asr and s2i the caption, svqa the question,
     chat the question and the answer in the sample's voice (listening covers every voice)."""
@@ -121,6 +182,8 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train",
     while task == "edit" and s["edit"] is None:
         index += 1
         s = make_sample(split, index)
+    if task == "vqa" and relations is not None:
+        return _relation_example(split, index, side, relations)
     if task in SPEECH_TASKS:
         if speech is None:
             raise ValueError(f"a {task} example needs a speech codec to encode its speech")
@@ -153,6 +216,23 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train",
         return Example("edit", s["edit"]["instruction"], image=target, source=image,
                        grounding=named_object(s["edit"]["instruction"], Scene.from_dict(s["scene"]), side))
     return Example("text", f"{s['caption']}. {s['question']} {s['answer']}.")
+
+
+def _relation_example(split: str, index: int, side: int, relations: tuple[str, ...]) -> Example:
+    from omniar.data.shapeworld.dataset import make_sample, mentions_held_out
+    from omniar.data.shapeworld.render import render
+    from omniar.data.shapeworld.scene import Scene
+    from omniar.data.shapeworld.tasks import sample_qa
+
+    for i in range(index, index + 1000):
+        scene = Scene.from_dict(make_sample(split, i)["scene"])
+        try:
+            qa = sample_qa(scene, random.Random(f"shapeworld/{split}/{i}/relation"), "position", relations)
+        except ValueError:  # no pair of named objects in one of these relations
+            continue
+        if split == "heldout" or not mentions_held_out(qa.question):
+            return Example("vqa", qa.question, answer=qa.answer, image=render(scene, side))
+    raise ValueError(f"no scene of {split} samples {index}-{index + 999} has a pair in relations {relations}")
 
 
 def named_object(instruction: str, scene, side: int) -> np.ndarray:
@@ -198,6 +278,11 @@ def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool:
     p = np.array([recipe.tasks[t] for t in names], dtype=float)
     tasks = rng.choice(names, size=recipe.examples_per_step, p=p / p.sum())
     picks = [(t, int(rng.integers(recipe.speech_pool if t in SPEECH_TASKS else pool))) for t in tasks]
+    relations = [None] * len(picks)
+    if recipe.relations is not None:  # drawn apart, so the picks stay those of the same recipe without
+        draws = np.random.default_rng([seed, step, 7]).random((len(picks), 2))
+        relations = [recipe.relations.relations(step, d) if t == "vqa" and asks < recipe.relations.share
+                     else None for (t, _), (asks, d) in zip(picks, draws)]
     if shards > 1:
         # each further question about a vqa image adds ~10 positions to its ~70 (BENCHMARKS.md, "More questions")
         cost = {**_COST, "vqa": _COST["vqa"] * (1 + 0.13 * (recipe.questions - 1))}
@@ -207,8 +292,9 @@ def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool:
             load[lightest] += cost[picks[i][0]]
             if lightest == shard:
                 mine.append(i)
-        picks = [picks[i] for i in sorted(mine)]
-    return [shapeworld_example(t, index, side, speech=speech, questions=recipe.questions) for t, index in picks]
+        picks, relations = [picks[i] for i in sorted(mine)], [relations[i] for i in sorted(mine)]
+    return [shapeworld_example(t, index, side, speech=speech, questions=recipe.questions, relations=r)
+            for (t, index), r in zip(picks, relations)]
 
 
 def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, seed: int = 0,
@@ -216,7 +302,8 @@ def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, 
                teacher: nn.Module | None = None, parallel: DataParallel | None = None) -> list[dict]:
     """Train `model` on ShapeWorld by `recipe`; writes out/checkpoint (model, optimizer, step) and metrics.jsonl.
     Resumes from out/checkpoint when it holds a training state. A recipe with `distill` > 0 needs the `teacher`
-    (frozen) whose understanding features the student's image positions learn to match. Under data parallelism
+    (frozen) whose understanding features the student's image positions learn to match; the parameters the recipe
+    freezes stay as they are (and train again after). Under data parallelism
     every process calls this with its `parallel`; `recipe.shards` must be a multiple of the process count."""
     recipe = recipe or Recipe()
     out = Path(out)
@@ -241,14 +328,30 @@ def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, 
                                      speech=model.speech_codec)
         return model.batch(examples, generator=g, pack=recipe.pack, teacher=teacher, reweight=recipe.reweight)
 
-    trainer = Trainer(model, batch_for_step, TrainConfig(steps=recipe.steps, lr=recipe.lr, warmup=recipe.warmup,
-                                                         min_lr_ratio=recipe.min_lr_ratio, log_every=10,
-                                                         optimizer=recipe.optimizer),
-                      out_dir=out, progress=progress, loss_fn=lambda m, b: m.loss(*b, distill_weight=recipe.distill),
-                      shards=recipe.shards, parallel=parallel)
-    if resume and (out / "checkpoint" / "trainer.json").is_file():
-        trainer.resume(out / "checkpoint")
-    return trainer.fit(until)
+    experts = {name: i for i, name in enumerate(model.decoder.config.experts)}
+    try:
+        patterns = [pattern.format(**experts) for pattern in recipe.freeze or ()]
+    except KeyError as e:
+        raise ValueError(f"the recipe freezes the {e.args[0]} expert, which this model does not have (experts: "
+                         f"{', '.join(experts)})") from None
+    frozen = [p for name, p in model.named_parameters()
+              if p.requires_grad and any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)]
+    if recipe.freeze and not frozen:
+        raise ValueError(f"the recipe freezes {recipe.freeze}, which name none of the model's trainable parameters")
+    for p in frozen:  # out of the optimizer (and its weight decay) for this stage only
+        p.requires_grad_(False)
+    try:
+        config = TrainConfig(steps=recipe.steps, lr=recipe.lr, warmup=recipe.warmup, min_lr_ratio=recipe.min_lr_ratio,
+                             log_every=10, optimizer=recipe.optimizer, decay_steps=recipe.decay_steps)
+        trainer = Trainer(model, batch_for_step, config, out_dir=out, progress=progress,
+                          loss_fn=lambda m, b: m.loss(*b, distill_weight=recipe.distill), shards=recipe.shards,
+                          parallel=parallel)
+        if resume and (out / "checkpoint" / "trainer.json").is_file():
+            trainer.resume(out / "checkpoint")
+        return trainer.fit(until)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 def train_stages(model: OmniModel, out: str | Path, steps: dict[str, int], seed: int = 0, progress: bool = True,

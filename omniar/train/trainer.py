@@ -59,11 +59,17 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 0  # steps between checkpoints; 0: by time only
     save_minutes: float = 10.0  # minutes of training between checkpoints (0: none before the end)
+    # None: the cosine spans the steps after the warm-up; n: the rate holds at lr until the last n steps, over
+    # which the cosine runs (warmup-stable-decay)
+    decay_steps: int | None = None
 
     def lr_at(self, step: int) -> float:
         if step < self.warmup:
             return self.lr * (step + 1) / self.warmup
-        progress = (step - self.warmup) / max(1, self.steps - self.warmup)
+        start = self.warmup if self.decay_steps is None else max(self.warmup, self.steps - self.decay_steps)
+        if step < start:
+            return self.lr
+        progress = (step - start) / max(1, self.steps - start)
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 

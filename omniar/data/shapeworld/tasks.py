@@ -111,8 +111,13 @@ def _unique(objects: list[Obj], **attrs) -> list[Obj]:
     return [o for o in objects if all(getattr(o, k) == v for k, v in attrs.items())]
 
 
-def sample_qa(scene: Scene, rng: random.Random, kind: str | None = None) -> QA:
-    """A question about `scene` whose answer follows from it unambiguously."""
+def sample_qa(scene: Scene, rng: random.Random, kind: str | None = None,
+              relations: Collection[str] = RELATIONS) -> QA:
+    """A question about `scene` whose answer follows from it unambiguously; position questions ask about one of
+    `relations` only (a scene with no such pair gets a question of another kind, or, asked for "position", none)."""
+    if not set(relations) <= set(RELATIONS):
+        unknown = sorted(set(relations) - set(RELATIONS))
+        raise ValueError(f"unknown relation(s) {unknown}; known: {', '.join(RELATIONS)}")
     objs = scene.objects
     kinds = [kind] if kind else list(QA_KINDS)
     rng.shuffle(kinds)
@@ -135,7 +140,7 @@ def sample_qa(scene: Scene, rng: random.Random, kind: str | None = None) -> QA:
             return QA(f"how many {c} objects are there?", NUMBER_WORDS[len(_unique(objs, color=c))], k)
         elif k == "position":
             named = [o for o in objs if len(_unique(objs, shape=o.shape, color=o.color)) == 1]
-            pairs = [(a, b, r) for a in named for b in named if a is not b for r in RELATIONS
+            pairs = [(a, b, r) for a in named for b in named if a is not b for r in relations
                      if relation_holds(a, b, r) or relation_holds(b, a, r)]
             if pairs:
                 a, b, r = rng.choice(pairs)
