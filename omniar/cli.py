@@ -512,9 +512,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="out/demo")
     p.add_argument("--budget", type=float, default=45.0, help="minutes (default 45): a training step is timed here "
                    "first, and the stages get what the tokenizers, teacher and benchmark leave")
+    from omniar.demo import RELATION_STEP_COST
+
     p.add_argument("--step-seconds", type=float, nargs="+", metavar="S",
                    help="plan with these training step times (seconds: STAGE1 STAGE2 STAGE3 [RELATIONS]; a "
-                   "relations step is otherwise counted as 0.45 stage-2 steps) instead of timing them here")
+                   f"relations step is otherwise counted as {RELATION_STEP_COST:g} of the stages' mean step) "
+                   "instead of timing them here")
     p.add_argument("--reference-rates", action="store_true", help="plan from the reference 2-core machine's rates "
                    "(BENCHMARKS.md) instead of timing a step here (the speech demo and --device cuda always do)")
     p.add_argument("--recalibrate", action="store_true", help="time a training step again (it is kept in the "
