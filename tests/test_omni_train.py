@@ -1,4 +1,5 @@
-"""Training an OmniModel on ShapeWorld: task mixing, resume == uninterrupted, recipe errors."""
+"""Training an OmniModel on ShapeWorld: task mixing, resume == uninterrupted, recipe errors, the relations curriculum,
+parameters held for a stage."""
 
 import dataclasses
 import random
