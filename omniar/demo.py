@@ -65,7 +65,6 @@ RELATION_STEPS = 1000
 RELATION_STEP_COST = 0.6  # a relations step in the stages' mean steps, where not timed (an AMD machine: 1.04 / ~1.7 s)
 RELATION_SHARE = 0.25
 MARGIN = 0.93  # of the budget is planned (a real stage-2 step ran 6% slower than its timing)
-DEFAULT_BATCH = 16  # examples per step of the stage recipes (`Recipe`) and of the plan
 CACHE_VERSION = 2  # bump when a change to the code makes cached products stale
 
 
@@ -230,7 +229,7 @@ def _stages(train: int, relations: float | None = RELATION_STEP_COST) -> dict[st
     cost in their mean steps) the curriculum's `RELATION_STEPS` after stage 3, paid from the stages' steps in
     proportion where it costs at most `RELATION_SHARE` of them."""
     paid = round(RELATION_STEPS * relations) if relations is not None else 0
-    if relations is not None and paid > RELATION_SHARE * train:
+    if paid > RELATION_SHARE * train:
         paid = 0
     stages = {"stage1": round(_SPLIT["stage1"] * (train - paid)), "stage2": round(_SPLIT["stage2"] * (train - paid))}
     stages["stage3"] = train - paid - sum(stages.values())
@@ -253,8 +252,10 @@ DEMO_ALIGN = {"onecat-tiny": 2.0}
 
 def stage_batch(recipe: Recipe, examples_per_step: int) -> int:
     """A stage's examples per step in a plan of `examples_per_step`: the recipe's own, scaled by the plan's batch
-    against the default (16), so a stage that asks more (the relations curriculum) keeps its ratio."""
-    return max(1, round(recipe.examples_per_step * examples_per_step / DEFAULT_BATCH))
+    against `Recipe`'s default (16), so a stage that asks more (the relations curriculum) keeps its ratio."""
+    from omniar.omni import train
+
+    return max(1, round(recipe.examples_per_step * examples_per_step / train.Recipe.examples_per_step))
 
 
 def image_tokenizer_config(config) -> ImageTokenizerConfig:
@@ -279,10 +280,12 @@ def seconds_per_step(run: Callable[[int], object], steps: int) -> float:
 
 def measure_step_seconds(preset: str = "onecat-tiny", overrides: dict | None = None, examples_per_step: int = 16,
                          distill: float = 0.0, stages: tuple[str, ...] = ("stage1", "stage2", "stage3"),
-                         steps: int = 16, warmup: int = 3, text_samples: int = 2000,
+                         distill_stages: tuple[str, ...] = ("stage1", "stage2", "stage3"), steps: int = 16,
+                         warmup: int = 3, text_samples: int = 2000,
                          device: str | torch.device = "cpu", seed: int = 0) -> dict[str, float]:
     """Seconds per training step of `preset` here in each of `stages`, as the demo trains them: the stage's mix,
-    Muon, examples rendered on the fly, distillation from a ConvNet teacher when `distill` > 0. After `warmup`
+    Muon, examples rendered on the fly, distillation from a ConvNet teacher in `distill_stages` when `distill` > 0
+    (`DemoPlan.distill_stages`). After `warmup`
     steps, `steps // 4` and `steps` more are timed, each run resuming the last (`seconds_per_step`). Stages of one
     mix are timed once. The tokenizers and teacher are untrained: the work does not depend on their weights."""
     import torch
@@ -305,8 +308,8 @@ def measure_step_seconds(preset: str = "onecat-tiny", overrides: dict | None = N
     for name in stages:
         recipe = dataclasses.replace(STAGES[name], examples_per_step=stage_batch(STAGES[name], examples_per_step),
                                      steps=warmup + max(1, steps // 4) + steps,
-                                     distill=0.0 if STAGES[name].relations else distill)  # as the demo trains it
-        mix = json.dumps([recipe.tasks, recipe.questions], sort_keys=True)
+                                     distill=distill if name in distill_stages else 0.0)
+        mix = json.dumps([recipe.tasks, recipe.questions, recipe.distill, recipe.examples_per_step], sort_keys=True)
         if mix not in by_mix:
             with tempfile.TemporaryDirectory() as tmp:
                 done = [warmup]  # each timed run resumes the last: resuming and saving cost every run the same
@@ -380,7 +383,8 @@ def calibrate(cache: str | Path, plan: DemoPlan, device: str | torch.device = "c
         return seconds
     log("[demo] timing training, tokenizer and teacher steps on this machine ...")
     measured = measure_step_seconds(plan.preset, plan.overrides, plan.examples_per_step, plan.distill,
-                                    tuple(plan.stage_steps), text_samples=plan.text_samples, device=device)
+                                    tuple(plan.stage_steps), plan.distill_stages, text_samples=plan.text_samples,
+                                    device=device)
     grid = token_grid(image.image_size, preset.patch)
     measured.update(measure_other_seconds(image, grid if conv else None, plan.align if conv else 0.0,
                                           plan.examples_per_step))

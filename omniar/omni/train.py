@@ -178,12 +178,12 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train",
     from omniar.data.shapeworld.render import render
     from omniar.data.shapeworld.scene import Scene
 
+    if task == "vqa" and relations is not None:
+        return _relation_example(split, index, side, relations)
     s = make_sample(split, index)
     while task == "edit" and s["edit"] is None:
         index += 1
         s = make_sample(split, index)
-    if task == "vqa" and relations is not None:
-        return _relation_example(split, index, side, relations)
     if task in SPEECH_TASKS:
         if speech is None:
             raise ValueError(f"a {task} example needs a speech codec to encode its speech")
