@@ -62,7 +62,7 @@ PREP_SHARE = 0.5
 # `RELATION_SHARE` of the training time (a model too little trained to learn them: from a stage 1 of 2,394 steps
 # "left of" was not learnt in 250), the speech demo and presets without an und expert train without it
 RELATION_STEPS = 1000
-RELATION_STEP_COST = 0.6  # a relations step in the stages' mean steps, where not timed (an AMD machine: 1.04 / ~1.7 s)
+RELATION_STEP_COST = 0.6  # a relations step in stage steps, where not timed (AMD: 1.04 / ~1.7 s; in a run 0.62 / 1.42)
 RELATION_SHARE = 0.25
 MARGIN = 0.93  # of the budget is planned (a real stage-2 step ran 6% slower than its timing)
 CACHE_VERSION = 2  # bump when a change to the code makes cached products stale
