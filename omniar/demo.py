@@ -372,10 +372,14 @@ def calibrate(cache: str | Path, plan: DemoPlan, device: str | torch.device = "c
     preset = omni_preset(plan.preset, **plan.overrides)
     image = image_tokenizer_config(preset)
     conv = plan.teacher == "conv" and (plan.distill > 0 or plan.align > 0)  # the demo trains a ConvTeacher
+    # the relations stage too where the preset can hold it: a measured plan may have it where this one does not
+    timed = tuple(plan.stage_steps)
+    if "relations" not in timed and _relations_for(plan.preset, plan.speech):
+        timed += ("relations",)
     key = {"preset": plan.preset, "config": dataclasses.asdict(preset), "overrides": plan.overrides,
            "batch": plan.examples_per_step, "distill": plan.distill > 0, "device": str(device),
            "timing": "difference of a 4- and a 16-step run; image tokenizer 2 / 8 steps, ConvTeacher 10 / 40",
-           "mixes": {name: [STAGES[name].tasks, STAGES[name].questions] for name in plan.stage_steps},
+           "mixes": {name: [STAGES[name].tasks, STAGES[name].questions] for name in timed},
            "image": dataclasses.asdict(image), "align": plan.align, "conv_teacher": conv}
     path = Path(cache) / f"calibration-{_digest(key)}.json"
     if path.is_file() and not again:
@@ -384,7 +388,7 @@ def calibrate(cache: str | Path, plan: DemoPlan, device: str | torch.device = "c
         return seconds
     log("[demo] timing training, tokenizer and teacher steps on this machine ...")
     measured = measure_step_seconds(plan.preset, plan.overrides, plan.examples_per_step, plan.distill,
-                                    tuple(plan.stage_steps), plan.distill_stages, text_samples=plan.text_samples,
+                                    timed, plan.distill_stages, text_samples=plan.text_samples,
                                     device=device)
     grid = token_grid(image.image_size, preset.patch)
     measured.update(measure_other_seconds(image, grid if conv else None, plan.align if conv else 0.0,

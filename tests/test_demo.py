@@ -237,6 +237,8 @@ def test_calibration_times_each_stage_once_and_is_kept_in_the_cache(tmp_path, mo
     monkeypatch.setattr(demo, "measure_other_seconds", lambda *a, **k: {"image-tokenizer": 0.05})
     first = demo.calibrate(tmp_path, plan, log=lambda s: None)
     assert first == {"stage1": 0.11, "stage2": 0.2, "stage3": 0.2, "image-tokenizer": 0.05} and len(calls) == 1
+    # the relations stage is timed where the preset can hold it, also when this plan has none (a measured one may)
+    assert "relations" not in plan.stage_steps and calls[0][4] == ("stage1", "stage2", "stage3", "relations")
     assert demo.calibrate(tmp_path, plan, log=lambda s: None) == first and len(calls) == 1  # from the cache
     other = DemoPlan(**{**plan.__dict__, "examples_per_step": 8})  # another batch is another step
     demo.calibrate(tmp_path, other, log=lambda s: None)
