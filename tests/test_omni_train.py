@@ -208,3 +208,35 @@ def test_a_relations_share_leaves_the_other_vqa_examples_their_own_questions():
     assert all(not x.turns for x in examples if not any(x is o for o in own))  # a relation question is asked alone
     with pytest.raises(ValueError, match="share"):
         RelationCurriculum(share=0.0)
+
+
+def test_relation_examples_can_ask_a_shape_count_as_their_second_turn():
+    from omniar.data.shapeworld.dataset import make_sample
+    from omniar.data.shapeworld.render import render
+    from omniar.data.shapeworld.scene import Scene
+
+    recipe = Recipe(tasks={"vqa": 1.0}, examples_per_step=400, steps=10, questions=1,
+                    relations=RelationCurriculum(share=0.5, counts=0.5))
+    examples = examples_for_step(recipe, 9, 16)
+    without = examples_for_step(dataclasses.replace(recipe, relations=RelationCurriculum(share=0.5)), 9, 16)
+    plain = examples_for_step(dataclasses.replace(recipe, relations=None), 9, 16)
+    assert [x.text for x in examples] == [x.text for x in without]  # the first questions stay
+    # relation questions (one may be the sample's own question too); own questions have no turns (questions=1)
+    relation = [a for a, b in zip(examples, plain) if a.text != b.text or a.turns]
+    assert 0.35 < len(relation) / 400 < 0.65 and all(not x.turns for x in without)
+    counted = [x for x in relation if x.turns]
+    assert 0.35 < len(counted) / len(relation) < 0.65 and all(len(x.turns) == 1 for x in counted)
+    answers = [a for x in counted for q, a in x.turns]
+    assert all(re.fullmatch(r"how many (circle|square|triangle|star)s are there\?", q) for x in counted
+               for q, _ in x.turns)
+    assert 0.1 < answers.count("zero") / len(answers) < 0.4  # a shape in the scene half of the time (71% "zero"
+    # among the mixed stages' count questions)
+    for i in range(30):  # the count is the scene's
+        ex = shapeworld_example("vqa", i, 32, relations=("left of", "above"), count=True)
+        scenes = (Scene.from_dict(make_sample("train", j)["scene"]) for j in range(i, i + 100))
+        scene = next(sc for sc in scenes if np.array_equal(render(sc, 32), ex.image))
+        (q, a), = ex.turns
+        shape = re.fullmatch(r"how many (\w+)s are there\?", q)[1]
+        assert a == ("zero", "one", "two", "three", "four")[sum(o.shape == shape for o in scene.objects)]
+    with pytest.raises(ValueError, match="counts"):
+        RelationCurriculum(counts=1.5)

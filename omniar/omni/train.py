@@ -35,12 +35,17 @@ class RelationCurriculum:
     of" and "below" ramped in until they are half of the questions at step `full`. Taught all four at once, or
     inside the mixed stages, the model stays at chance (answering "yes" or "no" to every question); taught in this
     order to a trained model's text expert, 1,800 steps reach 0.92-0.97 of them (BENCHMARKS.md, "Relations"); in 1,000
-    steps (phases 150 / 300 / 550) one demo's model stayed at chance on "below", with either of two seeds."""
+    steps (phases 150 / 300 / 550) one demo's model stayed at chance on "below", with either of two seeds. With
+    `counts` a relation example asks how many of a shape there are as its second turn: counting goes 0.82 -> 0.94
+    and 0.93 -> 0.97 on two demo models (BENCHMARKS.md, "Counting")."""
 
     above: int = 300
     mirrors: int = 600
     full: int = 1050
     share: float = 1.0  # of the vqa examples ask a relation question; the others their sample's own questions
+    # of the relation examples also ask, as a second turn, how many of a shape there are - a shape in the scene half
+    # of the time (the mixed stages' questions answer "zero" to 71% of their counts, and the model says "zero")
+    counts: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.above <= self.mirrors <= self.full:
@@ -48,6 +53,9 @@ class RelationCurriculum:
                              f"{self.above}, {self.mirrors}, {self.full}")
         if not 0 < self.share <= 1:
             raise ValueError(f"share (of the vqa examples asking a relation) must be in (0, 1], got {self.share}")
+        if not 0 <= self.counts <= 1:
+            raise ValueError(f"counts (of the relation examples asking a count too) must be in [0, 1], got "
+                             f"{self.counts}")
 
     def relations(self, step: int, draw: float) -> tuple[str, ...]:
         """The relations one question may ask about at `step`, `draw` uniform in [0, 1)."""
@@ -126,9 +134,10 @@ UNDERSTANDING = ("patch_embed.*", "decoder.feature_proj.image_und.*", "decoder.b
 # the same mixture at a lower learning rate. Every stage asks four questions per VQA image (VQA alone, 1,000 steps:
 # 0.625 -> 0.73, BENCHMARKS.md). "relations" (after stage 3; last in this dict so that the other stages keep their
 # seeds, which follow the order here) teaches the position questions by their curriculum, most of each step's
-# images asking one, the rest the sample's own questions or a caption so that the other answers stay; the
-# parameters every task shares (token embeddings, norms) and the understanding path are held, so only the text
-# expert learns and text-to-image and edits draw what they drew before, bit for bit (BENCHMARKS.md "Relations").
+# images asking one (and then how many of a shape there are), the rest the sample's own questions or a caption so
+# that the other answers stay; the parameters every task shares (token embeddings, norms) and the understanding
+# path are held, so only the text expert learns and text-to-image and edits draw what they drew before, bit for bit
+# (BENCHMARKS.md "Relations").
 # `steps` here are placeholders: `train_stages` (and `omniar demo --budget`) set them; stages 2 and 3 use the
 # default mix.
 STAGES: dict[str, Recipe] = {
@@ -137,7 +146,7 @@ STAGES: dict[str, Recipe] = {
     "stage2": Recipe(lr=1.5e-3, min_lr_ratio=0.2, warmup=20, questions=4),
     "stage3": Recipe(lr=5e-4, min_lr_ratio=0.1, warmup=10, questions=4),
     "relations": Recipe(tasks={"vqa": 0.85, "caption": 0.15}, examples_per_step=24, lr=1e-3, min_lr_ratio=0.1,
-                        warmup=10, decay_steps=300, questions=4, relations=RelationCurriculum(share=0.8),
+                        warmup=10, decay_steps=300, questions=4, relations=RelationCurriculum(share=0.8, counts=1.0),
                         freeze=SHARED + UNDERSTANDING),
 }
 
@@ -168,10 +177,11 @@ def with_speech(stages: dict[str, Recipe], share: float = 0.3,
 
 def shapeworld_example(task: str, index: int, side: int, split: str = "train",
                        speech: SpeechCodec | None = None, questions: int = 1,
-                       relations: tuple[str, ...] | None = None) -> Example:
+                       relations: tuple[str, ...] | None = None, count: bool = False) -> Example:
     """The ShapeWorld sample `index` of `split` as an example of `task` (the next sample with an edit, for edit);
     a vqa example asks up to `questions` different questions about its image, one per turn, or with `relations`
-    one position question about one of them (the next sample whose scene has such a pair).
+    one position question about one of them (the next sample whose scene has such a pair), and with `count` then
+    how many of a shape there are (`count_question`).
     Speech tasks speak the sample's text (espeak-ng) and encode it with the `speech` codec: tts the caption in the
     narrator's voice (the model's own voice: a single-speaker TTS), asr and s2i the caption, svqa the question,
     chat the question and the answer in the sample's voice (listening covers every voice)."""
@@ -180,7 +190,7 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train",
     from omniar.data.shapeworld.scene import Scene
 
     if task == "vqa" and relations is not None:
-        return _relation_example(split, index, side, relations)
+        return _relation_example(split, index, side, relations, count)
     s = make_sample(split, index)
     while task == "edit" and s["edit"] is None:
         index += 1
@@ -219,7 +229,7 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train",
     return Example("text", f"{s['caption']}. {s['question']} {s['answer']}.")
 
 
-def _relation_example(split: str, index: int, side: int, relations: tuple[str, ...]) -> Example:
+def _relation_example(split: str, index: int, side: int, relations: tuple[str, ...], count: bool = False) -> Example:
     from omniar.data.shapeworld.dataset import make_sample, mentions_held_out
     from omniar.data.shapeworld.render import render
     from omniar.data.shapeworld.scene import Scene
@@ -232,8 +242,20 @@ def _relation_example(split: str, index: int, side: int, relations: tuple[str, .
         except ValueError:  # no pair of named objects in one of these relations
             continue
         if split == "heldout" or not mentions_held_out(qa.question):
-            return Example("vqa", qa.question, answer=qa.answer, image=render(scene, side))
+            turns = (count_question(scene, random.Random(f"shapeworld/{split}/{i}/count")),) if count else ()
+            return Example("vqa", qa.question, answer=qa.answer, image=render(scene, side), turns=turns)
     raise ValueError(f"no scene of {split} samples {index}-{index + 999} has a pair in relations {relations}")
+
+
+def count_question(scene, rng: random.Random) -> tuple[str, str]:
+    """("how many <shape>s are there?", its answer) about `scene`: a shape in the scene half of the time, any of the
+    shapes otherwise."""
+    from omniar.data.shapeworld.language import NUMBER_WORDS
+    from omniar.data.shapeworld.world import SHAPES
+
+    present = sorted({o.shape for o in scene.objects})
+    shape = rng.choice(present if present and rng.random() < 0.5 else SHAPES)
+    return f"how many {shape}s are there?", NUMBER_WORDS[sum(o.shape == shape for o in scene.objects)]
 
 
 def named_object(instruction: str, scene, side: int) -> np.ndarray:
@@ -284,6 +306,9 @@ def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool:
         draws = np.random.default_rng([seed, step, 7]).random((len(picks), 2))
         relations = [recipe.relations.relations(step, d) if t == "vqa" and asks < recipe.relations.share
                      else None for (t, _), (asks, d) in zip(picks, draws)]
+        counting = np.random.default_rng([seed, step, 8]).random(len(picks)) < recipe.relations.counts
+    else:
+        counting = np.zeros(len(picks), bool)
     if shards > 1:
         # each further question about a vqa image adds ~10 positions to its ~70 (BENCHMARKS.md, "More questions")
         cost = {**_COST, "vqa": _COST["vqa"] * (1 + 0.13 * (recipe.questions - 1))}
@@ -293,9 +318,10 @@ def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool:
             load[lightest] += cost[picks[i][0]]
             if lightest == shard:
                 mine.append(i)
-        picks, relations = [picks[i] for i in sorted(mine)], [relations[i] for i in sorted(mine)]
-    return [shapeworld_example(t, index, side, speech=speech, questions=recipe.questions, relations=r)
-            for (t, index), r in zip(picks, relations)]
+        picks, relations, counting = ([picks[i] for i in sorted(mine)], [relations[i] for i in sorted(mine)],
+                                      counting[sorted(mine)])
+    return [shapeworld_example(t, index, side, speech=speech, questions=recipe.questions, relations=r, count=bool(c))
+            for (t, index), r, c in zip(picks, relations, counting)]
 
 
 def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, seed: int = 0,
