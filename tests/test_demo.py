@@ -271,6 +271,7 @@ def test_speech_stages_mix_the_speech_tasks_in():
 
     stages = with_speech(STAGES, share=0.3)
     assert stages.pop("relations") == STAGES["relations"]  # the curriculum stays one (and the speech demo skips it)
+    assert stages.pop("edits") == STAGES["edits"]  # so does a stage that holds parameters fixed
     for i, (name, recipe) in enumerate(stages.items()):
         speech = {t: w for t, w in recipe.tasks.items() if t in ("tts", "asr", "svqa")}
         assert sum(speech.values()) == pytest.approx(0.3) and sum(recipe.tasks.values()) == pytest.approx(1.0)

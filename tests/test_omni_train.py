@@ -193,6 +193,17 @@ def test_a_recipe_can_hold_parameters_fixed_for_its_stage(tmp_path):
     und = [n for n in after if re.search(r"\.(qkv|o|experts)\.1\.", n) or n.startswith("patch_embed.")]
     assert und and all(torch.equal(before[n], after[n]) for n in und)
     assert any(not torch.equal(before[n], after[n]) for n in after if re.search(r"\.experts\.0\.", n))
+    # the edits stage holds the text expert too (answers and captions stay), and the generation side learns
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    # (captions beside the edits: they would train the text expert if it were not held)
+    train_omni(model, tmp_path / "e", Recipe(**{**TINY, "steps": 3, "examples_per_step": 8,
+                                                "tasks": {"edit": 1, "caption": 1}},
+                                             freeze=STAGES["edits"].freeze), progress=False)
+    after = dict(model.named_parameters())
+    held = [n for n in after if re.search(r"\.(qkv|o|experts)\.[01]\.", n) or n.startswith(("patch_embed.",
+                                                                                              "decoder.embed."))]
+    assert held and all(torch.equal(before[n], after[n]) for n in held)
+    assert any(not torch.equal(before[n], after[n]) for n in after if re.search(r"\.experts\.2\.", n))
     with pytest.raises(ValueError, match="freezes the vision expert, which this model does not have"):
         train_omni(model, tmp_path / "d", Recipe(**TINY, freeze=("decoder.blocks.*.experts.{vision}.*",)),
                    progress=False)

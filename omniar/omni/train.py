@@ -127,19 +127,25 @@ SHARED = ("decoder.embed.*", "decoder.norm.*", "decoder.blocks.*_norm.*")
 # the understanding path, which edits read their reference image by: the patch embedding and the und expert
 UNDERSTANDING = ("patch_embed.*", "decoder.feature_proj.image_und.*", "decoder.blocks.*.mixer.qkv.{und}.*",
                  "decoder.blocks.*.mixer.o.{und}.*", "decoder.blocks.*.ffn.experts.{und}.*")
+# the text expert, which answers and captions are written by
+TEXT_EXPERT = ("decoder.blocks.*.mixer.qkv.{text}.*", "decoder.blocks.*.mixer.o.{text}.*",
+               "decoder.blocks.*.ffn.experts.{text}.*")
 
 # OneCAT's staged recipe on ShapeWorld (each stage starts from the previous stage's weights with a fresh optimizer):
 # stage 1 pretrains generation with captioning and some VQA beside it (the understanding path learns to read images
 # and to find the objects a question names); stage 2 is unified mid-training on every task; stage 3 fine-tunes on
 # the same mixture at a lower learning rate. Every stage asks four questions per VQA image (VQA alone, 1,000 steps:
-# 0.625 -> 0.73, BENCHMARKS.md). "relations" (after stage 3; last in this dict so that the other stages keep their
-# seeds, which follow the order here) teaches the position questions by their curriculum, most of each step's
+# 0.625 -> 0.73, BENCHMARKS.md). "relations" (after stage 3; after the mixed stages in this dict so that they keep
+# their seeds, which follow the order here) teaches the position questions by their curriculum, most of each step's
 # images asking one (and then how many of a shape there are), the rest the sample's own questions or a caption so
-# that the other answers stay; the parameters every task shares (token embeddings, norms) and the understanding
-# path are held, so only the text expert learns and text-to-image and edits draw what they drew before, bit for bit
-# (BENCHMARKS.md "Relations").
-# `steps` here are placeholders: `train_stages` (and `omniar demo --budget`) set them; stages 2 and 3 use the
-# default mix.
+# that the other answers stay; the parameters every task shares (token embeddings, norms) and the understanding path
+# are held, so only the text expert learns and text-to-image and edits draw what they drew before, bit for bit
+# (BENCHMARKS.md "Relations"). "edits" is its mirror image for drawing: edits (and some text-to-image) with the
+# shared parameters, the understanding path and the text expert held, so that only the generation side learns and
+# answers and captions stay exactly what they were; 1,000 steps after the relations stage took one demo model's
+# edits from 0.785 / 0.931 to 0.902 / 0.949 with text-to-image the same (0.386 -> 0.389; BENCHMARKS.md "Edits
+# stage"). The demo does not run it yet. `steps` here are placeholders: `train_stages` (and `omniar demo --budget`)
+# set them; stages 2 and 3 use the default mix.
 STAGES: dict[str, Recipe] = {
     "stage1": Recipe(tasks={"t2i": 0.5, "caption": 0.25, "vqa": 0.15, "text": 0.1}, lr=2e-3, min_lr_ratio=0.5,
                      warmup=50, questions=4),
@@ -148,6 +154,8 @@ STAGES: dict[str, Recipe] = {
     "relations": Recipe(tasks={"vqa": 0.85, "caption": 0.15}, examples_per_step=24, lr=1e-3, min_lr_ratio=0.1,
                         warmup=10, decay_steps=300, questions=4, relations=RelationCurriculum(share=0.8, counts=1.0),
                         freeze=SHARED + UNDERSTANDING),
+    "edits": Recipe(tasks={"edit": 0.8, "t2i": 0.2}, lr=5e-4, min_lr_ratio=0.1, warmup=10,
+                    freeze=SHARED + UNDERSTANDING + TEXT_EXPERT),
 }
 
 
@@ -159,12 +167,12 @@ def with_speech(stages: dict[str, Recipe], share: float = 0.3,
                 reweight: Reweighting | None = AR_OMNI_REWEIGHT) -> dict[str, Recipe]:
     """The stage recipes with AR-Omni's speech tasks mixed in at `share` of each stage's examples: text-to-speech
     and recognition (and, after stage 1, spoken questions), the other tasks scaled down to make room (a relations
-    curriculum is left as it is); with AR-Omni's task-aware `reweight` (by default the last 4 target tokens of
-    captioning and recognition weighted 2.0, which more than doubled correct captions in its ablation,
-    BENCHMARKS.md), or None to keep each recipe's own."""
+    curriculum, or a stage that holds parameters fixed, is left as it is); with AR-Omni's task-aware `reweight` (by
+    default the last 4 target tokens of captioning and recognition weighted 2.0, which more than doubled correct
+    captions in its ablation, BENCHMARKS.md), or None to keep each recipe's own."""
     out = {}
     for i, (name, recipe) in enumerate(stages.items()):
-        if recipe.relations is not None:  # a curriculum of position questions stays one
+        if recipe.relations is not None or recipe.freeze:  # a curriculum stays one; a frozen part stays frozen
             out[name] = recipe
             continue
         total = sum(recipe.tasks.values())
