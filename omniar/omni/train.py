@@ -36,8 +36,8 @@ class RelationCurriculum:
     inside the mixed stages, the model stays at chance (answering "yes" or "no" to every question); taught in this
     order to a trained model's text expert, 1,800 steps reach 0.92-0.97 of them (BENCHMARKS.md, "Relations"); in 1,000
     steps (phases 150 / 300 / 550) one demo's model stayed at chance on "below", with either of two seeds. With
-    `counts` a relation example asks how many of a shape there are as its second turn: counting goes 0.82 -> 0.94
-    and 0.93 -> 0.97 on two demo models (BENCHMARKS.md, "Counting")."""
+    `counts` a relation example asks how many of a shape there are as its second turn: counting on validation goes
+    0.82 -> 0.94 and 0.93 -> 0.97 on two demo models (BENCHMARKS.md, "Counting")."""
 
     above: int = 300
     mirrors: int = 600
