@@ -18,10 +18,11 @@ def _demo(args) -> None:
               preset=args.preset)
     plan = DemoPlan.for_budget(args.budget, **kw)  # the reference machine's plan; checks the settings
     device = _device(args.device)  # named before any work
-    if args.step_seconds and len(args.step_seconds) not in (3, 4):
-        raise SystemExit(f"--step-seconds takes 3 or 4 times (STAGE1 STAGE2 STAGE3 [RELATIONS]), got "
+    if args.step_seconds and len(args.step_seconds) not in (3, 4, 5):
+        raise SystemExit(f"--step-seconds takes 3 to 5 times (STAGE1 STAGE2 STAGE3 [RELATIONS [EDITS]]), got "
                          f"{len(args.step_seconds)}")
-    seconds = dict(zip(("stage1", "stage2", "stage3", "relations"), args.step_seconds)) if args.step_seconds else None
+    names = ("stage1", "stage2", "stage3", "relations", "edits")
+    seconds = dict(zip(names, args.step_seconds)) if args.step_seconds else None
     # the other steps' time is counted in training steps, so a step is timed on the CPU only, where they all run
     if seconds is None and not (args.reference_rates or args.speech or device.type != "cpu"):
         cache = args.cache if args.cache is not None else Path(args.out).parent / "cache"
@@ -512,12 +513,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="out/demo")
     p.add_argument("--budget", type=float, default=45.0, help="minutes (default 45): a training step is timed here "
                    "first, and the stages get what the tokenizers, teacher and benchmark leave")
-    from omniar.demo import RELATION_STEP_COST
+    from omniar.demo import EDIT_STEP_COST, RELATION_STEP_COST
 
     p.add_argument("--step-seconds", type=float, nargs="+", metavar="S",
-                   help="plan with these training step times (seconds: STAGE1 STAGE2 STAGE3 [RELATIONS]; a "
-                   f"relations step is otherwise counted as {RELATION_STEP_COST:g} of the stages' mean step) "
-                   "instead of timing them here")
+                   help="plan with these training step times (seconds: STAGE1 STAGE2 STAGE3 [RELATIONS [EDITS]]; "
+                   f"a relations step is otherwise counted as {RELATION_STEP_COST:g} of the stages' mean step, an "
+                   f"edits step as {EDIT_STEP_COST:g}) instead of timing them here")
     p.add_argument("--reference-rates", action="store_true", help="plan from the reference 2-core machine's rates "
                    "(BENCHMARKS.md) instead of timing a step here (the speech demo and --device cuda always do)")
     p.add_argument("--recalibrate", action="store_true", help="time a training step again (it is kept in the "

@@ -65,6 +65,17 @@ PREP_SHARE = 0.5
 RELATION_STEPS = 1800
 RELATION_STEP_COST = 0.6  # a relations step in stage steps, where not timed (AMD: 1.04 / ~1.7 s; in a run 0.62 / 1.42)
 RELATION_SHARE = 0.25
+# the edits stage (STAGES["edits"]) after it: 1,000 steps of edits and some text-to-image on the generation side
+# alone, the rest held (two demo models: edits 0.785 / 0.931 -> 0.902 / 0.949 and 0.830 / 0.941 -> 0.899 / 0.953,
+# text-to-image the same within the noise; BENCHMARKS.md "Edits stage"), where the two stages together take at
+# most `AFTER_SHARE` of the training time
+EDIT_STEPS = 1000
+EDIT_STEP_COST = 1.0  # an edits step in stage steps, where not timed (Zen 5: 0.38 s against the stages' mean 0.37)
+AFTER_SHARE = 0.4
+# the stages after stage 3, in order: steps, a step's cost in the stages' mean steps where not timed, and the most of
+# the training time it may take with the ones before it
+AFTER_STAGES = {"relations": (RELATION_STEPS, RELATION_STEP_COST, RELATION_SHARE),
+                "edits": (EDIT_STEPS, EDIT_STEP_COST, AFTER_SHARE)}
 MARGIN = 0.93  # of the budget is planned (a real stage-2 step ran 6% slower than its timing)
 CACHE_VERSION = 2  # bump when a change to the code makes cached products stale
 
@@ -107,15 +118,16 @@ class DemoPlan:
         the training share goes to the speech codec. With `step_seconds` (each stage's training step timed on this
         machine, `calibrate`, and optionally "relations", "image-tokenizer" and "teacher": the seconds of their
         steps): the same tokenizer, teacher and benchmark, and the stages (45 / 40 / 15% of the steps) get the time
-        they leave. Where the plan trains long enough, the relations curriculum (`RELATION_STEPS`) runs last, on
-        time taken from the stages in proportion.
+        they leave. Where the plan trains long enough, the relations curriculum (`RELATION_STEPS`) and then the
+        edits stage (`EDIT_STEPS`) run last, on time taken from the stages in proportion (`AFTER_STAGES`).
         Without a `distill` or `align` weight, the preset's recipe decides (`DEMO_DISTILL`, `DEMO_ALIGN`)."""
         if minutes <= 0:
             raise ValueError(f"the budget must be a positive number of minutes, got {minutes}")
         if step_seconds is not None and (kw.get("speech") or not set(_SPLIT) <= set(step_seconds) <= {*_SPLIT,
-                                         "relations", *OTHER_STEPS} or not all(s > 0 for s in step_seconds.values())):
+                                         *AFTER_STAGES, *OTHER_STEPS} or not all(s > 0 for s in step_seconds.values())):
             raise ValueError(f"step_seconds {step_seconds}: a measured plan needs a positive step time for each of "
-                             f"stage1, stage2 and stage3 (and may time relations, {' and '.join(OTHER_STEPS)}), and "
+                             f"stage1, stage2 and stage3 (and may time {', '.join(AFTER_STAGES)}, "
+                             f"{' and '.join(OTHER_STEPS)}), and "
                              "covers the image demo only (the speech demo plans from the reference rates)")
         if kw.get("distill") is None:
             kw["distill"] = DEMO_DISTILL.get(kw.get("preset", cls.preset), 0.0)
@@ -128,9 +140,9 @@ class DemoPlan:
         if kw.get("speech"):
             kw.setdefault("codec_steps", min(2500, max(10, round(0.12 * minutes * CODEC_STEPS_PER_MIN))))
             share -= 0.12
-        relations = RELATION_STEP_COST if _relations_for(kw.get("preset", cls.preset), kw.get("speech")) else None
+        after = _after_costs(None, kw.get("preset", cls.preset), kw.get("speech"))
         stages = _stages(max(6, round((share * minutes - 1.5 * num * EVAL_MIN_PER_ITEM) * MODEL_STEPS_PER_MIN)),
-                         relations)
+                         after)
         plan = cls(budget=minutes, tokenizer_steps=tok, tokenizer_images=min(20_000, tok * 32),
                    stage_steps=stages, eval_num=num, heldout_num=round(2.5 * num), **kw)
         vit = False
@@ -164,8 +176,8 @@ class DemoPlan:
                                  f"{max(step_seconds[name] for name in _SPLIT)} s a step "
                                  "after the tokenizers, teacher and benchmark: give a larger budget")
             plan.step_seconds = dict(step_seconds)
-            relations = _relation_cost(step_seconds) if _relations_for(plan.preset, plan.speech) else None
-            plan.stage_steps = _stages(math.floor(rest / per_step), relations)
+            plan.stage_steps = _stages(math.floor(rest / per_step),
+                                       _after_costs(step_seconds, plan.preset, plan.speech))
         if vit:
             plan.teacher_steps = round(0.25 * plan.stage_steps["stage1"])
             plan.stage_steps["stage1"] -= plan.teacher_steps
@@ -180,13 +192,14 @@ class DemoPlan:
             tokenizer, teacher, benchmark = _other_seconds(self.step_seconds)
             per = {"image tokenizer": tokenizer, "teacher": teacher if conv else self.step_seconds["stage1"],
                    **{name: self.step_seconds[name] for name in _SPLIT},
-                   "relations": _relation_cost(self.step_seconds) * _mean_step(self.step_seconds)}
+                   **{name: _after_cost(name, self.step_seconds) * _mean_step(self.step_seconds)
+                      for name in AFTER_STAGES}}
             rest = {"benchmark": benchmark, "data, text tokenizer, report": FIXED_SECONDS}
         else:
             per = {"image tokenizer": 60 / TOKENIZER_STEPS_PER_MIN, "speech codec": 60 / CODEC_STEPS_PER_MIN,
                    "teacher": 60 / (CONV_TEACHER_STEPS_PER_MIN if conv else MODEL_STEPS_PER_MIN),
                    **dict.fromkeys(_SPLIT, 60 / MODEL_STEPS_PER_MIN),
-                   "relations": RELATION_STEP_COST * 60 / MODEL_STEPS_PER_MIN}
+                   **{name: cost * 60 / MODEL_STEPS_PER_MIN for name, (_, cost, _) in AFTER_STAGES.items()}}
             rest = {"benchmark": 60 * 1.5 * self.eval_num * EVAL_MIN_PER_ITEM,
                     "data, text tokenizer, report": 0.02 * 60 * self.budget}
         steps = {"image tokenizer": self.tokenizer_steps, "speech codec": self.codec_steps,
@@ -208,8 +221,8 @@ def _other_seconds(step_seconds: dict[str, float]) -> tuple[float, float, float]
 
 
 def _relations_for(preset: str, speech: bool | None) -> bool:
-    """Whether a plan may hold the relations stage: it trains the text expert alone, so the preset needs an und
-    expert to hold; the speech demo keeps its measured stages."""
+    """Whether a plan may hold the stages after stage 3 (`AFTER_STAGES`): they train one expert side with the rest
+    held, so the preset needs an und expert to hold; the speech demo keeps its measured stages."""
     from omniar.omni.model import omni_preset
 
     return not speech and "und" in (omni_preset(preset).decoder.get("experts") or ())
@@ -220,23 +233,33 @@ def _mean_step(step_seconds: dict[str, float]) -> float:
     return sum(share * step_seconds[name] for name, share in _SPLIT.items())
 
 
-def _relation_cost(step_seconds: dict[str, float]) -> float:
-    """A relations step in the stages' mean steps: as timed, else `RELATION_STEP_COST`."""
-    return step_seconds["relations"] / _mean_step(step_seconds) if "relations" in step_seconds else RELATION_STEP_COST
+def _after_cost(name: str, step_seconds: dict[str, float]) -> float:
+    """A step of the stage `name` after stage 3 in the stages' mean steps: as timed, else its `AFTER_STAGES` cost."""
+    return step_seconds[name] / _mean_step(step_seconds) if name in step_seconds else AFTER_STAGES[name][1]
 
 
-def _stages(train: int, relations: float | None = RELATION_STEP_COST) -> dict[str, int]:
-    """`train` steps' worth of the stages in their order: 45 / 40 / 15%, and with `relations` (a relations step's
-    cost in their mean steps) the curriculum's `RELATION_STEPS` after stage 3, paid from the stages' steps in
-    proportion where it costs at most `RELATION_SHARE` of them."""
-    paid = round(RELATION_STEPS * relations) if relations is not None else 0
-    if paid > RELATION_SHARE * train:
-        paid = 0
+def _after_costs(step_seconds: dict[str, float] | None, preset: str, speech: bool | None) -> dict[str, float]:
+    """The stages after stage 3 that a plan of `preset` may hold, with a step's cost in the stages' mean steps."""
+    if not _relations_for(preset, speech):
+        return {}
+    return {name: _after_cost(name, step_seconds) if step_seconds else cost
+            for name, (_, cost, _) in AFTER_STAGES.items()}
+
+
+def _stages(train: int, after: dict[str, float] | None = None) -> dict[str, int]:
+    """`train` steps' worth of the stages in their order: 45 / 40 / 15%, and then those of `after` (name: a step's
+    cost in the stages' mean steps; None: all of `AFTER_STAGES` at their costs), in `AFTER_STAGES`' order, each
+    while it and the ones before it cost at most its share of `train`, paid from the stages' steps in proportion."""
+    after = {name: cost for name, (_, cost, _) in AFTER_STAGES.items()} if after is None else after
+    paid, held = 0, {}
+    for name, (steps, _, share) in AFTER_STAGES.items():
+        if name not in after or paid + round(steps * after[name]) > share * train:
+            break
+        paid += round(steps * after[name])
+        held[name] = steps
     stages = {"stage1": round(_SPLIT["stage1"] * (train - paid)), "stage2": round(_SPLIT["stage2"] * (train - paid))}
     stages["stage3"] = train - paid - sum(stages.values())
-    if paid:
-        stages["relations"] = RELATION_STEPS
-    return stages
+    return {**stages, **held}
 
 
 # the demo's distillation weight per preset: OneCAT's recipe distils a teacher into the image positions (with the
@@ -372,10 +395,10 @@ def calibrate(cache: str | Path, plan: DemoPlan, device: str | torch.device = "c
     preset = omni_preset(plan.preset, **plan.overrides)
     image = image_tokenizer_config(preset)
     conv = plan.teacher == "conv" and (plan.distill > 0 or plan.align > 0)  # the demo trains a ConvTeacher
-    # the relations stage too where the preset can hold it: a measured plan may have it where this one does not
+    # the stages after stage 3 too where the preset can hold them: a measured plan may have them where this one does not
     timed = tuple(plan.stage_steps)
-    if "relations" not in timed and _relations_for(plan.preset, plan.speech):
-        timed += ("relations",)
+    if _relations_for(plan.preset, plan.speech):
+        timed += tuple(name for name in AFTER_STAGES if name not in timed)
     key = {"preset": plan.preset, "config": dataclasses.asdict(preset), "overrides": plan.overrides,
            "batch": plan.examples_per_step, "distill": plan.distill > 0, "device": str(device),
            "timing": "difference of a 4- and a 16-step run; image tokenizer 2 / 8 steps, ConvTeacher 10 / 40",

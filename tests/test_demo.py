@@ -115,6 +115,7 @@ def test_budget_sets_the_step_counts():
 def test_a_measured_plan_gives_the_stages_the_time_the_other_steps_leave():
     from omniar.demo import (
         BENCHMARK_COST,
+        EDIT_STEP_COST,
         FIXED_SECONDS,
         MARGIN,
         RELATION_STEP_COST,
@@ -133,14 +134,14 @@ def test_a_measured_plan_gives_the_stages_the_time_the_other_steps_leave():
         assert (plan.tokenizer_steps, plan.teacher_steps, plan.eval_num, plan.heldout_num) == (
             reference.tokenizer_steps, reference.teacher_steps, reference.eval_num, reference.heldout_num)
         mean = 0.45 * seconds["stage1"] + 0.4 * seconds["stage2"] + 0.15 * seconds["stage3"]
-        cost = {**seconds, "relations": RELATION_STEP_COST * mean}
+        cost = {**seconds, "relations": RELATION_STEP_COST * mean, "edits": EDIT_STEP_COST * mean}
         training = sum(n * cost[s] for s, n in plan.stage_steps.items())
         other = FIXED_SECONDS + max(seconds.values()) * (TOKENIZER_STEP_COST * plan.tokenizer_steps
                                                          + TEACHER_STEP_COST * plan.teacher_steps + BENCHMARK_COST)
         # planned to fill the budget (less its margin) within a step
         assert 45 * 60 * MARGIN - max(seconds.values()) < training + other <= 45 * 60 * MARGIN
-        # 45 / 40 / 15% of the stages' steps (the relations curriculum's time taken from them in proportion)
-        total = sum(n for s, n in plan.stage_steps.items() if s != "relations")
+        # 45 / 40 / 15% of the stages' steps (the relations and edits stages' time taken from them in proportion)
+        total = sum(n for s, n in plan.stage_steps.items() if s not in ("relations", "edits"))
         assert abs(plan.stage_steps["stage1"] - 0.45 * total) <= 1
         assert abs(plan.stage_steps["stage3"] - 0.15 * total) <= 1
     assert sum(plans["fast"].stage_steps.values()) > 2 * sum(plans["slow"].stage_steps.values())
@@ -157,13 +158,14 @@ def test_a_measured_plan_gives_the_stages_the_time_the_other_steps_leave():
         DemoPlan.for_budget(45, step_seconds=fast, speech=True)
     with pytest.raises(ValueError, match="each of stage1, stage2 and stage3"):
         DemoPlan.for_budget(45, step_seconds={"stage1": 0.3})
-    with pytest.raises(ValueError, match="may time relations, image-tokenizer and teacher"):
+    with pytest.raises(ValueError, match="may time relations, edits, image-tokenizer and teacher"):
         DemoPlan.for_budget(45, step_seconds={**fast, "codec": 0.1})
     # timed tokenizer and teacher steps replace their ratios to a training step: the stages get what they leave
     timed = {**slow, "image-tokenizer": 0.3, "teacher": 0.05}
     plan = DemoPlan.for_budget(45, step_seconds=timed)
     other = FIXED_SECONDS + 0.3 * plan.tokenizer_steps + 0.05 * plan.teacher_steps + 0.8 * BENCHMARK_COST
-    cost = {**slow, "relations": RELATION_STEP_COST * (0.45 * slow["stage1"] + 0.55 * slow["stage2"])}
+    mean = 0.45 * slow["stage1"] + 0.55 * slow["stage2"]
+    cost = {**slow, "relations": RELATION_STEP_COST * mean, "edits": EDIT_STEP_COST * mean}
     training = sum(n * cost[s] for s, n in plan.stage_steps.items())
     assert 45 * 60 * MARGIN - 0.8 < training + other <= 45 * 60 * MARGIN
     assert sum(plan.stage_steps.values()) > sum(plans["slow"].stage_steps.values())  # 0.3 < 0.6 x 0.8 s
@@ -237,8 +239,9 @@ def test_calibration_times_each_stage_once_and_is_kept_in_the_cache(tmp_path, mo
     monkeypatch.setattr(demo, "measure_other_seconds", lambda *a, **k: {"image-tokenizer": 0.05})
     first = demo.calibrate(tmp_path, plan, log=lambda s: None)
     assert first == {"stage1": 0.11, "stage2": 0.2, "stage3": 0.2, "image-tokenizer": 0.05} and len(calls) == 1
-    # the relations stage is timed where the preset can hold it, also when this plan has none (a measured one may)
-    assert "relations" not in plan.stage_steps and calls[0][4] == ("stage1", "stage2", "stage3", "relations")
+    # the stages after stage 3 are timed where the preset can hold them, also when this plan has none (a measured
+    # one may)
+    assert "relations" not in plan.stage_steps and calls[0][4] == ("stage1", "stage2", "stage3", "relations", "edits")
     assert demo.calibrate(tmp_path, plan, log=lambda s: None) == first and len(calls) == 1  # from the cache
     other = DemoPlan(**{**plan.__dict__, "examples_per_step": 8})  # another batch is another step
     demo.calibrate(tmp_path, other, log=lambda s: None)
@@ -301,11 +304,14 @@ def test_demo_plan_prints_each_part_and_trains_nothing(tmp_path, monkeypatch, ca
     assert f"| total | | {sum(s for *_, s in rows) / 60:.1f} |" in out
     assert "(the step times given;" in out  # not "timed here": nothing was
     assert not (tmp_path / "demo").exists()
-    main(["demo", "--out", str(tmp_path / "demo"), "--plan", "--step-seconds", "0.32", "0.4", "0.4", "0.1"])
-    plan = DemoPlan.for_budget(45, step_seconds={"stage1": 0.32, "stage2": 0.4, "stage3": 0.4, "relations": 0.1})
-    steps = plan.stage_steps["relations"]
-    assert f"| relations | {steps} | {0.1 * steps / 60:.1f} |" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="3 or 4 times"):
+    main(["demo", "--out", str(tmp_path / "demo"), "--plan", "--step-seconds", "0.32", "0.4", "0.4", "0.1", "0.3"])
+    plan = DemoPlan.for_budget(45, step_seconds={"stage1": 0.32, "stage2": 0.4, "stage3": 0.4, "relations": 0.1,
+                                                 "edits": 0.3})
+    steps, edits = plan.stage_steps["relations"], plan.stage_steps["edits"]
+    out = capsys.readouterr().out
+    assert f"| relations | {steps} | {0.1 * steps / 60:.1f} |" in out
+    assert f"| edits | {edits} | {0.3 * edits / 60:.1f} |" in out
+    with pytest.raises(SystemExit, match="3 to 5 times"):
         main(["demo", "--out", str(tmp_path / "demo"), "--plan", "--step-seconds", "2.1", "2.48"])
 
 
@@ -357,28 +363,43 @@ def test_a_cached_step_counts_the_time_of_every_attempt(tmp_path, monkeypatch):
     assert store.run("stage", {"a": 1}, build)[1:] == (summary, True) and len(calls) == 2
 
 
-def test_the_relations_curriculum_runs_last_where_the_plan_trains_long_enough():
-    from omniar.demo import RELATION_SHARE, RELATION_STEP_COST, RELATION_STEPS, _stages
+def test_the_relations_and_edits_stages_run_last_where_the_plan_trains_long_enough():
+    from omniar.demo import (
+        AFTER_SHARE,
+        EDIT_STEP_COST,
+        EDIT_STEPS,
+        RELATION_SHARE,
+        RELATION_STEP_COST,
+        RELATION_STEPS,
+        _stages,
+    )
 
-    # the reference plan (the Intel machines' step times): the stages pay for the curriculum in proportion
+    after = ("relations", "edits")
+    # the reference plan (the Intel machines' step times): the stages pay for both in proportion
     seconds = {"stage1": 0.32, "stage2": 0.4, "stage3": 0.4}
     plan = DemoPlan.for_budget(45, step_seconds=seconds)
     paid = round(RELATION_STEPS * RELATION_STEP_COST)
-    assert list(plan.stage_steps) == ["stage1", "stage2", "stage3", "relations"]
-    assert plan.stage_steps == {**_stages(sum(plan.stage_steps.values()) - RELATION_STEPS, None),
-                                "relations": RELATION_STEPS}
-    assert sum(_stages(5000, None).values()) - sum(n for s, n in _stages(5000).items() if s != "relations") == paid
-    # a timed relations step sets its cost; a plan too short for it (a slow machine, or the speech demo) has none
-    timed = DemoPlan.for_budget(45, step_seconds={**seconds, "relations": 0.1})
+    paid_edits = round(EDIT_STEPS * EDIT_STEP_COST)
+    assert list(plan.stage_steps) == ["stage1", "stage2", "stage3", "relations", "edits"]
+    mixed = sum(n for s, n in plan.stage_steps.items() if s not in after)
+    assert plan.stage_steps == {**_stages(mixed, {}), "relations": RELATION_STEPS, "edits": EDIT_STEPS}
+    assert sum(_stages(6000, {}).values()) - sum(n for s, n in _stages(6000).items() if s not in after) == (
+        paid + paid_edits)
+    # a timed step sets its stage's cost; a plan too short for one (a slow machine, or the speech demo) has none
+    timed = DemoPlan.for_budget(45, step_seconds={**seconds, "relations": 0.1, "edits": 0.2})
     mean = 0.45 * 0.32 + 0.55 * 0.4
-    stages = sum(n for s, n in timed.stage_steps.items() if s != "relations")
-    assert stages - sum(n for s, n in plan.stage_steps.items() if s != "relations") == paid - round(
-        RELATION_STEPS * 0.1 / mean)
+    stages = sum(n for s, n in timed.stage_steps.items() if s not in after)
+    assert stages - mixed == paid + paid_edits - round(RELATION_STEPS * 0.1 / mean) - round(EDIT_STEPS * 0.2 / mean)
     slow = DemoPlan.for_budget(45, step_seconds={"stage1": 1.6, "stage2": 2.0, "stage3": 2.0})
-    assert "relations" not in slow.stage_steps and "relations" not in DemoPlan.for_budget(90, speech=True).stage_steps
-    # the stage trains the text expert alone: a dense preset has no understanding expert to hold
-    assert "relations" not in DemoPlan.for_budget(45, step_seconds=seconds, preset="ar-omni-tiny").stage_steps
-    just = math.ceil(paid / RELATION_SHARE)  # the fewest training steps of which it takes at most its share
+    assert not set(after) & set(slow.stage_steps)
+    assert not set(after) & set(DemoPlan.for_budget(90, speech=True).stage_steps)
+    # they train one side with the rest held: a dense preset has no understanding expert to hold
+    assert not set(after) & set(DemoPlan.for_budget(45, step_seconds=seconds, preset="ar-omni-tiny").stage_steps)
+    just = math.ceil(paid / RELATION_SHARE)  # the fewest training steps of which relations take at most their share
     assert "relations" not in _stages(just - 1) and _stages(just)["relations"] == RELATION_STEPS
+    both = math.ceil((paid + paid_edits) / AFTER_SHARE)  # and with edits, at most theirs together
+    assert "edits" not in _stages(both - 1) and _stages(both)["edits"] == EDIT_STEPS
+    assert "edits" not in _stages(10**6, {"edits": 1.0})  # edits only after relations
     rows = {part: (steps, seconds) for part, steps, seconds in plan.schedule()}
     assert rows["relations"] == (RELATION_STEPS, pytest.approx(RELATION_STEPS * RELATION_STEP_COST * mean))
+    assert rows["edits"] == (EDIT_STEPS, pytest.approx(EDIT_STEPS * EDIT_STEP_COST * mean))
