@@ -144,8 +144,8 @@ TEXT_EXPERT = ("decoder.blocks.*.mixer.qkv.{text}.*", "decoder.blocks.*.mixer.o.
 # shared parameters, the understanding path and the text expert held, so that only the generation side learns and
 # answers and captions stay exactly what they were; 1,000 steps after the relations stage took one demo model's
 # edits from 0.785 / 0.931 to 0.902 / 0.949 with text-to-image the same (0.386 -> 0.389; BENCHMARKS.md "Edits
-# stage"). The demo does not run it yet. `steps` here are placeholders: `train_stages` (and `omniar demo --budget`)
-# set them; stages 2 and 3 use the default mix.
+# stage"); the demo runs it after the relations stage. `steps` here are placeholders: `train_stages` (and `omniar
+# demo --budget`) set them; stages 2 and 3 use the default mix.
 STAGES: dict[str, Recipe] = {
     "stage1": Recipe(tasks={"t2i": 0.5, "caption": 0.25, "vqa": 0.15, "text": 0.1}, lr=2e-3, min_lr_ratio=0.5,
                      warmup=50, questions=4),
