@@ -220,7 +220,7 @@ def _other_seconds(step_seconds: dict[str, float]) -> tuple[float, float, float]
             step_seconds.get("teacher", TEACHER_STEP_COST * unit), unit * BENCHMARK_COST)
 
 
-def _relations_for(preset: str, speech: bool | None) -> bool:
+def _after_stages_for(preset: str, speech: bool | None) -> bool:
     """Whether a plan may hold the stages after stage 3 (`AFTER_STAGES`): they train one expert side with the rest
     held, so the preset needs an und expert to hold; the speech demo keeps its measured stages."""
     from omniar.omni.model import omni_preset
@@ -240,17 +240,16 @@ def _after_cost(name: str, step_seconds: dict[str, float]) -> float:
 
 def _after_costs(step_seconds: dict[str, float] | None, preset: str, speech: bool | None) -> dict[str, float]:
     """The stages after stage 3 that a plan of `preset` may hold, with a step's cost in the stages' mean steps."""
-    if not _relations_for(preset, speech):
+    if not _after_stages_for(preset, speech):
         return {}
-    return {name: _after_cost(name, step_seconds) if step_seconds else cost
-            for name, (_, cost, _) in AFTER_STAGES.items()}
+    return {name: _after_cost(name, step_seconds or {}) for name in AFTER_STAGES}
 
 
 def _stages(train: int, after: dict[str, float] | None = None) -> dict[str, int]:
     """`train` steps' worth of the stages in their order: 45 / 40 / 15%, and then those of `after` (name: a step's
     cost in the stages' mean steps; None: all of `AFTER_STAGES` at their costs), in `AFTER_STAGES`' order, each
     while it and the ones before it cost at most its share of `train`, paid from the stages' steps in proportion."""
-    after = {name: cost for name, (_, cost, _) in AFTER_STAGES.items()} if after is None else after
+    after = {name: _after_cost(name, {}) for name in AFTER_STAGES} if after is None else after
     paid, held = 0, {}
     for name, (steps, _, share) in AFTER_STAGES.items():
         if name not in after or paid + round(steps * after[name]) > share * train:
@@ -397,7 +396,7 @@ def calibrate(cache: str | Path, plan: DemoPlan, device: str | torch.device = "c
     conv = plan.teacher == "conv" and (plan.distill > 0 or plan.align > 0)  # the demo trains a ConvTeacher
     # the stages after stage 3 too where the preset can hold them: a measured plan may have them where this one does not
     timed = tuple(plan.stage_steps)
-    if _relations_for(plan.preset, plan.speech):
+    if _after_stages_for(plan.preset, plan.speech):
         timed += tuple(name for name in AFTER_STAGES if name not in timed)
     key = {"preset": plan.preset, "config": dataclasses.asdict(preset), "overrides": plan.overrides,
            "batch": plan.examples_per_step, "distill": plan.distill > 0, "device": str(device),
