@@ -41,7 +41,8 @@ MODEL_STEPS_PER_MIN = 110
 CONV_TEACHER_STEPS_PER_MIN = 560  # ConvTeacher steps (16 scenes), BENCHMARKS.md "Distilling a ConvNet"
 EVAL_MIN_PER_ITEM = 0.012
 # A measured plan (`for_budget(..., step_seconds=s)`): the steps that do not train the model keep the reference
-# plan's counts (and so their cache keys); the image tokenizer's and ConvTeacher's steps are timed too (`calibrate`)
+# plan's counts (and so their cache keys), or more image-tokenizer steps where they are cheap (`TOKENIZER_MINUTES`);
+# the image tokenizer's and ConvTeacher's steps are timed too (`calibrate`)
 # or else counted in training steps of the preset (ratios measured on two 2-core machines, BENCHMARKS.md "Demo",
 # rounded up: on a third, an AVX2 EPYC, they were 0.51 and 0.09), the benchmark always is, and the budget's rest
 # trains the model.
@@ -51,6 +52,13 @@ BENCHMARK_COST = 100  # the benchmark (200 items a task, 500 held-out prompts): 
 # data, text tokenizer, the timing itself, the tokenizer's renders and evaluation, loading and saving, the report:
 # ~75 s on the Intel machines, ~150 s on an AVX2 EPYC (BENCHMARKS.md "Demo")
 FIXED_SECONDS = 90
+# where an image-tokenizer step is cheap (0.14 s on a Zen 5 EPYC, against 0.34 s on the Intel machines), a plan
+# that timed it gives the tokenizer this many minutes of a 45-minute budget (in proportion for others) instead of the
+# reference count, at most TOKENIZER_MAX_STEPS: 3,000 steps there, whose round trip keeps 99.8% of the objects of 1,000
+# validation scenes against 1,350's 98.1% (small circles come back as squares), and the demo's model, on 17% fewer
+# stage steps, scores higher on every image task (BENCHMARKS.md "Demo")
+TOKENIZER_MINUTES = 7.0
+TOKENIZER_MAX_STEPS = 3500
 # at most this share of a measured plan's time for the model (the budget's less the benchmark and fixed work) goes to
 # the image tokenizer and ConvTeacher: where their reference step counts would take more (an AVX2 EPYC on a slow day:
 # 32 + 6 of the 36 minutes, BENCHMARKS.md "Demo"), the tokenizer gets fewer steps (the teacher too if need be)
@@ -117,9 +125,11 @@ class DemoPlan:
         ~8% benchmark, ~2% data and text tokenizer, the rest training (stages 45 / 40 / 15%); with speech, 12% of
         the training share goes to the speech codec. With `step_seconds` (each stage's training step timed on this
         machine, `calibrate`, and optionally "relations", "image-tokenizer" and "teacher": the seconds of their
-        steps): the same tokenizer, teacher and benchmark, and the stages (45 / 40 / 15% of the steps) get the time
-        they leave. Where the plan trains long enough, the relations curriculum (`RELATION_STEPS`) and then the
-        edits stage (`EDIT_STEPS`) run last, on time taken from the stages in proportion (`AFTER_STAGES`).
+        steps): the same teacher and benchmark, the image tokenizer the same or, where its steps are cheap,
+        `TOKENIZER_MINUTES` of them (fewer where they are dear: `PREP_SHARE`), and the stages (45 / 40 / 15% of
+        the steps) get the time they leave. Where the plan trains long enough, the relations curriculum
+        (`RELATION_STEPS`) and then the edits stage (`EDIT_STEPS`) run last, on time taken from the stages in
+        proportion (`AFTER_STAGES`).
         Without a `distill` or `align` weight, the preset's recipe decides (`DEMO_DISTILL`, `DEMO_ALIGN`)."""
         if minutes <= 0:
             raise ValueError(f"the budget must be a positive number of minutes, got {minutes}")
@@ -134,7 +144,7 @@ class DemoPlan:
         if kw.get("align") is None:  # the alignment reads the ConvNet teacher's features
             conv = kw.get("teacher", cls.teacher) == "conv"
             kw["align"] = DEMO_ALIGN.get(kw.get("preset", cls.preset), 0.0) if conv else 0.0
-        tok = min(3500, max(10, round(0.25 * minutes * TOKENIZER_STEPS_PER_MIN)))
+        tok = min(TOKENIZER_MAX_STEPS, max(10, round(0.25 * minutes * TOKENIZER_STEPS_PER_MIN)))
         num = min(200, max(4, round(0.08 * minutes / EVAL_MIN_PER_ITEM / 1.5)))
         share = 0.73
         if kw.get("speech"):
@@ -162,6 +172,11 @@ class DemoPlan:
             teacher = teacher if conv else 0.0
             rest = MARGIN * minutes * 60 - FIXED_SECONDS - benchmark
             prep = PREP_SHARE * rest
+            timed = "image-tokenizer" in step_seconds
+            afford = round(TOKENIZER_MINUTES * minutes / 45 * 60 / tokenizer) if timed else 0
+            if afford > plan.tokenizer_steps:  # a cheap tokenizer step, timed: more of them (and their images)
+                plan.tokenizer_steps = min(TOKENIZER_MAX_STEPS, afford)
+                plan.tokenizer_images = min(20_000, plan.tokenizer_steps * 32)
             if tokenizer * plan.tokenizer_steps + teacher * plan.teacher_steps > prep:  # a slow machine
                 # the teacher keeps its steps where it can (a ConvNet reads shapes only after ~1,000: 568 steps read
                 # 0.55 of them, 1,200 0.99) and the tokenizer gets the rest, at least 10 steps

@@ -197,9 +197,31 @@ def test_on_a_slow_machine_the_tokenizer_and_teacher_leave_the_model_half_its_ti
     assert model_time - prep - 2.48 < training <= model_time - prep
     assert 45 * 60 * MARGIN - 2.48 < sum(seconds for _, seconds in rows.values()) <= 45 * 60 * MARGIN
     # a machine where they fit keeps the reference counts (and their cached products)
-    fast = DemoPlan.for_budget(45, step_seconds={**timed, "image-tokenizer": 0.25, "teacher": 0.05,
+    fast = DemoPlan.for_budget(45, step_seconds={**timed, "image-tokenizer": 0.34, "teacher": 0.05,
                                                   "stage1": 0.3, "stage2": 0.4, "stage3": 0.4})
     assert (fast.tokenizer_steps, fast.teacher_steps) == (reference.tokenizer_steps, reference.teacher_steps)
+
+
+def test_a_cheap_tokenizer_step_buys_more_tokenizer_steps():
+    """Where TOKENIZER_MINUTES (of 45, in proportion) pay for more than the reference count, the image tokenizer
+    gets them (at most TOKENIZER_MAX_STEPS) and the stages the rest; the teacher keeps its count."""
+    from omniar.demo import MARGIN, TOKENIZER_MAX_STEPS, TOKENIZER_MINUTES
+
+    reference = DemoPlan.for_budget(45)
+    timed = {"stage1": 0.3, "stage2": 0.36, "stage3": 0.36, "image-tokenizer": 0.34, "teacher": 0.03}
+    dear = DemoPlan.for_budget(45, step_seconds=timed)
+    cheap = DemoPlan.for_budget(45, step_seconds={**timed, "image-tokenizer": 0.14})
+    assert dear.tokenizer_steps == reference.tokenizer_steps  # 7 minutes buy 1,235 of 0.34 s: the reference's 1,350
+    assert cheap.tokenizer_steps == round(TOKENIZER_MINUTES * 60 / 0.14) == 3000
+    assert cheap.tokenizer_images == 20_000 and cheap.teacher_steps == dear.teacher_steps
+    for plan in (dear, cheap):  # the stages get the rest: both fill the same time
+        rows = {part: seconds for part, _, seconds in plan.schedule()}
+        assert 45 * 60 * MARGIN - 0.4 < sum(rows.values()) <= 45 * 60 * MARGIN
+    assert rows["image tokenizer"] == pytest.approx(420)
+    half = DemoPlan.for_budget(22.5, step_seconds={**timed, "image-tokenizer": 0.14})
+    assert half.tokenizer_steps == 1500  # in proportion to the budget
+    cheapest = DemoPlan.for_budget(45, step_seconds={**timed, "image-tokenizer": 0.05})
+    assert cheapest.tokenizer_steps == TOKENIZER_MAX_STEPS
 
 
 def test_seconds_per_step_cancels_what_a_run_costs_once(monkeypatch):
