@@ -388,6 +388,7 @@ def test_a_cached_step_counts_the_time_of_every_attempt(tmp_path, monkeypatch):
 def test_the_relations_and_edits_stages_run_last_where_the_plan_trains_long_enough():
     from omniar.demo import (
         AFTER_SHARE,
+        EDIT_MIN_STEPS,
         EDIT_STEP_COST,
         EDIT_STEPS,
         RELATION_SHARE,
@@ -420,7 +421,11 @@ def test_the_relations_and_edits_stages_run_last_where_the_plan_trains_long_enou
     just = math.ceil(paid / RELATION_SHARE)  # the fewest training steps of which relations take at most their share
     assert "relations" not in _stages(just - 1) and _stages(just)["relations"] == RELATION_STEPS
     both = math.ceil((paid + paid_edits) / AFTER_SHARE)  # and with edits, at most theirs together
-    assert "edits" not in _stages(both - 1) and _stages(both)["edits"] == EDIT_STEPS
+    assert _stages(both)["edits"] == EDIT_STEPS and _stages(both - 1)["edits"] == EDIT_STEPS - 1  # or fewer edits
+    cheap = {"relations": 0.3, "edits": EDIT_STEP_COST}  # relations cheap enough to leave edits the margin
+    least = math.ceil((RELATION_STEPS * 0.3 + EDIT_MIN_STEPS * EDIT_STEP_COST) / AFTER_SHARE)
+    assert "edits" not in _stages(least - 1, cheap) and _stages(least, cheap)["edits"] == EDIT_MIN_STEPS
+    assert _stages(least + 100, cheap)["edits"] == EDIT_MIN_STEPS + math.floor(100 * AFTER_SHARE / EDIT_STEP_COST)
     assert "edits" not in _stages(10**6, {"edits": 1.0})  # edits only after relations
     rows = {part: (steps, seconds) for part, steps, seconds in plan.schedule()}
     assert rows["relations"] == (RELATION_STEPS, pytest.approx(RELATION_STEPS * RELATION_STEP_COST * mean))
