@@ -156,7 +156,7 @@ class DemoPlan:
         after = _after_costs(None, kw.get("preset", cls.preset), kw.get("speech"))
         stages = _stages(max(6, round((share * minutes - 1.5 * num * EVAL_MIN_PER_ITEM) * MODEL_STEPS_PER_MIN)),
                          after)
-        plan = cls(budget=minutes, tokenizer_steps=tok, tokenizer_images=min(20_000, tok * 32),
+        plan = cls(budget=minutes, tokenizer_steps=tok, tokenizer_images=_tokenizer_images(tok),
                    stage_steps=stages, eval_num=num, heldout_num=round(2.5 * num), **kw)
         vit = False
         if (plan.distill > 0 or plan.align > 0) and not plan.teacher_steps:  # its time comes out of stage 1's
@@ -179,12 +179,12 @@ class DemoPlan:
             afford = round(TOKENIZER_MINUTES * minutes / 45 * 60 / tokenizer) if timed else 0
             if afford > plan.tokenizer_steps:  # a cheap tokenizer step, timed: more of them (and their images)
                 plan.tokenizer_steps = min(TOKENIZER_MAX_STEPS, afford)
-                plan.tokenizer_images = min(20_000, plan.tokenizer_steps * 32)
+                plan.tokenizer_images = _tokenizer_images(plan.tokenizer_steps)
             if tokenizer * plan.tokenizer_steps + teacher * plan.teacher_steps > prep:  # a slow machine
                 # the teacher keeps its steps where it can (a ConvNet reads shapes only after ~1,000: 568 steps read
                 # 0.55 of them, 1,200 0.99) and the tokenizer gets the rest, at least 10 steps
                 plan.tokenizer_steps = max(10, math.floor((prep - teacher * plan.teacher_steps) / tokenizer))
-                plan.tokenizer_images = min(plan.tokenizer_images, plan.tokenizer_steps * 32)
+                plan.tokenizer_images = _tokenizer_images(plan.tokenizer_steps)
                 if teacher * plan.teacher_steps > prep - tokenizer * plan.tokenizer_steps:
                     plan.teacher_steps = max(1, math.floor((prep - tokenizer * plan.tokenizer_steps) / teacher))
             rest -= tokenizer * plan.tokenizer_steps + teacher * plan.teacher_steps
@@ -238,6 +238,11 @@ def _other_seconds(step_seconds: dict[str, float]) -> tuple[float, float, float]
             step_seconds.get("teacher", TEACHER_STEP_COST * unit), unit * BENCHMARK_COST)
 
 
+def _tokenizer_images(steps: int) -> int:
+    """The renders a plan's image tokenizer trains on: a batch of 32 for each step, at most 20,000."""
+    return min(20_000, 32 * steps)
+
+
 def _after_stages_for(preset: str, speech: bool | None) -> bool:
     """Whether a plan may hold the stages after stage 3 (`AFTER_STAGES`): they train one expert side with the rest
     held, so the preset needs an und expert to hold; the speech demo keeps its measured stages."""
@@ -268,7 +273,7 @@ def _stages(train: int, after: dict[str, float] | None = None) -> dict[str, int]
     cost in the stages' mean steps; None: all of `AFTER_STAGES` at their costs), in `AFTER_STAGES`' order, each
     while it and the ones before it cost at most its share of `train` (with fewer steps, down to its least, where
     the share holds fewer), paid from the stages' steps in proportion."""
-    after = {name: _after_cost(name, {}) for name in AFTER_STAGES} if after is None else after
+    after = {name: cost for name, (_, cost, *_) in AFTER_STAGES.items()} if after is None else after
     paid, held = 0, {}
     for name, (steps, _, share, least) in AFTER_STAGES.items():
         fit = min(steps, math.floor((share * train - paid) / after[name])) if name in after else 0
