@@ -9,6 +9,8 @@ from pathlib import Path
 
 DEVICE_HELP = ("where the model runs: cpu (default), cuda, cuda:1, ... (speech tasks run on the CPU only); "
                "random draws stay on the CPU, so a seed gives the same draws on every device")
+# omni.train.STAGES' names, written out so that --help imports no torch (a test keeps them equal)
+OMNI_STAGES = ("stage1", "stage2", "stage3", "relations", "edits")
 
 
 def _demo(args) -> None:
@@ -315,18 +317,38 @@ def _train_omni(args) -> None:
     from omniar.omni.model import MODEL_TYPE
 
     shards = args.shards or args.workers
-    if args.workers < 1 or shards % args.workers or shards > args.batch:
+    if args.workers < 1 or shards % args.workers or (args.batch and shards > args.batch):
         sys.exit(f"error: --shards {shards} must be a multiple of --workers {args.workers} and at most --batch "
-                 f"{args.batch}")
+                 f"{args.batch} (the examples per step)")
     if _device(args.device).type != "cpu" and args.workers > 1:
         sys.exit("error: --workers shares a step among CPU processes; on an accelerator train with one")
     out = Path(args.out)
     if (out / "checkpoint" / "trainer.json").is_file():
         preset = read_config(out / "checkpoint", MODEL_TYPE, "unified model (OmniModel)").get("preset", "")
-        if args.preset != preset:
+        if args.preset is not None and args.preset != preset:
             sys.exit(f"error: {out / 'checkpoint'} was trained from preset {preset!r}, not {args.preset!r}: give "
                      f"--preset {preset} to resume it, or a new --out")
-        print(f"resuming {out / 'checkpoint'}")
+        print(f"resuming {out / 'checkpoint'}" + (" (--init starts a new run: ignored)" if args.init else ""))
+    elif args.init:
+        given = [flag for flag, value in (("--set", args.set), ("--config", args.config),
+                                          ("--text-tokenizer", args.text_tokenizer),
+                                          ("--image-tokenizer", args.image_tokenizer),
+                                          ("--speech-codec", args.speech_codec)) if value]
+        if given:
+            sys.exit(f"error: --init starts from {args.init}'s model, its configuration and tokenizers included: "
+                     f"drop {', '.join(given)}")
+        preset = read_config(args.init, MODEL_TYPE, "unified model (OmniModel)").get("preset", "")
+        if args.preset is not None and args.preset != preset:
+            sys.exit(f"error: {args.init} holds a {preset!r} model, not {args.preset!r}")
+    else:
+        missing = [flag for flag, value in (("--text-tokenizer", args.text_tokenizer),
+                                            ("--image-tokenizer", args.image_tokenizer)) if not value]
+        if missing:
+            sys.exit(f"error: a new run needs {' and '.join(missing)} (or --init: a trained model to start from)")
+    try:
+        _omni_recipe(args, shards, bool(args.teacher))  # a bad recipe is named before any process starts
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     if args.workers > 1:
         from omniar.train.parallel import launch
 
@@ -337,30 +359,46 @@ def _train_omni(args) -> None:
     print(f"checkpoint: {(out / 'checkpoint').resolve()}")
 
 
+def _omni_recipe(args, shards: int, distill: bool):
+    """The recipe and seed of `omniar train omni`: --stage's (omni.train.STAGES, as `train_stages` trains it) or
+    the unified mix, with the flags given (tasks, lr, batch, questions, optimizer, speech pool) over it."""
+    from omniar.omni.train import Recipe, stage_recipe
+
+    given = {"tasks": {k: float(v) for k, v in parse_pairs(args.tasks.split(",")).items()} if args.tasks else None,
+             "lr": args.lr, "examples_per_step": args.batch, "questions": args.questions,
+             "optimizer": args.optimizer, "speech_pool": args.speech_pool}
+    given = {k: v for k, v in given.items() if v is not None}
+    run = {"shards": shards, "distill": args.distill if distill else 0.0}
+    if args.stage:
+        return stage_recipe(args.stage, args.steps, args.seed, **given, **run)
+    return Recipe(**{"questions": 4, "steps": args.steps, **given, **run}), args.seed
+
+
 def _train_omni_process(args, shards: int) -> None:
     """One process's part of `omniar train omni` (the only one, or one of --workers data-parallel ones)."""
     import torch
 
     from omniar.omni.model import OmniModel, omni_preset
-    from omniar.omni.train import Recipe, train_omni
+    from omniar.omni.train import train_omni
     from omniar.tokenizers.image import ImageTokenizer
     from omniar.tokenizers.text import TextTokenizer
     from omniar.train.parallel import DataParallel
 
     torch.manual_seed(args.seed)
-    tasks = {k: float(v) for k, v in parse_pairs(args.tasks.split(",")).items()}
     from omniar.omni.teacher import load_teacher
 
     teacher = load_teacher(args.teacher) if args.teacher else None
-    recipe = Recipe(tasks=tasks, examples_per_step=args.batch, steps=args.steps, lr=args.lr, shards=shards,
-                    distill=args.distill if teacher is not None else 0.0, questions=args.questions,
-                    optimizer=args.optimizer,
-                    **({} if args.speech_pool is None else {"speech_pool": args.speech_pool}))
+    try:
+        recipe, seed = _omni_recipe(args, shards, teacher is not None)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     out = Path(args.out)
     if (out / "checkpoint" / "trainer.json").is_file():
         model = OmniModel.from_pretrained(out / "checkpoint")
+    elif args.init:
+        model = OmniModel.from_pretrained(args.init)
     else:
-        config = omni_preset(args.preset, **parse_pairs(args.set))
+        config = omni_preset(args.preset or "onecat-tiny", **parse_pairs(args.set))
         if args.config:
             import dataclasses
 
@@ -378,7 +416,7 @@ def _train_omni_process(args, shards: int) -> None:
             speech = SpeechCodec.from_pretrained(args.speech_codec)
         model = OmniModel(config, TextTokenizer.load(args.text_tokenizer),
                           ImageTokenizer.from_pretrained(args.image_tokenizer), speech)
-    train_omni(model.to(_device(args.device)), out, recipe, seed=args.seed, teacher=teacher,
+    train_omni(model.to(_device(args.device)), out, recipe, seed=seed, teacher=teacher,
                parallel=DataParallel() if args.workers > 1 else None)
 
 
@@ -575,27 +613,32 @@ def main(argv: list[str] | None = None) -> None:
     t = tsub.add_parser("omni", help="OmniModel (OneCAT, AR-Omni) on ShapeWorld: t2i, caption, vqa, edit, text, "
                                      "and with --speech-codec tts, asr, svqa")
     t.add_argument("--out", required=True, help="run directory (resumes from its checkpoint if there is one)")
-    t.add_argument("--preset", default="onecat-tiny")
+    t.add_argument("--preset", help="model preset of a new run (default onecat-tiny)")
+    t.add_argument("--init", metavar="CHECKPOINT", help="start from this trained model (its weights, configuration "
+                   "and tokenizers) with a fresh optimizer: the next stage of a staged recipe, or a fine-tune")
+    t.add_argument("--stage", choices=OMNI_STAGES, help="train by this stage's recipe (omni.train.STAGES: its "
+                   "task mix, learning rate and schedule, questions, batch, curriculum and frozen parameters; flags "
+                   "given override them), e.g. --stage stage2 --init runs/stage1/checkpoint")
     t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="decoder config overrides, e.g. num_layers=2")
     t.add_argument("--config", nargs="*", metavar="KEY=VALUE", help="model config (OmniConfig) overrides, e.g. "
                    "perceptual_weight=1 speech_vocab=decoupled speech_expert=true")
-    t.add_argument("--text-tokenizer", required=True, help="directory with tokenizer.json")
-    t.add_argument("--image-tokenizer", required=True, help="image tokenizer checkpoint directory")
+    t.add_argument("--text-tokenizer", help="directory with tokenizer.json (a new run without --init)")
+    t.add_argument("--image-tokenizer", help="image tokenizer checkpoint directory (a new run without --init)")
     t.add_argument("--speech-codec", help="speech codec checkpoint directory (for the speech tasks tts, asr, svqa)")
-    t.add_argument("--tasks", default="t2i=0.15,caption=0.1,vqa=0.45,edit=0.25,text=0.05",
-                   help="task ratios (default: the unified mix of stages 2 and 3, omni.train.Recipe)")
+    t.add_argument("--tasks", help="task ratios, e.g. t2i=0.5,caption=0.5 (default: the stage's, or the unified "
+                   "mix of stages 2 and 3, t2i=0.15,caption=0.1,vqa=0.45,edit=0.25,text=0.05)")
     t.add_argument("--teacher", help="distil this teacher's checkpoint into the model: a ConvTeacher (`omniar "
                    "train teacher`) or a ViT-encoder captioner (--preset vit-teacher-tiny --tasks caption=0.5,vqa=0.5)")
     t.add_argument("--distill", type=float, default=3.0, help="distillation weight (with --teacher)")
     t.add_argument("--steps", type=int, default=1000)
-    t.add_argument("--batch", type=int, default=16, help="examples per step")
-    t.add_argument("--questions", type=int, default=4, help="questions per vqa image, one per turn: the sample's "
-                   "own, then further ones about the same scene (default 4, as in the demo's stages 2 and 3)")
+    t.add_argument("--batch", type=int, help="examples per step (default: the stage's, or 16)")
+    t.add_argument("--questions", type=int, help="questions per vqa image, one per turn: the sample's own, then "
+                   "further ones about the same scene (default 4, as in every stage of the demo)")
     t.add_argument("--speech-pool", type=int, help="speech tasks draw their utterances from this many "
                    "samples, each synthesized once when first drawn (default: Recipe's, 20,000)")
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--optimizer", choices=("muon", "adamw"), default="muon", help="muon: Muon for the decoder "
-                   "blocks' matrices and AdamW for the rest (default, as in the demo's stages); adamw: AdamW for all")
+    t.add_argument("--lr", type=float, help="peak learning rate (default: the stage's, or 2e-3)")
+    t.add_argument("--optimizer", choices=("muon", "adamw"), help="muon: Muon for the decoder blocks' matrices and "
+                   "AdamW for the rest (default, as in the demo's stages); adamw: AdamW for all")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--shards", type=int, default=0, help="pieces per step, each its own forward/backward (gradient "
                    "accumulation: less memory, the same update); default: --workers")

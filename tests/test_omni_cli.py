@@ -182,18 +182,80 @@ def test_speech_commands_train_speak_stream_transcribe_and_ask_by_voice(run, tmp
 
 
 def test_train_omni_defaults_follow_the_recipe(monkeypatch):
-    """The CLI's defaults are written out (its --help stays free of torch): they must be the recipe's."""
+    """The CLI's defaults are written out (its --help stays free of torch): they must be the recipe's, and a
+    --stage's recipe is STAGES' with the flags given over it."""
+    import dataclasses
+
     import omniar.cli as cli
     from omniar.demo import DEMO_DISTILL
-    from omniar.omni.train import Recipe
+    from omniar.omni.train import STAGES, Recipe
     from omniar.train.trainer import OPTIMIZERS
 
     seen = {}
-    monkeypatch.setattr(cli, "_train_omni", lambda args: seen.update(vars(args)))
+    monkeypatch.setattr(cli, "_train_omni", lambda args: seen.update(args=args))
     main(["train", "omni", "--out", "x", "--text-tokenizer", "t", "--image-tokenizer", "i"])
-    assert {k: float(v) for k, v in cli.parse_pairs(seen["tasks"].split(",")).items()} == Recipe().tasks
-    assert seen["distill"] == DEMO_DISTILL["onecat-tiny"]
-    assert seen["optimizer"] == Recipe().optimizer
+    assert seen["args"].distill == DEMO_DISTILL["onecat-tiny"]
+    recipe, seed = cli._omni_recipe(seen["args"], 1, distill=False)
+    assert (recipe, seed) == (dataclasses.replace(Recipe(), questions=4), 0)  # the demo's four questions a scene
     for name in OPTIMIZERS:  # the written-out --optimizer choices take every optimizer the trainer knows
         main(["train", "omni", "--out", "x", "--text-tokenizer", "t", "--image-tokenizer", "i", "--optimizer", name])
-        assert seen["optimizer"] == name
+        assert cli._omni_recipe(seen["args"], 1, distill=False)[0].optimizer == name
+    assert cli.OMNI_STAGES == tuple(STAGES)
+    main(["train", "omni", "--out", "x", "--init", "c", "--stage", "relations", "--lr", "3e-4", "--steps", "40",
+          "--seed", "2"])
+    recipe, seed = cli._omni_recipe(seen["args"], 1, distill=False)
+    stage = STAGES["relations"]
+    assert (recipe.lr, recipe.steps, recipe.warmup) == (3e-4, 40, 4)  # the warm-up at most a tenth of the steps
+    assert (recipe.tasks, recipe.relations, recipe.freeze, recipe.examples_per_step, recipe.decay_steps) == (
+        stage.tasks, stage.relations, stage.freeze, stage.examples_per_step, stage.decay_steps)
+    assert seed == 2 * 100 + list(STAGES).index("relations")  # train_stages' seed for the stage
+
+
+def test_stages_one_command_at_a_time_are_train_stages(run, tmp_path):
+    """`omniar train omni --stage stage1`, then `--stage stage2 --init <stage 1>`, trains exactly the model that
+    `train_stages` trains in one call: each stage's recipe, seed and fresh optimizer, weights bit for bit."""
+    import dataclasses
+
+    import torch
+
+    from omniar.checkpoint import read_tensors
+    from omniar.omni.model import OmniModel
+    from omniar.omni.train import STAGES, train_stages
+
+    steps = ["--steps", "3", "--batch", "3", "--seed", "1"]
+    main(["train", "omni", "--out", str(tmp_path / "s1"), "--stage", "stage1", "--set", *TINY, "--text-tokenizer",
+          str(run / "tok"), "--image-tokenizer", str(run / "img"), *steps])
+    main(["train", "omni", "--out", str(tmp_path / "s2"), "--stage", "stage2", "--init",
+          str(tmp_path / "s1" / "checkpoint"), *steps])
+    torch.manual_seed(1)
+    model = OmniModel(omni_preset("onecat-tiny", **{k: int(v) for k, v in (p.split("=") for p in TINY)}),
+                      TextTokenizer.load(run / "tok"), ImageTokenizer.from_pretrained(run / "img"))
+    stages = {name: dataclasses.replace(r, examples_per_step=3) for name, r in STAGES.items()}
+    train_stages(model, tmp_path / "py", {"stage1": 3, "stage2": 3}, seed=1, progress=False, stages=stages)
+    for stage in ("s1", "s2"):
+        cli = read_tensors(tmp_path / stage / "checkpoint" / "model.safetensors")
+        ref = read_tensors(tmp_path / "py" / ("stage1" if stage == "s1" else "stage2") / "checkpoint"
+                           / "model.safetensors")
+        assert cli.keys() == ref.keys()
+        assert all(torch.equal(cli[k], ref[k]) for k in ref), stage
+    first = read_tensors(tmp_path / "s1" / "checkpoint" / "model.safetensors")
+    assert any(not torch.equal(first[k], cli[k]) for k in cli)  # stage 2 trained on from stage 1's weights
+
+
+def test_train_omni_named_errors_of_init_and_stage(run, tmp_path, capsys):
+    ckpt = str(run / "run" / "checkpoint")
+    with pytest.raises(SystemExit, match="a new run needs --text-tokenizer and --image-tokenizer"):
+        main(["train", "omni", "--out", str(tmp_path / "a")])
+    with pytest.raises(SystemExit, match="drop --set, --text-tokenizer"):
+        main(["train", "omni", "--out", str(tmp_path / "a"), "--init", ckpt, "--set", "num_layers=2",
+              "--text-tokenizer", str(run / "tok")])
+    with pytest.raises(SystemExit, match="holds a 'onecat-tiny' model, not 'raster-tiny'"):
+        main(["train", "omni", "--out", str(tmp_path / "a"), "--init", ckpt, "--preset", "raster-tiny"])
+    with pytest.raises(SystemExit, match="not a unified model"):
+        main(["train", "omni", "--out", str(tmp_path / "a"), "--init", str(run / "img")])
+    with pytest.raises(SystemExit, match="shards must be between 1 and examples_per_step"):
+        main(["train", "omni", "--out", str(tmp_path / "a"), "--init", ckpt, "--stage", "edits", "--shards", "20"])
+    with pytest.raises(SystemExit):
+        main(["train", "omni", "--out", str(tmp_path / "a"), "--init", ckpt, "--stage", "stage4"])
+    assert "invalid choice: 'stage4'" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()  # nothing was started

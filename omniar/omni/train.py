@@ -397,15 +397,30 @@ def train_stages(model: OmniModel, out: str | Path, steps: dict[str, int], seed:
     an interrupted one resumes. Each stage draws its own examples (seeded by its place in `stages`), also when
     the stages are trained one call at a time. Returns each stage's logged metrics."""
     stages = stages or STAGES
-    unknown = [s for s in steps if s not in stages]
-    if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; known: {', '.join(stages)}")
+    for name in steps:
+        stage_recipe(name, 1, stages=stages)  # names every unknown stage before any training
     out = Path(out)
     logs = {}
     for name, n in steps.items():
         if n <= 0:
             continue
-        recipe = dataclasses.replace(stages[name], steps=n, warmup=min(stages[name].warmup, max(1, n // 10)))
-        logs[name] = train_omni(model, out / name, recipe, seed=seed * 100 + list(stages).index(name),
-                                progress=progress, teacher=teacher, parallel=parallel)
+        recipe, stage_seed = stage_recipe(name, n, seed, stages)
+        logs[name] = train_omni(model, out / name, recipe, seed=stage_seed, progress=progress, teacher=teacher,
+                                parallel=parallel)
     return logs
+
+
+def stage_recipe(name: str, steps: int, seed: int = 0, stages: dict[str, Recipe] | None = None,
+                 **overrides) -> tuple[Recipe, int]:
+    """Stage `name`'s recipe for a run of `steps` (its warm-up at most a tenth of them) and the seed its examples
+    are drawn with - the recipe and seed `train_stages` trains it with, so a stage trained on its own (`omniar train
+    omni --stage NAME --init <previous stage>`) is the very stage of a `train_stages` run. `overrides`: Recipe
+    fields to change (tasks, lr, examples_per_step, ...)."""
+    stages = stages or STAGES
+    if name not in stages:
+        raise ValueError(f"unknown stage {name!r}; known: {', '.join(stages)}")
+    if steps < 1:
+        raise ValueError(f"a stage needs at least one step, got {steps}")
+    base = stages[name]
+    recipe = dataclasses.replace(base, steps=steps, warmup=min(base.warmup, max(1, steps // 10)), **overrides)
+    return recipe, seed * 100 + list(stages).index(name)
