@@ -251,3 +251,18 @@ def test_relation_examples_can_ask_a_shape_count_as_their_second_turn():
         assert a == ("zero", "one", "two", "three", "four")[sum(o.shape == shape for o in scene.objects)]
     with pytest.raises(ValueError, match="counts"):
         RelationCurriculum(counts=1.5)
+
+
+def test_a_relations_stage_too_short_for_its_curriculum_says_so(tmp_path):
+    """A stage that stops before its curriculum asks every relation warns (the model would stay at chance on the
+    relations it never saw); one long enough trains silently."""
+    import warnings
+
+    model = tiny_model(seed=3)
+    recipe = Recipe(**{**TINY, "steps": 2, "tasks": {"vqa": 1}},
+                    relations=RelationCurriculum(above=1, mirrors=2, full=3))
+    with pytest.warns(UserWarning, match="fully only from step 3 .* a stage of 2 steps stops before"):
+        train_omni(model, tmp_path / "short", recipe, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_omni(model, tmp_path / "long", dataclasses.replace(recipe, steps=3), progress=False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import random
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -350,6 +351,12 @@ def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, 
     if speech and model.device.type != "cpu":
         raise ValueError(f"speech tasks ({', '.join(speech)}) train on the CPU only for now; this model is on "
                          f"{model.device}")
+    cur = recipe.relations
+    if cur is not None and recipe.steps < cur.full:
+        warnings.warn(f"this relations curriculum asks its last relations fully only from step {cur.full} (\"above\" "
+                      f"from step {cur.above}, \"right of\" and \"below\" ramped in from step {cur.mirrors}); a "
+                      f"stage of {recipe.steps} steps stops before: train more steps or a curriculum of shorter "
+                      f"phases", stacklevel=2)
     teacher = teacher.requires_grad_(False).eval().to(model.device) if recipe.distill > 0 else None
     grid = model.patch_embed.grid()
     if teacher is not None and getattr(teacher, "grid", grid[0]) != grid[0]:
