@@ -299,16 +299,6 @@ DEMO_DISTILL = {"onecat-tiny": 3.0, "ar-omni-tiny": 3.0}
 DEMO_ALIGN = {"onecat-tiny": 2.0}
 
 
-def speech_stages() -> dict[str, Recipe]:
-    """The stages AR-Omni's demo mixes its speech tasks into: no relations stage follows them, so stages 2 and 3
-    keep the unified mix (`Recipe`'s default, VQA's room) instead of `MIX_BEFORE_RELATIONS`."""
-    from omniar.omni.train import STAGES, Recipe
-
-    unified = Recipe().tasks
-    return {name: dataclasses.replace(r, tasks=unified) if name in ("stage2", "stage3") else r
-            for name, r in STAGES.items()}
-
-
 def stage_batch(recipe: Recipe, examples_per_step: int) -> int:
     """A stage's examples per step in a plan of `examples_per_step`: the recipe's own, scaled by the plan's batch
     against `Recipe`'s default (16), so a stage that asks more (the relations curriculum) keeps its ratio."""
@@ -637,7 +627,7 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
     stages = {name: dataclasses.replace(recipe, examples_per_step=stage_batch(recipe, plan.examples_per_step),
                                         distill=plan.distill if name in plan.distill_stages and teacher is not None
                                         else 0.0)
-              for name, recipe in (with_speech(speech_stages()) if plan.speech else STAGES).items()}
+              for name, recipe in (with_speech(STAGES) if plan.speech else STAGES).items()}
     previous, key = None, base_key
     for name, n in plan.stage_steps.items():
         # the stage's recipe is in its key: a changed task mix, rate or reweighting retrains from that stage on

@@ -266,19 +266,3 @@ def test_a_relations_stage_too_short_for_its_curriculum_says_so(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         train_omni(model, tmp_path / "long", dataclasses.replace(recipe, steps=3), progress=False)
-
-
-def test_the_mixed_stages_give_vqa_room_only_where_a_relations_stage_follows():
-    """OneCAT's stages 2 and 3 draw more (the relations stage after them teaches the questions); AR-Omni's, with no
-    relations stage, keep the unified mix."""
-    from omniar.demo import speech_stages
-    from omniar.omni.train import MIX_BEFORE_RELATIONS
-
-    assert STAGES["stage2"].tasks == STAGES["stage3"].tasks == MIX_BEFORE_RELATIONS
-    assert MIX_BEFORE_RELATIONS["t2i"] > Recipe().tasks["t2i"] and MIX_BEFORE_RELATIONS["vqa"] < Recipe().tasks["vqa"]
-    speech = speech_stages()
-    assert speech["stage2"].tasks == speech["stage3"].tasks == Recipe().tasks
-    assert {n: r for n, r in speech.items() if n not in ("stage2", "stage3")} == {
-        n: r for n, r in STAGES.items() if n not in ("stage2", "stage3")}
-    assert with_speech(speech)["stage2"].tasks["vqa"] > with_speech(STAGES)["stage2"].tasks["vqa"]
-

@@ -146,18 +146,12 @@ TEXT_EXPERT = ("decoder.blocks.*.mixer.qkv.{text}.*", "decoder.blocks.*.mixer.o.
 # answers and captions stay exactly what they were; 1,000 steps after the relations stage took one demo model's
 # edits from 0.785 / 0.931 to 0.902 / 0.949 with text-to-image the same (0.386 -> 0.389; BENCHMARKS.md "Edits
 # stage"); the demo runs it after the relations stage. `steps` here are placeholders: `train_stages` (and `omniar
-# demo --budget`) set them.
-# Stages 2 and 3 mix the tasks by MIX_BEFORE_RELATIONS: with the relations stage after them to teach the position
-# and count questions, VQA needs less of their room than the unified mix (`Recipe`'s default) gives it, and
-# text-to-image, which keeps learning with every image, takes it. From one demo's stage 1, on 1,000 validation items
-# (BENCHMARKS.md "Demo"): t2i 0.15 / VQA 0.45 (the unified mix) -> 0.35 / 0.25 -> 0.5 / 0.1 gave text-to-image
-# 0.421 -> 0.450 -> 0.484 and VQA 0.976 -> 0.985 -> 0.852.
-MIX_BEFORE_RELATIONS = {"t2i": 0.35, "caption": 0.1, "vqa": 0.25, "edit": 0.25, "text": 0.05}
+# demo --budget`) set them; stages 2 and 3 use the default mix.
 STAGES: dict[str, Recipe] = {
     "stage1": Recipe(tasks={"t2i": 0.5, "caption": 0.25, "vqa": 0.15, "text": 0.1}, lr=2e-3, min_lr_ratio=0.5,
                      warmup=50, questions=4),
-    "stage2": Recipe(tasks=MIX_BEFORE_RELATIONS, lr=1.5e-3, min_lr_ratio=0.2, warmup=20, questions=4),
-    "stage3": Recipe(tasks=MIX_BEFORE_RELATIONS, lr=5e-4, min_lr_ratio=0.1, warmup=10, questions=4),
+    "stage2": Recipe(lr=1.5e-3, min_lr_ratio=0.2, warmup=20, questions=4),
+    "stage3": Recipe(lr=5e-4, min_lr_ratio=0.1, warmup=10, questions=4),
     "relations": Recipe(tasks={"vqa": 0.85, "caption": 0.15}, examples_per_step=24, lr=1e-3, min_lr_ratio=0.1,
                         warmup=10, decay_steps=300, questions=4, relations=RelationCurriculum(share=0.8, counts=1.0),
                         freeze=SHARED + UNDERSTANDING),
