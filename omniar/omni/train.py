@@ -404,8 +404,9 @@ def train_stages(model: OmniModel, out: str | Path, steps: dict[str, int], seed:
     an interrupted one resumes. Each stage draws its own examples (seeded by its place in `stages`), also when
     the stages are trained one call at a time. Returns each stage's logged metrics."""
     stages = stages or STAGES
-    for name in steps:
-        stage_recipe(name, 1, stages=stages)  # names every unknown stage before any training
+    unknown = [s for s in steps if s not in stages]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; known: {', '.join(stages)}")
     out = Path(out)
     logs = {}
     for name, n in steps.items():
