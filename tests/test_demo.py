@@ -62,6 +62,7 @@ def test_demo_runs_every_step_and_a_second_run_comes_from_the_cache(tmp_path, mo
 
 
 @pytest.mark.parametrize("kind,width", [("conv", 128), ("vit", 128)])
+@pytest.mark.filterwarnings("ignore:this relations curriculum")  # a 2-step relations stage, on purpose
 def test_demo_with_distillation_trains_the_teacher_first(tmp_path, kind, width):
     # the ConvNet also aligns the image tokenizer's latent, so it comes before it; the ViT reads the tokenizer
     align = 1.0 if kind == "conv" else 0.0
