@@ -397,6 +397,9 @@ def _train_omni_process(args, shards: int) -> None:
         model = OmniModel.from_pretrained(out / "checkpoint")
     elif args.init:
         model = OmniModel.from_pretrained(args.init)
+        if teacher is not None and model.config.distill_dim != teacher.und_width:
+            sys.exit(f"error: {args.init}'s model distils features of width {model.config.distill_dim or 'none'}, "
+                     f"the teacher gives {teacher.und_width}: give the teacher it was trained with, or no --teacher")
     else:
         config = omni_preset(args.preset or "onecat-tiny", **parse_pairs(args.set))
         if args.config:

@@ -253,6 +253,11 @@ def test_train_omni_named_errors_of_init_and_stage(run, tmp_path, capsys):
         main(["train", "omni", "--out", str(tmp_path / "a"), "--init", ckpt, "--preset", "raster-tiny"])
     with pytest.raises(SystemExit, match="not a unified model"):
         main(["train", "omni", "--out", str(tmp_path / "a"), "--init", str(run / "img")])
+    main(["train", "teacher", "--out", str(tmp_path / "conv"), "--steps", "1", "--image-size", "32", "--grid", "4",
+          "--eval", "4"])
+    with pytest.raises(SystemExit, match="distils features of width none, the teacher gives"):
+        main(["train", "omni", "--out", str(tmp_path / "a"), "--init", ckpt, "--teacher",
+              str(tmp_path / "conv" / "checkpoint")])
     with pytest.raises(SystemExit, match="shards must be between 1 and examples_per_step"):
         main(["train", "omni", "--out", str(tmp_path / "a"), "--init", ckpt, "--stage", "edits", "--shards", "20"])
     with pytest.raises(SystemExit):
