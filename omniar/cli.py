@@ -345,17 +345,17 @@ def _train_omni(args) -> None:
                                             ("--image-tokenizer", args.image_tokenizer)) if not value]
         if missing:
             sys.exit(f"error: a new run needs {' and '.join(missing)} (or --init: a trained model to start from)")
-    try:
-        _omni_recipe(args, shards, bool(args.teacher))  # a bad recipe is named before any process starts
+    try:  # a bad recipe is named before any process starts
+        recipe, seed = _omni_recipe(args, shards, bool(args.teacher))
     except ValueError as e:
         sys.exit(f"error: {e}")
     if args.workers > 1:
         from omniar.train.parallel import launch
 
-        launch(_train_omni_process, args.workers, args, shards,
+        launch(_train_omni_process, args.workers, args, recipe, seed,
                threads=max(1, torch.get_num_threads() // args.workers))
     else:
-        _train_omni_process(args, shards)
+        _train_omni_process(args, recipe, seed)
     print(f"checkpoint: {(out / 'checkpoint').resolve()}")
 
 
@@ -374,8 +374,9 @@ def _omni_recipe(args, shards: int, distill: bool):
     return Recipe(**{"questions": 4, "steps": args.steps, **given, **run}), args.seed
 
 
-def _train_omni_process(args, shards: int) -> None:
-    """One process's part of `omniar train omni` (the only one, or one of --workers data-parallel ones)."""
+def _train_omni_process(args, recipe, seed: int) -> None:
+    """One process's part of `omniar train omni` (the only one, or one of --workers data-parallel ones), training by
+    `recipe` with examples drawn by `seed` (`_omni_recipe`)."""
     import torch
 
     from omniar.omni.model import OmniModel, omni_preset
@@ -388,10 +389,6 @@ def _train_omni_process(args, shards: int) -> None:
     from omniar.omni.teacher import load_teacher
 
     teacher = load_teacher(args.teacher) if args.teacher else None
-    try:
-        recipe, seed = _omni_recipe(args, shards, teacher is not None)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
     out = Path(args.out)
     if (out / "checkpoint" / "trainer.json").is_file():
         model = OmniModel.from_pretrained(out / "checkpoint")
