@@ -341,6 +341,28 @@ def test_decode_fast_path_equals_f_linear_and_follows_weight_changes():
     assert not any("_decode_slabs" in m.__dict__ for m in model.modules())
 
 
+def test_inference_linear_paths_equal_f_linear_and_keep_gradients(monkeypatch):
+    """Every path of `linear` (slab, oneDNN, F.linear) computes F.linear's product; an input that needs its gradient
+    gets it (oneDNN's op has no backward, so it is kept to inference)."""
+    import omniar.model.linear as linear_module
+    from omniar.model.linear import FAST_ROWS, Linear
+
+    layer = Linear(24, 10, bias=True)
+    for onednn in (True, False):
+        monkeypatch.setattr(linear_module, "ONEDNN", onednn and linear_module.ONEDNN)
+        for rows in (1, FAST_ROWS, FAST_ROWS + 1, 40):
+            x = torch.randn(2, rows, 24)
+            with torch.inference_mode():
+                out = layer(x)
+            assert out.shape == (2, rows, 10)
+            assert torch.allclose(out, torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-5)
+            layer.requires_grad_(False)  # frozen, and an input that needs its gradient (e.g. a saliency map)
+            x.requires_grad_(True)
+            layer(x).sum().backward()
+            assert torch.allclose(x.grad, layer.weight.sum(0).expand_as(x))
+            layer.requires_grad_(True)
+
+
 def test_bfloat16_model_runs_and_tracks_float32():
     model = OmniDecoder(mixed_config()).eval()
     batch = collate([mixed_sample(0), mixed_sample(1)], pad_side="left")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from omniar.model.ffn import SwiGLU
+from omniar.model.linear import linear
 
 
 class ScaleLoRA(nn.Module):
@@ -45,6 +46,13 @@ class ScaleLoRA(nn.Module):
         return weight + self.factor * (self.B[k] @ self.A[k])
 
 
+class _Merged:
+    """One scale's merged weight, and the holder of its inference copies (`omniar.model.linear`)."""
+
+    def __init__(self, weight: Tensor):
+        self.weight = weight
+
+
 class ScaleAdaptedSwiGLU(SwiGLU):
     """A SwiGLU expert with a Scale-Aware Adapter on its gate/up and down projections."""
 
@@ -54,7 +62,7 @@ class ScaleAdaptedSwiGLU(SwiGLU):
         self.gate_up_lora = ScaleLoRA(hidden, 2 * intermediate, num_scales, rank, alpha)
         self.down_lora = ScaleLoRA(intermediate, hidden, num_scales, rank, alpha)
         self.enabled = True
-        self._merged: dict[int, tuple[Tensor, Tensor]] = {}
+        self._merged: dict[int, tuple[_Merged, _Merged]] = {}
         self._merged_at: tuple[int, ...] = ()
 
     def forward(self, x: Tensor, scale: Tensor | None = None) -> Tensor:
@@ -69,9 +77,9 @@ class ScaleAdaptedSwiGLU(SwiGLU):
             raise ValueError(f"scale ids must be in [0, {self.num_scales}), got [{int(scale.min())}, "
                              f"{int(scale.max())}]")
         if self._merged and len(scale) and bool((scale == scale[0]).all()):
-            gate_up_w, down_w = self._merged[int(scale[0])]
-            gate, up = F.linear(x, gate_up_w).split(self.intermediate, dim=-1)
-            return F.linear(F.silu(gate) * up, down_w).reshape(shape)
+            gate_up, down = self._merged[int(scale[0])]
+            gate, up = linear(x, gate_up.weight, None, gate_up).split(self.intermediate, dim=-1)
+            return linear(F.silu(gate) * up, down.weight, None, down).reshape(shape)
         gate, up = (self.gate_up(x) + self.gate_up_lora.delta(x, scale)).split(self.intermediate, dim=-1)
         h = F.silu(gate) * up
         return (self.down(h) + self.down_lora.delta(h, scale)).reshape(shape)
@@ -86,8 +94,8 @@ class ScaleAdaptedSwiGLU(SwiGLU):
         are unchanged since the last merge (their in-place version counters say so)."""
         if self._merged and self._merged_at == self._versions():
             return
-        self._merged = {k: (self.gate_up_lora.merged(self.gate_up.weight, k),
-                            self.down_lora.merged(self.down.weight, k)) for k in range(self.num_scales)}
+        self._merged = {k: (_Merged(self.gate_up_lora.merged(self.gate_up.weight, k)),
+                            _Merged(self.down_lora.merged(self.down.weight, k))) for k in range(self.num_scales)}
         self._merged_at = self._versions()
 
     def train(self, mode: bool = True) -> ScaleAdaptedSwiGLU:
