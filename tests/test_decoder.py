@@ -341,9 +341,9 @@ def test_decode_fast_path_equals_f_linear_and_follows_weight_changes():
     assert not any("_decode_slabs" in m.__dict__ for m in model.modules())
 
 
-def test_inference_linear_paths_equal_f_linear_and_keep_gradients(monkeypatch):
-    """Every path of `linear` (slab, oneDNN, F.linear) computes F.linear's product; an input that needs its gradient
-    gets it (oneDNN's op has no backward, so it is kept to inference)."""
+def test_linear_paths_equal_f_linear_with_their_gradients(monkeypatch):
+    """Every path of `linear` (slab, oneDNN, F.linear) computes F.linear's product, and in training its gradients:
+    for the input, the weight and the bias, and for an input alone through a frozen layer."""
     import omniar.model.linear as linear_module
     from omniar.model.linear import FAST_ROWS, Linear
 
@@ -356,11 +356,24 @@ def test_inference_linear_paths_equal_f_linear_and_keep_gradients(monkeypatch):
                 out = layer(x)
             assert out.shape == (2, rows, 10)
             assert torch.allclose(out, torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-5)
+            grad = torch.randn(2, rows, 10)
+            got = _linear_grads(layer, x, grad, layer)
+            want = _linear_grads(layer, x, grad, lambda t: torch.nn.functional.linear(t, layer.weight, layer.bias))
+            for g, w in zip(got, want):
+                assert torch.allclose(g, w, atol=1e-4)
             layer.requires_grad_(False)  # frozen, and an input that needs its gradient (e.g. a saliency map)
             x.requires_grad_(True)
             layer(x).sum().backward()
             assert torch.allclose(x.grad, layer.weight.sum(0).expand_as(x))
             layer.requires_grad_(True)
+
+
+def _linear_grads(layer, x, grad, fn):
+    x = x.clone().requires_grad_(True)
+    layer.zero_grad(set_to_none=True)
+    out = fn(x)
+    out.backward(grad)
+    return out.detach(), x.grad, layer.weight.grad, layer.bias.grad
 
 
 def test_bfloat16_model_runs_and_tracks_float32():

@@ -1,21 +1,22 @@
-"""`Linear`: nn.Linear with fast paths for inference on the CPU.
+"""`Linear`: nn.Linear with fast paths for the CPU.
 
-Inference multiplies a few rows (decoding) or a known set of row counts (next-scale's scales, a prompt) by every
-weight matrix, with no gradient. PyTorch's `F.linear` on the CPU runs MKL's sgemm, which on these shapes is far
-from the machine's peak (`bench/gemv.py`, BENCHMARKS.md "Small-batch matmul"), so when no gradient is needed:
+PyTorch's `F.linear` on the CPU runs MKL's sgemm, which at this project's shapes is far from the machine's peak
+(`bench/gemv.py`, BENCHMARKS.md "Small-batch matmul"). So on the CPU, `linear` takes:
 
-- at most `FAST_ROWS` rows: an (in, out) copy of the weight cut into one slab per thread, multiplied as a batched
-  matmul (which PyTorch spreads over its threads): a matrix-vector product is set by how the weight streams from
-  memory, and this runs 1.5-2.6x faster than F.linear's one-thread GEMV for one row. The copy is made lazily and
-  rebuilt whenever the weight changes (its version counter moves); it costs the weight's memory once more, in
-  inference only: `drop_slabs(model)` frees it (OmniDecoder does on `.train()`).
+- at most `FAST_ROWS` rows, no gradient (decoding): an (in, out) copy of the weight cut into one slab per thread,
+  multiplied as a batched matmul (which PyTorch spreads over its threads): a matrix-vector product is set by how
+  the weight streams from memory, and this runs 1.5-2.6x faster than F.linear's one-thread GEMV for one row. The
+  copy is made lazily and rebuilt whenever the weight changes (its version counter moves); it costs the weight's
+  memory once more, in inference only: `drop_slabs(model)` frees it (OmniDecoder does on `.train()`).
 - more rows, fp32: oneDNN's matmul (the kernel PyTorch's own CPU compiler fuses linear layers into), 1.3-2.3x
-  F.linear's speed from 18 rows up on the machines measured. It builds a kernel per shape once (~0.3-1 ms,
-  cached by oneDNN), which inference, whose shapes repeat, pays back at once.
+  F.linear's speed from 18 rows up on the machines measured. It builds a kernel per shape once (~0.3-1 ms, cached
+  by oneDNN), which inference, whose shapes repeat, pays back at once. In training (`_OneDNNLinear`) the forward
+  and the input's gradient run it too - the packed rows change every step, and still a step is 7-9% shorter - while
+  the weight's gradient, a product over those rows, stays with MKL (oneDNN's new shapes cost more there than
+  they save).
 
-Training (a weight or input that needs its gradient) always takes `F.linear` untouched: oneDNN's op has no
-backward, and there every packed batch brings new row counts. Parameters, state dicts and checkpoints are
-nn.Linear's.
+Otherwise (another device, another dtype, `ONEDNN` off) it is `F.linear`. Parameters, state dicts and checkpoints
+are nn.Linear's.
 """
 
 from __future__ import annotations
@@ -23,21 +24,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 FAST_ROWS = 8  # bench/gemv.py: the slab path wins at 1 row, ties oneDNN at 8 and loses to it from 18
-# oneDNN's matmul for larger inference inputs on the CPU; False (or a build without oneDNN): F.linear
+# oneDNN's matmul for more rows on the CPU, in inference and training; False (or a build without oneDNN): F.linear
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None, holder: object) -> Tensor:
     """x @ weight.T + bias; `holder` (any object with a `__dict__`) keeps the cached slabs of `weight`."""
-    if x.device.type != "cpu" or (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)):
+    if x.device.type != "cpu":
         return F.linear(x, weight, bias)
     out_features, in_features = weight.shape
     rows = x.numel() // in_features
+    onednn = ONEDNN and rows > FAST_ROWS and x.dtype == weight.dtype == torch.float32
+    if torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad):
+        return _OneDNNLinear.apply(x, weight, bias) if onednn else F.linear(x, weight, bias)
+    if onednn:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     if rows > FAST_ROWS:
-        if ONEDNN and x.dtype == weight.dtype == torch.float32 and rows:
-            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
         return F.linear(x, weight, bias)
     slabs, bias_slabs = _slabs(weight, bias, holder)
     flat = x.reshape(1, rows, in_features).expand(slabs.shape[0], rows, in_features)
@@ -45,6 +50,32 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None, holder: object) -> Te
     if rows == 1:
         return out.view(*x.shape[:-1], out_features)
     return out.transpose(0, 1).reshape(*x.shape[:-1], out_features)  # (T, rows, n) -> (rows, T * n)
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """F.linear whose forward and input gradient run oneDNN's matmul; the weight's gradient (a product over the
+    rows, whose count changes every step) stays with MKL, which builds nothing per shape. Once differentiable
+    (no double backward)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.ops.mkldnn._linear_pointwise(grad, weight.t(), None, "none", [], "")
+        if ctx.needs_input_grad[1]:
+            gw = g.t() @ x.reshape(-1, x.shape[-1])
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g.sum(0)
+        return gx, gw, gb
 
 
 def _slabs(weight: Tensor, bias: Tensor | None, holder: object) -> tuple[Tensor, Tensor | None]:
