@@ -11,15 +11,17 @@ PyTorch's `F.linear` on the CPU runs MKL's sgemm, which at this project's shapes
 - more rows, fp32: oneDNN's matmul (the kernel PyTorch's own CPU compiler fuses linear layers into), 1.3-2.3x
   F.linear's speed from 18 rows up on the machines measured. It builds a kernel per shape once (~0.3-1 ms, cached
   by oneDNN), which inference, whose shapes repeat, pays back at once. In training (`_OneDNNLinear`) the forward
-  and the input's gradient run it too - the packed rows change every step, and still a step is 7-9% shorter - while
-  the weight's gradient, a product over those rows, stays with MKL (oneDNN's new shapes cost more there than
-  they save).
+  and the input's gradient run it too - the packed rows change every step, and still a training run moves ~5% more
+  tokens a second - while the weight's gradient, a product over those rows, stays with MKL (oneDNN's new shapes
+  cost more there than they save).
 
 Otherwise (another device, another dtype, `ONEDNN` off) it is `F.linear`. Parameters, state dicts and checkpoints
 are nn.Linear's.
 """
 
 from __future__ import annotations
+
+import platform
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +30,9 @@ from torch.autograd.function import once_differentiable
 
 FAST_ROWS = 8  # bench/gemv.py: the slab path wins at 1 row, ties oneDNN at 8 and loses to it from 18
 # oneDNN's matmul for more rows on the CPU, in inference and training; False (or a build without oneDNN): F.linear
-ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+# (x86 only: the machines measured; elsewhere oneDNN may sit on other kernels)
+ONEDNN = (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
+          and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None, holder: object) -> Tensor:
