@@ -202,6 +202,34 @@ def test_each_expert_computes_exactly_its_tokens():
     assert torch.allclose(x1.grad, x2.grad, atol=1e-6)
 
 
+@pytest.mark.parametrize("pad_side", ["right", "left"])
+@pytest.mark.parametrize("mot", [False, True])
+def test_padding_takes_no_experts_work_and_changes_no_output(pad_side, mot):
+    """Padding positions (never a key, never a target) pass through no expert - FFN or, with expert attention,
+    projection - and every real position's logits and gradients are those of its document run alone."""
+    model = OmniDecoder(mixed_config(expert_attention=mot))
+    samples = [mixed_sample(0, text_len=9), mixed_sample(1, text_len=1)]
+    batch = collate(samples, pad_side=pad_side)
+    real = batch.meta.doc >= 0
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+             for block in model.blocks for m in [*block.ffn.experts, *(block.mixer.qkv if mot else [])]]
+    logits = model(**batch.model_inputs()).logits
+    for h in hooks:
+        h.remove()
+    layers = len(model.blocks) * (2 if mot else 1)
+    assert sum(seen) == layers * int(real.sum()) < layers * real.numel()
+    weights = torch.randn(logits.shape[-1])
+    (logits[real] @ weights).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    alone = [model(**collate([s]).model_inputs()).logits[0] for s in samples]
+    assert (logits[real] - torch.cat(alone)).abs().max() <= TOL
+    (torch.cat(alone) @ weights).sum().backward()
+    for g, p in zip(grads, [p for p in model.parameters() if p.grad is not None], strict=True):
+        assert (g - p.grad).abs().max() <= TOL * max(1.0, float(p.grad.abs().max()))
+
+
 def test_expert_attention_projects_each_token_with_its_experts_weights():
     """Mixture-of-Transformers: QKV and output projections through the gather/scatter path equal applying each
     token's expert by hand, and a batch without an expert's tokens leaves that expert's projections untouched."""
@@ -231,12 +259,14 @@ def test_upcycling_copies_the_dense_weights_and_keeps_every_output(attention):
     moe = upcycle_experts(dense, ("text", "und", "gen", "speech"), mixed_config().routing, attention=attention)
     assert moe.config.expert_attention is attention
     assert isinstance(moe.blocks[0].mixer.qkv, torch.nn.ModuleList) is attention
+    real = b.meta.doc >= 0  # the outputs; padding's (which the experts skip) are nobody's
+    assert not real.all()
     with torch.no_grad():
-        ref = dense(**b.model_inputs()).logits
-        assert (moe(**b.model_inputs()).logits - ref).abs().max() <= TOL
+        ref = dense(**b.model_inputs()).logits[real]
+        assert (moe(**b.model_inputs()).logits[real] - ref).abs().max() <= TOL
         if attention:  # the copies are parameters of their own: changing the text expert's moves the outputs
             moe.blocks[0].mixer.o[0].weight.add_(0.5)
-            out = moe(**b.model_inputs()).logits
+            out = moe(**b.model_inputs()).logits[real]
             assert (out - ref).abs().max() > 1e-3
 
 

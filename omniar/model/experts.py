@@ -2,8 +2,10 @@
 
 Every layer has one attention and E SwiGLU experts. A token's modality picks its expert through the config's
 `routing` map, so the routing is known before the forward pass: it is computed once per forward (`Routing`) and
-reused by every layer. Each expert runs only on its own tokens (one gather before, one after: `dispatch`). With
-`DecoderConfig.expert_attention` the attention's projections are routed the same way (Mixture-of-Transformers).
+reused by every layer. Each expert runs only on its own tokens (one gather before, one after: `dispatch`), and
+padding positions - never a key, never a target - on none (their output is zeros), so a packed batch's padding
+costs no expert's work. With `DecoderConfig.expert_attention` the attention's projections are routed the same
+way (Mixture-of-Transformers).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import re
 import torch
 from torch import Tensor, nn
 
+from omniar.masks import PAD_DOC
 from omniar.modality import Modality
 from omniar.model.adapter import ScaleAdaptedSwiGLU
 from omniar.model.config import DecoderConfig
@@ -21,20 +24,24 @@ from omniar.model.ffn import SwiGLU
 
 class Routing:
     """Which expert serves which token of a (B, L) batch; shared by all layers of one forward. `scale` (B, L) is
-    each token's scale for a Scale-Aware Adapter (None: the batch has no scale-adapted tokens)."""
+    each token's scale for a Scale-Aware Adapter (None: the batch has no scale-adapted tokens). An expert id of
+    `num_experts` marks padding, which no expert serves (`dispatch` gives it zeros)."""
 
     def __init__(self, expert_ids: Tensor | None, num_experts: int, default: int = 0, scale: Tensor | None = None):
         self.single: int | None = default  # all tokens go to this expert: no gather needed
-        self.groups: list[tuple[int, int]] = []  # (expert, token count) in sorted order
+        self.groups: list[tuple[int | None, int]] = []  # (expert, token count) in sorted order; None: padding
         self.order: Tensor | None = None  # tokens sorted by expert
         self.inverse: Tensor | None = None
         self.scale = scale  # (B, L) while single; flat in sorted order otherwise
         if expert_ids is None or num_experts == 1:
             return
         flat = expert_ids.reshape(-1)
-        counts = torch.bincount(flat, minlength=num_experts).tolist()
-        used = [e for e, c in enumerate(counts) if c]
-        if len(used) == 1:
+        counts = torch.bincount(flat, minlength=num_experts + 1).tolist()
+        used = [e for e, c in enumerate(counts[:num_experts]) if c]
+        padding = counts[num_experts]
+        if not used:  # padding only: the default expert has it, as a batch of one expert would
+            return
+        if len(used) == 1 and not padding:
             self.single = used[0]
             return
         self.single = None
@@ -46,7 +53,7 @@ class Routing:
             self.order = torch.argsort(flat, stable=True)
         self.inverse = torch.empty_like(self.order)
         self.inverse[self.order] = torch.arange(len(flat), device=flat.device)
-        self.groups = [(e, counts[e]) for e in used]
+        self.groups = [(e, counts[e]) for e in used] + ([(None, padding)] if padding else [])
 
 
 class Router(nn.Module):
@@ -73,6 +80,8 @@ class Router(nn.Module):
         ids = self.table[modality]
         if self.prompt_expert is not None and doc is not None:
             ids = torch.where(prompt_positions(modality, doc), self.prompt_expert, ids)
+        if doc is not None:  # padding (never a key, never a target): no expert's work
+            ids = ids.masked_fill(doc == PAD_DOC, self.num_experts)
         return Routing(ids, self.num_experts, self.text_expert, scale)
 
 
@@ -115,6 +124,9 @@ def dispatch(x: Tensor, routing: Routing, run) -> Tensor:
     flat = _Permute.apply(x.reshape(-1, x.shape[-1]), routing.order, routing.inverse)
     outs, at = [], 0
     for e, n in routing.groups:
+        if e is None:  # padding, sorted last: zeros of the experts' output width
+            outs.append(outs[-1].new_zeros(n, outs[-1].shape[-1]))
+            continue
         scale = routing.scale[at : at + n] if routing.scale is not None else None
         outs.append(run(e, flat[at : at + n], scale))
         at += n
