@@ -76,6 +76,11 @@ def test_bad_sampling_parameters_are_named():
         SamplingParams(top_p=0.0)
     with pytest.raises(ValueError, match="temperature"):
         SamplingParams(temperature=-1.0)
+    with pytest.raises(ValueError, match="top_p"):  # per-row knobs: checked row by row
+        SamplingParams(top_p=torch.tensor([0.5, 1.5]))
+    with pytest.raises(ValueError, match="top_k"):
+        SamplingParams(top_k=[3, -1])
+    SamplingParams(temperature=torch.tensor([0.0, 2.0]), top_p=[1.0, 0.5], top_k=0, repetition_penalty=1.2)
     with pytest.raises(ValueError, match=r"expected \(2,\)"):
         sample(torch.randn(2, 5), SamplingParams(temperature=[1.0, 1.0, 1.0]))
 

@@ -34,12 +34,14 @@ class SamplingParams:
     top_p: PerRow = 1.0
     repetition_penalty: PerRow = 1.0
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # plain numbers are checked without tensors (decoding makes these per step)
         for name, lo in (("temperature", 0.0), ("top_k", 0), ("repetition_penalty", 1e-6)):
-            if (torch.as_tensor(getattr(self, name)) < lo).any():
-                raise ValueError(f"{name} must be >= {lo}, got {getattr(self, name)}")
-        p = torch.as_tensor(self.top_p)
-        if ((p <= 0) | (p > 1)).any():
+            v = getattr(self, name)
+            if v < lo if isinstance(v, (int, float)) else bool((torch.as_tensor(v) < lo).any()):
+                raise ValueError(f"{name} must be >= {lo}, got {v}")
+        p = self.top_p
+        if not 0 < p <= 1 if isinstance(p, (int, float)) else bool(((torch.as_tensor(p) <= 0) |
+                                                                    (torch.as_tensor(p) > 1)).any()):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
     @property

@@ -20,6 +20,44 @@ from omniar.model.ffn import SwiGLU
 from omniar.model.linear import linear
 
 
+class ScaleIds:
+    """The scale ids of some tokens (N,), with what an adapter asks of them - their range, their order, their count
+    per scale - each worked out once (a host sync) and kept: a forward's `Routing` makes one per expert group, which
+    every layer's adapter then shares."""
+
+    def __init__(self, ids: Tensor, is_sorted: bool = False):
+        self.ids = ids.reshape(-1)
+        self._sorted = is_sorted or len(self.ids) < 2
+        self._range: tuple[int, int] | None = None
+        self._order: tuple[Tensor, Tensor, ScaleIds] | None = None
+        self._counts: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def range(self) -> tuple[int, int]:
+        """(lowest, highest) id; (0, -1) for no tokens."""
+        if self._range is None:
+            self._range = tuple(torch.stack(torch.aminmax(self.ids)).tolist()) if len(self) else (0, -1)
+        return self._range
+
+    def in_order(self) -> tuple[Tensor | None, Tensor | None, ScaleIds]:
+        """(order, inverse, the ids sorted by order): None, None, self where they are sorted already."""
+        if self._sorted or bool((self.ids[1:] >= self.ids[:-1]).all()):
+            self._sorted = True
+            return None, None, self
+        if self._order is None:
+            order = torch.argsort(self.ids, stable=True)
+            self._order = (order, torch.argsort(order), ScaleIds(self.ids[order], is_sorted=True))
+        return self._order
+
+    def counts(self, num_scales: int) -> list[int]:
+        """Tokens of each scale 0 .. num_scales - 1."""
+        if self._counts is None:
+            self._counts = torch.bincount(self.ids, minlength=num_scales).tolist()
+        return self._counts
+
+
 class ScaleLoRA(nn.Module):
     """The per-scale low-rank deltas of one Linear (in -> out)."""
 
@@ -30,16 +68,16 @@ class ScaleLoRA(nn.Module):
         self.A = nn.Parameter(torch.empty(num_scales, rank, in_features).uniform_(-bound, bound))
         self.B = nn.Parameter(torch.zeros(num_scales, out_features, rank))
 
-    def delta(self, x: Tensor, scale: Tensor) -> Tensor:
-        """(alpha / r) B_k A_k x for rows x (N, in) of scales `scale` (N,).
+    def delta(self, x: Tensor, scale: ScaleIds) -> Tensor:
+        """(alpha / r) B_k A_k x for rows x (N, in) of scales `scale`.
 
         Rows sorted by scale (the `Routing` of a forward sorts each expert's tokens so) take one pair of matmuls
         per scale on contiguous slices; other rows are sorted here first."""
-        if len(scale) > 1 and not bool((scale[1:] >= scale[:-1]).all()):
-            order = torch.argsort(scale, stable=True)
-            return self.delta(x[order], scale[order])[torch.argsort(order)]
-        counts = torch.bincount(scale, minlength=self.A.shape[0]).tolist()
-        parts = [(chunk @ self.A[k].t()) @ self.B[k].t() for k, chunk in enumerate(x.split(counts))]
+        order, inverse, ordered = scale.in_order()
+        if order is not None:
+            return self.delta(x[order], ordered)[inverse]
+        parts = [(chunk @ self.A[k].t()) @ self.B[k].t()
+                 for k, chunk in enumerate(x.split(scale.counts(self.A.shape[0])))]
         return torch.cat(parts) * self.factor
 
     def merged(self, weight: Tensor, k: int) -> Tensor:
@@ -65,19 +103,20 @@ class ScaleAdaptedSwiGLU(SwiGLU):
         self._merged: dict[int, tuple[_Merged, _Merged]] = {}
         self._merged_at: tuple[int, ...] = ()
 
-    def forward(self, x: Tensor, scale: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, scale: Tensor | ScaleIds | None = None) -> Tensor:
         """x (N, hidden) or (B, L, hidden); `scale` the matching scale of every token (None: no adapter)."""
         if not self.enabled or scale is None:
             return super().forward(x)
         shape = x.shape
-        x, scale = x.reshape(-1, shape[-1]), scale.reshape(-1).to(x.device)
-        if x.shape[0] != scale.shape[0]:
-            raise ValueError(f"{x.shape[0]} tokens but {scale.shape[0]} scale ids")
-        if len(scale) and (int(scale.min()) < 0 or int(scale.max()) >= self.num_scales):
-            raise ValueError(f"scale ids must be in [0, {self.num_scales}), got [{int(scale.min())}, "
-                             f"{int(scale.max())}]")
-        if self._merged and len(scale) and bool((scale == scale[0]).all()):
-            gate_up, down = self._merged[int(scale[0])]
+        x = x.reshape(-1, shape[-1])
+        scale = scale if isinstance(scale, ScaleIds) else ScaleIds(scale.to(x.device))
+        if x.shape[0] != len(scale):
+            raise ValueError(f"{x.shape[0]} tokens but {len(scale)} scale ids")
+        lo, hi = scale.range()
+        if len(scale) and (lo < 0 or hi >= self.num_scales):
+            raise ValueError(f"scale ids must be in [0, {self.num_scales}), got [{lo}, {hi}]")
+        if self._merged and len(scale) and lo == hi:
+            gate_up, down = self._merged[lo]
             gate, up = linear(x, gate_up.weight, None, gate_up).split(self.intermediate, dim=-1)
             return linear(F.silu(gate) * up, down.weight, None, down).reshape(shape)
         gate, up = (self.gate_up(x) + self.gate_up_lora.delta(x, scale)).split(self.intermediate, dim=-1)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from omniar.masks import PAD_DOC
 from omniar.modality import Modality
-from omniar.model.adapter import ScaleAdaptedSwiGLU
+from omniar.model.adapter import ScaleAdaptedSwiGLU, ScaleIds
 from omniar.model.config import DecoderConfig
 from omniar.model.ffn import SwiGLU
 
@@ -29,10 +29,11 @@ class Routing:
 
     def __init__(self, expert_ids: Tensor | None, num_experts: int, default: int = 0, scale: Tensor | None = None):
         self.single: int | None = default  # all tokens go to this expert: no gather needed
-        self.groups: list[tuple[int | None, int]] = []  # (expert, token count) in sorted order; None: padding
+        # (expert, token count, their scales) in sorted order; expert None: padding
+        self.groups: list[tuple[int | None, int, ScaleIds | None]] = []
         self.order: Tensor | None = None  # tokens sorted by expert
         self.inverse: Tensor | None = None
-        self.scale = scale  # (B, L) while single; flat in sorted order otherwise
+        self.scale = None if scale is None else ScaleIds(scale)  # all tokens' (B * L), while single
         if expert_ids is None or num_experts == 1:
             return
         flat = expert_ids.reshape(-1)
@@ -44,16 +45,22 @@ class Routing:
         if len(used) == 1 and not padding:
             self.single = used[0]
             return
-        self.single = None
+        self.single, self.scale = None, None
         if scale is not None:  # sorted by expert, then by scale: a Scale-Aware Adapter gets contiguous scales
             scale = scale.reshape(-1)
             self.order = torch.argsort(flat * (int(scale.max()) + 1) + scale, stable=True)
-            self.scale = scale[self.order]
+            scale = scale[self.order]
         else:
             self.order = torch.argsort(flat, stable=True)
         self.inverse = torch.empty_like(self.order)
         self.inverse[self.order] = torch.arange(len(flat), device=flat.device)
-        self.groups = [(e, counts[e]) for e in used] + ([(None, padding)] if padding else [])
+        at = 0
+        for e in used:
+            part = None if scale is None else ScaleIds(scale[at : at + counts[e]], is_sorted=True)
+            self.groups.append((e, counts[e], part))
+            at += counts[e]
+        if padding:
+            self.groups.append((None, padding, None))
 
 
 class Router(nn.Module):
@@ -89,15 +96,15 @@ def prompt_positions(modality: Tensor, doc: Tensor) -> Tensor:
     """(B, L) bool: the text positions of documents (same row, same `doc`, not padding) that hold next-scale
     generation positions. In cached decoding the prompt's prefill carries the first scale's positions, so a
     prompt is routed there as in training."""
-    gen = modality == Modality.IMAGE_GEN
-    if not bool(gen.any()):
+    gen, text = modality == Modality.IMAGE_GEN, modality == Modality.TEXT
+    if not (bool(gen.any()) and bool(text.any())):  # e.g. a next-scale decoding step after the prefill
         return torch.zeros_like(gen)
     B = modality.shape[0]
     d = doc.clamp(min=0)
     key = torch.arange(B, device=doc.device)[:, None] * (int(d.max()) + 1) + d
     generating = torch.zeros(int(key.max()) + 1, dtype=torch.bool, device=doc.device)
     generating[key[gen]] = True
-    return (modality == Modality.TEXT) & (doc >= 0) & generating[key]
+    return text & (doc >= 0) & generating[key]
 
 
 class _Permute(torch.autograd.Function):
@@ -117,17 +124,16 @@ class _Permute(torch.autograd.Function):
 
 def dispatch(x: Tensor, routing: Routing, run) -> Tensor:
     """Apply `run(expert, tokens, scale)` to each expert's tokens of x (..., D) and put the outputs (..., D_out)
-    back in x's order. One expert for all: it sees x as is (and `routing.scale` (B, L)); several: flat sorted
-    groups (n, D) with their flat scales."""
+    back in x's order, `scale` the tokens' `ScaleIds` (or None). One expert for all: it sees x as is; several: flat
+    sorted groups (n, D)."""
     if routing.single is not None:
         return run(routing.single, x, routing.scale)
     flat = _Permute.apply(x.reshape(-1, x.shape[-1]), routing.order, routing.inverse)
     outs, at = [], 0
-    for e, n in routing.groups:
+    for e, n, scale in routing.groups:
         if e is None:  # padding, sorted last: zeros of the experts' output width
             outs.append(outs[-1].new_zeros(n, outs[-1].shape[-1]))
             continue
-        scale = routing.scale[at : at + n] if routing.scale is not None else None
         outs.append(run(e, flat[at : at + n], scale))
         at += n
     return _Permute.apply(torch.cat(outs), routing.inverse, routing.order).reshape(*x.shape[:-1], -1)
@@ -148,7 +154,7 @@ class ModalityExperts(nn.Module):
     def forward(self, x: Tensor, routing: Routing) -> Tensor:
         return dispatch(x, routing, self._run)
 
-    def _run(self, e: int, x: Tensor, scale: Tensor | None) -> Tensor:
+    def _run(self, e: int, x: Tensor, scale: ScaleIds | None) -> Tensor:
         return self.experts[e](x, scale) if e == self.adapted else self.experts[e](x)
 
 
