@@ -11,6 +11,7 @@ and `loss_weights[t]` its weight.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -85,16 +86,25 @@ def _segment_positions(seg: Segment, start: float) -> tuple[Tensor, Tensor, floa
     if seg.grid is None and seg.scales is None:
         p = torch.arange(n, dtype=torch.float32) + start
         return p[:, None].expand(n, 3), torch.zeros(n, dtype=torch.long), start + n
-    grids = seg.scales if seg.scales is not None else [seg.grid]
+    grids = tuple(tuple(g) for g in (seg.scales if seg.scales is not None else [seg.grid]))
+    pos, block = _grid_positions(grids)
+    H, W = grids[-1]
+    return pos + start, block, start + max(H, W)
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_positions(grids: tuple[tuple[int, int], ...]) -> tuple[Tensor, Tensor]:
+    """(t, row, col) positions (n, 3) from t = 0 and the scale index of the cells of `grids` (scale by scale, row
+    major): each scale's cell centres on the last grid's coordinates. Kept per layout (shared: never written)."""
     H, W = grids[-1]
     pos, block = [], []
     for k, (h, w) in enumerate(grids):
         rows = (torch.arange(h, dtype=torch.float32) + 0.5) * H / h - 0.5
         cols = (torch.arange(w, dtype=torch.float32) + 0.5) * W / w - 0.5
         r, c = torch.meshgrid(rows, cols, indexing="ij")
-        pos.append(torch.stack([torch.zeros(h * w), r.reshape(-1), c.reshape(-1)], dim=1) + start)
+        pos.append(torch.stack([torch.zeros(h * w), r.reshape(-1), c.reshape(-1)], dim=1))
         block.append(torch.full((h * w,), k, dtype=torch.long))
-    return torch.cat(pos), torch.cat(block), start + max(H, W)
+    return torch.cat(pos), torch.cat(block)
 
 
 def flatten(sample: Sample) -> _Flat:
