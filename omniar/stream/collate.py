@@ -86,7 +86,7 @@ def _segment_positions(seg: Segment, start: float) -> tuple[Tensor, Tensor, floa
     if seg.grid is None and seg.scales is None:
         p = torch.arange(n, dtype=torch.float32) + start
         return p[:, None].expand(n, 3), torch.zeros(n, dtype=torch.long), start + n
-    grids = tuple(tuple(g) for g in (seg.scales if seg.scales is not None else [seg.grid]))
+    grids = tuple((int(h), int(w)) for h, w in (seg.scales if seg.scales is not None else [seg.grid]))
     pos, block = _grid_positions(grids)
     H, W = grids[-1]
     return pos + start, block, start + max(H, W)
