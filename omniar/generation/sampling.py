@@ -34,19 +34,22 @@ class SamplingParams:
     top_p: PerRow = 1.0
     repetition_penalty: PerRow = 1.0
 
-    def __post_init__(self) -> None:  # plain numbers are checked without tensors (decoding makes these per step)
+    def __post_init__(self) -> None:
         for name, lo in (("temperature", 0.0), ("top_k", 0), ("repetition_penalty", 1e-6)):
-            v = getattr(self, name)
-            if v < lo if isinstance(v, (int, float)) else bool((torch.as_tensor(v) < lo).any()):
-                raise ValueError(f"{name} must be >= {lo}, got {v}")
-        p = self.top_p
-        if not 0 < p <= 1 if isinstance(p, (int, float)) else bool(((torch.as_tensor(p) <= 0) |
-                                                                    (torch.as_tensor(p) > 1)).any()):
+            if _violates(getattr(self, name), lambda v, lo=lo: v < lo):
+                raise ValueError(f"{name} must be >= {lo}, got {getattr(self, name)}")
+        if _violates(self.top_p, lambda p: (p <= 0) | (p > 1)):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
     @property
     def penalizes_repetition(self) -> bool:
         return not _plainly(self.repetition_penalty, 1.0)
+
+
+def _violates(value: PerRow, bad) -> bool:
+    """Whether `bad` holds for a knob or any of its rows; a plain number is checked without tensors (decoding makes
+    its parameters per step)."""
+    return bool(bad(value)) if isinstance(value, (int, float)) else bool(bad(torch.as_tensor(value)).any())
 
 
 def _plainly(value: PerRow, setting: float) -> bool:

@@ -43,10 +43,10 @@ class ScaleIds:
 
     def in_order(self) -> tuple[Tensor | None, Tensor | None, ScaleIds]:
         """(order, inverse, the ids sorted by order): None, None, self where they are sorted already."""
-        if self._sorted or bool((self.ids[1:] >= self.ids[:-1]).all()):
-            self._sorted = True
-            return None, None, self
         if self._order is None:
+            self._sorted = self._sorted or bool((self.ids[1:] >= self.ids[:-1]).all())
+            if self._sorted:
+                return None, None, self
             order = torch.argsort(self.ids, stable=True)
             self._order = (order, torch.argsort(order), ScaleIds(self.ids[order], is_sorted=True))
         return self._order
