@@ -2,7 +2,8 @@
 
 Every knob is per row: a float applies to the whole batch, a sequence or (B,) tensor gives each row its own
 value (a batch can mix greedy and sampled rows, as finite-state decoding needs). Sampling draws from an
-optional `torch.Generator`, so a seeded generator reproduces the same tokens.
+optional `torch.Generator`, so a seeded generator reproduces the same tokens - or from one generator per block of
+rows, so each block's tokens (an image's bits, say) do not depend on the batch it is drawn in.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor
 
 PerRow = float | int | Sequence[float] | Tensor
+Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
 def _rows(value: PerRow, batch: int, device, dtype=torch.float32) -> Tensor:
@@ -81,8 +83,10 @@ def filter_top_k_top_p(logits: Tensor, top_k: Tensor, top_p: Tensor) -> Tensor:
 
 
 def sample(logits: Tensor, params: SamplingParams | None = None, previous: Tensor | None = None,
-           generator: torch.Generator | None = None) -> Tensor:
-    """Pick one token per row from logits (B, V); `previous` (B, T) feeds the repetition penalty."""
+           generator: Generators = None) -> Tensor:
+    """Pick one token per row from logits (B, V); `previous` (B, T) feeds the repetition penalty. `generator`: one
+    for the batch, or a sequence of n that split the rows into n equal consecutive blocks, block i drawn from
+    generator i."""
     params = params or SamplingParams()
     B, device = logits.shape[0], logits.device
     logits = logits.float()
@@ -95,11 +99,26 @@ def sample(logits: Tensor, params: SamplingParams | None = None, previous: Tenso
     scaled = logits / torch.where(greedy, 1.0, temperature)[:, None]
     if not (_plainly(params.top_k, 0) and _plainly(params.top_p, 1.0)):
         scaled = filter_top_k_top_p(scaled, _rows(params.top_k, B, device, torch.long), _rows(params.top_p, B, device))
-    probs = scaled.softmax(-1)
-    if generator is not None and generator.device != device:  # drawn where the generator lives: a seed gives the
-        probs = probs.to(generator.device)  # same tokens on every device
-    drawn = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(device)
+    drawn = draw(scaled.softmax(-1), generator).to(device)
     return torch.where(greedy, logits.argmax(-1), drawn)
+
+
+def draw(probs: Tensor, generator: Generators = None) -> Tensor:
+    """One index per row of probs (B, V), drawn with those probabilities: argmax(p / q) with q ~ Exp(1), which is
+    what `torch.multinomial` does for one draw (the same indices from the same generator state), here with one
+    generator per block of rows (`sample`). The draws are made where the generators live, so a seed gives the same
+    tokens on every device."""
+    gens = [generator] if generator is None or isinstance(generator, torch.Generator) else list(generator)
+    if not gens or probs.shape[0] % len(gens):
+        raise ValueError(f"{len(gens)} generators for {probs.shape[0]} rows: give one per equal block of rows")
+    places = {probs.device if g is None else g.device for g in gens}
+    if len(places) > 1:
+        raise ValueError(f"the generators live on different devices: {sorted(map(str, places))}")
+    if not bool((probs >= 0).all()):
+        raise ValueError("sampling probabilities hold NaN or negative values (NaN or all -inf logits?)")
+    p = probs.to(places.pop())
+    q = [p.new_empty(p.shape[0] // len(gens), p.shape[1]).exponential_(1, generator=g) for g in gens]
+    return (p / (q[0] if len(q) == 1 else torch.cat(q))).argmax(-1)
 
 
 def classifier_free_guidance(cond: Tensor, uncond: Tensor, scale: PerRow) -> Tensor:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from omniar.generation.sampling import SamplingParams, sample
+from omniar.generation.sampling import Generators, SamplingParams, sample
 
 
 class ScaleInputEmbed(nn.Module):
@@ -154,13 +154,17 @@ def bitwise_loss(logits: Tensor, bits: Tensor, weights: Tensor | None = None) ->
     return (per_token * weights).sum() / weights.sum().clamp(min=1e-8)
 
 
-def sample_bits(logits: Tensor, params: SamplingParams | None = None,
-                generator: torch.Generator | None = None) -> Tensor:
-    """Bits (B, ..., d) drawn from logits (B, ..., d, 2); per-row knobs (B,) apply to every bit of their row."""
+def sample_bits(logits: Tensor, params: SamplingParams | None = None, generator: Generators = None) -> Tensor:
+    """Bits (B, ..., d) drawn from logits (B, ..., d, 2); per-row knobs (B,) apply to every bit of their row, and a
+    sequence of B generators draws each row's bits from its own (so a row's bits do not depend on its batch)."""
     params = params or SamplingParams()
     per_row = logits[..., 0].numel() // logits.shape[0]
+    if not (generator is None or isinstance(generator, torch.Generator) or len(generator) == logits.shape[0]):
+        raise ValueError(f"{len(generator)} generators for {logits.shape[0]} rows: give one per row")
 
     def spread(value):
+        if isinstance(value, (int, float)):
+            return value
         t = torch.as_tensor(value)
         return value if t.dim() == 0 else t.repeat_interleave(per_row)
 

@@ -61,15 +61,6 @@ def guidance_weights(cfg: float, scales: int, schedule: str = "linear") -> list[
     raise ValueError(f"cfg schedule must be 'constant' or 'linear', got {schedule!r}")
 
 
-def row_params(params: SamplingParams, i: int) -> SamplingParams:
-    """Row i's knobs of per-row (tensor or sequence) sampling parameters."""
-    def pick(v):
-        t = torch.as_tensor(v)
-        return v if t.dim() == 0 else t[i].item()
-
-    return SamplingParams(pick(params.temperature), pick(params.top_k), pick(params.top_p))
-
-
 @torch.inference_mode()
 def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequence | None = None,
                     cfg: float = 1.0, cfg_schedule: str = "linear", image_cfg: float | None = None,
@@ -136,7 +127,6 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
     model.check_context(samples, [f"prompt {i % n} ({prompts[i % n][:40]!r})" for i in range(len(samples))])
     batch = collate(samples, pad_side="left", pad_id=model.text.pad).to(model.device)
     groups = len(branches)
-    rows = [row_params(params, i) for i in range(n)]  # each row's own knobs, once (not per scale or token)
     steps = _NextScale(model, n) if model.gen_modality == Modality.IMAGE_GEN else _Raster(model, n)
     weights = guidance_weights(cfg, len(steps.sizes), cfg_schedule) if isinstance(steps, _NextScale) else (
         [cfg] * len(steps.sizes))  # raster: constant guidance over tokens
@@ -162,8 +152,7 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
         inputs["features"] = {**inputs["features"], gen_key: x.reshape(-1, D)}
         hidden = model.decoder(**inputs, cache=cache).hidden[:, -size:]
         drawn = model.bit_head.draw(hidden, groups, lambda logp, w=weights[k]: _guide(logp, w, image_cfg),
-                                    lambda logp: torch.cat([sample_bits(logp[i : i + 1], rows[i], g)
-                                                            for i, g in enumerate(generators)]),
+                                    lambda logp: sample_bits(logp, params, generators),
                                     bias=None if not keep else steps.keep_bias(k, latents[-1], keep, maps,
                                                                                keep_tau))
         if prefix is not None and k < len(prefix):  # drawn all the same: a row's generator does not depend on K
