@@ -125,6 +125,19 @@ def test_generate_batches_rows_of_different_lengths_like_single_rows():
         assert torch.equal(batched[i], alone[0])
 
 
+def test_generate_with_a_generator_per_prompt_samples_each_row_as_alone():
+    model = OmniDecoder(mixed_config()).eval()
+    prompts = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12]]
+    params = SamplingParams(temperature=1.5)
+    batched = generate(model, prompts, 12, params, generator=[torch.Generator().manual_seed(s) for s in (7, 8, 9)])
+    for p, s, row in zip(prompts, (7, 8, 9), batched):
+        assert torch.equal(row, generate(model, [p], 12, params, generator=torch.Generator().manual_seed(s))[0])
+    shared = generate(model, prompts, 12, params, generator=torch.Generator().manual_seed(7))
+    assert not torch.equal(shared[1:], batched[1:])  # one stream for the batch draws other tokens
+    with pytest.raises(ValueError, match="2 generators for 3 prompts"):
+        generate(model, prompts, 4, params, generator=[torch.Generator(), torch.Generator()])
+
+
 def test_generate_stops_rows_at_eos_and_pads_after():
     model = OmniDecoder(mixed_config()).eval()
     free = generate(model, [[1, 2, 3]], 10, SamplingParams(temperature=0.0))[0]

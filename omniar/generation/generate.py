@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from omniar.generation.sampling import PerRow, SamplingParams, classifier_free_guidance, sample
+from omniar.generation.sampling import Generators, PerRow, SamplingParams, classifier_free_guidance, sample
 from omniar.masks import PAD_DOC, PositionMeta
 
 
@@ -44,11 +44,12 @@ def left_pad(prompts: Sequence[Sequence[int]] | Tensor, pad_id: int = 0,
 def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: int,
              params: SamplingParams | None = None, *, eos_id: int | None = None, pad_id: int = 0,
              uncond_prompts: Sequence[Sequence[int]] | Tensor | None = None, cfg_scale: PerRow = 1.0,
-             generator: torch.Generator | None = None, progress: bool = False) -> Tensor:
+             generator: Generators = None, progress: bool = False) -> Tensor:
     """Generate up to `max_new_tokens` per prompt; returns (B, T) new ids, `pad_id` after a row's EOS.
 
     With `uncond_prompts`, each step also runs the unconditional rows in the same batch and samples from
-    classifier-free-guided logits: uncond + cfg_scale * (cond - uncond).
+    classifier-free-guided logits: uncond + cfg_scale * (cond - uncond). `generator`: one for the batch, or one
+    per prompt, which makes each row's tokens those it gets decoded alone with its generator.
     """
     device = next(model.parameters()).device
     params = params or SamplingParams()
@@ -62,6 +63,8 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
     else:
         ids, meta, positions = left_pad(prompts, pad_id, device)
         B = ids.shape[0]
+    if not (generator is None or isinstance(generator, torch.Generator) or len(generator) == B):
+        raise ValueError(f"{len(generator)} generators for {B} prompts: give one, or one per prompt")
     cache = model.new_cache()
     out = model(ids, meta=meta, positions=positions, cache=cache, logits_to_keep=1)
     penalize = params.penalizes_repetition
