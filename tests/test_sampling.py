@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from omniar import OmniDecoder, SamplingParams, generate
-from omniar.generation.sampling import apply_repetition_penalty, classifier_free_guidance, draw, sample
+from omniar.generation.sampling import apply_repetition_penalty, categorical, classifier_free_guidance, sample
 from omniar.model.bitwise import sample_bits
 from tests.streams import mixed_config
 
@@ -65,22 +65,23 @@ def test_seeded_generators_reproduce():
     assert torch.equal(a, b)
 
 
-def test_a_draw_is_torch_multinomials_and_each_block_of_rows_its_own_generators():
+def test_a_draw_is_torch_multinomials_and_each_block_of_rows_draws_from_its_own_generator():
     probs = torch.rand(300, 7).masked_fill(torch.rand(300, 7) < 0.3, 0.0)
     probs[:, 0] += 1e-3
     probs /= probs.sum(-1, keepdim=True)
     ours, theirs = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    assert torch.equal(draw(probs, ours), torch.multinomial(probs, 1, generator=theirs)[:, 0])
+    assert torch.equal(categorical(probs, ours), torch.multinomial(probs, 1, generator=theirs)[:, 0])
     assert torch.equal(torch.rand(3, generator=ours), torch.rand(3, generator=theirs))  # the same draws consumed
     seeds = [3, 1, 4]
-    blocks = draw(probs, [torch.Generator().manual_seed(s) for s in seeds])
-    alone = [draw(probs[100 * i : 100 * (i + 1)], torch.Generator().manual_seed(s)) for i, s in enumerate(seeds)]
+    blocks = categorical(probs, [torch.Generator().manual_seed(s) for s in seeds])
+    alone = [categorical(probs[100 * i : 100 * (i + 1)], torch.Generator().manual_seed(s))
+             for i, s in enumerate(seeds)]
     assert torch.equal(blocks, torch.cat(alone))
     assert not torch.equal(blocks[:100], blocks[100:200])  # not one stream shared by the blocks
     with pytest.raises(ValueError, match="7 generators for 300 rows"):
-        draw(probs, [torch.Generator() for _ in range(7)])
+        categorical(probs, [torch.Generator() for _ in range(7)])
     with pytest.raises(ValueError, match="NaN"):
-        draw(torch.tensor([[0.5, float("nan")]]))
+        categorical(torch.tensor([[0.5, float("nan")]]))
 
 
 def test_bits_of_a_row_depend_on_its_generator_and_knobs_only():

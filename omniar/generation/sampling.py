@@ -99,11 +99,11 @@ def sample(logits: Tensor, params: SamplingParams | None = None, previous: Tenso
     scaled = logits / torch.where(greedy, 1.0, temperature)[:, None]
     if not (_plainly(params.top_k, 0) and _plainly(params.top_p, 1.0)):
         scaled = filter_top_k_top_p(scaled, _rows(params.top_k, B, device, torch.long), _rows(params.top_p, B, device))
-    drawn = draw(scaled.softmax(-1), generator).to(device)
+    drawn = categorical(scaled.softmax(-1), generator).to(device)
     return torch.where(greedy, logits.argmax(-1), drawn)
 
 
-def draw(probs: Tensor, generator: Generators = None) -> Tensor:
+def categorical(probs: Tensor, generator: Generators = None) -> Tensor:
     """One index per row of probs (B, V), drawn with those probabilities: argmax(p / q) with q ~ Exp(1), which is
     what `torch.multinomial` does for one draw (the same indices from the same generator state), here with one
     generator per block of rows (`sample`). The draws are made where the generators live, so a seed gives the same
