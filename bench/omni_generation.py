@@ -3,6 +3,7 @@ token per forward pass) at the same resolution, in one run.
 
     python bench/omni_generation.py [--batches 1 16] [--repeats 6] [--cfg 3]
                                     [--next-scale CKPT --raster CKPT]   # trained models instead of random ones
+                                    [--dtype bfloat16]                  # both decoders in bf16 (decode_in)
 
 Both models are `onecat-tiny`-sized decoders (raster-tiny has no scale adapter); by default their weights and
 tokenizers are random - the work per image does not depend on the weights - with 64 x 64 images, 16 bits per
@@ -41,6 +42,8 @@ def main() -> None:
     ap.add_argument("--next-scale", help="trained next-scale OmniModel checkpoint")
     ap.add_argument("--raster", help="trained raster OmniModel checkpoint")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="the decoders' arithmetic (OmniModel.decode_in), the same for both")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -53,6 +56,7 @@ def main() -> None:
               random_model("onecat-tiny", (1, 2, 3, 4, 6, 8)),
               "raster": OmniModel.from_pretrained(args.raster) if args.raster else random_model("raster-tiny", (8,))}
     for name, m in models.items():
+        m.decode_in(getattr(torch, args.dtype))
         if m.image_size != models["next-scale"].image_size:
             raise SystemExit(f"{name} makes {m.image_size}px images, next-scale {models['next-scale'].image_size}px")
     params = SamplingParams(temperature=1.0)
@@ -60,8 +64,8 @@ def main() -> None:
     desc = [f"{k} {sum(p.numel() for p in m.decoder.parameters()) / 1e6:.2f}M decoder, scales {m.scales}"
             for k, m in models.items()]
     weights = "" if args.next_scale else ", random weights"
-    print(f"models: {'; '.join(desc)}; {m.image_size}px, cfg {args.cfg}, per-bit sampling (temperature 1), "
-          f"{args.repeats} rounds{weights}")
+    print(f"models: {'; '.join(desc)}; {args.dtype}; {m.image_size}px, cfg {args.cfg}, per-bit sampling "
+          f"(temperature 1), {args.repeats} rounds{weights}")
     print()
     print("| batch | next-scale passes | raster passes | next-scale img/s (best) | raster img/s (best) "
           "| ratio of bests | ratio per round: median [min, max] |")

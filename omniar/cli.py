@@ -164,6 +164,11 @@ def _eval_shapeworld(args) -> None:
         Path(args.json).write_text(json.dumps(scores, indent=2))
 
 
+DTYPE_HELP = ("the decoder's arithmetic (OmniModel.decode_in): bfloat16 draws next-scale images 1.1-1.3x faster where "
+              "the hardware has it (a CPU with AVX512-BF16 or AMX, a GPU), with the same benchmark scores; default "
+              "float32")
+
+
 def _device(name: str):
     """The torch device `--device` names, with a named error where it is not here."""
     import torch
@@ -181,10 +186,13 @@ def _device(name: str):
 
 def _load_omni(args):
     """The OmniModel of --model on --device (the device checked first: a bad one is named before any loading)."""
+    import torch
+
     from omniar.omni.model import OmniModel
 
     device = _device(args.device)
-    return OmniModel.from_pretrained(args.model).to(device)
+    dtype = getattr(args, "dtype", "float32")
+    return OmniModel.from_pretrained(args.model, dtype=None if dtype == "float32" else getattr(torch, dtype)).to(device)
 
 
 def _eval_model(args) -> None:
@@ -653,6 +661,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("questions", nargs="*", help="none: caption the image")
     p.add_argument("--audio", nargs="+", help="spoken questions (WAV files) instead of text ones")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help=DTYPE_HELP)
     p.set_defaults(func=_ask)
 
     p = sub.add_parser("speak", help="text-to-speech with an OmniModel trained with speech")
@@ -705,6 +714,7 @@ def main(argv: list[str] | None = None) -> None:
                            help="draw N images per prompt (needs --temperature > 0) and keep the one whose caption "
                                 "likelihood of the prompt is highest under the model itself")
         t.add_argument("--device", default="cpu", help=DEVICE_HELP)
+        t.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help=DTYPE_HELP)
         t.set_defaults(func=_generate_image, best_of=1)
     t = gsub.add_parser("text")
     t.add_argument("--model", required=True, help="checkpoint directory")
@@ -806,6 +816,7 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--best-of", type=int, metavar="N", help="text-to-image: the best of N samples by the model's own "
                                                             "caption likelihood (default 1: one sample)")
     e.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    e.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help=DTYPE_HELP)
     e.set_defaults(func=_eval_model)
 
     args = ap.parse_args(argv)

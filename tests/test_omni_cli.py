@@ -2,6 +2,7 @@
 errors."""
 
 import pytest
+import torch
 from PIL import Image
 
 from omniar.cli import main
@@ -108,6 +109,13 @@ def test_guidance_defaults_and_flags_reach_each_task(run, tmp_path, monkeypatch)
     with pytest.raises(SystemExit, match="best-of-N needs sampled bits"):
         main(["generate", "image", "--model", ckpt, "a red circle", "--best-of", "2", "--temperature", "0",
               "-o", str(tmp_path / "x.png")])
+    dtypes = []
+    for module in (generate, rerank):
+        monkeypatch.setattr(module, "generate_images", lambda model, *a, **kw: (
+            dtypes.append(model.decoder.embed.weight.dtype), real(model, *a, **kw))[1])
+    main(["generate", "image", "--model", ckpt, "a red circle", "--dtype", "bfloat16", "-o", str(tmp_path / "d.png")])
+    main(["generate", "image", "--model", ckpt, "a red circle", "-o", str(tmp_path / "f.png")])
+    assert dtypes == [torch.bfloat16, torch.float32] and (tmp_path / "d.png").is_file()
 
 
 def test_named_errors(run):

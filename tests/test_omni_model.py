@@ -672,3 +672,33 @@ def test_prompt_expert_serves_the_text_of_generating_documents_only():
     assert prompt_grad([t2i]) > 0
     with pytest.raises(ValueError, match="prompt_expert 'prompt' is not an expert"):
         DecoderConfig(experts=("text", "gen"), prompt_expert="prompt")
+
+
+def test_decoding_in_bf16_runs_every_task_close_to_fp32_and_refuses_training(tmp_path):
+    """`decode_in(torch.bfloat16)` / `from_pretrained(dtype=...)`: the decoder and the heads on its hidden states in
+    bf16, the tokenizers and input embeddings fp32; every task runs, teacher-forced logits stay within bf16's
+    rounding of fp32's, and training is refused by name."""
+    fp32 = tiny_model(edit_instruction_first=True, grounding_weight=1.0, grounding_input=True, edit_reference=True)
+    fp32.save_pretrained(tmp_path)
+    bf16 = OmniModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert bf16.decoder.embed.weight.dtype == bf16.bit_head.proj.weight.dtype == torch.bfloat16
+    assert bf16.grounding_head.weight.dtype == torch.bfloat16
+    assert bf16.patch_embed.proj.weight.dtype == next(bf16.tokenizer.parameters()).dtype == torch.float32
+    batch = fp32.batch(examples()).stream
+    want = fp32.decoder(**batch.model_inputs())
+    got = bf16.decoder(**batch.model_inputs())
+    assert got.logits.dtype == torch.bfloat16
+    scale = want.logits.abs().max()
+    assert (got.logits.float() - want.logits).abs().max() < 0.05 * scale  # bf16 keeps 8 bits of mantissa
+    assert (got.logits.float() - want.logits).abs().max() > 0  # it really ran in bf16
+    g = torch.Generator().manual_seed(0)
+    pictures = torch.rand(2, 3, 32, 32, generator=g)
+    images = bf16.generate_image(["a red circle", "two"], cfg=2.0, seeds=[0, 1])
+    edits = bf16.edit_image(pictures[0], ["make the circle blue", "a red circle"])
+    for out in (images, edits):
+        assert out.dtype == torch.float32 and out.shape == (2, 3, 32, 32) and 0 <= out.min() <= out.max() <= 1
+    assert len(bf16.answer(pictures[0], "how many circles are there?")) == 1 and len(bf16.caption(pictures)) == 2
+    with pytest.raises(ValueError, match="training needs fp32 weights"):
+        bf16.batch(examples())
+    with pytest.raises(ValueError, match="floating-point dtype"):
+        fp32.decode_in(torch.int64)

@@ -3,7 +3,7 @@
 PyTorch's `F.linear` on the CPU runs MKL's sgemm, which at this project's shapes is far from the machine's peak
 (`bench/gemv.py`, BENCHMARKS.md "Small-batch matmul"). So on the CPU, `linear` takes:
 
-- at most `FAST_ROWS` rows, no gradient (decoding): an (in, out) copy of the weight cut into one slab per thread,
+- at most `FAST_ROWS` rows, fp32, no gradient (decoding): an (in, out) copy of the weight cut into one slab per thread,
   multiplied as a batched matmul (which PyTorch spreads over its threads): a matrix-vector product is set by how
   the weight streams from memory, and this runs 1.5-2.6x faster than F.linear's one-thread GEMV for one row. The
   copy is made lazily and rebuilt whenever the weight changes (its version counter moves); it costs the weight's
@@ -46,7 +46,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None, holder: object) -> Te
         return _OneDNNLinear.apply(x, weight, bias) if onednn else F.linear(x, weight, bias)
     if onednn:
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-    if rows > FAST_ROWS:
+    if rows > FAST_ROWS or x.dtype != torch.float32:  # bf16: F.linear (oneDNN's) beats slabs at any row count
         return F.linear(x, weight, bias)
     slabs, bias_slabs = _slabs(weight, bias, holder)
     flat = x.reshape(1, rows, in_features).expand(slabs.shape[0], rows, in_features)
