@@ -187,6 +187,26 @@ def test_guidance_schedule_and_named_errors(model, tmp_path):
         OmniModel.from_pretrained(tmp_path)
 
 
+def test_sampled_answers_with_a_generator_per_image_are_those_drawn_alone(model):
+    from omniar.omni.understand import describe
+
+    g = torch.Generator().manual_seed(5)
+    images = [torch.rand(3, 32, 32, generator=g) for _ in range(3)]
+    questions = ["how many circles are there?", "two", "a red circle"]
+    params = SamplingParams(temperature=1.5)
+
+    def gens(*seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    together = describe(model, images, questions, params, 8, gens(0, 1, 2), return_ids=True)
+    alone = [describe(model, [im], [q], params, 8, gens(i), return_ids=True)[0]
+             for i, (im, q) in enumerate(zip(images, questions))]
+    assert together == alone
+    assert describe(model, images, questions, params, 8, torch.Generator().manual_seed(0), return_ids=True) != alone
+    with pytest.raises(ValueError, match="2 generators for 3 prompts"):
+        describe(model, images, questions, params, 8, gens(0, 1))
+
+
 def test_describe_decodes_with_the_cache_like_teacher_forcing(model):
     from omniar.omni.understand import describe
     from omniar.stream.collate import collate

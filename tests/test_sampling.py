@@ -78,6 +78,12 @@ def test_a_draw_is_torch_multinomials_and_each_block_of_rows_draws_from_its_own_
              for i, s in enumerate(seeds)]
     assert torch.equal(blocks, torch.cat(alone))
     assert not torch.equal(blocks[:100], blocks[100:200])  # not one stream shared by the blocks
+    skip = torch.zeros(300, dtype=torch.bool)
+    skip[100:200] = True  # the second block is greedy: its generator gives nothing
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    skipped = categorical(probs, gens, skip=skip)
+    assert torch.equal(skipped[:100], blocks[:100]) and torch.equal(skipped[200:], blocks[200:])
+    assert torch.equal(torch.rand(3, generator=gens[1]), torch.rand(3, generator=torch.Generator().manual_seed(1)))
     with pytest.raises(ValueError, match="7 generators for 300 rows"):
         categorical(probs, [torch.Generator() for _ in range(7)])
     with pytest.raises(ValueError, match="NaN"):

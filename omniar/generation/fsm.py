@@ -29,7 +29,7 @@ from enum import IntEnum
 import torch
 from torch import Tensor
 
-from omniar.generation.sampling import SamplingParams, sample
+from omniar.generation.sampling import Generators, SamplingParams, sample
 
 NEG_INF = float("-inf")
 
@@ -199,7 +199,7 @@ class FiniteStateDecoder:
         return (self.mode == Mode.IMAGE) & (self.count < self.rules.image_tokens)
 
     # ---- one step -----------------------------------------------------------------------------------------------
-    def step(self, logits: Tensor, previous: Tensor | None = None, generator: torch.Generator | None = None,
+    def step(self, logits: Tensor, previous: Tensor | None = None, generator: Generators = None,
              active: Tensor | None = None) -> Tensor:
         """Draw each row's next token from logits (B, V) under its mode's mask and rule, then advance. Rows not
         `active` (B,) draw nothing this step (-1) and keep their state."""

@@ -99,15 +99,17 @@ def sample(logits: Tensor, params: SamplingParams | None = None, previous: Tenso
     scaled = logits / torch.where(greedy, 1.0, temperature)[:, None]
     if not (_plainly(params.top_k, 0) and _plainly(params.top_p, 1.0)):
         scaled = filter_top_k_top_p(scaled, _rows(params.top_k, B, device, torch.long), _rows(params.top_p, B, device))
-    drawn = categorical(scaled.softmax(-1), generator).to(device)
+    drawn = categorical(scaled.softmax(-1), generator, skip=greedy).to(device)
     return torch.where(greedy, logits.argmax(-1), drawn)
 
 
-def categorical(probs: Tensor, generator: Generators = None) -> Tensor:
+def categorical(probs: Tensor, generator: Generators = None, skip: Tensor | None = None) -> Tensor:
     """One index per row of probs (B, V), drawn with those probabilities: argmax(p / q) with q ~ Exp(1), which is
     what `torch.multinomial` does for one draw (the same indices from the same generator state), here with one
-    generator per block of rows (`sample`). The draws are made where the generators live, so a seed gives the same
-    tokens on every device."""
+    generator per block of rows (`sample`). With a generator per block, a block whose rows are all in `skip` (B,)
+    (greedy rows, whose draw is discarded) takes nothing from its generator: a generator advances only when its rows
+    sample, in a batch as alone. The draws are made where the generators live, so a seed gives the same tokens on
+    every device."""
     gens = [generator] if generator is None or isinstance(generator, torch.Generator) else list(generator)
     if not gens or probs.shape[0] % len(gens):
         raise ValueError(f"{len(gens)} generators for {probs.shape[0]} rows: give one per equal block of rows")
@@ -117,7 +119,10 @@ def categorical(probs: Tensor, generator: Generators = None) -> Tensor:
     if not bool((probs >= 0).all()):
         raise ValueError("sampling probabilities hold NaN or negative values (NaN or all -inf logits?)")
     p = probs.to(places.pop())
-    q = [p.new_empty(p.shape[0] // len(gens), p.shape[1]).exponential_(1, generator=g) for g in gens]
+    n = p.shape[0] // len(gens)
+    draws = [True] * len(gens) if skip is None or len(gens) == 1 else (~skip.view(len(gens), n).all(1)).tolist()
+    q = [p.new_empty(n, p.shape[1]).exponential_(1, generator=g) if d else p.new_ones(n, p.shape[1])
+         for g, d in zip(gens, draws)]
     return (p / (q[0] if len(q) == 1 else torch.cat(q))).argmax(-1)
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from omniar.generation.fsm import DecodingRules, FiniteStateDecoder
+from omniar.generation.sampling import Generators
 from omniar.masks import PositionMeta
 from omniar.modality import Modality
 from omniar.model.bitwise import sample_bits
@@ -48,9 +49,10 @@ def _rules(model, rules: DecodingRules | None) -> DecodingRules:
 
 def steps(model, samples: Sequence[Sample], rules: DecodingRules | None = None,
           greedy: Sequence[bool] | None = None, max_new_tokens: int = 64, stops: Sequence[int] | None = None,
-          generator: torch.Generator | None = None, names: Sequence[str] | None = None) -> Iterator[Step]:
+          generator: Generators = None, names: Sequence[str] | None = None) -> Iterator[Step]:
     """Yield a `Step` per decoding step. `greedy` marks rows of greedy tasks (ASR, TTS: greedy text too);
-    `names` name the prompts in errors (default "prompt i"). An image (raster models) costs its token count
+    `names` name the prompts in errors (default "prompt i"); `generator`: one for the batch, or one per prompt (a
+    row then draws what it draws decoded alone). An image (raster models) costs its token count
     plus one steps: the step after <boi> feeds the image's start position, then each step draws one code with
     the bitwise head (`rules.image` sampling) and feeds it; after the last code <eoi> is forced in the same step."""
     if not samples:
@@ -58,6 +60,9 @@ def steps(model, samples: Sequence[Sample], rules: DecodingRules | None = None,
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     names = list(names) if names is not None else [f"prompt {i}" for i in range(len(samples))]
+    per_row = not (generator is None or isinstance(generator, torch.Generator))
+    if per_row and len(generator) != len(samples):
+        raise ValueError(f"{len(generator)} generators for {len(samples)} prompts: give one, or one per prompt")
     model.check_context(list(samples), names, reserve=max_new_tokens)
     decoder = model.decoder
     batch = collate(list(samples), pad_side="left", pad_id=model.text.pad)
@@ -85,8 +90,9 @@ def steps(model, samples: Sequence[Sample], rules: DecodingRules | None = None,
         bits = torch.zeros(B, d, dtype=torch.bool)
         if drawing.any():
             rows = drawing.nonzero().squeeze(1)
+            gens = [generator[r] for r in rows.tolist()] if per_row else generator
             drawn = model.bit_head.draw(hidden[rows][:, None], 1, lambda logp: logp[0],
-                                        lambda logp: sample_bits(logp, rules.image, generator))[:, 0].cpu()
+                                        lambda logp, g=gens: sample_bits(logp, rules.image, g))[:, 0].cpu()
             bits[rows] = drawn
             fsm.advance(torch.where(drawing, 0, -1))  # one image code each
             for i, b in enumerate(rows.tolist()):
@@ -131,7 +137,7 @@ def steps(model, samples: Sequence[Sample], rules: DecodingRules | None = None,
 
 @torch.inference_mode()
 def decode(model, samples: Sequence[Sample], rules: DecodingRules | None = None, greedy: Sequence[bool] | None = None,
-           max_new_tokens: int = 64, stops: Sequence[int] | None = None, generator: torch.Generator | None = None,
+           max_new_tokens: int = 64, stops: Sequence[int] | None = None, generator: Generators = None,
            names: Sequence[str] | None = None, images: bool = False) -> list[list[int]] | tuple[list, list]:
     """Each row's new ids, up to (not including) its stop token; with `images`, also each row's images (a list
     of bits (d, side, side) per row, one per <boi> ... <eoi> it drew - `model.tokenizer.decode` paints them)."""

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from omniar.generation.fsm import DecodingRules
+from omniar.generation.sampling import Generators
 from omniar.omni.decode import decode, steps
 from omniar.omni.model import Example, OmniModel, as_images
 
@@ -74,8 +75,9 @@ def _max_tokens(model: OmniModel, seconds: float) -> int:
 
 @torch.inference_mode()
 def speak_codes(model: OmniModel, texts: Sequence[str], rules: DecodingRules | None = None, max_seconds: float = 8.0,
-                generator: torch.Generator | None = None) -> list[Tensor]:
-    """The speech codes of each text (up to its <eoa>, at most `max_seconds` of audio)."""
+                generator: Generators = None) -> list[Tensor]:
+    """The speech codes of each text (up to its <eoa>, at most `max_seconds` of audio); `generator`: one, or one per
+    text (sampled `rules.speech`)."""
     samples = _tts_samples(model, texts)
     eoa = model.ids["eoa"]
     ids = decode(model, samples, rules, greedy=[True] * len(samples), max_new_tokens=_max_tokens(model, max_seconds),

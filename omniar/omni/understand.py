@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from omniar.generation.fsm import DecodingRules
-from omniar.generation.sampling import SamplingParams
+from omniar.generation.sampling import Generators, SamplingParams
 from omniar.omni.decode import decode
 from omniar.omni.model import Example, OmniModel, as_images
 
@@ -20,9 +20,9 @@ from omniar.omni.model import Example, OmniModel, as_images
 @torch.inference_mode()
 def describe(model: OmniModel, images: Sequence, questions: Sequence[str] | None = None,
              params: SamplingParams | None = None, max_new_tokens: int = 32,
-             generator: torch.Generator | None = None, return_ids: bool = False) -> list[str] | list[list[int]]:
+             generator: Generators = None, return_ids: bool = False) -> list[str] | list[list[int]]:
     """Captions of `images`, or with `questions` (one per image) the answers; with return_ids, the token ids
-    (without the final <eos>) instead of the text."""
+    (without the final <eos>) instead of the text. `generator`: one, or one per image (sampled `params`)."""
     if len(images) == 0:
         raise ValueError("describe needs at least one image")
     if questions is not None and len(questions) != len(images):
