@@ -165,8 +165,7 @@ def _eval_shapeworld(args) -> None:
 
 
 DTYPE_HELP = ("the decoder's arithmetic (OmniModel.decode_in): bfloat16 draws next-scale images 1.1-1.3x faster where "
-              "the hardware has it (a CPU with AVX512-BF16 or AMX, a GPU), with the same benchmark scores; default "
-              "float32")
+              "the CPU has native bf16 (AVX512-BF16, AMX), with the same benchmark scores; default float32")
 
 
 def _device(name: str):

@@ -750,10 +750,10 @@ class OmniModel(nn.Module):
 
     def decode_in(self, dtype: torch.dtype) -> OmniModel:
         """Run the decoder, and the heads that read its hidden states, in `dtype` - for inference: torch.bfloat16 on
-        a CPU with AVX512-BF16 or AMX, or a GPU, makes next-scale images 1.1-1.3x faster with the benchmark's scores
-        unchanged (raster decoding, one token a pass, is slower in it; BENCHMARKS.md, "Next-scale vs raster
-        decoding"). The tokenizers and the input embeddings stay fp32 (the decoder casts what it reads); training
-        needs fp32 weights (`batch` says so)."""
+        a CPU with native bf16 (AVX512-BF16, as measured, or AMX) makes next-scale images 1.1-1.3x faster with the
+        benchmark's scores unchanged (raster decoding, one token a pass, is slower in it; BENCHMARKS.md, "Next-scale
+        vs raster decoding"). The tokenizers and the input embeddings stay fp32 (the decoder casts what it reads);
+        training needs fp32 weights (`batch` says so)."""
         if not dtype.is_floating_point:
             raise ValueError(f"the decoder runs in a floating-point dtype, got {dtype}")
         for m in (self.decoder, self.bit_head, self.grounding_head, self.distill_proj, self.perceptual):
