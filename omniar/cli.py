@@ -190,8 +190,7 @@ def _load_omni(args):
     from omniar.omni.model import OmniModel
 
     device = _device(args.device)
-    dtype = getattr(args, "dtype", "float32")
-    return OmniModel.from_pretrained(args.model, dtype=None if dtype == "float32" else getattr(torch, dtype)).to(device)
+    return OmniModel.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(device)
 
 
 def _eval_model(args) -> None:

@@ -8,7 +8,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from omniar.generation.sampling import Generators, PerRow, SamplingParams, classifier_free_guidance, sample
+from omniar.generation.sampling import (
+    Generators,
+    PerRow,
+    SamplingParams,
+    classifier_free_guidance,
+    generator_per_row,
+    sample,
+)
 from omniar.masks import PAD_DOC, PositionMeta
 
 
@@ -63,8 +70,7 @@ def generate(model, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: i
     else:
         ids, meta, positions = left_pad(prompts, pad_id, device)
         B = ids.shape[0]
-    if not (generator is None or isinstance(generator, torch.Generator) or len(generator) == B):
-        raise ValueError(f"{len(generator)} generators for {B} prompts: give one, or one per prompt")
+    generator_per_row(generator, B, "prompt")
     cache = model.new_cache()
     out = model(ids, meta=meta, positions=positions, cache=cache, logits_to_keep=1)
     penalize = params.penalizes_repetition

@@ -18,6 +18,16 @@ PerRow = float | int | Sequence[float] | Tensor
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
+def generator_per_row(generator: Generators, n: int, what: str = "row") -> bool:
+    """Whether `generator` is a sequence, one per row (checked: `n` of them, else a named error); False for one
+    generator or None."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return False
+    if len(generator) != n:
+        raise ValueError(f"{len(generator)} generators for {n} {what}s: give one, or one per {what}")
+    return True
+
+
 def _rows(value: PerRow, batch: int, device, dtype=torch.float32) -> Tensor:
     t = torch.as_tensor(value, dtype=dtype, device=device)
     if t.dim() == 0:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from omniar.generation.sampling import Generators, SamplingParams, sample
+from omniar.generation.sampling import Generators, SamplingParams, generator_per_row, sample
 
 
 class ScaleInputEmbed(nn.Module):
@@ -159,8 +159,7 @@ def sample_bits(logits: Tensor, params: SamplingParams | None = None, generator:
     sequence of B generators draws each row's bits from its own (so a row's bits do not depend on its batch)."""
     params = params or SamplingParams()
     per_row = logits[..., 0].numel() // logits.shape[0]
-    if not (generator is None or isinstance(generator, torch.Generator) or len(generator) == logits.shape[0]):
-        raise ValueError(f"{len(generator)} generators for {logits.shape[0]} rows: give one per row")
+    generator_per_row(generator, logits.shape[0])
 
     def spread(value):
         if isinstance(value, (int, float)):

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from omniar.generation.fsm import DecodingRules, FiniteStateDecoder
-from omniar.generation.sampling import Generators
+from omniar.generation.sampling import Generators, generator_per_row
 from omniar.masks import PositionMeta
 from omniar.modality import Modality
 from omniar.model.bitwise import sample_bits
@@ -60,9 +60,7 @@ def steps(model, samples: Sequence[Sample], rules: DecodingRules | None = None,
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     names = list(names) if names is not None else [f"prompt {i}" for i in range(len(samples))]
-    per_row = not (generator is None or isinstance(generator, torch.Generator))
-    if per_row and len(generator) != len(samples):
-        raise ValueError(f"{len(generator)} generators for {len(samples)} prompts: give one, or one per prompt")
+    per_row = generator_per_row(generator, len(samples), "prompt")
     model.check_context(list(samples), names, reserve=max_new_tokens)
     decoder = model.decoder
     batch = collate(list(samples), pad_side="left", pad_id=model.text.pad)
