@@ -722,3 +722,6 @@ def test_decoding_in_bf16_runs_every_task_close_to_fp32_and_refuses_training(tmp
         bf16.batch(examples())
     with pytest.raises(ValueError, match="floating-point dtype"):
         fp32.decode_in(torch.int64)
+    with pytest.raises(ValueError, match="holds bfloat16 weights"):  # they would load back as the rounded ones
+        bf16.save_pretrained(tmp_path / "again")
+    assert not (tmp_path / "again").exists()

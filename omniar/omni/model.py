@@ -729,6 +729,13 @@ class OmniModel(nn.Module):
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
+        """The model's config, text tokenizer and fp32 weights in `directory` (safetensors, written atomically). A
+        model that decodes in bf16 (`decode_in`) has rounded its weights: saving it is refused by name, as
+        loading them back would silently give the rounded ones."""
+        lowered = sorted({str(p.dtype).removeprefix("torch.") for p in self.parameters() if p.dtype != torch.float32})
+        if lowered:
+            raise ValueError(f"this model holds {', '.join(lowered)} weights (decode_in): saving them would lose "
+                             "their fp32 precision for good; save it before decode_in, or load it again in fp32")
         directory = Path(directory)
         cfg = {"model_type": MODEL_TYPE, **dataclasses.asdict(self.config),
                "image": dataclasses.asdict(self.tokenizer.config),
