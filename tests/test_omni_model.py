@@ -694,10 +694,10 @@ def test_prompt_expert_serves_the_text_of_generating_documents_only():
         DecoderConfig(experts=("text", "gen"), prompt_expert="prompt")
 
 
-def test_decoding_in_bf16_runs_every_task_close_to_fp32_and_refuses_training(tmp_path):
+def test_decoding_in_bf16_runs_every_task_close_to_fp32_and_refuses_training_and_saving(tmp_path):
     """`decode_in(torch.bfloat16)` / `from_pretrained(dtype=...)`: the decoder and the heads on its hidden states in
     bf16, the tokenizers and input embeddings fp32; every task runs, teacher-forced logits stay within bf16's
-    rounding of fp32's, and training is refused by name."""
+    rounding of fp32's, and training and saving are refused by name."""
     fp32 = tiny_model(edit_instruction_first=True, grounding_weight=1.0, grounding_input=True, edit_reference=True)
     fp32.save_pretrained(tmp_path)
     bf16 = OmniModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
