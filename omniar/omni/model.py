@@ -507,9 +507,7 @@ class OmniModel(nn.Module):
         `teacher` (omni/teacher.py), its features of the understanding images; with a grounding head
         (`OmniConfig.grounding_weight`), the grounding targets. `reweight`: the task-aware loss weights of the token
         targets."""
-        if self.decoder.embed.weight.dtype != torch.float32:
-            raise ValueError(f"training needs fp32 weights; this model decodes in {self.decoder.embed.weight.dtype} "
-                             "(`decode_in`): load it without a dtype")
+        self._require_fp32("training")
         for i, ex in enumerate(examples):
             if not ex.target:
                 raise ValueError(f"{ex.task} example {i} has no target to train on (tts: speech, asr: text, svqa: "
@@ -732,10 +730,7 @@ class OmniModel(nn.Module):
         """The model's config, text tokenizer and fp32 weights in `directory` (safetensors, written atomically). A
         model that decodes in bf16 (`decode_in`) has rounded its weights: saving it is refused by name, as
         loading them back would silently give the rounded ones."""
-        lowered = sorted({str(p.dtype).removeprefix("torch.") for p in self.parameters() if p.dtype != torch.float32})
-        if lowered:
-            raise ValueError(f"this model holds {', '.join(lowered)} weights (decode_in): saving them would lose "
-                             "their fp32 precision for good; save it before decode_in, or load it again in fp32")
+        self._require_fp32("saving")
         directory = Path(directory)
         cfg = {"model_type": MODEL_TYPE, **dataclasses.asdict(self.config),
                "image": dataclasses.asdict(self.tokenizer.config),
@@ -755,12 +750,20 @@ class OmniModel(nn.Module):
         load_state_strict(model, read_tensors(directory / WEIGHTS_NAME), source=str(directory / WEIGHTS_NAME))
         return (model if dtype is None else model.decode_in(dtype)).eval()
 
+    def _require_fp32(self, doing: str) -> None:
+        """A named error where `decode_in` has rounded the weights: training and saving need the fp32 ones (saved
+        rounded weights would load back into fp32 silently)."""
+        lowered = sorted({str(p.dtype).removeprefix("torch.") for p in self.parameters() if p.dtype != torch.float32})
+        if lowered:
+            raise ValueError(f"{doing} needs fp32 weights; this model holds {', '.join(lowered)} weights "
+                             "(decode_in): load it again without a dtype")
+
     def decode_in(self, dtype: torch.dtype) -> OmniModel:
         """Run the decoder, and the heads that read its hidden states, in `dtype` - for inference: torch.bfloat16 on
         a CPU with native bf16 (AVX512-BF16, as measured, or AMX) makes next-scale images 1.1-1.3x faster with the
         benchmark's scores unchanged (raster decoding, one token a pass, is slower in it; BENCHMARKS.md, "Next-scale
         vs raster decoding"). The tokenizers and the input embeddings stay fp32 (the decoder casts what it reads);
-        training needs fp32 weights (`batch` says so)."""
+        training and saving need fp32 weights (both say so)."""
         if not dtype.is_floating_point:
             raise ValueError(f"the decoder runs in a floating-point dtype, got {dtype}")
         for m in (self.decoder, self.bit_head, self.grounding_head, self.distill_proj, self.perceptual):
