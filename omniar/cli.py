@@ -17,7 +17,7 @@ def _demo(args) -> None:
     from omniar.demo import DemoPlan, calibrate, run_demo
 
     kw = dict(seed=args.seed, distill=args.distill, teacher=args.teacher, align=args.align, speech=args.speech,
-              preset=args.preset)
+              preset=args.preset, decoder_images=args.decoder_images)
     plan = DemoPlan.for_budget(args.budget, **kw)  # the reference machine's plan; checks the settings
     device = _device(args.device)  # named before any work
     if args.step_seconds and len(args.step_seconds) not in (3, 4, 5):
@@ -77,6 +77,20 @@ def _train_teacher(args) -> None:
     scores = presence_accuracy(teacher, args.eval)
     print(f"presence exact match on {args.eval} val scenes: shapes {scores['shapes']:.3f}, "
           f"colours {scores['colours']:.3f}")
+    print(f"checkpoint: {(Path(args.out) / 'checkpoint').resolve()}")
+
+
+def _train_decoder(args) -> None:
+    from omniar.omni.decoder_post import DecoderPostTraining, post_train_decoder
+    from omniar.omni.model import OmniModel
+
+    model = OmniModel.from_pretrained(args.model).to(args.device)
+    config = DecoderPostTraining(images=args.images, steps=args.steps, batch=args.batch, lr=args.lr, keep=args.keep,
+                                 true_share=args.true_share)
+    summary = post_train_decoder(model, args.out, config, seed=args.seed)
+    print(f"decoder post-trained on {summary['images']} redrawn images ({summary['keep']} scales kept), "
+          f"{summary['steps']} steps: loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f} "
+          f"in {summary['seconds']} s")
     print(f"checkpoint: {(Path(args.out) / 'checkpoint').resolve()}")
 
 
@@ -578,6 +592,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="the distillation teacher: a ConvNet shape/colour reader, or OneCAT's ViT-encoder captioner")
     p.add_argument("--align", type=float, help="> 0: align the image tokenizer's latent to the ConvNet teacher's "
                    "features with this weight; 0: a plain tokenizer (default: the preset's, 2 for onecat-tiny)")
+    p.add_argument("--decoder-images", type=int, metavar="N", help="decoder post-training after the last stage: "
+                   "the model redraws the finest scale of N training images and the image decoder learns them "
+                   "(default: 8,000 in 45 minutes, in proportion; 0: none; next-scale presets only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speech", action="store_true", help="AR-Omni's speech too: a speech codec, text-to-speech, "
                                                          "recognition and spoken questions in every stage")
@@ -615,6 +632,22 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--eval", type=int, default=500, help="validation scenes to score it on")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_train_teacher)
+
+    t = tsub.add_parser("decoder", help="post-train a next-scale OmniModel's image decoder on its own draws of the "
+                                        "finest scale (RobusTok; omni/decoder_post.py): cleaner generated images")
+    t.add_argument("--model", required=True, help="OmniModel checkpoint directory")
+    t.add_argument("--out", required=True, help="run directory: the model with the new decoder in out/checkpoint")
+    t.add_argument("--images", type=int, default=8000, help="training scenes the model redraws")
+    t.add_argument("--steps", type=int, default=1200)
+    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--keep", type=int, default=None, help="coarse scales kept from each image (default: all but "
+                   "the finest)")
+    t.add_argument("--true-share", type=float, default=0.2, help="share of a batch decoded from the image's own "
+                   "codes")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_train_decoder)
 
     t = tsub.add_parser("omni", help="OmniModel (OneCAT, AR-Omni) on ShapeWorld: t2i, caption, vqa, edit, text, "
                                      "and with --speech-codec tts, asr, svqa")

@@ -88,6 +88,15 @@ AFTER_SHARE = 0.4
 # fewer than its steps (the relations curriculum's phases are counted in steps: all or nothing)
 AFTER_STAGES = {"relations": (RELATION_STEPS, RELATION_STEP_COST, RELATION_SHARE, RELATION_STEPS),
                 "edits": (EDIT_STEPS, EDIT_STEP_COST, AFTER_SHARE, EDIT_MIN_STEPS)}
+# decoder post-training (omni/decoder_post.py) after the last stage, next-scale presets only: the model redraws the
+# finest scale of this many training images (in proportion for other budgets) and the image decoder learns to turn
+# those codes into the images - the demo's model on 1,000 test prompts: text-to-image 0.415 -> 0.487, edits, answers
+# and captions the same (BENCHMARKS.md "Decoder post-training"); 0.15 decoder steps of 32 an image. Its cost, draws
+# and steps, in the costliest stage's training steps a redrawn image (Zen 5: 143 s for 8,000 at 0.32 s a step)
+DECODER_IMAGES = 8000
+DECODER_STEPS_PER_IMAGE = 0.15
+DECODER_POST_COST = 0.06
+DECODER_SHARE = 0.1  # at most this share of a measured plan's time for the model (fewer images where they are dear)
 MARGIN = 0.93  # of the budget is planned (a real stage-2 step ran 6% slower than its timing)
 CACHE_VERSION = 2  # bump when a change to the code makes cached products stale
 
@@ -115,10 +124,19 @@ class DemoPlan:
     speech: bool = False  # AR-Omni's speech: a codec, speech tasks in every stage, speech in the benchmark
     codec_steps: int = 0
     codec_utterances: int = 2000
+    decoder_images: int = 0  # > 0: post-train the image decoder on the model's redraws of this many images
+    decoder_steps: int = 0
     # each stage's training step as measured on this machine, which sized the stages (None: the reference rates)
     step_seconds: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
+        if (self.decoder_images > 0) != (self.decoder_steps > 0):
+            raise ValueError(f"decoder_images {self.decoder_images} and decoder_steps {self.decoder_steps}: decoder "
+                             "post-training needs both (or neither)")
+        if self.decoder_images and not _decoder_images_for(self.preset, self.speech, self.budget):
+            raise ValueError(f"decoder_images {self.decoder_images}: decoder post-training redraws the finest scale "
+                             f"of next-scale codes, and {self.preset}{' with speech' if self.speech else ''} decodes "
+                             "raster tokens (or speaks): give 0")
         if self.align < 0 or (self.align > 0 and self.teacher != "conv"):
             raise ValueError(f"align {self.align} with teacher {self.teacher!r}: the image tokenizer's semantic "
                              "alignment is a weight >= 0 and reads the ConvNet teacher (teacher='conv')")
@@ -140,8 +158,8 @@ class DemoPlan:
         if step_seconds is not None and (kw.get("speech") or not set(_SPLIT) <= set(step_seconds) <= {*_SPLIT,
                                          *AFTER_STAGES, *OTHER_STEPS} or not all(s > 0 for s in step_seconds.values())):
             raise ValueError(f"step_seconds {step_seconds}: a measured plan needs a positive step time for each of "
-                             f"stage1, stage2 and stage3 (and may time {', '.join(AFTER_STAGES)}, "
-                             f"{' and '.join(OTHER_STEPS)}), and "
+                             f"stage1, stage2 and stage3 (and may time {', '.join((*AFTER_STAGES, *OTHER_STEPS[:-1]))} "
+                             f"and {OTHER_STEPS[-1]}), and "
                              "covers the image demo only (the speech demo plans from the reference rates)")
         if kw.get("distill") is None:
             kw["distill"] = DEMO_DISTILL.get(kw.get("preset", cls.preset), 0.0)
@@ -154,9 +172,14 @@ class DemoPlan:
         if kw.get("speech"):
             kw.setdefault("codec_steps", min(2500, max(10, round(0.12 * minutes * CODEC_STEPS_PER_MIN))))
             share -= 0.12
+        if kw.get("decoder_images") is None:
+            kw["decoder_images"] = _decoder_images_for(kw.get("preset", cls.preset), kw.get("speech"), minutes)
+        if kw.get("decoder_steps") is None:
+            kw["decoder_steps"] = max(1, round(DECODER_STEPS_PER_IMAGE * kw["decoder_images"])) \
+                if kw["decoder_images"] else 0
         after = _after_costs(None, kw.get("preset", cls.preset), kw.get("speech"))
-        stages = _stages(max(6, round((share * minutes - 1.5 * num * EVAL_MIN_PER_ITEM) * MODEL_STEPS_PER_MIN)),
-                         after)
+        stages = _stages(max(6, round((share * minutes - 1.5 * num * EVAL_MIN_PER_ITEM) * MODEL_STEPS_PER_MIN
+                                      - DECODER_POST_COST * kw["decoder_images"])), after)
         plan = cls(budget=minutes, tokenizer_steps=tok, tokenizer_images=_tokenizer_images(tok),
                    stage_steps=stages, eval_num=num, heldout_num=round(2.5 * num), **kw)
         vit = False
@@ -175,6 +198,12 @@ class DemoPlan:
             tokenizer, teacher, benchmark = _other_seconds(step_seconds)
             teacher = teacher if conv else 0.0
             rest = MARGIN * minutes * 60 - FIXED_SECONDS - benchmark
+            if plan.decoder_images:  # at most DECODER_SHARE of the time: fewer images where they are dear
+                fit = math.floor(DECODER_SHARE * rest / _decoder_seconds(1, step_seconds))
+                if fit < plan.decoder_images:
+                    plan.decoder_images = max(8, fit)
+                    plan.decoder_steps = max(1, round(DECODER_STEPS_PER_IMAGE * plan.decoder_images))
+                rest -= _decoder_seconds(plan.decoder_images, step_seconds)
             prep = PREP_SHARE * rest
             timed = "image-tokenizer" in step_seconds
             afford = round(TOKENIZER_MINUTES * minutes / 45 * 60 / tokenizer) if timed else 0
@@ -214,6 +243,7 @@ class DemoPlan:
                    **{name: _after_cost(name, self.step_seconds) * _mean_step(self.step_seconds)
                       for name in AFTER_STAGES}}
             rest = {"benchmark": benchmark, "data, text tokenizer, report": FIXED_SECONDS}
+            decoder = _decoder_seconds(self.decoder_images, self.step_seconds)
         else:
             per = {"image tokenizer": 60 / TOKENIZER_STEPS_PER_MIN, "speech codec": 60 / CODEC_STEPS_PER_MIN,
                    "teacher": 60 / (CONV_TEACHER_STEPS_PER_MIN if conv else MODEL_STEPS_PER_MIN),
@@ -221,14 +251,18 @@ class DemoPlan:
                    **{name: cost * 60 / MODEL_STEPS_PER_MIN for name, (_, cost, *_) in AFTER_STAGES.items()}}
             rest = {"benchmark": 60 * 1.5 * self.eval_num * EVAL_MIN_PER_ITEM,
                     "data, text tokenizer, report": 0.02 * 60 * self.budget}
+            decoder = DECODER_POST_COST * self.decoder_images * 60 / MODEL_STEPS_PER_MIN
         steps = {"image tokenizer": self.tokenizer_steps, "speech codec": self.codec_steps,
                  "teacher": self.teacher_steps, **self.stage_steps}
         rows = [(part, n, n * per[part]) for part, n in steps.items() if n]
+        if self.decoder_steps:
+            rows.append(("decoder post-training", self.decoder_steps, decoder))
         return rows + [(part, None, seconds) for part, seconds in rest.items()]
 
 
 _SPLIT = {"stage1": 0.45, "stage2": 0.4, "stage3": 0.15}  # the stages' shares of the training steps
-OTHER_STEPS = ("image-tokenizer", "teacher")  # timed beside the stages (`measure_other_seconds`)
+# timed beside the stages (`measure_other_seconds`; "decoder": a redrawn image of decoder post-training)
+OTHER_STEPS = ("image-tokenizer", "teacher", "decoder")
 
 
 def _other_seconds(step_seconds: dict[str, float]) -> tuple[float, float, float]:
@@ -237,6 +271,22 @@ def _other_seconds(step_seconds: dict[str, float]) -> tuple[float, float, float]
     unit = max(step_seconds[name] for name in _SPLIT)
     return (step_seconds.get("image-tokenizer", TOKENIZER_STEP_COST * unit),
             step_seconds.get("teacher", TEACHER_STEP_COST * unit), unit * BENCHMARK_COST)
+
+
+def _decoder_images_for(preset: str, speech: bool | None, minutes: float) -> int:
+    """The images a plan's decoder post-training redraws: `DECODER_IMAGES` in 45 minutes, in proportion for other
+    budgets; none for a raster preset (one scale: nothing coarser to keep) or the speech demo."""
+    from omniar.omni.model import omni_preset
+
+    if speech or omni_preset(preset).generation != "next_scale":
+        return 0
+    return max(8, round(DECODER_IMAGES * minutes / 45))
+
+
+def _decoder_seconds(images: int, step_seconds: dict[str, float]) -> float:
+    """A measured plan's decoder post-training in seconds: as timed ("decoder", seconds a redrawn image), or else
+    counted in the costliest stage's training steps."""
+    return images * step_seconds.get("decoder", DECODER_POST_COST * max(step_seconds[name] for name in _SPLIT))
 
 
 def _tokenizer_images(steps: int) -> int:
@@ -330,13 +380,15 @@ def seconds_per_step(run: Callable[[int], object], steps: int) -> float:
 def measure_step_seconds(preset: str = "onecat-tiny", overrides: dict | None = None, examples_per_step: int = 16,
                          distill: float = 0.0, stages: tuple[str, ...] = ("stage1", "stage2", "stage3"),
                          distill_stages: tuple[str, ...] = ("stage1", "stage2", "stage3"), steps: int = 16,
-                         warmup: int = 3, text_samples: int = 2000,
+                         warmup: int = 3, text_samples: int = 2000, decoder: bool = False,
                          device: str | torch.device = "cpu", seed: int = 0) -> dict[str, float]:
     """Seconds per training step of `preset` here in each of `stages`, as the demo trains them: the stage's mix,
     Muon, examples rendered on the fly, distillation from a ConvNet teacher in `distill_stages` when `distill` > 0
     (`DemoPlan.distill_stages`). After `warmup`
     steps, `steps // 4` and `steps` more are timed, each run resuming the last (`seconds_per_step`). Stages of one
-    mix are timed once. The tokenizers and teacher are untrained: the work does not depend on their weights."""
+    mix are timed once. The tokenizers and teacher are untrained: the work does not depend on their weights. With
+    `decoder`, also "decoder": the seconds of decoder post-training per redrawn image, its share of the decoder's
+    steps included (runs of 50 and 200 images, `seconds_per_step`)."""
     import torch
 
     from omniar.data.shapeworld.corpus import world_text
@@ -372,6 +424,15 @@ def measure_step_seconds(preset: str = "onecat-tiny", overrides: dict | None = N
                 more(0)
                 by_mix[mix] = seconds_per_step(more, steps)
         seconds[name] = by_mix[mix]
+    if decoder:
+        from omniar.omni.decoder_post import DecoderPostTraining, post_train_decoder
+
+        def post(n: int) -> None:
+            with tempfile.TemporaryDirectory() as tmp:
+                config = DecoderPostTraining(images=n, steps=max(1, round(DECODER_STEPS_PER_IMAGE * n)))
+                post_train_decoder(model, tmp, config, seed=seed, progress=False)
+
+        seconds["decoder"] = seconds_per_step(post, 200)
     return seconds
 
 
@@ -428,7 +489,8 @@ def calibrate(cache: str | Path, plan: DemoPlan, device: str | torch.device = "c
         timed += tuple(name for name in AFTER_STAGES if name not in timed)
     key = {"preset": plan.preset, "config": dataclasses.asdict(preset), "overrides": plan.overrides,
            "batch": plan.examples_per_step, "distill": plan.distill > 0, "device": str(device),
-           "timing": "difference of a 4- and a 16-step run; image tokenizer 2 / 8 steps, ConvTeacher 10 / 40",
+           "timing": "difference of a 4- and a 16-step run; image tokenizer 2 / 8 steps, ConvTeacher 10 / 40; "
+                     "decoder post-training 50 / 200 images", "decoder": plan.decoder_images > 0,
            "mixes": {name: [STAGES[name].tasks, STAGES[name].questions] for name in timed},
            "image": dataclasses.asdict(image), "align": plan.align, "conv_teacher": conv}
     path = Path(cache) / f"calibration-{_digest(key)}.json"
@@ -439,11 +501,13 @@ def calibrate(cache: str | Path, plan: DemoPlan, device: str | torch.device = "c
     log("[demo] timing training, tokenizer and teacher steps on this machine ...")
     measured = measure_step_seconds(plan.preset, plan.overrides, plan.examples_per_step, plan.distill,
                                     timed, plan.distill_stages, text_samples=plan.text_samples,
-                                    device=device)
+                                    decoder=plan.decoder_images > 0, device=device)
     grid = token_grid(image.image_size, preset.patch)
     measured.update(measure_other_seconds(image, grid if conv else None, plan.align if conv else 0.0,
                                           plan.examples_per_step))
-    seconds = {name: math.ceil(100 * s) / 100 for name, s in measured.items()}
+    # steps to 10 ms, decoder post-training (seconds a redrawn image) to 1 ms
+    seconds = {name: math.ceil(s * (1000 if name == "decoder" else 100)) / (1000 if name == "decoder" else 100)
+               for name, s in measured.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({**key, "step_seconds": seconds}, indent=2))
@@ -649,9 +713,23 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
             return {"steps": n, "loss": metrics[-1].get("loss"), "tokens_per_s": metrics[-1].get("tokens_per_s")}
 
         previous = step(f"train-{name}", key, train) / name / "checkpoint"
+
+    # 5. the image decoder post-trained on the model's own redraws of the finest scale (omni/decoder_post.py)
+    if plan.decoder_images:
+        from omniar.omni.decoder_post import DecoderPostTraining, post_train_decoder
+
+        config = DecoderPostTraining(images=plan.decoder_images, steps=plan.decoder_steps)
+        decoder_key = {**dataclasses.asdict(config), "seed": plan.seed, "after": _digest(key)}
+
+        def post(d: Path, previous=previous) -> dict:
+            torch.manual_seed(plan.seed)
+            return post_train_decoder(OmniModel.from_pretrained(previous).to(device), d, config, seed=plan.seed,
+                                      progress=progress)
+
+        previous = step("decoder-post", decoder_key, post) / "checkpoint"
     model = OmniModel.from_pretrained(previous).to(device)
 
-    # 5. the benchmark (test split + held-out compositions), judged independently
+    # 6. the benchmark (test split + held-out compositions), judged independently
     eval_dir = out / "eval"
     t0 = time.perf_counter()
     tasks = EVAL_TASKS + (SPEECH_EVAL_TASKS if plan.speech else ())

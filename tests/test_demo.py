@@ -9,12 +9,13 @@ import re
 import signal
 
 import pytest
+import torch
 
 from omniar.demo import DemoPlan, run_demo
 from omniar.omni.model import OmniModel, omni_preset
 
 TINY = DemoPlan(budget=0.5, tokenizer_steps=3, tokenizer_images=64, stage_steps={"stage1": 2, "stage2": 2, "stage3": 1},
-                eval_num=4, heldout_num=2, text_samples=200, examples_per_step=4,
+                eval_num=4, heldout_num=2, text_samples=200, examples_per_step=4, decoder_images=6, decoder_steps=2,
                 overrides=dict(hidden_size=48, num_layers=1, num_heads=4, num_kv_heads=2, intermediate_size=64))
 
 
@@ -23,7 +24,8 @@ def test_demo_runs_every_step_and_a_second_run_comes_from_the_cache(tmp_path, mo
     report = run_demo(tmp_path / "demo", TINY, progress=False, log=lines.append)
     assert not any(s["cached"] for s in report["steps"].values())
     assert list(report["steps"]) == ["data", "text-tokenizer", "image-tokenizer", "train-stage1", "train-stage2",
-                                     "train-stage3", "benchmark"]
+                                     "train-stage3", "decoder-post", "benchmark"]
+    assert report["steps"]["decoder-post"]["images"] == 6 and report["steps"]["decoder-post"]["steps"] == 2
     assert [report["steps"][f"train-stage{i}"]["steps"] for i in (1, 2, 3)] == [2, 2, 1]
     for task in ("t2i", "vqa", "caption", "edit"):
         assert report["scores"][task]["count"] == 4
@@ -36,6 +38,11 @@ def test_demo_runs_every_step_and_a_second_run_comes_from_the_cache(tmp_path, mo
     assert "steps from the reference machine's rates" in page  # a plan of given steps, none timed
     model = OmniModel.from_pretrained(report["checkpoint"])
     assert model.config.preset == "onecat-tiny" and model.decoder.config.num_layers == 1
+    # the benchmark's model is stage 3's with the post-trained image decoder, nothing else changed
+    assert report["checkpoint"] == report["steps"]["decoder-post"]["dir"] + "/checkpoint"
+    stage3 = OmniModel.from_pretrained(report["steps"]["train-stage3"]["dir"] + "/stage3/checkpoint").state_dict()
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, stage3[k])}
+    assert changed and all(k.startswith("tokenizer.decoder.") for k in changed)
 
     stage3 = tmp_path / "cache" / report["steps"]["train-stage3"]["dir"].rsplit("/", 1)[1]
     weights = (stage3 / "stage3" / "checkpoint" / "model.safetensors").stat().st_mtime_ns
@@ -111,11 +118,28 @@ def test_budget_sets_the_step_counts():
         DemoPlan.for_budget(45, distill=1.0, teacher="cnn")
     with pytest.raises(ValueError, match="positive number of minutes"):
         DemoPlan.for_budget(0)
+    # decoder post-training: next-scale presets, in proportion to the budget, its cost taken from the stages
+    from omniar.demo import DECODER_POST_COST
+
+    assert (default.decoder_images, default.decoder_steps) == (8000, 1200)
+    assert (small.decoder_images, big.decoder_images) == (round(8000 * 10 / 45), 16000)
+    assert DemoPlan.for_budget(45, preset="raster-tiny").decoder_images == 0
+    assert DemoPlan.for_budget(45, speech=True, preset="ar-omni-tiny").decoder_images == 0
+    unpost = DemoPlan.for_budget(45, decoder_images=0)
+    assert unpost.decoder_steps == 0
+    assert sum(unpost.stage_steps.values()) - sum(default.stage_steps.values()) in range(
+        round(DECODER_POST_COST * 8000) - 2, round(DECODER_POST_COST * 8000) + 3)
+    assert DemoPlan.for_budget(45, decoder_images=100).decoder_steps == 15
+    with pytest.raises(ValueError, match="needs both"):
+        DemoPlan(decoder_images=10)
+    with pytest.raises(ValueError, match="raster-tiny decodes raster tokens"):
+        DemoPlan(preset="raster-tiny", decoder_images=10, decoder_steps=2)
 
 
 def test_a_measured_plan_gives_the_stages_the_time_the_other_steps_leave():
     from omniar.demo import (
         BENCHMARK_COST,
+        DECODER_POST_COST,
         EDIT_STEP_COST,
         FIXED_SECONDS,
         MARGIN,
@@ -138,7 +162,8 @@ def test_a_measured_plan_gives_the_stages_the_time_the_other_steps_leave():
         cost = {**seconds, "relations": RELATION_STEP_COST * mean, "edits": EDIT_STEP_COST * mean}
         training = sum(n * cost[s] for s, n in plan.stage_steps.items())
         other = FIXED_SECONDS + max(seconds.values()) * (TOKENIZER_STEP_COST * plan.tokenizer_steps
-                                                         + TEACHER_STEP_COST * plan.teacher_steps + BENCHMARK_COST)
+                                                         + TEACHER_STEP_COST * plan.teacher_steps + BENCHMARK_COST
+                                                         + DECODER_POST_COST * plan.decoder_images)
         # planned to fill the budget (less its margin) within a step
         assert 45 * 60 * MARGIN - max(seconds.values()) < training + other <= 45 * 60 * MARGIN
         # 45 / 40 / 15% of the stages' steps (the relations and edits stages' time taken from them in proportion)
@@ -159,12 +184,13 @@ def test_a_measured_plan_gives_the_stages_the_time_the_other_steps_leave():
         DemoPlan.for_budget(45, step_seconds=fast, speech=True)
     with pytest.raises(ValueError, match="each of stage1, stage2 and stage3"):
         DemoPlan.for_budget(45, step_seconds={"stage1": 0.3})
-    with pytest.raises(ValueError, match="may time relations, edits, image-tokenizer and teacher"):
+    with pytest.raises(ValueError, match="may time relations, edits, image-tokenizer, teacher and decoder"):
         DemoPlan.for_budget(45, step_seconds={**fast, "codec": 0.1})
     # timed tokenizer and teacher steps replace their ratios to a training step: the stages get what they leave
     timed = {**slow, "image-tokenizer": 0.3, "teacher": 0.05}
     plan = DemoPlan.for_budget(45, step_seconds=timed)
-    other = FIXED_SECONDS + 0.3 * plan.tokenizer_steps + 0.05 * plan.teacher_steps + 0.8 * BENCHMARK_COST
+    other = FIXED_SECONDS + 0.3 * plan.tokenizer_steps + 0.05 * plan.teacher_steps + 0.8 * (
+        BENCHMARK_COST + DECODER_POST_COST * plan.decoder_images)
     mean = 0.45 * slow["stage1"] + 0.55 * slow["stage2"]
     cost = {**slow, "relations": RELATION_STEP_COST * mean, "edits": EDIT_STEP_COST * mean}
     training = sum(n * cost[s] for s, n in plan.stage_steps.items())
@@ -175,7 +201,7 @@ def test_a_measured_plan_gives_the_stages_the_time_the_other_steps_leave():
 
 
 def test_on_a_slow_machine_the_tokenizer_and_teacher_leave_the_model_half_its_time():
-    from omniar.demo import BENCHMARK_COST, FIXED_SECONDS, MARGIN, PREP_SHARE
+    from omniar.demo import BENCHMARK_COST, DECODER_POST_COST, DECODER_SHARE, FIXED_SECONDS, MARGIN, PREP_SHARE
 
     reference = DemoPlan.for_budget(45)
     # an AVX2 EPYC on a slow day: the reference plan's 1,350 tokenizer and 1,200 teacher steps alone took 38 of the
@@ -183,6 +209,11 @@ def test_on_a_slow_machine_the_tokenizer_and_teacher_leave_the_model_half_its_ti
     timed = {"stage1": 2.1, "stage2": 2.48, "stage3": 2.48, "image-tokenizer": 1.44, "teacher": 0.29}
     plan = DemoPlan.for_budget(45, step_seconds=timed)
     model_time = 45 * 60 * MARGIN - FIXED_SECONDS - 2.48 * BENCHMARK_COST
+    # decoder post-training (untimed: counted in stage steps) takes at most its share, with fewer images
+    decoder = DECODER_POST_COST * 2.48 * plan.decoder_images
+    assert DECODER_SHARE * model_time - 1 < decoder <= DECODER_SHARE * model_time
+    assert plan.decoder_images < reference.decoder_images and plan.decoder_steps == round(0.15 * plan.decoder_images)
+    model_time -= decoder
     prep = 1.44 * plan.tokenizer_steps + 0.29 * plan.teacher_steps
     assert PREP_SHARE * model_time - 1.44 - 0.29 < prep <= PREP_SHARE * model_time
     # the teacher keeps its steps (it reads shapes only after ~1,000); the tokenizer gets what is left
@@ -281,6 +312,7 @@ def test_demo_with_speech_trains_a_codec_and_reports_speech(tmp_path):
     """The AR-Omni demo: ar-omni-tiny over a raster tokenizer, a speech codec, speech tasks in every stage, and the
     benchmark and report covering text-to-speech, recognition and spoken questions."""
     plan = DemoPlan(**{**TINY.__dict__, "preset": "ar-omni-tiny", "speech": True, "codec_steps": 2,
+                       "decoder_images": 0, "decoder_steps": 0,
                        "codec_utterances": 8})
     report = run_demo(tmp_path / "demo", plan, progress=False, log=lambda s: None)
     assert list(report["steps"])[:5] == ["data", "text-tokenizer", "image-tokenizer", "speech-codec", "train-stage1"]
@@ -399,9 +431,10 @@ def test_the_relations_and_edits_stages_run_last_where_the_plan_trains_long_enou
     )
 
     after = ("relations", "edits")
-    # the reference plan (the Intel machines' step times): the stages pay for both in proportion
+    # the reference plan (the Intel machines' step times): the stages pay for both in proportion (without decoder
+    # post-training, whose time there would leave the edits 837 of their 1,000 steps)
     seconds = {"stage1": 0.32, "stage2": 0.4, "stage3": 0.4}
-    plan = DemoPlan.for_budget(45, step_seconds=seconds)
+    plan = DemoPlan.for_budget(45, step_seconds=seconds, decoder_images=0)
     paid = round(RELATION_STEPS * RELATION_STEP_COST)
     paid_edits = round(EDIT_STEPS * EDIT_STEP_COST)
     assert list(plan.stage_steps) == ["stage1", "stage2", "stage3", "relations", "edits"]
@@ -410,7 +443,7 @@ def test_the_relations_and_edits_stages_run_last_where_the_plan_trains_long_enou
     assert sum(_stages(6000, {}).values()) - sum(n for s, n in _stages(6000).items() if s not in after) == (
         paid + paid_edits)
     # a timed step sets its stage's cost; a plan too short for one (a slow machine, or the speech demo) has none
-    timed = DemoPlan.for_budget(45, step_seconds={**seconds, "relations": 0.1, "edits": 0.2})
+    timed = DemoPlan.for_budget(45, step_seconds={**seconds, "relations": 0.1, "edits": 0.2}, decoder_images=0)
     mean = 0.45 * 0.32 + 0.55 * 0.4
     stages = sum(n for s, n in timed.stage_steps.items() if s not in after)
     assert stages - mixed == paid + paid_edits - round(RELATION_STEPS * 0.1 / mean) - round(EDIT_STEPS * 0.2 / mean)
