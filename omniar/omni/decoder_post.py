@@ -19,7 +19,6 @@ model (`OmniModel.save_pretrained` holds the tokenizer's weights).
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from omniar.modality import Modality
 from omniar.omni.generate import T2I_CFG, T2I_TEMPERATURE, generate_images
 from omniar.omni.model import OmniModel
 from omniar.tokenizers.image import reconstruction_loss
+from omniar.train.trainer import warm_cosine
 
 
 @dataclass
@@ -102,7 +102,7 @@ def post_train_decoder(model: OmniModel, out: str | Path, config: DecoderPostTra
         own.append(model.tokenizer.quantizer.decode_bits(o).cpu())
     drawn, own = torch.cat(drawn), torch.cat(own)
     draw_seconds = time.perf_counter() - t0
-    decoder = model.tokenizer.decoder.to(model.device)
+    decoder = model.tokenizer.decoder
     decoder.train().requires_grad_(True)
     opt = torch.optim.Adam(decoder.parameters(), lr=config.lr, betas=(0.9, 0.99))
     losses = []
@@ -114,7 +114,7 @@ def post_train_decoder(model: OmniModel, out: str | Path, config: DecoderPostTra
             f = torch.where(use_own, own[idx], drawn[idx]).to(model.device)
             target = to_tensor(pixels[idx].numpy()).to(model.device)
             for group in opt.param_groups:
-                group["lr"] = config.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / config.steps)))
+                group["lr"] = warm_cosine(step, config.steps, config.lr, warmup=1)  # a fine-tune: no warm-up
             loss = reconstruction_loss(decoder(f) * 0.5 + 0.5, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
