@@ -133,7 +133,7 @@ class DemoPlan:
         if (self.decoder_images > 0) != (self.decoder_steps > 0):
             raise ValueError(f"decoder_images {self.decoder_images} and decoder_steps {self.decoder_steps}: decoder "
                              "post-training needs both (or neither)")
-        if self.decoder_images and not _decoder_images_for(self.preset, self.speech, self.budget):
+        if self.decoder_images and not _post_trainable(self.preset, self.speech):
             raise ValueError(f"decoder_images {self.decoder_images}: decoder post-training redraws the finest scale "
                              f"of next-scale codes, and {self.preset}{' with speech' if self.speech else ''} decodes "
                              "raster tokens (or speaks): give 0")
@@ -273,14 +273,18 @@ def _other_seconds(step_seconds: dict[str, float]) -> tuple[float, float, float]
             step_seconds.get("teacher", TEACHER_STEP_COST * unit), unit * BENCHMARK_COST)
 
 
-def _decoder_images_for(preset: str, speech: bool | None, minutes: float) -> int:
-    """The images a plan's decoder post-training redraws: `DECODER_IMAGES` in 45 minutes, in proportion for other
-    budgets; none for a raster preset (one scale: nothing coarser to keep) or the speech demo."""
+def _post_trainable(preset: str, speech: bool | None) -> bool:
+    """Whether a plan of `preset` can post-train its image decoder: next-scale generation (a raster preset has one
+    scale, nothing coarser to keep), not the speech demo."""
     from omniar.omni.model import omni_preset
 
-    if speech or omni_preset(preset).generation != "next_scale":
-        return 0
-    return max(8, round(DECODER_IMAGES * minutes / 45))
+    return not speech and omni_preset(preset).generation == "next_scale"
+
+
+def _decoder_images_for(preset: str, speech: bool | None, minutes: float) -> int:
+    """The images a plan's decoder post-training redraws: `DECODER_IMAGES` in 45 minutes, in proportion for other
+    budgets; none where the preset cannot (`_post_trainable`)."""
+    return max(8, round(DECODER_IMAGES * minutes / 45)) if _post_trainable(preset, speech) else 0
 
 
 def _decoder_seconds(images: int, step_seconds: dict[str, float]) -> float:
@@ -506,8 +510,8 @@ def calibrate(cache: str | Path, plan: DemoPlan, device: str | torch.device = "c
     measured.update(measure_other_seconds(image, grid if conv else None, plan.align if conv else 0.0,
                                           plan.examples_per_step))
     # steps to 10 ms, decoder post-training (seconds a redrawn image) to 1 ms
-    seconds = {name: math.ceil(s * (1000 if name == "decoder" else 100)) / (1000 if name == "decoder" else 100)
-               for name, s in measured.items()}
+    per = {name: 1000 if name == "decoder" else 100 for name in measured}
+    seconds = {name: math.ceil(s * per[name]) / per[name] for name, s in measured.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({**key, "step_seconds": seconds}, indent=2))

@@ -30,14 +30,17 @@ def decoded_loss(model, bits, images):
                                    images).item()
 
 
+def changed_weights(before, after):
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
 def test_only_the_decoder_changes_and_it_learns_the_redraws(tmp_path):
     model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     drawn, own, images = pairs(model)
     loss_before = decoded_loss(model, drawn, images)
     summary = post_train_decoder(model, tmp_path / "post", SMALL, progress=False)
-    after = model.state_dict()
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    changed = changed_weights(before, model.state_dict())
     assert changed and all(k.startswith("tokenizer.decoder.") for k in changed), changed
     assert summary["keep"] == 3 and summary["images"] == 24 and summary["loss_last"] < summary["loss_first"]
     # the redraws of images it trained on (the first 12 of its 24, the same seeds) now decode closer to the images
@@ -85,6 +88,5 @@ def test_command_line(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "decoder post-trained on 6 redrawn images (3 scales kept), 3 steps" in out
     before = OmniModel.from_pretrained(tmp_path / "m").state_dict()
-    after = OmniModel.from_pretrained(tmp_path / "post" / "checkpoint").state_dict()
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    changed = changed_weights(before, OmniModel.from_pretrained(tmp_path / "post" / "checkpoint").state_dict())
     assert changed and all(k.startswith("tokenizer.decoder.") for k in changed)
