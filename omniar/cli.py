@@ -636,7 +636,8 @@ def main(argv: list[str] | None = None) -> None:
     t = tsub.add_parser("decoder", help="post-train a next-scale OmniModel's image decoder on its own draws of the "
                                         "finest scale (RobusTok; omni/decoder_post.py): cleaner generated images")
     t.add_argument("--model", required=True, help="OmniModel checkpoint directory")
-    t.add_argument("--out", required=True, help="run directory: the model with the new decoder in out/checkpoint")
+    t.add_argument("--out", required=True, help="run directory: the model with the new decoder in out/checkpoint "
+                   "(a run stopped while drawing or training goes on from where it stopped)")
     t.add_argument("--images", type=int, default=8000, help="training scenes the model redraws")
     t.add_argument("--steps", type=int, default=1200)
     t.add_argument("--batch", type=int, default=32)

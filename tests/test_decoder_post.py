@@ -1,10 +1,17 @@
 """Decoder post-training (omni/decoder_post.py): only the image decoder changes, it learns to turn the model's
 redraws of the finest scale into the images, the result saves and loads, and misuse is named."""
 
+import dataclasses
+import json
+import os
+import signal
+
 import numpy as np
 import pytest
 import torch
 
+import omniar.omni.decoder_post as decoder_post
+from omniar.checkpoint import read_tensors
 from omniar.cli import main
 from omniar.omni.decoder_post import DecoderPostTraining, post_train_decoder, redrawn_codes
 from omniar.omni.model import OmniModel
@@ -52,6 +59,56 @@ def test_only_the_decoder_changes_and_it_learns_the_redraws(tmp_path):
     assert (tmp_path / "post" / "metrics.jsonl").read_text().count("\n") == 1  # 40 steps: logged at the end
 
 
+def decoder_weights(directory):
+    return {k: v for k, v in read_tensors(directory / "checkpoint" / "model.safetensors").items()
+            if k.startswith("tokenizer.decoder.")}
+
+
+def logged_losses(directory):
+    return [(m["step"], m["loss"]) for m in map(json.loads, (directory / "metrics.jsonl").read_text().splitlines())]
+
+
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    """Stopped while drawing (SIGINT), then with fewer images, then mid-training: the same decoder to the bit, the
+    same losses, as one run never stopped."""
+    small = dataclasses.replace(SMALL, steps=60)
+    monkeypatch.setattr(decoder_post, "SAVE_STEPS", 20)
+    whole = post_train_decoder(tiny_model(), tmp_path / "whole", small, progress=False)
+
+    calls = []
+
+    def interrupted(*args, **kwargs):  # Ctrl-C while the second chunk is drawn
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return redrawn_codes(*args, **kwargs)
+
+    monkeypatch.setattr(decoder_post, "redrawn_codes", interrupted)
+    out = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        post_train_decoder(tiny_model(), out, small, progress=False)
+    assert json.loads((out / "draws" / "draws.json").read_text())["images"] == 24  # both chunks kept
+    assert not (out / "checkpoint").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(decoder_post, "SAVE_STEPS", 20)
+    # more images than drawn: the saved draws are reused and the rest drawn, as the whole run drew them
+    post_train_decoder(tiny_model(), out, dataclasses.replace(small, images=36), progress=False, stop_at=0)
+    assert json.loads((out / "draws" / "draws.json").read_text())["images"] == 36
+    cut = post_train_decoder(tiny_model(), out, small, progress=False, stop_at=30)
+    assert cut["steps"] == 30 and json.loads((out / "checkpoint" / "trainer.json").read_text())["step"] == 30
+    resumed = post_train_decoder(tiny_model(), out, small, progress=False)
+    assert resumed["steps"] == 60 and resumed["loss_first"] == whole["loss_first"]
+    assert resumed["loss_last"] == whole["loss_last"]
+    a, b = decoder_weights(tmp_path / "whole"), decoder_weights(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert logged_losses(out) == logged_losses(tmp_path / "whole") and len(logged_losses(out)) == 2  # 50, 60
+    # a finished run asked again trains nothing and loads its decoder
+    model = tiny_model()
+    again = post_train_decoder(model, out, small, progress=False)
+    assert again["steps"] == 60 and again["loss_last"] == whole["loss_last"]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in a.items())
+
+
 def test_redraws_keep_the_coarse_scales_and_follow_their_seeds():
     model = tiny_model()
     for keep in (1, 3):
@@ -79,6 +136,16 @@ def test_misuse_is_named(tmp_path):
     with pytest.raises(ValueError, match="decoder post-training needs fp32 weights"):
         post_train_decoder(tiny_model().decode_in(torch.bfloat16), tmp_path / "b", SMALL, progress=False)
     assert not (tmp_path / "k").exists() and not (tmp_path / "b").exists()
+    # a run directory belongs to one model, seed and config
+    post_train_decoder(tiny_model(), tmp_path / "o", SMALL, progress=False, stop_at=2)
+    with pytest.raises(ValueError, match="cannot resume .*post-trained with another seed; use a new output"):
+        post_train_decoder(tiny_model(), tmp_path / "o", SMALL, seed=1, progress=False)
+    with pytest.raises(ValueError, match="post-trained with another model and config"):
+        post_train_decoder(tiny_model(seed=1), tmp_path / "o", dataclasses.replace(SMALL, steps=41), progress=False)
+    post_train_decoder(tiny_model(), tmp_path / "d", SMALL, progress=False, stop_at=0)  # draws only
+    with pytest.raises(ValueError, match=r"cannot draw on from .*draws: its draws were made with another keep "
+                                         r"\(3 here, 2 asked\)"):
+        post_train_decoder(tiny_model(), tmp_path / "d", dataclasses.replace(SMALL, keep=2), progress=False)
 
 
 def test_command_line(tmp_path, capsys):
