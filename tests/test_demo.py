@@ -464,3 +464,11 @@ def test_the_relations_and_edits_stages_run_last_where_the_plan_trains_long_enou
     rows = {part: (steps, seconds) for part, steps, seconds in plan.schedule()}
     assert rows["relations"] == (RELATION_STEPS, pytest.approx(RELATION_STEPS * RELATION_STEP_COST * mean))
     assert rows["edits"] == (EDIT_STEPS, pytest.approx(EDIT_STEPS * EDIT_STEP_COST * mean))
+
+
+def test_the_report_says_what_the_calibration_timed():
+    from omniar.omni.report import _sizing
+
+    assert _sizing({"step_seconds": {"stage1": 0.32, "decoder": 0.018}}) == (
+        "stages sized by what was timed on this machine: stage1 0.32 s a step, decoder 0.018 s an image")
+    assert _sizing({"step_seconds": None}) == "steps from the reference machine's rates"

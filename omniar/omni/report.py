@@ -96,8 +96,10 @@ def _sizing(plan: dict) -> str:
     seconds = plan.get("step_seconds")
     if not seconds:
         return "steps from the reference machine's rates"
-    timed = ", ".join(f"{name} {s} s" for name, s in seconds.items())
-    return f"stages sized by the steps timed on this machine: {_esc(timed)}"
+    # the calibration times a step of each stage, the tokenizer and the teacher, and decoder post-training's cost
+    # per redrawn image (demo.OTHER_STEPS)
+    timed = ", ".join(f"{name} {s} s {'an image' if name == 'decoder' else 'a step'}" for name, s in seconds.items())
+    return f"stages sized by what was timed on this machine: {_esc(timed)}"
 
 
 def write_report(path: str | Path, report: dict, eval_dir: str | Path, data_dir: str | Path,
