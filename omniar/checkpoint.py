@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -62,6 +63,16 @@ def recover_directory(path: str | Path) -> None:
     old = path.with_name(f".{path.name}.old")
     if not path.exists() and old.is_dir():
         os.replace(old, path)
+
+
+def write_directory(directory: str | Path, write: Callable[[Path], None]) -> Path:
+    """Have `write(staging)` write a directory's files into an empty directory beside `directory`, then swap it in
+    whole, so that a write cut short (a crash, a full disk, a second Ctrl-C) leaves the previous version, never a mix
+    of old and new files (`recover_directory` finishes a swap cut short)."""
+    staging = _staging_directory(directory)
+    write(staging)
+    _replace_directory(staging, directory)
+    return Path(directory)
 
 
 def write_tensors(path: str | Path, tensors: dict[str, Tensor]) -> None:
@@ -150,11 +161,11 @@ def save_training_checkpoint(directory: str | Path, model: nn.Module, optimizer:
     """`model.save_pretrained`'s files, the optimizer state and the step, written together into a directory beside
     `directory` and swapped in, so that a save cut short (a crash, a full disk, a second Ctrl-C) leaves the previous
     checkpoint whole rather than new weights beside an old step."""
-    staging = _staging_directory(directory)
-    model.save_pretrained(staging)
-    save_training_state(staging, optimizer, step, **extra)
-    _replace_directory(staging, directory)
-    return Path(directory)
+    def write(staging: Path) -> None:
+        model.save_pretrained(staging)
+        save_training_state(staging, optimizer, step, **extra)
+
+    return write_directory(directory, write)
 
 
 def load_training_state(directory: str | Path, optimizer: torch.optim.Optimizer) -> dict:

@@ -33,13 +33,12 @@ from tqdm.auto import tqdm
 from omniar.checkpoint import (
     TRAINER_NAME,
     WEIGHTS_NAME,
-    _replace_directory,
-    _staging_directory,
     load_state_strict,
     load_training_state,
     read_tensors,
     recover_directory,
     save_training_checkpoint,
+    write_directory,
     write_tensors,
 )
 from omniar.generation.sampling import SamplingParams
@@ -128,11 +127,12 @@ def _load_draws(directory: Path, key: dict, scales: int) -> tuple[list[torch.Ten
 def _save_draws(directory: Path, key: dict, drawn: list[torch.Tensor], own: list[torch.Tensor]) -> None:
     """The bits drawn so far and the images' own, with what made them, swapped in whole (a save cut short leaves
     the previous one)."""
-    staging = _staging_directory(directory)
-    write_tensors(staging / DRAWS_NAME, {**{f"drawn.{k}": b for k, b in enumerate(drawn)},
-                                         **{f"own.{k}": b for k, b in enumerate(own)}})
-    (staging / DRAWS_META).write_text(json.dumps({**key, "images": len(drawn[0])}, indent=2))
-    _replace_directory(staging, directory)
+    def write(staging: Path) -> None:
+        write_tensors(staging / DRAWS_NAME, {**{f"drawn.{k}": b for k, b in enumerate(drawn)},
+                                             **{f"own.{k}": b for k, b in enumerate(own)}})
+        (staging / DRAWS_META).write_text(json.dumps({**key, "images": len(drawn[0])}, indent=2))
+
+    write_directory(directory, write)
 
 
 def post_train_decoder(model: OmniModel, out: str | Path, config: DecoderPostTraining | None = None, seed: int = 0,
