@@ -253,6 +253,40 @@ def test_relation_examples_can_ask_a_shape_count_as_their_second_turn():
         RelationCurriculum(counts=1.5)
 
 
+def test_relation_examples_can_ask_a_colour_or_a_shape():
+    """`bindings`: a share of the relation examples also asks the colour of a shape or the shape of a colour, which
+    the scene answers; the first questions and the count turns stay those of the recipe without."""
+    from omniar.data.shapeworld.dataset import make_sample
+    from omniar.data.shapeworld.render import render
+    from omniar.data.shapeworld.scene import Scene
+
+    recipe = Recipe(tasks={"vqa": 1.0}, examples_per_step=300, steps=10, questions=1,
+                    relations=RelationCurriculum(share=1.0, counts=1.0, bindings=0.5))
+    examples = examples_for_step(recipe, 9, 16)
+    without = examples_for_step(dataclasses.replace(recipe, relations=RelationCurriculum(share=1.0, counts=1.0)), 9,
+                                16)
+    assert [x.text for x in examples] == [x.text for x in without]
+    assert all(x.turns[:1] == w.turns for x, w in zip(examples, without))  # the count first
+    bound = [x.turns[1][0] for x in examples if len(x.turns) == 2]
+    assert 0.35 < len(bound) / 300 < 0.65 and all(len(x.turns) <= 2 for x in examples)
+    colour = r"what color is the (circle|square|triangle|star)\?"
+    kinds = [bool(re.fullmatch(colour, q)) for q in bound]
+    assert 0.3 < np.mean(kinds) < 0.7  # colours and shapes alike
+    assert all(k or re.fullmatch(r"what shape is the \w+ object\?", q) for k, q in zip(kinds, bound))
+    for i in range(30):  # the answer is the scene's
+        ex = shapeworld_example("vqa", i, 32, relations=("left of", "above"), bind=True)
+        scenes = (Scene.from_dict(make_sample("train", j)["scene"]) for j in range(i, i + 100))
+        scene = next(sc for sc in scenes if np.array_equal(render(sc, 32), ex.image))
+        (q, a), = ex.turns
+        if m := re.fullmatch(colour, q):
+            assert [o.color for o in scene.objects if o.shape == m[1]] == [a]
+        else:
+            color = re.fullmatch(r"what shape is the (\w+) object\?", q)[1]
+            assert [o.shape for o in scene.objects if o.color == color] == [a]
+    with pytest.raises(ValueError, match="bindings"):
+        RelationCurriculum(bindings=-0.1)
+
+
 def test_a_relations_stage_too_short_for_its_curriculum_says_so(tmp_path):
     """A stage that stops before its curriculum asks every relation warns (the model would stay at chance on the
     relations it never saw); one long enough trains silently."""

@@ -47,6 +47,9 @@ class RelationCurriculum:
     # of the relation examples also ask, as a second turn, how many of a shape there are - a shape in the scene half
     # of the time (the mixed stages' questions answer "zero" to 71% of their counts, and the model says "zero")
     counts: float = 0.0
+    # of the relation examples also ask, as a further turn, the colour of a shape or the shape of a colour in the
+    # scene ("what color is the star?", `binding_question`): what the mixed stages sometimes leave half learnt
+    bindings: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.above <= self.mirrors <= self.full:
@@ -57,6 +60,9 @@ class RelationCurriculum:
         if not 0 <= self.counts <= 1:
             raise ValueError(f"counts (of the relation examples asking a count too) must be in [0, 1], got "
                              f"{self.counts}")
+        if not 0 <= self.bindings <= 1:
+            raise ValueError(f"bindings (of the relation examples asking a colour or a shape too) must be in [0, 1], "
+                             f"got {self.bindings}")
 
     def relations(self, step: int, draw: float) -> tuple[str, ...]:
         """The relations one question may ask about at `step`, `draw` uniform in [0, 1)."""
@@ -138,7 +144,9 @@ TEXT_EXPERT = ("decoder.blocks.*.mixer.qkv.{text}.*", "decoder.blocks.*.mixer.o.
 # the same mixture at a lower learning rate. Every stage asks four questions per VQA image (VQA alone, 1,000 steps:
 # 0.625 -> 0.73, BENCHMARKS.md). "relations" (after stage 3; after the mixed stages in this dict so that they keep
 # their seeds, which follow the order here) teaches the position questions by their curriculum, most of each step's
-# images asking one (and then how many of a shape there are), the rest the sample's own questions or a caption so
+# images asking one (and then how many of a shape there are, and the colour of a shape or the shape of a colour:
+# one demo's mixed stages had left colour questions at 0.60, its relations stage took them to 0.83 without that turn
+# and to 0.975 with it; BENCHMARKS.md "Bindings"), the rest the sample's own questions or a caption so
 # that the other answers stay; the parameters every task shares (token embeddings, norms) and the understanding path
 # are held, so only the text expert learns and text-to-image and edits draw what they drew before, bit for bit
 # (BENCHMARKS.md "Relations"). "edits" is its mirror image for drawing: edits (and some text-to-image) with the
@@ -153,7 +161,8 @@ STAGES: dict[str, Recipe] = {
     "stage2": Recipe(lr=1.5e-3, min_lr_ratio=0.2, warmup=20, questions=4),
     "stage3": Recipe(lr=5e-4, min_lr_ratio=0.1, warmup=10, questions=4),
     "relations": Recipe(tasks={"vqa": 0.85, "caption": 0.15}, examples_per_step=24, lr=1e-3, min_lr_ratio=0.1,
-                        warmup=10, decay_steps=300, questions=4, relations=RelationCurriculum(share=0.8, counts=1.0),
+                        warmup=10, decay_steps=300, questions=4,
+                        relations=RelationCurriculum(share=0.8, counts=1.0, bindings=1.0),
                         freeze=SHARED + UNDERSTANDING),
     "edits": Recipe(tasks={"edit": 0.8, "t2i": 0.2}, lr=5e-4, min_lr_ratio=0.1, warmup=10,
                     freeze=SHARED + UNDERSTANDING + TEXT_EXPERT),
@@ -186,11 +195,12 @@ def with_speech(stages: dict[str, Recipe], share: float = 0.3,
 
 def shapeworld_example(task: str, index: int, side: int, split: str = "train",
                        speech: SpeechCodec | None = None, questions: int = 1,
-                       relations: tuple[str, ...] | None = None, count: bool = False) -> Example:
+                       relations: tuple[str, ...] | None = None, count: bool = False, bind: bool = False) -> Example:
     """The ShapeWorld sample `index` of `split` as an example of `task` (the next sample with an edit, for edit);
     a vqa example asks up to `questions` different questions about its image, one per turn, or with `relations`
     one position question about one of them (the next sample whose scene has such a pair), and with `count` then
-    how many of a shape there are (`count_question`).
+    how many of a shape there are (`count_question`), with `bind` the colour of a shape or the shape of a colour
+    (`binding_question`).
     Speech tasks speak the sample's text (espeak-ng) and encode it with the `speech` codec: tts the caption in the
     narrator's voice (the model's own voice: a single-speaker TTS), asr and s2i the caption, svqa the question,
     chat the question and the answer in the sample's voice (listening covers every voice)."""
@@ -199,7 +209,7 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train",
     from omniar.data.shapeworld.scene import Scene
 
     if task == "vqa" and relations is not None:
-        return _relation_example(split, index, side, relations, count)
+        return _relation_example(split, index, side, relations, count, bind)
     s = make_sample(split, index)
     while task == "edit" and s["edit"] is None:
         index += 1
@@ -238,7 +248,8 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train",
     return Example("text", f"{s['caption']}. {s['question']} {s['answer']}.")
 
 
-def _relation_example(split: str, index: int, side: int, relations: tuple[str, ...], count: bool = False) -> Example:
+def _relation_example(split: str, index: int, side: int, relations: tuple[str, ...], count: bool = False,
+                      bind: bool = False) -> Example:
     from omniar.data.shapeworld.dataset import make_sample, mentions_held_out
     from omniar.data.shapeworld.render import render
     from omniar.data.shapeworld.scene import Scene
@@ -252,6 +263,8 @@ def _relation_example(split: str, index: int, side: int, relations: tuple[str, .
             continue
         if split == "heldout" or not mentions_held_out(qa.question):
             turns = (count_question(scene, random.Random(f"shapeworld/{split}/{i}/count")),) if count else ()
+            bound = binding_question(scene, random.Random(f"shapeworld/{split}/{i}/bind")) if bind else None
+            turns += (bound,) if bound else ()
             return Example("vqa", qa.question, answer=qa.answer, image=render(scene, side), turns=turns)
     raise ValueError(f"no scene of {split} samples {index}-{index + 999} has a pair in relations {relations}")
 
@@ -265,6 +278,22 @@ def count_question(scene, rng: random.Random) -> tuple[str, str]:
     present = sorted({o.shape for o in scene.objects})
     shape = rng.choice(present if present and rng.random() < 0.5 else SHAPES)
     return f"how many {shape}s are there?", NUMBER_WORDS[sum(o.shape == shape for o in scene.objects)]
+
+
+def binding_question(scene, rng: random.Random) -> tuple[str, str] | None:
+    """("what color is the <shape>?" or "what shape is the <color> object?", its answer) about `scene`, either
+    where only one can be asked; None where no shape and no colour appears exactly once."""
+    from omniar.data.shapeworld.tasks import sample_qa
+
+    kinds = ["color", "shape"]
+    rng.shuffle(kinds)
+    for kind in kinds:
+        try:
+            qa = sample_qa(scene, rng, kind)
+        except ValueError:  # no shape (colour) appears exactly once
+            continue
+        return qa.question, qa.answer
+    return None
 
 
 def named_object(instruction: str, scene, side: int) -> np.ndarray:
@@ -316,8 +345,9 @@ def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool:
         relations = [recipe.relations.relations(step, d) if t == "vqa" and asks < recipe.relations.share
                      else None for (t, _), (asks, d) in zip(picks, draws)]
         counting = np.random.default_rng([seed, step, 8]).random(len(picks)) < recipe.relations.counts
+        binding = np.random.default_rng([seed, step, 9]).random(len(picks)) < recipe.relations.bindings
     else:
-        counting = np.zeros(len(picks), bool)
+        counting = binding = np.zeros(len(picks), bool)
     if shards > 1:
         # each further question about a vqa image adds ~10 positions to its ~70 (BENCHMARKS.md, "More questions")
         cost = {**_COST, "vqa": _COST["vqa"] * (1 + 0.13 * (recipe.questions - 1))}
@@ -327,10 +357,11 @@ def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool:
             load[lightest] += cost[picks[i][0]]
             if lightest == shard:
                 mine.append(i)
-        picks, relations, counting = ([picks[i] for i in sorted(mine)], [relations[i] for i in sorted(mine)],
-                                      counting[sorted(mine)])
-    return [shapeworld_example(t, index, side, speech=speech, questions=recipe.questions, relations=r, count=bool(c))
-            for (t, index), r, c in zip(picks, relations, counting)]
+        picks, relations, counting, binding = ([picks[i] for i in sorted(mine)], [relations[i] for i in sorted(mine)],
+                                               counting[sorted(mine)], binding[sorted(mine)])
+    return [shapeworld_example(t, index, side, speech=speech, questions=recipe.questions, relations=r, count=bool(c),
+                               bind=bool(b))
+            for (t, index), r, c, b in zip(picks, relations, counting, binding)]
 
 
 def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, seed: int = 0,
