@@ -69,8 +69,8 @@ def logged_losses(directory):
 
 
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
-    """Stopped while drawing (SIGINT), then with fewer images, then mid-training: the same decoder to the bit, the
-    same losses, as one run never stopped."""
+    """Stopped while drawing (SIGINT), then drawing on with more images than the run asks, then stopped mid-training:
+    the same decoder to the bit, the same losses, as one run never stopped."""
     small = dataclasses.replace(SMALL, steps=60)
     monkeypatch.setattr(decoder_post, "SAVE_STEPS", 20)
     whole = post_train_decoder(tiny_model(), tmp_path / "whole", small, progress=False)
