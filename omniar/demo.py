@@ -65,8 +65,8 @@ TOKENIZER_MAX_STEPS = 3500
 # 32 + 6 of the 36 minutes, BENCHMARKS.md "Demo"), the tokenizer gets fewer steps (the teacher too if need be)
 PREP_SHARE = 0.5
 # the relations curriculum (omni/train.py, STAGES["relations"]) after stage 3: 1,800 steps teach the trained model
-# the four position relations, which the mixed stages never learn, and only the text expert changes, so its
-# drawing and editing stay what they were (the reference plan's model: VQA 0.905 -> 0.975; in 1,000 steps another
+# the four position relations, which the mixed stages never learn, and only the text expert and the understanding
+# path change, so its drawing stays what it was (the reference plan's model: VQA 0.905 -> 0.975; in 1,000 steps another
 # demo's model stayed at chance on "below", BENCHMARKS.md "Relations"). Its time comes out of the three stages' in
 # proportion; a plan where it would take more than `RELATION_SHARE` of the training time (a model too little
 # trained to learn them: from a stage 1 of 2,394 steps "left of" was not learnt in 250), the speech demo and

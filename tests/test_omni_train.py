@@ -11,7 +11,9 @@ import torch
 
 from omniar.omni.model import OmniModel
 from omniar.omni.train import (
+    SHARED,
     STAGES,
+    UNDERSTANDING,
     Recipe,
     RelationCurriculum,
     examples_for_step,
@@ -187,12 +189,22 @@ def test_a_recipe_can_hold_parameters_fixed_for_its_stage(tmp_path):
     # {name} stands for the index of the expert of that name (experts text, und, gen: und is 1)
     model = tiny_model(seed=2, expert_attention=True)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    train_omni(model, tmp_path / "c", Recipe(**{**TINY, "steps": 3}, freeze=STAGES["relations"].freeze),
-               progress=False)
+    train_omni(model, tmp_path / "c", Recipe(**{**TINY, "steps": 3}, freeze=SHARED + UNDERSTANDING), progress=False)
     after = dict(model.named_parameters())
     und = [n for n in after if re.search(r"\.(qkv|o|experts)\.1\.", n) or n.startswith("patch_embed.")]
     assert und and all(torch.equal(before[n], after[n]) for n in und)
     assert any(not torch.equal(before[n], after[n]) for n in after if re.search(r"\.experts\.0\.", n))
+    # the relations stage holds only what every task shares: its answers teach the text expert and the
+    # understanding path, and text-to-image, which reads neither, draws what it drew
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_omni(model, tmp_path / "r", Recipe(**{**TINY, "steps": 3, "tasks": {"vqa": 1}},
+                                             freeze=STAGES["relations"].freeze), progress=False)
+    after = dict(model.named_parameters())
+    shared = [n for n in after if n.startswith(("decoder.embed.", "decoder.norm.")) or norm.fullmatch(n)]
+    assert shared and all(torch.equal(before[n], after[n]) for n in shared)
+    for expert in (0, 1):  # text, und
+        assert any(not torch.equal(before[n], after[n]) for n in after
+                   if re.search(rf"\.experts\.{expert}\.", n))
     # the edits stage holds the text expert too (answers and captions stay), and the generation side learns
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     # (captions beside the edits: they would train the text expert if it were not held)
@@ -285,6 +297,37 @@ def test_relation_examples_can_ask_a_colour_or_a_shape():
             assert [o.shape for o in scene.objects if o.color == color] == [a]
     with pytest.raises(ValueError, match="bindings"):
         RelationCurriculum(bindings=-0.1)
+
+
+def test_relation_examples_can_ask_how_many_of_a_colour():
+    """`colour_counts`: a share of the relation examples asks, as its last turn, how many objects of a colour there
+    are, which the scene answers; the turns before stay those of the recipe without."""
+    from omniar.data.shapeworld.dataset import make_sample
+    from omniar.data.shapeworld.render import render
+    from omniar.data.shapeworld.scene import Scene
+    from omniar.data.shapeworld.world import COLORS
+
+    curriculum = RelationCurriculum(share=1.0, counts=1.0, bindings=1.0)
+    recipe = Recipe(tasks={"vqa": 1.0}, examples_per_step=300, steps=10, questions=1,
+                    relations=dataclasses.replace(curriculum, colour_counts=0.5))
+    examples = examples_for_step(recipe, 9, 16)
+    without = examples_for_step(dataclasses.replace(recipe, relations=curriculum), 9, 16)
+    assert [x.text for x in examples] == [x.text for x in without]
+    assert all(x.turns[:len(w.turns)] == w.turns for x, w in zip(examples, without))
+    added = [x.turns[-1] for x, w in zip(examples, without) if len(x.turns) > len(w.turns)]
+    assert 0.35 < len(added) / 300 < 0.65 and all(len(x.turns) <= len(w.turns) + 1 for x, w in zip(examples, without))
+    pattern = rf"how many ({'|'.join(COLORS)}) objects are there\?"
+    assert all(re.fullmatch(pattern, q) for q, _ in added)
+    assert 0.2 < [a for _, a in added].count("zero") / len(added) < 0.75  # a colour in the scene half of the time
+    for i in range(30):  # the count is the scene's
+        ex = shapeworld_example("vqa", i, 32, relations=("left of", "above"), colour_count=True)
+        scenes = (Scene.from_dict(make_sample("train", j)["scene"]) for j in range(i, i + 100))
+        scene = next(sc for sc in scenes if np.array_equal(render(sc, 32), ex.image))
+        (q, a), = ex.turns
+        colour = re.fullmatch(pattern, q)[1]
+        assert a == ("zero", "one", "two", "three", "four")[sum(o.color == colour for o in scene.objects)]
+    with pytest.raises(ValueError, match="colour_counts"):
+        RelationCurriculum(colour_counts=2)
 
 
 def test_a_relations_stage_too_short_for_its_curriculum_says_so(tmp_path):

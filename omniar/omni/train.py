@@ -50,6 +50,10 @@ class RelationCurriculum:
     # of the relation examples also ask, as a further turn, the colour of a shape or the shape of a colour in the
     # scene ("what color is the star?", `binding_question`): what the mixed stages sometimes leave half learnt
     bindings: float = 0.0
+    # of the relation examples also ask, as their last turn, how many objects of a colour there are (a colour in the
+    # scene half of the time): taught beside the shape counts it needs the understanding path learning too (with the
+    # text expert alone the two counts get mixed up; BENCHMARKS.md "Bindings")
+    colour_counts: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.above <= self.mirrors <= self.full:
@@ -63,6 +67,9 @@ class RelationCurriculum:
         if not 0 <= self.bindings <= 1:
             raise ValueError(f"bindings (of the relation examples asking a colour or a shape too) must be in [0, 1], "
                              f"got {self.bindings}")
+        if not 0 <= self.colour_counts <= 1:
+            raise ValueError(f"colour_counts (of the relation examples asking a colour's count too) must be in "
+                             f"[0, 1], got {self.colour_counts}")
 
     def relations(self, step: int, draw: float) -> tuple[str, ...]:
         """The relations one question may ask about at `step`, `draw` uniform in [0, 1)."""
@@ -144,12 +151,14 @@ TEXT_EXPERT = ("decoder.blocks.*.mixer.qkv.{text}.*", "decoder.blocks.*.mixer.o.
 # the same mixture at a lower learning rate. Every stage asks four questions per VQA image (VQA alone, 1,000 steps:
 # 0.625 -> 0.73, BENCHMARKS.md). "relations" (after stage 3; after the mixed stages in this dict so that they keep
 # their seeds, which follow the order here) teaches the position questions by their curriculum, most of each step's
-# images asking one (and then how many of a shape there are, and the colour of a shape or the shape of a colour:
-# one demo's mixed stages had left colour questions at 0.60, its relations stage took them to 0.83 without that turn
-# and to 0.975 with it; BENCHMARKS.md "Bindings"), the rest the sample's own questions or a caption so
-# that the other answers stay; the parameters every task shares (token embeddings, norms) and the understanding path
-# are held, so only the text expert learns and text-to-image and edits draw what they drew before, bit for bit
-# (BENCHMARKS.md "Relations"). "edits" is its mirror image for drawing: edits (and some text-to-image) with the
+# images asking one (and then how many of a shape there are, the colour of a shape or the shape of a colour, and
+# how many of a colour there are: one demo's mixed stages had left colour questions at 0.60, its relations stage took
+# them to 0.83 without the binding turn and to 0.975 with it; another's left colour counts answered "zero";
+# BENCHMARKS.md "Bindings"), the rest the sample's own questions or a caption so that the other answers stay; the
+# parameters every task shares (token embeddings, norms) are held, so text-to-image draws what it drew before, bit
+# for bit, while the text expert and the understanding path learn (with the text expert alone the colour counts cost
+# the shape counts, and answers stayed below 0.95 on one demo model of three; BENCHMARKS.md "Relations",
+# "Bindings"). "edits" is its mirror image for drawing: edits (and some text-to-image) with the
 # shared parameters, the understanding path and the text expert held, so that only the generation side learns and
 # answers and captions stay exactly what they were; 1,000 steps after the relations stage took one demo model's
 # edits from 0.785 / 0.931 to 0.902 / 0.949 with text-to-image the same (0.386 -> 0.389; BENCHMARKS.md "Edits
@@ -162,8 +171,8 @@ STAGES: dict[str, Recipe] = {
     "stage3": Recipe(lr=5e-4, min_lr_ratio=0.1, warmup=10, questions=4),
     "relations": Recipe(tasks={"vqa": 0.85, "caption": 0.15}, examples_per_step=24, lr=1e-3, min_lr_ratio=0.1,
                         warmup=10, decay_steps=300, questions=4,
-                        relations=RelationCurriculum(share=0.8, counts=1.0, bindings=1.0),
-                        freeze=SHARED + UNDERSTANDING),
+                        relations=RelationCurriculum(share=0.8, counts=1.0, bindings=1.0, colour_counts=1.0),
+                        freeze=SHARED),
     "edits": Recipe(tasks={"edit": 0.8, "t2i": 0.2}, lr=5e-4, min_lr_ratio=0.1, warmup=10,
                     freeze=SHARED + UNDERSTANDING + TEXT_EXPERT),
 }
@@ -195,12 +204,13 @@ def with_speech(stages: dict[str, Recipe], share: float = 0.3,
 
 def shapeworld_example(task: str, index: int, side: int, split: str = "train",
                        speech: SpeechCodec | None = None, questions: int = 1,
-                       relations: tuple[str, ...] | None = None, count: bool = False, bind: bool = False) -> Example:
+                       relations: tuple[str, ...] | None = None, count: bool = False, bind: bool = False,
+                       colour_count: bool = False) -> Example:
     """The ShapeWorld sample `index` of `split` as an example of `task` (the next sample with an edit, for edit);
     a vqa example asks up to `questions` different questions about its image, one per turn, or with `relations`
     one position question about one of them (the next sample whose scene has such a pair), and with `count` then
     how many of a shape there are (`count_question`), with `bind` the colour of a shape or the shape of a colour
-    (`binding_question`).
+    (`binding_question`), with `colour_count` how many objects of a colour there are, in that order.
     Speech tasks speak the sample's text (espeak-ng) and encode it with the `speech` codec: tts the caption in the
     narrator's voice (the model's own voice: a single-speaker TTS), asr and s2i the caption, svqa the question,
     chat the question and the answer in the sample's voice (listening covers every voice)."""
@@ -209,7 +219,7 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train",
     from omniar.data.shapeworld.scene import Scene
 
     if task == "vqa" and relations is not None:
-        return _relation_example(split, index, side, relations, count, bind)
+        return _relation_example(split, index, side, relations, count, bind, colour_count)
     s = make_sample(split, index)
     while task == "edit" and s["edit"] is None:
         index += 1
@@ -249,7 +259,7 @@ def shapeworld_example(task: str, index: int, side: int, split: str = "train",
 
 
 def _relation_example(split: str, index: int, side: int, relations: tuple[str, ...], count: bool = False,
-                      bind: bool = False) -> Example:
+                      bind: bool = False, colour_count: bool = False) -> Example:
     from omniar.data.shapeworld.dataset import make_sample, mentions_held_out
     from omniar.data.shapeworld.render import render
     from omniar.data.shapeworld.scene import Scene
@@ -265,19 +275,25 @@ def _relation_example(split: str, index: int, side: int, relations: tuple[str, .
             turns = (count_question(scene, random.Random(f"shapeworld/{split}/{i}/count")),) if count else ()
             bound = binding_question(scene, random.Random(f"shapeworld/{split}/{i}/bind")) if bind else None
             turns += (bound,) if bound else ()
+            if colour_count:
+                turns += (count_question(scene, random.Random(f"shapeworld/{split}/{i}/colour-count"), "color"),)
             return Example("vqa", qa.question, answer=qa.answer, image=render(scene, side), turns=turns)
     raise ValueError(f"no scene of {split} samples {index}-{index + 999} has a pair in relations {relations}")
 
 
-def count_question(scene, rng: random.Random) -> tuple[str, str]:
-    """("how many <shape>s are there?", its answer) about `scene`: a shape in the scene half of the time, any of the
-    shapes otherwise."""
+def count_question(scene, rng: random.Random, attribute: str = "shape") -> tuple[str, str]:
+    """("how many <shape>s are there?", its answer) about `scene`, or with `attribute` "color" ("how many <color>
+    objects are there?", its answer): a shape (colour) in the scene half of the time, any of them otherwise."""
     from omniar.data.shapeworld.language import NUMBER_WORDS
-    from omniar.data.shapeworld.world import SHAPES
+    from omniar.data.shapeworld.world import COLORS, SHAPES
 
-    present = sorted({o.shape for o in scene.objects})
-    shape = rng.choice(present if present and rng.random() < 0.5 else SHAPES)
-    return f"how many {shape}s are there?", NUMBER_WORDS[sum(o.shape == shape for o in scene.objects)]
+    if attribute not in ("shape", "color"):
+        raise ValueError(f"a count asks by shape or color, not {attribute!r}")
+    present = sorted({getattr(o, attribute) for o in scene.objects})
+    value = rng.choice(present if present and rng.random() < 0.5 else SHAPES if attribute == "shape" else list(COLORS))
+    number = NUMBER_WORDS[sum(getattr(o, attribute) == value for o in scene.objects)]
+    return (f"how many {value}s are there?" if attribute == "shape" else f"how many {value} objects are there?",
+            number)
 
 
 def binding_question(scene, rng: random.Random) -> tuple[str, str] | None:
@@ -346,8 +362,9 @@ def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool:
                      else None for (t, _), (asks, d) in zip(picks, draws)]
         counting = np.random.default_rng([seed, step, 8]).random(len(picks)) < recipe.relations.counts
         binding = np.random.default_rng([seed, step, 9]).random(len(picks)) < recipe.relations.bindings
+        colours = np.random.default_rng([seed, step, 10]).random(len(picks)) < recipe.relations.colour_counts
     else:
-        counting = binding = np.zeros(len(picks), bool)
+        counting = binding = colours = np.zeros(len(picks), bool)
     if shards > 1:
         # each further question about a vqa image adds ~10 positions to its ~70 (BENCHMARKS.md, "More questions")
         cost = {**_COST, "vqa": _COST["vqa"] * (1 + 0.13 * (recipe.questions - 1))}
@@ -357,11 +374,12 @@ def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool:
             load[lightest] += cost[picks[i][0]]
             if lightest == shard:
                 mine.append(i)
-        picks, relations, counting, binding = ([picks[i] for i in sorted(mine)], [relations[i] for i in sorted(mine)],
-                                               counting[sorted(mine)], binding[sorted(mine)])
+        mine = sorted(mine)
+        picks, relations = [picks[i] for i in mine], [relations[i] for i in mine]
+        counting, binding, colours = counting[mine], binding[mine], colours[mine]
     return [shapeworld_example(t, index, side, speech=speech, questions=recipe.questions, relations=r, count=bool(c),
-                               bind=bool(b))
-            for (t, index), r, c, b in zip(picks, relations, counting, binding)]
+                               bind=bool(b), colour_count=bool(k))
+            for (t, index), r, c, b, k in zip(picks, relations, counting, binding, colours)]
 
 
 def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, seed: int = 0,
