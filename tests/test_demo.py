@@ -432,7 +432,7 @@ def test_the_relations_and_edits_stages_run_last_where_the_plan_trains_long_enou
 
     after = ("relations", "edits")
     # a plan at about the Zen 5 machine's step times: the stages pay for both in proportion (at the Intel machines'
-    # 0.32 / 0.4 / 0.4 s the edits get 944 of their 1,000 steps, with decoder post-training 706)
+    # 0.32 / 0.4 / 0.4 s the edits get 935 of their 1,000 steps)
     seconds = {"stage1": 0.3, "stage2": 0.35, "stage3": 0.35}
     plan = DemoPlan.for_budget(45, step_seconds=seconds)
     paid = round(RELATION_STEPS * RELATION_STEP_COST)
