@@ -284,16 +284,15 @@ def _relation_example(split: str, index: int, side: int, relations: tuple[str, .
 def count_question(scene, rng: random.Random, attribute: str = "shape") -> tuple[str, str]:
     """("how many <shape>s are there?", its answer) about `scene`, or with `attribute` "color" ("how many <color>
     objects are there?", its answer): a shape (colour) in the scene half of the time, any of them otherwise."""
-    from omniar.data.shapeworld.language import NUMBER_WORDS
+    from omniar.data.shapeworld.tasks import count_qa
     from omniar.data.shapeworld.world import COLORS, SHAPES
 
     if attribute not in ("shape", "color"):
         raise ValueError(f"a count asks by shape or color, not {attribute!r}")
     present = sorted({getattr(o, attribute) for o in scene.objects})
     value = rng.choice(present if present and rng.random() < 0.5 else SHAPES if attribute == "shape" else list(COLORS))
-    number = NUMBER_WORDS[sum(getattr(o, attribute) == value for o in scene.objects)]
-    return (f"how many {value}s are there?" if attribute == "shape" else f"how many {value} objects are there?",
-            number)
+    qa = count_qa(scene.objects, attribute, value)  # the benchmark's own wording
+    return qa.question, qa.answer
 
 
 def binding_question(scene, rng: random.Random) -> tuple[str, str] | None:

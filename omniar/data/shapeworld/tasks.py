@@ -111,6 +111,15 @@ def _unique(objects: list[Obj], **attrs) -> list[Obj]:
     return [o for o in objects if all(getattr(o, k) == v for k, v in attrs.items())]
 
 
+def count_qa(objects: list[Obj], attribute: str, value: str) -> QA:
+    """"how many <shape>s are there?" (`attribute` "shape") or "how many <color> objects are there?" ("color") about
+    `objects`, with its answer."""
+    if attribute not in ("shape", "color"):
+        raise ValueError(f"a count asks by shape or color, not {attribute!r}")
+    question = f"how many {value}s are there?" if attribute == "shape" else f"how many {value} objects are there?"
+    return QA(question, NUMBER_WORDS[len(_unique(objects, **{attribute: value}))], "count")
+
+
 def sample_qa(scene: Scene, rng: random.Random, kind: str | None = None,
               relations: Collection[str] = RELATIONS) -> QA:
     """A question about `scene` whose answer follows from it unambiguously; position questions ask about one of
@@ -134,10 +143,8 @@ def sample_qa(scene: Scene, rng: random.Random, kind: str | None = None,
                 return QA(f"what shape is the {c} object?", _unique(objs, color=c)[0].shape, k)
         elif k == "count":
             if rng.random() < 0.5:
-                s = rng.choice(SHAPES)
-                return QA(f"how many {s}s are there?", NUMBER_WORDS[len(_unique(objs, shape=s))], k)
-            c = rng.choice(list(COLORS))
-            return QA(f"how many {c} objects are there?", NUMBER_WORDS[len(_unique(objs, color=c))], k)
+                return count_qa(objs, "shape", rng.choice(SHAPES))
+            return count_qa(objs, "color", rng.choice(list(COLORS)))
         elif k == "position":
             named = [o for o in objs if len(_unique(objs, shape=o.shape, color=o.color)) == 1]
             pairs = [(a, b, r) for a in named for b in named if a is not b for r in relations
