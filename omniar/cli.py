@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -42,6 +43,14 @@ def _demo(args) -> None:
     for part, steps, took in rows:
         print(f"| {part} | {'' if steps is None else steps} | {took / 60:.1f} |")
     print(f"| total | | {sum(t for *_, t in rows) / 60:.1f} |")
+    if plan.step_seconds is not None:
+        from omniar.demo import AFTER_STAGES, budget_for_after_stages
+
+        more = budget_for_after_stages(args.budget, plan.step_seconds, **kw)
+        if more is not None:
+            print(f"[demo] the {' and '.join(AFTER_STAGES)} stages do not fit {args.budget:g} minutes at these step "
+                  "times: answers, captions and edits stay what the mixed stages leave (BENCHMARKS.md \"Demo\", "
+                  "an AVX2 EPYC)" + (f"; --budget {more:g} holds them" if more < math.inf else ""))
     if args.plan:
         return
     report = run_demo(args.out, plan, cache=args.cache, use_cache=not args.no_cache, device=device)

@@ -91,7 +91,8 @@ EDIT_STEP_COST = 1.0  # an edits step in stage steps, where not timed (Zen 5: 0.
 AFTER_SHARE = 0.5
 # the stages after stage 3, in order: steps, a step's cost in the stages' mean steps where not timed, the most of
 # the training time it may take with the ones before it, and the fewest steps it runs with where its share holds
-# fewer than its steps (the relations curriculum's phases are counted in steps: all or nothing)
+# fewer than its steps (the relations curriculum's phases are counted in steps: all or nothing); the two come together
+# or not at all (`_stages`)
 AFTER_STAGES = {"relations": (RELATION_STEPS, RELATION_STEP_COST, RELATION_SHARE, RELATION_STEPS),
                 "edits": (EDIT_STEPS, EDIT_STEP_COST, AFTER_SHARE, EDIT_MIN_STEPS)}
 # decoder post-training (omni/decoder_post.py) after the last stage, next-scale presets only: the model redraws the
@@ -306,6 +307,19 @@ def _tokenizer_images(steps: int) -> int:
     return min(20_000, 32 * steps)
 
 
+def budget_for_after_stages(minutes: float, step_seconds: dict[str, float], **kw) -> float | None:
+    """Where a measured plan of `minutes` (`DemoPlan.for_budget(minutes, step_seconds, **kw)`) leaves out the stages
+    after stage 3 that its preset could hold (`AFTER_STAGES`: a slow machine), the fewest whole minutes whose plan
+    holds them (`math.inf` where ten times `minutes` does not); None where it holds them, or the preset cannot."""
+    plan = DemoPlan.for_budget(minutes, step_seconds=step_seconds, **kw)
+    if not _after_stages_for(plan.preset, plan.speech) or set(AFTER_STAGES) <= set(plan.stage_steps):
+        return None
+    for more in range(math.floor(minutes) + 1, math.floor(10 * minutes) + 1):
+        if set(AFTER_STAGES) <= set(DemoPlan.for_budget(more, step_seconds=step_seconds, **kw).stage_steps):
+            return float(more)
+    return math.inf
+
+
 def _after_stages_for(preset: str, speech: bool | None) -> bool:
     """Whether a plan may hold the stages after stage 3 (`AFTER_STAGES`): they train one expert side with the rest
     held, so the preset needs an und expert to hold; the speech demo keeps its measured stages."""
@@ -335,7 +349,9 @@ def _stages(train: int, after: dict[str, float] | None = None) -> dict[str, int]
     """`train` steps' worth of the stages in their order: 45 / 40 / 15%, and then those of `after` (name: a step's
     cost in the stages' mean steps; None: all of `AFTER_STAGES` at their costs), in `AFTER_STAGES`' order, each
     while it and the ones before it cost at most its share of `train` (with fewer steps, down to its least, where
-    the share holds fewer), paid from the stages' steps in proportion."""
+    the share holds fewer), paid from the stages' steps in proportion - all of them or none (an edit reads its
+    reference through the understanding path the relations stage moves: one model's edits kept 0.769 of the
+    untouched objects before it and 0.498 after it, until the edits stage; BENCHMARKS.md "Demo")."""
     after = {name: cost for name, (_, cost, *_) in AFTER_STAGES.items()} if after is None else after
     paid, held = 0, {}
     for name, (steps, _, share, least) in AFTER_STAGES.items():
@@ -344,6 +360,8 @@ def _stages(train: int, after: dict[str, float] | None = None) -> dict[str, int]
             break
         paid += round(fit * after[name])
         held[name] = fit
+    if len(held) < len(AFTER_STAGES):  # all or none: the relations stage moves the understanding path that an edit
+        paid, held = 0, {}  # reads its reference by, and the edits stage after it is what fits the drawing to it again
     stages = {"stage1": round(_SPLIT["stage1"] * (train - paid)), "stage2": round(_SPLIT["stage2"] * (train - paid))}
     stages["stage3"] = train - paid - sum(stages.values())
     return {**stages, **held}

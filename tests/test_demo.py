@@ -348,6 +348,7 @@ def test_speech_stages_mix_the_speech_tasks_in():
 def test_demo_plan_prints_each_part_and_trains_nothing(tmp_path, monkeypatch, capsys):
     from omniar import demo
     from omniar.cli import main
+    from omniar.demo import budget_for_after_stages
 
     monkeypatch.setattr(demo, "run_demo", lambda *a, **k: pytest.fail("--plan trained"))
     main(["demo", "--out", str(tmp_path / "demo"), "--plan", "--step-seconds", "2.1", "2.48", "2.48"])
@@ -359,6 +360,11 @@ def test_demo_plan_prints_each_part_and_trains_nothing(tmp_path, monkeypatch, ca
     assert f"| total | | {sum(s for *_, s in rows) / 60:.1f} |" in out
     assert "(the step times given;" in out  # not "timed here": nothing was
     assert not (tmp_path / "demo").exists()
+    # at these step times the plan holds no relations or edits stage: it says so, and which budget would hold them
+    more = budget_for_after_stages(45, plan.step_seconds)
+    assert f"[demo] the relations and edits stages do not fit 45 minutes at these step times: answers, captions " \
+           f"and edits stay what the mixed stages leave (BENCHMARKS.md \"Demo\", an AVX2 EPYC); --budget {more:g} " \
+           "holds them" in out
     main(["demo", "--out", str(tmp_path / "demo"), "--plan", "--step-seconds", "0.32", "0.4", "0.4", "0.1", "0.3"])
     plan = DemoPlan.for_budget(45, step_seconds={"stage1": 0.32, "stage2": 0.4, "stage3": 0.4, "relations": 0.1,
                                                  "edits": 0.3})
@@ -366,6 +372,7 @@ def test_demo_plan_prints_each_part_and_trains_nothing(tmp_path, monkeypatch, ca
     out = capsys.readouterr().out
     assert f"| relations | {steps} | {0.1 * steps / 60:.1f} |" in out
     assert f"| edits | {edits} | {0.3 * edits / 60:.1f} |" in out
+    assert "do not fit" not in out
     with pytest.raises(SystemExit, match="3 to 5 times"):
         main(["demo", "--out", str(tmp_path / "demo"), "--plan", "--step-seconds", "2.1", "2.48"])
 
@@ -461,9 +468,36 @@ def test_the_relations_and_edits_stages_run_last_where_the_plan_trains_long_enou
     assert "edits" not in _stages(least - 1, cheap) and _stages(least, cheap)["edits"] == EDIT_MIN_STEPS
     assert _stages(least + 100, cheap)["edits"] == EDIT_MIN_STEPS + math.floor(100 * AFTER_SHARE / EDIT_STEP_COST)
     assert "edits" not in _stages(10**6, {"edits": 1.0})  # edits only after relations
+    # and relations only with the edits stage after it: it moves the understanding path an edit reads its reference
+    # by, and the edits stage is what fits the drawing to it again (timed costs at which relations would fit alone)
+    costs = {"relations": 0.61, "edits": 0.95}
+    alone = math.ceil(round(RELATION_STEPS * 0.61) / RELATION_SHARE)
+    both = math.ceil((round(RELATION_STEPS * 0.61) + EDIT_MIN_STEPS * 0.95) / AFTER_SHARE)
+    assert alone < both
+    for train in (alone, both - 1):
+        assert not set(after) & set(_stages(train, costs)) and sum(_stages(train, costs).values()) == train
+    assert (_stages(both, costs)["relations"], _stages(both, costs)["edits"]) == (RELATION_STEPS, EDIT_MIN_STEPS)
     rows = {part: (steps, seconds) for part, steps, seconds in plan.schedule()}
     assert rows["relations"] == (RELATION_STEPS, pytest.approx(RELATION_STEPS * RELATION_STEP_COST * mean))
     assert rows["edits"] == (EDIT_STEPS, pytest.approx(EDIT_STEPS * EDIT_STEP_COST * mean))
+
+
+def test_a_plan_without_the_stages_after_stage_3_finds_the_budget_that_holds_them():
+    from omniar.demo import budget_for_after_stages
+
+    after = {"relations", "edits"}
+    # an AVX2 EPYC's timing (2026-12-06, BENCHMARKS.md "Demo"): 45 minutes hold neither stage
+    slow = {"stage1": 0.55, "stage2": 0.86, "stage3": 0.86, "relations": 0.46, "edits": 0.72, "decoder": 0.045,
+            "image-tokenizer": 0.57, "teacher": 0.08}
+    more = budget_for_after_stages(45, slow)
+    assert 45 < more < math.inf and more == int(more)
+    assert after <= set(DemoPlan.for_budget(more, step_seconds=slow).stage_steps)
+    assert not after & set(DemoPlan.for_budget(more - 1, step_seconds=slow).stage_steps)
+    assert not after & set(DemoPlan.for_budget(45, step_seconds=slow).stage_steps)
+    fast = {"stage1": 0.3, "stage2": 0.35, "stage3": 0.35}
+    assert budget_for_after_stages(45, fast) is None  # they fit already
+    assert budget_for_after_stages(45, fast, preset="ar-omni-tiny") is None  # the preset holds no und expert
+    assert budget_for_after_stages(45, {name: 12 * s for name, s in fast.items()}) == math.inf  # none up to 10x
 
 
 def test_the_report_says_what_the_calibration_timed():
