@@ -49,8 +49,8 @@ def _demo(args) -> None:
         more = budget_for_after_stages(args.budget, plan.step_seconds, **kw)
         if more is not None:
             print(f"[demo] the {' and '.join(AFTER_STAGES)} stages do not fit {args.budget:g} minutes at these step "
-                  "times: answers, captions and edits stay what the mixed stages leave (BENCHMARKS.md \"Demo\", "
-                  "an AVX2 EPYC)" + (f"; --budget {more:g} holds them" if more < math.inf else ""))
+                  "times: answers, captions and edits stay what the mixed stages leave (as on an AVX2 EPYC: "
+                  "BENCHMARKS.md \"Demo\")" + (f"; --budget {more:g} holds them" if more < math.inf else ""))
     if args.plan:
         return
     report = run_demo(args.out, plan, cache=args.cache, use_cache=not args.no_cache, device=device)
