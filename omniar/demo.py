@@ -356,12 +356,11 @@ def _stages(train: int, after: dict[str, float] | None = None) -> dict[str, int]
     paid, held = 0, {}
     for name, (steps, _, share, least) in AFTER_STAGES.items():
         fit = min(steps, math.floor((share * train - paid) / after[name])) if name in after else 0
-        if fit < least:
+        if fit < least:  # all or none: the relations stage moves the understanding path that an edit reads its
+            paid, held = 0, {}  # reference by, and the edits stage after it is what fits the drawing to it again
             break
         paid += round(fit * after[name])
         held[name] = fit
-    if len(held) < len(AFTER_STAGES):  # all or none: the relations stage moves the understanding path that an edit
-        paid, held = 0, {}  # reads its reference by, and the edits stage after it is what fits the drawing to it again
     stages = {"stage1": round(_SPLIT["stage1"] * (train - paid)), "stage2": round(_SPLIT["stage2"] * (train - paid))}
     stages["stage3"] = train - paid - sum(stages.values())
     return {**stages, **held}
