@@ -95,6 +95,16 @@ AFTER_SHARE = 0.5
 # or not at all (`_stages`)
 AFTER_STAGES = {"relations": (RELATION_STEPS, RELATION_STEP_COST, RELATION_SHARE, RELATION_STEPS),
                 "edits": (EDIT_STEPS, EDIT_STEP_COST, AFTER_SHARE, EDIT_MIN_STEPS)}
+# where a plan holds neither of those (a slow machine), the answers stage (STAGES["answers"]: the relations stage a
+# third as long, the text expert alone learning) comes after stage 3 in their place, on the decoder post-training's
+# time (unless `decoder_images` is given) and, where that is short, some of the stages': on a Zen 3 EPYC, from a
+# stage 3 of 1,614 mixed steps, its 600 steps (254 s) took captions 0.752 -> 0.912 and VQA 0.637 -> 0.690 with edits
+# and text-to-image unchanged, where decoder post-training's 301 s took text-to-image 0.264 -> 0.309 (BENCHMARKS.md
+# "Demo"). Whole or absent (its curriculum counts in steps), at most `ANSWER_SHARE` of the training time; a step's
+# cost as the relations stage's (the same mix and batch, fewer parameters learning) where that is timed
+ANSWER_STEPS = 600
+ANSWER_SHARE = 0.3
+ANSWER_STAGES = {"answers": (ANSWER_STEPS, RELATION_STEP_COST, ANSWER_SHARE, ANSWER_STEPS)}
 # decoder post-training (omni/decoder_post.py) after the last stage, next-scale presets only: the model redraws the
 # finest scale of this many training images (in proportion for other budgets) and the image decoder learns to turn
 # those codes into the images - the demo's model on 1,000 test prompts: text-to-image 0.415 -> 0.487, edits, answers
@@ -164,12 +174,13 @@ class DemoPlan:
         Without a `distill` or `align` weight, the preset's recipe decides (`DEMO_DISTILL`, `DEMO_ALIGN`)."""
         if minutes <= 0:
             raise ValueError(f"the budget must be a positive number of minutes, got {minutes}")
-        if step_seconds is not None and (kw.get("speech") or not set(_SPLIT) <= set(step_seconds) <= {*_SPLIT,
-                                         *AFTER_STAGES, *OTHER_STEPS} or not all(s > 0 for s in step_seconds.values())):
+        if step_seconds is not None and (kw.get("speech") or not set(_SPLIT) <= set(step_seconds) <= {
+                *_SPLIT, *AFTER_STAGES, *ANSWER_STAGES, *OTHER_STEPS} or not all(s > 0 for s in step_seconds.values())):
             raise ValueError(f"step_seconds {step_seconds}: a measured plan needs a positive step time for each of "
                              f"stage1, stage2 and stage3 (and may time {', '.join((*AFTER_STAGES, *OTHER_STEPS[:-1]))} "
                              f"and {OTHER_STEPS[-1]}), and "
                              "covers the image demo only (the speech demo plans from the reference rates)")
+        decoder_given = kw.get("decoder_images") is not None
         if kw.get("distill") is None:
             kw["distill"] = DEMO_DISTILL.get(kw.get("preset", cls.preset), 0.0)
         if kw.get("align") is None:  # the alignment reads the ConvNet teacher's features
@@ -233,8 +244,16 @@ class DemoPlan:
                                  f"{max(step_seconds[name] for name in _SPLIT)} s a step "
                                  "after the tokenizers, teacher and benchmark: give a larger budget")
             plan.step_seconds = dict(step_seconds)
-            plan.stage_steps = _stages(math.floor(rest / per_step),
-                                       _after_costs(step_seconds, plan.preset, plan.speech))
+            after = _after_costs(step_seconds, plan.preset, plan.speech)
+            plan.stage_steps = _stages(math.floor(rest / per_step), after)
+            if after and not set(AFTER_STAGES) & set(plan.stage_steps):  # the answers stage in their place
+                freed = 0.0 if decoder_given else _decoder_seconds(plan.decoder_images, step_seconds)
+                answers = _stages(math.floor((rest + freed) / per_step),
+                                  {"answers": _after_cost("answers", step_seconds)}, ANSWER_STAGES)
+                if "answers" in answers:
+                    plan.stage_steps = answers
+                    if freed:
+                        plan.decoder_images = plan.decoder_steps = 0
         if vit:
             plan.teacher_steps = round(0.25 * plan.stage_steps["stage1"])
             plan.stage_steps["stage1"] -= plan.teacher_steps
@@ -250,14 +269,15 @@ class DemoPlan:
             per = {"image tokenizer": tokenizer, "teacher": teacher if conv else self.step_seconds["stage1"],
                    **{name: self.step_seconds[name] for name in _SPLIT},
                    **{name: _after_cost(name, self.step_seconds) * _mean_step(self.step_seconds)
-                      for name in AFTER_STAGES}}
+                      for name in (*AFTER_STAGES, *ANSWER_STAGES)}}
             rest = {"benchmark": benchmark, "data, text tokenizer, report": FIXED_SECONDS}
             decoder = _decoder_seconds(self.decoder_images, self.step_seconds)
         else:
             per = {"image tokenizer": 60 / TOKENIZER_STEPS_PER_MIN, "speech codec": 60 / CODEC_STEPS_PER_MIN,
                    "teacher": 60 / (CONV_TEACHER_STEPS_PER_MIN if conv else MODEL_STEPS_PER_MIN),
                    **dict.fromkeys(_SPLIT, 60 / MODEL_STEPS_PER_MIN),
-                   **{name: cost * 60 / MODEL_STEPS_PER_MIN for name, (_, cost, *_) in AFTER_STAGES.items()}}
+                   **{name: cost * 60 / MODEL_STEPS_PER_MIN
+                      for name, (_, cost, *_) in {**AFTER_STAGES, **ANSWER_STAGES}.items()}}
             rest = {"benchmark": 60 * 1.5 * self.eval_num * EVAL_MIN_PER_ITEM,
                     "data, text tokenizer, report": 0.02 * 60 * self.budget}
             decoder = DECODER_POST_COST * self.decoder_images * 60 / MODEL_STEPS_PER_MIN
@@ -334,8 +354,12 @@ def _mean_step(step_seconds: dict[str, float]) -> float:
 
 
 def _after_cost(name: str, step_seconds: dict[str, float]) -> float:
-    """A step of the stage `name` after stage 3 in the stages' mean steps: as timed, else its `AFTER_STAGES` cost."""
-    return step_seconds[name] / _mean_step(step_seconds) if name in step_seconds else AFTER_STAGES[name][1]
+    """A step of the stage `name` after stage 3 in the stages' mean steps: as timed (the answers stage, where it is
+    not: as the relations stage's), else its `AFTER_STAGES` (`ANSWER_STAGES`) cost."""
+    timed = "relations" if name == "answers" and name not in step_seconds else name
+    if timed in step_seconds:
+        return step_seconds[timed] / _mean_step(step_seconds)
+    return {**AFTER_STAGES, **ANSWER_STAGES}[name][1]
 
 
 def _after_costs(step_seconds: dict[str, float] | None, preset: str, speech: bool | None) -> dict[str, float]:
@@ -345,16 +369,18 @@ def _after_costs(step_seconds: dict[str, float] | None, preset: str, speech: boo
     return {name: _after_cost(name, step_seconds or {}) for name in AFTER_STAGES}
 
 
-def _stages(train: int, after: dict[str, float] | None = None) -> dict[str, int]:
+def _stages(train: int, after: dict[str, float] | None = None, table: dict | None = None) -> dict[str, int]:
     """`train` steps' worth of the stages in their order: 45 / 40 / 15%, and then those of `after` (name: a step's
     cost in the stages' mean steps; None: all of `AFTER_STAGES` at their costs), in `AFTER_STAGES`' order, each
     while it and the ones before it cost at most its share of `train` (with fewer steps, down to its least, where
     the share holds fewer), paid from the stages' steps in proportion - all of them or none (an edit reads its
     reference through the understanding path the relations stage moves: one model's edits kept 0.769 of the
-    untouched objects before it and 0.498 after it, until the edits stage; BENCHMARKS.md "Demo")."""
-    after = {name: cost for name, (_, cost, *_) in AFTER_STAGES.items()} if after is None else after
+    untouched objects before it and 0.498 after it, until the edits stage; BENCHMARKS.md "Demo"). `table`: the
+    stages to plan instead of `AFTER_STAGES` (`ANSWER_STAGES`)."""
+    table = AFTER_STAGES if table is None else table
+    after = {name: cost for name, (_, cost, *_) in table.items()} if after is None else after
     paid, held = 0, {}
-    for name, (steps, _, share, least) in AFTER_STAGES.items():
+    for name, (steps, _, share, least) in table.items():
         fit = min(steps, math.floor((share * train - paid) / after[name])) if name in after else 0
         if fit < least:  # all or none: the relations stage moves the understanding path that an edit reads its
             paid, held = 0, {}  # reference by, and the edits stage after it is what fits the drawing to it again
