@@ -170,14 +170,16 @@ class DemoPlan:
         `TOKENIZER_MINUTES` of them (fewer where they are dear: `PREP_SHARE`), and the stages (45 / 40 / 15% of
         the steps) get the time they leave. Where the plan trains long enough, the relations curriculum
         (`RELATION_STEPS`) and then the edits stage (`EDIT_STEPS`) run last, on time taken from the stages in
-        proportion (`AFTER_STAGES`).
+        proportion (`AFTER_STAGES`); where a measured plan holds neither, the answers stage (`ANSWER_STEPS`) comes
+        in their place, on the decoder post-training's time unless `decoder_images` is given (`ANSWER_STAGES`).
         Without a `distill` or `align` weight, the preset's recipe decides (`DEMO_DISTILL`, `DEMO_ALIGN`)."""
         if minutes <= 0:
             raise ValueError(f"the budget must be a positive number of minutes, got {minutes}")
         if step_seconds is not None and (kw.get("speech") or not set(_SPLIT) <= set(step_seconds) <= {
                 *_SPLIT, *AFTER_STAGES, *ANSWER_STAGES, *OTHER_STEPS} or not all(s > 0 for s in step_seconds.values())):
             raise ValueError(f"step_seconds {step_seconds}: a measured plan needs a positive step time for each of "
-                             f"stage1, stage2 and stage3 (and may time {', '.join((*AFTER_STAGES, *OTHER_STEPS[:-1]))} "
+                             f"stage1, stage2 and stage3 (and may time "
+                             f"{', '.join((*AFTER_STAGES, *ANSWER_STAGES, *OTHER_STEPS[:-1]))} "
                              f"and {OTHER_STEPS[-1]}), and "
                              "covers the image demo only (the speech demo plans from the reference rates)")
         decoder_given = kw.get("decoder_images") is not None

@@ -159,7 +159,8 @@ def test_a_measured_plan_gives_the_stages_the_time_the_other_steps_leave():
         assert (plan.tokenizer_steps, plan.teacher_steps, plan.eval_num, plan.heldout_num) == (
             reference.tokenizer_steps, reference.teacher_steps, reference.eval_num, reference.heldout_num)
         mean = 0.45 * seconds["stage1"] + 0.4 * seconds["stage2"] + 0.15 * seconds["stage3"]
-        cost = {**seconds, "relations": RELATION_STEP_COST * mean, "edits": EDIT_STEP_COST * mean}
+        cost = {**seconds, "relations": RELATION_STEP_COST * mean, "edits": EDIT_STEP_COST * mean,
+                "answers": RELATION_STEP_COST * mean}
         training = sum(n * cost[s] for s, n in plan.stage_steps.items())
         other = FIXED_SECONDS + max(seconds.values()) * (TOKENIZER_STEP_COST * plan.tokenizer_steps
                                                          + TEACHER_STEP_COST * plan.teacher_steps + BENCHMARK_COST
@@ -167,7 +168,7 @@ def test_a_measured_plan_gives_the_stages_the_time_the_other_steps_leave():
         # planned to fill the budget (less its margin) within a step
         assert 45 * 60 * MARGIN - max(seconds.values()) < training + other <= 45 * 60 * MARGIN
         # 45 / 40 / 15% of the stages' steps (the relations and edits stages' time taken from them in proportion)
-        total = sum(n for s, n in plan.stage_steps.items() if s not in ("relations", "edits"))
+        total = sum(n for s, n in plan.stage_steps.items() if s not in ("relations", "edits", "answers"))
         assert abs(plan.stage_steps["stage1"] - 0.45 * total) <= 1
         assert abs(plan.stage_steps["stage3"] - 0.15 * total) <= 1
     assert sum(plans["fast"].stage_steps.values()) > 2 * sum(plans["slow"].stage_steps.values())
@@ -184,7 +185,7 @@ def test_a_measured_plan_gives_the_stages_the_time_the_other_steps_leave():
         DemoPlan.for_budget(45, step_seconds=fast, speech=True)
     with pytest.raises(ValueError, match="each of stage1, stage2 and stage3"):
         DemoPlan.for_budget(45, step_seconds={"stage1": 0.3})
-    with pytest.raises(ValueError, match="may time relations, edits, image-tokenizer, teacher and decoder"):
+    with pytest.raises(ValueError, match="may time relations, edits, answers, image-tokenizer, teacher and decoder"):
         DemoPlan.for_budget(45, step_seconds={**fast, "codec": 0.1})
     # timed tokenizer and teacher steps replace their ratios to a training step: the stages get what they leave
     timed = {**slow, "image-tokenizer": 0.3, "teacher": 0.05}
@@ -192,7 +193,8 @@ def test_a_measured_plan_gives_the_stages_the_time_the_other_steps_leave():
     other = FIXED_SECONDS + 0.3 * plan.tokenizer_steps + 0.05 * plan.teacher_steps + 0.8 * (
         BENCHMARK_COST + DECODER_POST_COST * plan.decoder_images)
     mean = 0.45 * slow["stage1"] + 0.55 * slow["stage2"]
-    cost = {**slow, "relations": RELATION_STEP_COST * mean, "edits": EDIT_STEP_COST * mean}
+    cost = {**slow, "relations": RELATION_STEP_COST * mean, "edits": EDIT_STEP_COST * mean,
+            "answers": RELATION_STEP_COST * mean}
     training = sum(n * cost[s] for s, n in plan.stage_steps.items())
     assert 45 * 60 * MARGIN - 0.8 < training + other <= 45 * 60 * MARGIN
     assert sum(plan.stage_steps.values()) > sum(plans["slow"].stage_steps.values())  # 0.3 < 0.6 x 0.8 s
@@ -330,6 +332,7 @@ def test_speech_stages_mix_the_speech_tasks_in():
     stages = with_speech(STAGES, share=0.3)
     assert stages.pop("relations") == STAGES["relations"]  # the curriculum stays one (and the speech demo skips it)
     assert stages.pop("edits") == STAGES["edits"]  # so does a stage that holds parameters fixed
+    assert stages.pop("answers") == STAGES["answers"]
     for i, (name, recipe) in enumerate(stages.items()):
         speech = {t: w for t, w in recipe.tasks.items() if t in ("tts", "asr", "svqa")}
         assert sum(speech.values()) == pytest.approx(0.3) and sum(recipe.tasks.values()) == pytest.approx(1.0)
@@ -365,6 +368,13 @@ def test_demo_plan_prints_each_part_and_trains_nothing(tmp_path, monkeypatch, ca
     assert "[demo] the relations and edits stages do not fit 45 minutes at these step times: answers, captions " \
            "and edits stay what the mixed stages leave (as on an AVX2 EPYC: BENCHMARKS.md \"Demo\"); --budget " \
            f"{more:g} holds them" in out
+    assert "answers" not in plan.stage_steps  # too few steps for it too
+    # at an AVX2 EPYC's step times the answers stage comes in their place
+    main(["demo", "--out", str(tmp_path / "demo"), "--plan", "--step-seconds", "0.55", "0.86", "0.86", "0.46", "0.72"])
+    out = capsys.readouterr().out
+    assert "| answers | 600 |" in out and "decoder post-training" not in out
+    assert "do not fit 45 minutes at these step times: the answers stage (the text expert alone) comes in their " \
+           "place, so edits stay what the mixed stages leave" in out
     main(["demo", "--out", str(tmp_path / "demo"), "--plan", "--step-seconds", "0.32", "0.4", "0.4", "0.1", "0.3"])
     plan = DemoPlan.for_budget(45, step_seconds={"stage1": 0.32, "stage2": 0.4, "stage3": 0.4, "relations": 0.1,
                                                  "edits": 0.3})
@@ -498,6 +508,43 @@ def test_a_plan_without_the_stages_after_stage_3_finds_the_budget_that_holds_the
     assert budget_for_after_stages(45, fast) is None  # they fit already
     assert budget_for_after_stages(45, fast, preset="ar-omni-tiny") is None  # the preset holds no und expert
     assert budget_for_after_stages(45, {name: 12 * s for name, s in fast.items()}) == math.inf  # none up to 10x
+
+
+def test_where_neither_stage_after_stage_3_fits_the_answers_stage_takes_the_decoder_post_trainings_time():
+    from omniar.demo import ANSWER_SHARE, ANSWER_STEPS, RELATION_STEP_COST, _decoder_seconds, _mean_step
+
+    after = {"relations", "edits"}
+    # an AVX2 EPYC's timing (2026-12-06, BENCHMARKS.md "Demo"): 45 minutes hold neither stage
+    slow = {"stage1": 0.55, "stage2": 0.86, "stage3": 0.86, "relations": 0.46, "edits": 0.72, "decoder": 0.045,
+            "image-tokenizer": 0.57, "teacher": 0.08}
+    plan = DemoPlan.for_budget(45, step_seconds=slow)
+    assert plan.stage_steps["answers"] == ANSWER_STEPS and not after & set(plan.stage_steps)
+    assert plan.decoder_images == plan.decoder_steps == 0
+    # its time is the decoder post-training's and, where that is short, the stages' (timed as the relations stage)
+    kept = DemoPlan.for_budget(45, step_seconds=slow, decoder_images=5008)  # the decoder's images, given: kept
+    assert kept.decoder_images == 5008 and kept.stage_steps["answers"] == ANSWER_STEPS
+    rows = dict((part, seconds) for part, _, seconds in plan.schedule())
+    assert rows["answers"] == pytest.approx(ANSWER_STEPS * 0.46)
+    mixed = {s: plan.stage_steps[s] for s in ("stage1", "stage2", "stage3")}
+    mixed_kept = {s: kept.stage_steps[s] for s in ("stage1", "stage2", "stage3")}
+    freed = sum(mixed.values()) - sum(mixed_kept.values())
+    assert abs(freed * _mean_step(slow) - _decoder_seconds(5008, slow)) <= 2 * _mean_step(slow)
+    assert sum(rows.values()) == pytest.approx(sum(seconds for *_, seconds in kept.schedule()), abs=2)
+    # whole or absent: at most its share of the training time (20 minutes: none, and decoder post-training stays)
+    short = DemoPlan.for_budget(20, step_seconds=slow)
+    assert "answers" not in short.stage_steps and short.decoder_images > 0
+    train = sum(short.stage_steps.values()) + short.decoder_images * slow["decoder"] / _mean_step(slow)
+    assert ANSWER_STEPS * slow["relations"] / _mean_step(slow) > ANSWER_SHARE * train
+    # untimed, a step costs what a relations step does where not timed
+    untimed = DemoPlan.for_budget(45, step_seconds={k: v for k, v in slow.items() if k not in after})
+    assert dict((p, s) for p, _, s in untimed.schedule())["answers"] == pytest.approx(
+        ANSWER_STEPS * RELATION_STEP_COST * _mean_step(slow))
+    # where the two stages fit, or the preset has no und expert to hold, nothing changes
+    fast = DemoPlan.for_budget(45, step_seconds={"stage1": 0.3, "stage2": 0.35, "stage3": 0.35})
+    assert after <= set(fast.stage_steps) and "answers" not in fast.stage_steps and fast.decoder_images > 0
+    dense = DemoPlan.for_budget(45, step_seconds=slow, preset="ar-omni-tiny")
+    assert "answers" not in dense.stage_steps
+    assert "answers" not in DemoPlan.for_budget(45).stage_steps  # the reference rates' plan keeps its own
 
 
 def test_the_report_says_what_the_calibration_timed():

@@ -216,6 +216,16 @@ def test_a_recipe_can_hold_parameters_fixed_for_its_stage(tmp_path):
                                                                                               "decoder.embed."))]
     assert held and all(torch.equal(before[n], after[n]) for n in held)
     assert any(not torch.equal(before[n], after[n]) for n in after if re.search(r"\.experts\.2\.", n))
+    # the answers stage holds the understanding path too: of its answers and captions only the text expert learns,
+    # so an edit reads its reference as before and text-to-image draws what it drew
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    answers = STAGES["answers"]
+    train_omni(model, tmp_path / "a2", Recipe(**{**TINY, "steps": 3, "tasks": answers.tasks}, freeze=answers.freeze),
+               progress=False)
+    after = dict(model.named_parameters())
+    text = [n for n in after if re.search(r"\.(qkv|o|experts)\.0\.", n)]
+    assert text and any(not torch.equal(before[n], after[n]) for n in text)
+    assert all(torch.equal(before[n], after[n]) for n in after if n not in text)
     with pytest.raises(ValueError, match="freezes the vision expert, which this model does not have"):
         train_omni(model, tmp_path / "d", Recipe(**TINY, freeze=("decoder.blocks.*.experts.{vision}.*",)),
                    progress=False)
