@@ -105,6 +105,7 @@ AFTER_STAGES = {"relations": (RELATION_STEPS, RELATION_STEP_COST, RELATION_SHARE
 ANSWER_STEPS = 600
 ANSWER_SHARE = 0.3
 ANSWER_STAGES = {"answers": (ANSWER_STEPS, RELATION_STEP_COST, ANSWER_SHARE, ANSWER_STEPS)}
+LATE_STAGES = {**AFTER_STAGES, **ANSWER_STAGES}  # every stage a plan may hold after stage 3
 # decoder post-training (omni/decoder_post.py) after the last stage, next-scale presets only: the model redraws the
 # finest scale of this many training images (in proportion for other budgets) and the image decoder learns to turn
 # those codes into the images - the demo's model on 1,000 test prompts: text-to-image 0.415 -> 0.487, edits, answers
@@ -176,10 +177,10 @@ class DemoPlan:
         if minutes <= 0:
             raise ValueError(f"the budget must be a positive number of minutes, got {minutes}")
         if step_seconds is not None and (kw.get("speech") or not set(_SPLIT) <= set(step_seconds) <= {
-                *_SPLIT, *AFTER_STAGES, *ANSWER_STAGES, *OTHER_STEPS} or not all(s > 0 for s in step_seconds.values())):
+                *_SPLIT, *LATE_STAGES, *OTHER_STEPS} or not all(s > 0 for s in step_seconds.values())):
             raise ValueError(f"step_seconds {step_seconds}: a measured plan needs a positive step time for each of "
                              f"stage1, stage2 and stage3 (and may time "
-                             f"{', '.join((*AFTER_STAGES, *ANSWER_STAGES, *OTHER_STEPS[:-1]))} "
+                             f"{', '.join((*LATE_STAGES, *OTHER_STEPS[:-1]))} "
                              f"and {OTHER_STEPS[-1]}), and "
                              "covers the image demo only (the speech demo plans from the reference rates)")
         decoder_given = kw.get("decoder_images") is not None
@@ -271,7 +272,7 @@ class DemoPlan:
             per = {"image tokenizer": tokenizer, "teacher": teacher if conv else self.step_seconds["stage1"],
                    **{name: self.step_seconds[name] for name in _SPLIT},
                    **{name: _after_cost(name, self.step_seconds) * _mean_step(self.step_seconds)
-                      for name in (*AFTER_STAGES, *ANSWER_STAGES)}}
+                      for name in LATE_STAGES}}
             rest = {"benchmark": benchmark, "data, text tokenizer, report": FIXED_SECONDS}
             decoder = _decoder_seconds(self.decoder_images, self.step_seconds)
         else:
@@ -279,7 +280,7 @@ class DemoPlan:
                    "teacher": 60 / (CONV_TEACHER_STEPS_PER_MIN if conv else MODEL_STEPS_PER_MIN),
                    **dict.fromkeys(_SPLIT, 60 / MODEL_STEPS_PER_MIN),
                    **{name: cost * 60 / MODEL_STEPS_PER_MIN
-                      for name, (_, cost, *_) in {**AFTER_STAGES, **ANSWER_STAGES}.items()}}
+                      for name, (_, cost, *_) in LATE_STAGES.items()}}
             rest = {"benchmark": 60 * 1.5 * self.eval_num * EVAL_MIN_PER_ITEM,
                     "data, text tokenizer, report": 0.02 * 60 * self.budget}
             decoder = DECODER_POST_COST * self.decoder_images * 60 / MODEL_STEPS_PER_MIN
@@ -361,7 +362,7 @@ def _after_cost(name: str, step_seconds: dict[str, float]) -> float:
     timed = "relations" if name == "answers" and name not in step_seconds else name
     if timed in step_seconds:
         return step_seconds[timed] / _mean_step(step_seconds)
-    return {**AFTER_STAGES, **ANSWER_STAGES}[name][1]
+    return LATE_STAGES[name][1]
 
 
 def _after_costs(step_seconds: dict[str, float] | None, preset: str, speech: bool | None) -> dict[str, float]:
