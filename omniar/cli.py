@@ -56,7 +56,8 @@ def _demo(args) -> None:
                   + (f"; --budget {more:g} holds them" if more < math.inf else ""))
     if args.plan:
         return
-    report = run_demo(args.out, plan, cache=args.cache, use_cache=not args.no_cache, device=device)
+    report = run_demo(args.out, plan, cache=args.cache, use_cache=not args.no_cache, device=device,
+                      pace=not args.no_pace)
     from omniar.data.shapeworld.benchmark import format_scores
 
     scores = dict(report["scores"])
@@ -595,6 +596,9 @@ def main(argv: list[str] | None = None) -> None:
                    "cache, so that a second run plans the same steps)")
     p.add_argument("--plan", action="store_true", help="print the plan (each part's steps and expected minutes, "
                    "after timing a step here) and stop")
+    p.add_argument("--no-pace", action="store_true", help="train the planned steps as they are; by default each of "
+                   "the three stages gets the time the plan has left when it starts, at the pace the stages before "
+                   "it ran (a machine slower than its timing trains fewer steps rather than run past the budget)")
     p.add_argument("--cache", help="checkpoint cache (default: out/cache beside --out)")
     p.add_argument("--no-cache", action="store_true", help="rebuild every step")
     p.add_argument("--distill", type=float, help="> 0: train a teacher and distil it into the image positions "

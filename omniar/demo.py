@@ -7,8 +7,11 @@ The budget (minutes, default 45) is turned into step counts by `DemoPlan.for_bud
 training step of each stage, an image-tokenizer step and a teacher step on the machine at hand (`calibrate`, ~40 s,
 kept in the cache so a second run plans the same) and gives the model's three stages what the budget leaves after
 the tokenizers, the teacher and the benchmark; without a measured step (`--reference-rates`, and the speech demo)
-the plan comes from rates measured on a reference 2-core machine (BENCHMARKS.md). Either way a run is a pure
-function of (budget, seed, step times) and its products can be cached: every step's output lives in
+the plan comes from rates measured on a reference 2-core machine (BENCHMARKS.md). A measured plan is paced as it
+runs (`pace_stages`): before each of the three stages, the stages left get the time the plan has left at the pace the
+ones before ran, so a machine slower than its timing trains fewer steps rather than run past the budget. Either way
+a run is a pure function of (budget, seed, step times, and the seconds its parts took) and its products can be
+cached: every step's output lives in
 cache/<step>-<hash of its settings and of its inputs' hashes>/ and is reused when its `done.json` is there (an
 interrupted training step resumes from its last checkpoint: one is written on Ctrl-C or SIGTERM and every 10 minutes,
 train/interrupt.py).
@@ -115,9 +118,12 @@ DECODER_IMAGES = 8000
 DECODER_STEPS_PER_IMAGE = 0.15
 DECODER_POST_COST = 0.06
 DECODER_SHARE = 0.1  # at most this share of a measured plan's time for the model (fewer images where they are dear)
-# of the budget is planned: real steps of stages 2 and 3 have run 6-17% slower than their timing (Zen 5: 0.36 s
-# against 0.31 in a run that took 44.7 of its 45 minutes at 0.93; BENCHMARKS.md "Demo")
-MARGIN = 0.9
+# of the budget is planned: real steps of stages 2 and 3 have run 6-22% slower than their timing (Zen 5: 0.36 s
+# against 0.31 in a run that took 44.7 of its 45 minutes at 0.93; Zen 3: 0.78 against 0.64), which pacing
+# (`pace_stages`) takes back from the stages after them as the run goes (0.9 before it); the rest is for the stages
+# after stage 3, whose time is forecast at the mixed stages' pace, and the set-up outside the plan (BENCHMARKS.md
+# "Demo")
+MARGIN = 0.93
 CACHE_VERSION = 2  # bump when a change to the code makes cached products stale
 
 
@@ -395,6 +401,42 @@ def _stages(train: int, after: dict[str, float] | None = None, table: dict | Non
     return {**stages, **held}
 
 
+# the demo's steps (`run_demo`) that pacing counts, by their names in `DemoPlan.schedule` (and "train-<stage>")
+PACED_PARTS = {"image-tokenizer": "image tokenizer", "speech-codec": "speech codec", "teacher": "teacher",
+               "decoder-post": "decoder post-training"}
+# the most pacing may shrink or stretch the steps of the stages left (`pace_stages`): a machine that runs four times
+# slower than it timed still trains a quarter of the plan, one that runs twice as fast gets at most twice the steps
+PACE_LIMITS = (0.25, 2.0)
+
+
+def pace_stages(plan: DemoPlan, spent: dict[str, float],
+                steps: dict[str, int] | None = None) -> tuple[dict[str, int], float]:
+    """A measured plan's stage steps re-planned while it runs, so that its timed parts (`schedule`'s rows with steps)
+    end when the plan said they would. `plan`: the plan as made (`for_budget`); `spent`: the seconds each part
+    done so far took, by `schedule`'s names ("image tokenizer", "teacher", "stage1", ...); `steps`: the stage steps
+    as run so far (default: the plan's). The mixed stages not yet run (of stage 1, 2, 3) get the time the plan has
+    left after the parts after them (whole stages: the answers, relations and edits stages, decoder
+    post-training), at the pace of the mixed stages already run (their real seconds over their timed ones; 1
+    before any): the plan's steps scaled in proportion, within `PACE_LIMITS` of them. Returns (the stage steps, that
+    pace). A pure function of the plan and the seconds, so a run whose parts come from the cache (their `done.json`
+    keeps the seconds they took) plans the same steps again."""
+    if plan.step_seconds is None:
+        raise ValueError("only a measured plan (step_seconds) can be paced: its parts have a time to keep")
+    steps = dict(plan.stage_steps if steps is None else steps)
+    left = [name for name in _SPLIT if name not in spent]
+    if not left:
+        return steps, 1.0
+    done = [name for name in _SPLIT if name in spent]
+    pace = (sum(spent[n] for n in done) / sum(steps[n] * plan.step_seconds[n] for n in done)) if done else 1.0
+    rows = [(part, s) for part, n, s in plan.schedule() if n is not None]
+    after = sum(s for part, s in rows if part not in spent and part not in left)
+    mixed = sum(plan.stage_steps[n] * plan.step_seconds[n] for n in left)
+    scale = ((sum(s for _, s in rows) - sum(spent.values())) / pace - after) / mixed
+    scale = min(max(scale, PACE_LIMITS[0]), PACE_LIMITS[1])
+    steps.update({n: max(1, round(plan.stage_steps[n] * scale)) for n in left})
+    return steps, pace
+
+
 # the demo's distillation weight per preset: OneCAT's recipe distils a teacher into the image positions (with the
 # ConvNet teacher at weight 1: captions 0.06 -> 0.41 at the default budget; weight 3: 0.50 -> 0.69 on 600
 # validation images, BENCHMARKS.md). AR-Omni's paper distils nothing, but without a teacher its image positions
@@ -610,10 +652,12 @@ class Cache:
 
 def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: str | Path | None = None,
              use_cache: bool = True, progress: bool = True, log: Callable[[str], None] = print,
-             device: str | torch.device = "cpu") -> dict:
+             device: str | torch.device = "cpu", pace: bool = True) -> dict:
     """Run the whole pipeline; writes out/report.html, out/report.json and out/eval/. Returns the report.
     `device`: where the three stages train and the benchmark runs (data, tokenizers and teacher are made on the
-    CPU; a stage's cache key does not name the device)."""
+    CPU; a stage's cache key does not name the device). `pace`: before each of the three stages, a measured plan
+    gives the stages left the time its timed parts have left (`pace_stages`: a machine slower than its timing trains
+    fewer steps rather than run past the budget); False trains the planned steps."""
     import torch
 
     from omniar.model.patch_embed import token_grid
@@ -633,6 +677,10 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
     from omniar.tokenizers.text import TextTokenizer
 
     plan = plan or DemoPlan.for_budget()
+    # pacing re-plans a measured plan's stages as they run (`pace_stages`), in a copy: the report has their steps
+    planned, plan = plan, dataclasses.replace(plan, stage_steps=dict(plan.stage_steps))
+    pace = pace and plan.step_seconds is not None
+    paces: list[dict] = []
     device = torch.device(device)
     if plan.speech and device.type != "cpu":
         raise ValueError(f"the speech demo runs on the CPU only for now (device {device})")
@@ -751,7 +799,22 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
                                         else 0.0)
               for name, recipe in (with_speech(STAGES) if plan.speech else STAGES).items()}
     previous, key = None, base_key
-    for name, n in plan.stage_steps.items():
+    for name in list(plan.stage_steps):
+        if pace and name in _SPLIT:  # the stages left get the time the plan has left
+            spent = {PACED_PARTS.get(part, part.removeprefix("train-")): s["seconds"] for part, s in steps.items()
+                     if part in PACED_PARTS or part.removeprefix("train-") in plan.stage_steps}
+            paced, rate = pace_stages(planned, spent, plan.stage_steps)
+            if paced != plan.stage_steps:
+                changed = ", ".join(f"{n} {plan.stage_steps[n]} -> {paced[n]}" for n in paced
+                                    if paced[n] != plan.stage_steps[n])
+                log(f"[demo] pacing: the timed parts so far took {sum(spent.values()):.0f} s against "
+                    f"{sum(s for p, _, s in plan.schedule() if p in spent):.0f} s timed"
+                    + (f", the stages at {rate:.2f}x their timed steps" if rate != 1.0 else "")
+                    + f": {changed} steps, to end at the plan's time")
+                paces.append({"before": name, "pace": round(rate, 3), "steps": {n: [plan.stage_steps[n], paced[n]]
+                              for n in paced if paced[n] != plan.stage_steps[n]}})
+                plan.stage_steps = paced
+        n = plan.stage_steps[name]
         # the stage's recipe is in its key: a changed task mix, rate or reweighting retrains from that stage on
         # (an option left at None is left out, so a new option keeps the stages that do not use it cached)
         recipe = {k: v for k, v in dataclasses.asdict(stages[name]).items() if k != "steps" and v is not None}
@@ -802,6 +865,7 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
         "scores": result["scores"],
         "heldout": result.get("heldout"),
         "sampling": result["sampling"],
+        "paced": paces,
         "wall_seconds": round(time.perf_counter() - t_start, 1),
         "data": str(data_dir),
         "checkpoint": str(previous),

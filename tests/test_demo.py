@@ -385,6 +385,13 @@ def test_demo_plan_prints_each_part_and_trains_nothing(tmp_path, monkeypatch, ca
     assert "do not fit" not in out
     with pytest.raises(SystemExit, match="3 to 5 times"):
         main(["demo", "--out", str(tmp_path / "demo"), "--plan", "--step-seconds", "2.1", "2.48"])
+    # a run paces its stages unless told not to
+    calls = []
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: calls.append(k) or {
+        "scores": {}, "checkpoint": "m", "wall_seconds": 60.0})
+    for flags in ([], ["--no-pace"]):
+        main(["demo", "--out", str(tmp_path / "demo"), "--step-seconds", "0.55", "0.86", "0.86", *flags])
+    assert [k["pace"] for k in calls] == [True, False]
 
 
 def test_a_stage_stopped_by_ctrl_c_resumes_to_the_model_of_an_uninterrupted_run(tmp_path, monkeypatch):
@@ -553,3 +560,80 @@ def test_the_report_says_what_the_calibration_timed():
     assert _sizing({"step_seconds": {"stage1": 0.32, "decoder": 0.018}}) == (
         "stages sized by what was timed on this machine: stage1 0.32 s a step, decoder 0.018 s an image")
     assert _sizing({"step_seconds": None}) == "steps from the reference machine's rates"
+    assert _sizing({"step_seconds": {"stage1": 0.32}}, [{"before": "stage2", "pace": 1.2, "steps": {
+        "stage2": [800, 650], "stage3": [300, 244]}}]) == (
+        "stages sized by what was timed on this machine: stage1 0.32 s a step; paced to end on time - before stage2 "
+        "(stages at 1.2x their timing): stage2 800 -&gt; 650, stage3 300 -&gt; 244 steps")
+
+
+def test_pacing_gives_the_stages_left_the_time_the_plan_has_left():
+    """A measured plan re-planned as it runs: parts on time leave the steps as they are; a stage that ran slower
+    (faster) than its timing makes the stages after it shorter (longer), so that at that pace the timed parts end
+    when the plan said, within PACE_LIMITS."""
+    from omniar.demo import PACE_LIMITS, pace_stages
+
+    seconds = {"stage1": 0.59, "stage2": 0.64, "stage3": 0.64, "relations": 0.48, "image-tokenizer": 0.48,
+               "teacher": 0.11}
+    plan = DemoPlan.for_budget(45, step_seconds=seconds)
+    assert "answers" in plan.stage_steps  # a whole stage after the three: its time is forecast, not cut
+    rows = {part: s for part, n, s in plan.schedule() if n is not None}
+    target = sum(rows.values())
+    on_time = {"image tokenizer": rows["image tokenizer"], "teacher": rows["teacher"]}
+    assert pace_stages(plan, on_time) == (plan.stage_steps, 1.0)
+    # the teacher took 60 s more: the three stages give them back, in proportion
+    late, pace = pace_stages(plan, {**on_time, "teacher": rows["teacher"] + 60})
+    assert pace == 1.0 and late["answers"] == plan.stage_steps["answers"]
+    saved = sum((plan.stage_steps[n] - late[n]) * seconds[n] for n in ("stage1", "stage2", "stage3"))
+    assert abs(saved - 60) <= 3 * 0.64
+
+    for slow in (1.2, 0.8):  # stage 1 ran at this many times its timed step
+        spent = {**on_time, "stage1": slow * rows["stage1"]}
+        steps, pace = pace_stages(plan, spent)
+        assert pace == pytest.approx(slow) and steps["stage1"] == plan.stage_steps["stage1"]
+        assert (steps["stage2"] < plan.stage_steps["stage2"]) == (slow > 1) and steps["answers"] == 600
+        assert steps["stage2"] / plan.stage_steps["stage2"] == pytest.approx(
+            steps["stage3"] / plan.stage_steps["stage3"], abs=0.01)
+        forecast = sum(spent.values()) + slow * (steps["stage2"] * 0.64 + steps["stage3"] * 0.64 + rows["answers"])
+        assert abs(forecast - target) <= slow * 0.64  # half a step of each stage left: rounding
+        # and stage 2 at that pace too: stage 3 alone takes what is left
+        ran = {**spent, "stage2": slow * steps["stage2"] * 0.64}
+        last, _ = pace_stages(plan, ran, steps)
+        assert last["stage2"] == steps["stage2"] and abs(last["stage3"] - steps["stage3"]) <= 1
+        assert pace_stages(plan, {**ran, "stage3": 1.0}, last) == (last, 1.0)
+
+    # a machine far slower or faster than its timing: the stages left shrink or grow at most PACE_LIMITS of the plan's
+    # steps, however often they are paced
+    crawl, _ = pace_stages(plan, {**on_time, "stage1": 5 * rows["stage1"]})
+    fly, _ = pace_stages(plan, {**on_time, "stage1": 0.1 * rows["stage1"]})
+    for n in ("stage2", "stage3"):
+        assert crawl[n] == round(PACE_LIMITS[0] * plan.stage_steps[n])
+        assert fly[n] == round(PACE_LIMITS[1] * plan.stage_steps[n])
+    slower, _ = pace_stages(plan, {**on_time, "stage1": 5 * rows["stage1"], "stage2": 1e4}, crawl)
+    assert slower["stage3"] == crawl["stage3"]
+    with pytest.raises(ValueError, match="only a measured plan"):
+        pace_stages(DemoPlan.for_budget(45), on_time)
+
+
+def test_a_paced_demo_trains_what_its_time_allows_and_a_second_run_plans_the_same(tmp_path):
+    """A measured plan whose steps were timed far too fast: before stage 1 the image tokenizer has taken the
+    stages' time, so they train a quarter of their steps (PACE_LIMITS); the report says so, and a second run, its
+    parts from the cache, paces the same from their recorded seconds; without pacing, the planned steps."""
+    timed = DemoPlan(**{**TINY.__dict__, "stage_steps": {"stage1": 4, "stage2": 4, "stage3": 8}, "eval_num": 1,
+                        "heldout_num": 1, "decoder_images": 0, "decoder_steps": 0,
+                        "step_seconds": {"stage1": 1e-6, "stage2": 1e-6, "stage3": 1e-6}})
+    lines = []
+    report = run_demo(tmp_path / "demo", timed, progress=False, log=lines.append)
+    ran = [report["steps"][f"train-stage{i}"]["steps"] for i in (1, 2, 3)]
+    assert ran == [1, 1, 2] and report["plan"]["stage_steps"] == {"stage1": 1, "stage2": 1, "stage3": 2}
+    assert report["paced"] == [{"before": "stage1", "pace": 1.0, "steps": {
+        "stage1": [4, 1], "stage2": [4, 1], "stage3": [8, 2]}}]
+    assert any(line.startswith("[demo] pacing:") and "stage3 8 -> 2 steps" in line for line in lines)
+    assert timed.stage_steps == {"stage1": 4, "stage2": 4, "stage3": 8}  # the caller's plan is left as it was
+    assert "paced to end on time - before stage1" in (tmp_path / "demo" / "report.html").read_text()
+
+    again = run_demo(tmp_path / "demo", timed, progress=False, log=lambda s: None)
+    assert all(s["cached"] for name, s in again["steps"].items() if name != "benchmark")
+    assert again["paced"] == report["paced"]
+    fixed = run_demo(tmp_path / "demo", timed, progress=False, log=lambda s: None, pace=False)
+    assert [fixed["steps"][f"train-stage{i}"]["steps"] for i in (1, 2, 3)] == [4, 4, 8] and fixed["paced"] == []
+    assert fixed["steps"]["image-tokenizer"]["cached"]

@@ -91,15 +91,24 @@ def _input_images(data_dir: Path, page_dir: Path, count: int) -> list[str]:
     return [os.path.relpath(data_dir / r["image"], page_dir) for r in records]
 
 
-def _sizing(plan: dict) -> str:
-    """How the budget became the stages' steps."""
+def _sizing(plan: dict, paced: list[dict] = ()) -> str:
+    """How the budget became the stages' steps (and what pacing changed as they ran)."""
     seconds = plan.get("step_seconds")
     if not seconds:
         return "steps from the reference machine's rates"
     # the calibration times a step of each stage, the tokenizer and the teacher, and decoder post-training's cost
     # per redrawn image (demo.OTHER_STEPS)
     timed = ", ".join(f"{name} {s} s {'an image' if name == 'decoder' else 'a step'}" for name, s in seconds.items())
-    return f"stages sized by what was timed on this machine: {_esc(timed)}"
+    return f"stages sized by what was timed on this machine: {_esc(timed)}{_pacing(paced)}"
+
+
+def _pacing(paced: list[dict]) -> str:
+    """What pacing changed while the demo ran (demo.pace_stages)."""
+    if not paced:
+        return ""
+    changes = "; ".join(f"before {p['before']} (stages at {p['pace']}x their timing): "
+                        + ", ".join(f"{name} {a} -> {b}" for name, (a, b) in p["steps"].items()) for p in paced)
+    return f"; paced to end on time - {_esc(changes)} steps"
 
 
 def write_report(path: str | Path, report: dict, eval_dir: str | Path, data_dir: str | Path,
@@ -118,7 +127,8 @@ def write_report(path: str | Path, report: dict, eval_dir: str | Path, data_dir:
              "<h1>omniar demo: OneCAT on ShapeWorld</h1>",
              f"<p>Preset <code>{_esc(plan.get('preset'))}</code>, "
              f"{report.get('parameters', {}).get('total', 0):,} decoder parameters; budget {plan.get('budget')} "
-             f"min ({_sizing(plan)}), wall {report.get('wall_seconds', 0) / 60:.1f} min. Image sampling: "
+             f"min ({_sizing(plan, report.get('paced') or [])}), wall {report.get('wall_seconds', 0) / 60:.1f} min. "
+             "Image sampling: "
              f"<code>{_esc(json.dumps(report.get('sampling')))}</code>.</p>",
              "<h2>Scores (independent judges)</h2>", _score_rows(report),
              "<h2>Steps</h2><table><tr><th>step</th><th>seconds</th><th>cached</th><th>summary</th></tr>"]
