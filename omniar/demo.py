@@ -104,7 +104,8 @@ AFTER_STAGES = {"relations": (RELATION_STEPS, RELATION_STEP_COST, RELATION_SHARE
 # stage 3 of 1,614 mixed steps, its 600 steps (254 s) took captions 0.752 -> 0.912 and VQA 0.637 -> 0.690 with edits
 # and text-to-image unchanged, where decoder post-training's 301 s took text-to-image 0.264 -> 0.309 (BENCHMARKS.md
 # "Demo"). Whole or absent (its curriculum counts in steps), at most `ANSWER_SHARE` of the training time; a step's
-# cost as the relations stage's (the same mix and batch, fewer parameters learning) where that is timed
+# cost as timed (`calibrate`; fewer parameters learning make it cheaper than a relations step of the same mix and
+# batch: 0.43-0.44 s against 0.48-0.54 on the Zen 3), else as the relations stage's
 ANSWER_STEPS = 600
 ANSWER_SHARE = 0.3
 ANSWER_STAGES = {"answers": (ANSWER_STEPS, RELATION_STEP_COST, ANSWER_SHARE, ANSWER_STEPS)}
@@ -486,9 +487,10 @@ def measure_step_seconds(preset: str = "onecat-tiny", overrides: dict | None = N
     Muon, examples rendered on the fly, distillation from a ConvNet teacher in `distill_stages` when `distill` > 0
     (`DemoPlan.distill_stages`). After `warmup`
     steps, `steps // 4` and `steps` more are timed, each run resuming the last (`seconds_per_step`). Stages of one
-    mix are timed once. The tokenizers and teacher are untrained: the work does not depend on their weights. With
-    `decoder`, also "decoder": the seconds of decoder post-training per redrawn image, its share of the decoder's
-    steps included (runs of 50 and 200 images, `seconds_per_step`)."""
+    mix that hold the same parameters fixed are timed once (the answers stage is the relations stage's mix with only
+    the text expert learning: its own time). The tokenizers and teacher are untrained: the work does not depend on
+    their weights. With `decoder`, also "decoder": the seconds of decoder post-training per redrawn image, its share
+    of the decoder's steps included (runs of 50 and 200 images, `seconds_per_step`)."""
     import torch
 
     from omniar.data.shapeworld.corpus import world_text
@@ -510,7 +512,9 @@ def measure_step_seconds(preset: str = "onecat-tiny", overrides: dict | None = N
         recipe = dataclasses.replace(STAGES[name], examples_per_step=stage_batch(STAGES[name], examples_per_step),
                                      steps=warmup + max(1, steps // 4) + steps,
                                      distill=distill if name in distill_stages else 0.0)
-        mix = json.dumps([recipe.tasks, recipe.questions, recipe.distill, recipe.examples_per_step], sort_keys=True)
+        # what a step costs: its mix, its batch, and what it holds fixed (no gradients for frozen experts)
+        mix = json.dumps([recipe.tasks, recipe.questions, recipe.distill, recipe.examples_per_step, recipe.freeze],
+                         sort_keys=True)
         if mix not in by_mix:
             with tempfile.TemporaryDirectory() as tmp:
                 done = [warmup]  # each timed run resumes the last: resuming and saving cost every run the same
@@ -586,12 +590,12 @@ def calibrate(cache: str | Path, plan: DemoPlan, device: str | torch.device = "c
     # the stages after stage 3 too where the preset can hold them: a measured plan may have them where this one does not
     timed = tuple(plan.stage_steps)
     if _after_stages_for(plan.preset, plan.speech):
-        timed += tuple(name for name in AFTER_STAGES if name not in timed)
+        timed += tuple(name for name in LATE_STAGES if name not in timed)
     key = {"preset": plan.preset, "config": dataclasses.asdict(preset), "overrides": plan.overrides,
            "batch": plan.examples_per_step, "distill": plan.distill > 0, "device": str(device),
            "timing": "difference of a 4- and a 16-step run; image tokenizer 2 / 8 steps, ConvTeacher 10 / 40; "
                      "decoder post-training 50 / 200 images", "decoder": plan.decoder_images > 0,
-           "mixes": {name: [STAGES[name].tasks, STAGES[name].questions] for name in timed},
+           "mixes": {name: [STAGES[name].tasks, STAGES[name].questions, STAGES[name].freeze] for name in timed},
            "image": dataclasses.asdict(image), "align": plan.align, "conv_teacher": conv}
     path = Path(cache) / f"calibration-{_digest(key)}.json"
     if path.is_file() and not again:

@@ -282,6 +282,16 @@ def test_calibration_times_each_stage_once_and_is_kept_in_the_cache(tmp_path, mo
                                          tuple(plan.stage_steps), steps=2, warmup=1, text_samples=plan.text_samples)
     assert set(measured) == {"stage1", "stage2", "stage3"} and all(s > 0 for s in measured.values())
     assert measured["stage2"] == measured["stage3"]  # one mix, timed once
+    # the answers stage is the relations stage's mix with the text expert alone learning: timed on its own
+    from omniar.omni import train
+
+    timings, train_omni = [], train.train_omni
+    monkeypatch.setattr(train, "train_omni", lambda model, out, recipe, **k: timings.append(recipe.freeze) or
+                        train_omni(model, out, recipe, **k))
+    late = demo.measure_step_seconds(plan.preset, plan.overrides, plan.examples_per_step, 0.0, ("relations", "answers"),
+                                     steps=2, warmup=1, text_samples=plan.text_samples)
+    assert set(late) == {"relations", "answers"} and len(set(timings)) == 2
+    monkeypatch.undo()
 
     image = demo.image_tokenizer_config(omni_preset(plan.preset, **plan.overrides))
     others = demo.measure_other_seconds(dataclasses.replace(image, channels=8), teacher_grid=8, align=1.0,
@@ -297,7 +307,8 @@ def test_calibration_times_each_stage_once_and_is_kept_in_the_cache(tmp_path, mo
     assert first == {"stage1": 0.11, "stage2": 0.2, "stage3": 0.2, "image-tokenizer": 0.05} and len(calls) == 1
     # the stages after stage 3 are timed where the preset can hold them, also when this plan has none (a measured
     # one may)
-    assert "relations" not in plan.stage_steps and calls[0][4] == ("stage1", "stage2", "stage3", "relations", "edits")
+    assert "relations" not in plan.stage_steps and calls[0][4] == ("stage1", "stage2", "stage3", "relations", "edits",
+                                                                  "answers")
     assert demo.calibrate(tmp_path, plan, log=lambda s: None) == first and len(calls) == 1  # from the cache
     other = DemoPlan(**{**plan.__dict__, "examples_per_step": 8})  # another batch is another step
     demo.calibrate(tmp_path, other, log=lambda s: None)
