@@ -598,7 +598,8 @@ def main(argv: list[str] | None = None) -> None:
                    "after timing a step here) and stop")
     p.add_argument("--no-pace", action="store_true", help="train the planned steps as they are; by default each of "
                    "the three stages gets the time the plan has left when it starts, at the pace the stages before "
-                   "it ran (a machine slower than its timing trains fewer steps rather than run past the budget)")
+                   "it ran (a machine slower than its timing trains fewer steps rather than run past the budget); with "
+                   "--step-seconds from another machine, to train the steps its plan gives there")
     p.add_argument("--cache", help="checkpoint cache (default: out/cache beside --out)")
     p.add_argument("--no-cache", action="store_true", help="rebuild every step")
     p.add_argument("--distill", type=float, help="> 0: train a teacher and distil it into the image positions "
