@@ -808,15 +808,14 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
             spent = {PACED_PARTS.get(part, part.removeprefix("train-")): s["seconds"] for part, s in steps.items()
                      if part in PACED_PARTS or part.removeprefix("train-") in plan.stage_steps}
             paced, rate = pace_stages(planned, spent, plan.stage_steps)
-            if paced != plan.stage_steps:
-                changed = ", ".join(f"{n} {plan.stage_steps[n]} -> {paced[n]}" for n in paced
-                                    if paced[n] != plan.stage_steps[n])
+            changed = {n: [plan.stage_steps[n], k] for n, k in paced.items() if k != plan.stage_steps[n]}
+            if changed:
                 log(f"[demo] pacing: the timed parts so far took {sum(spent.values()):.0f} s against "
                     f"{sum(s for p, _, s in plan.schedule() if p in spent):.0f} s timed"
                     + (f", the stages at {rate:.2f}x their timed steps" if rate != 1.0 else "")
-                    + f": {changed} steps, to end at the plan's time")
-                paces.append({"before": name, "pace": round(rate, 3), "steps": {n: [plan.stage_steps[n], paced[n]]
-                              for n in paced if paced[n] != plan.stage_steps[n]}})
+                    + f": {', '.join(f'{n} {a} -> {b}' for n, (a, b) in changed.items())} steps, to end at the "
+                    "plan's time")
+                paces.append({"before": name, "pace": round(rate, 3), "steps": changed})
                 plan.stage_steps = paced
         n = plan.stage_steps[name]
         # the stage's recipe is in its key: a changed task mix, rate or reweighting retrains from that stage on
