@@ -460,12 +460,13 @@ def _generate_image(args) -> None:
     from omniar.omni.rerank import generate_best_of
     from omniar.tokenizers.train_image import to_uint8
 
-    model = _load_omni(args)
-    sources = None
+    sources, prompts = None, args.prompts
     if args.image:
         from omniar.data.manifest import load_image
 
-        sources = [load_image(args.image)] * len(args.prompts)
+        paths, prompts = _pair(args.image, args.prompts, "instructions")
+        sources = [load_image(path) for path in paths]  # every file read before the model loads
+    model = _load_omni(args)
     from omniar.omni.evaluate import ImageSampling
 
     bench, edit = ImageSampling(), sources is not None  # what is not given: the benchmark's (chosen on validation)
@@ -474,11 +475,11 @@ def _generate_image(args) -> None:
     pull = bench.pull(model) if edit else {"keep": 0.0, "keep_tau": None}
     keep = args.keep if args.keep is not None else pull["keep"]
     keep_tau = args.keep_tau if args.keep_tau is not None else pull["keep_tau"]
-    images = generate_best_of(model, args.prompts, args.best_of, sources=sources, cfg=cfg, image_cfg=args.image_cfg,
+    images = generate_best_of(model, prompts, args.best_of, sources=sources, cfg=cfg, image_cfg=args.image_cfg,
                               cfg_schedule=args.cfg_schedule or bench.schedule(edit), keep=keep,
                               keep_tau=keep_tau,
                               params=SamplingParams(temperature=temperature, top_p=args.top_p),
-                              seeds=[args.seed + i for i in range(len(args.prompts))])
+                              seeds=[args.seed + i for i in range(len(prompts))])
     out = Path(args.output)
     arrays = to_uint8(images)
     for i, a in enumerate(arrays):
@@ -491,21 +492,39 @@ def _ask(args) -> None:
     from omniar.data.manifest import load_image
     from omniar.omni.understand import describe
 
-    model = _load_omni(args)
-    image = load_image(args.image)
     if args.audio:
         from omniar.omni.speech import answer_spoken
 
         if args.questions:
             sys.exit("error: give the questions either as text or as --audio, not both")
+        if len(args.image) > 1:
+            sys.exit(f"error: spoken questions are about one image; {len(args.image)} --image given")
+        model = _load_omni(args)
+        image = load_image(args.image[0])
         clips, rate = _read_audio(args.audio)
         for text in answer_spoken(model, image, clips, sample_rate=rate):
             print(text)
         return
-    questions = args.questions or None
-    images = [image] * (len(questions) if questions else 1)
-    for text in describe(model, images, questions):
-        print(text)
+    paths, questions = _pair(args.image, args.questions, "questions")
+    images = [load_image(path) for path in paths]  # every file read before the model loads: a bad one fails fast
+    model = _load_omni(args)
+    texts = describe(model, images, questions or None)
+    for path, text in zip(paths, texts):
+        print(text if len(args.image) == 1 else f"{path}: {text}")
+
+
+def _pair(images: list[str], texts: list[str], what: str) -> tuple[list[str], list[str]]:
+    """The (image, text) pairs of a command given `images` and `texts` (questions or instructions): one image
+    with every text, every image with the one text (or, with no texts, each image alone), or as many of each,
+    paired in order."""
+    if len(images) == 1 or not texts:
+        return images * max(1, len(texts)), texts
+    if len(texts) == 1:
+        return images, texts * len(images)
+    if len(texts) == len(images):
+        return images, texts
+    sys.exit(f"error: {len(images)} images and {len(texts)} {what}: give one image, one of the {what}, or as many "
+             f"{what} as images (paired in order)")
 
 
 def _read_audio(paths: list[str]) -> tuple[list, int]:
@@ -704,10 +723,13 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--device", default="cpu", help=DEVICE_HELP)
     t.set_defaults(func=_train_omni)
 
-    p = sub.add_parser("ask", help="answer questions about an image (or caption it) with an OmniModel")
+    p = sub.add_parser("ask", help="answer questions about images (or caption them) with an OmniModel")
     p.add_argument("--model", required=True)
-    p.add_argument("--image", required=True)
-    p.add_argument("questions", nargs="*", help="none: caption the image")
+    p.add_argument("--image", required=True, action="append",
+                   help="the image every question is about; repeated (--image a.png --image b.png): each image "
+                        "asked the one question, or captioned, or paired in order with as many questions, each "
+                        "answer printed after its image's path")
+    p.add_argument("questions", nargs="*", help="none: caption the images")
     p.add_argument("--audio", nargs="+", help="spoken questions (WAV files) instead of text ones")
     p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help=DTYPE_HELP)
@@ -736,7 +758,10 @@ def main(argv: list[str] | None = None) -> None:
         t.add_argument("--model", required=True)
         t.add_argument("prompts", nargs="+", metavar="instructions" if edit else "prompts")
         t.add_argument("-o", "--output", default="out.png", help="one prompt: this file; more: name-0.png, ...")
-        t.add_argument("--image", required=edit, help="edit this image (the prompts are instructions)")
+        t.add_argument("--image", required=edit, action="append",
+                       help="edit this image (the prompts are instructions); repeated (--image a.png --image "
+                            "b.png): each image edited by the one instruction, or paired in order with as many "
+                            "instructions")
         t.add_argument("--cfg", type=float, help="guidance weight (at the last scale when ramped); "
                                                  + (f"default: the benchmark's, {EDIT_CFG:g}" if edit else
                                                     f"default: the benchmark's, {T2I_CFG:g} for text-to-image, "

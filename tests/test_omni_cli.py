@@ -46,6 +46,40 @@ def test_train_resume_generate_edit_and_ask(run, capsys):
     assert len(capsys.readouterr().out.splitlines()) == 2
 
 
+def test_several_images_ask_and_edit_in_one_batch(run, capsys, monkeypatch):
+    """--image repeated: one question (or none: captions) for every image, or as many questions as images paired in
+    order, in one batched call, each answer after its image's path; edits the same, one file per image; any other
+    count is an error that names both."""
+    import omniar.omni.understand as understand
+    from omniar.data.manifest import load_image
+    from omniar.omni.model import OmniModel
+
+    ckpt, a, b = str(run / "run" / "checkpoint"), str(run / "s-0.png"), str(run / "s-1.png")
+    main(["generate", "image", "--model", ckpt, "a red circle", "two blue squares", "-o", str(run / "s.png")])
+    calls, real = [], understand.describe
+    monkeypatch.setattr(understand, "describe", lambda model, images, questions=None, **kw: (
+        calls.append((len(images), questions)), real(model, images, questions, **kw))[1])
+    capsys.readouterr()
+    main(["ask", "--model", ckpt, "--image", a, "--image", b, "is there a circle?"])
+    main(["ask", "--model", ckpt, "--image", a, "--image", b])
+    q, q2 = "is there a circle?", "how many squares are there?"
+    main(["ask", "--model", ckpt, "--image", a, "--image", b, q, q2])
+    lines = capsys.readouterr().out.splitlines()
+    assert calls == [(2, [q] * 2), (2, None), (2, [q, q2])]
+    assert [line.split(": ")[0] for line in lines] == [a, b] * 3
+    model = OmniModel.from_pretrained(ckpt)
+    alone = [real(model, [load_image(image)], asked)[0] for image, asked in ((a, [q]), (b, None), (b, [q2]))]
+    assert [lines[0], lines[3], lines[5]] == [f"{a}: {alone[0]}", f"{b}: {alone[1]}", f"{b}: {alone[2]}"]
+    main(["edit", "--model", ckpt, "--image", a, "--image", b, "make the circle blue", "-o", str(run / "m.png")])
+    assert Image.open(run / "m-0.png").size == Image.open(run / "m-1.png").size == (32, 32)
+    with pytest.raises(SystemExit, match="2 images and 3 questions: give one image, one of the questions, or as many"):
+        main(["ask", "--model", ckpt, "--image", a, "--image", b, "x?", "y?", "z?"])
+    with pytest.raises(SystemExit, match="2 images and 3 instructions"):
+        main(["edit", "--model", ckpt, "--image", a, "--image", b, "x", "y", "z", "-o", str(run / "n.png")])
+    with pytest.raises(SystemExit, match="image file not found"):
+        main(["ask", "--model", ckpt, "--image", a, "--image", str(run / "nope.png")])
+
+
 def test_teacher_distillation_and_preset_mismatch_on_resume(run):
     import json
 
