@@ -467,6 +467,8 @@ def _generate_image(args) -> None:
         paths, prompts = _pair(args.image, args.prompts, "instructions")
         sources = [load_image(path) for path in paths]  # every file read before the model loads
     model = _load_omni(args)
+    if sources is not None:
+        _check_sizes(paths, sources, model.image_size)
     from omniar.omni.evaluate import ImageSampling
 
     bench, edit = ImageSampling(), sources is not None  # what is not given: the benchmark's (chosen on validation)
@@ -499,8 +501,9 @@ def _ask(args) -> None:
             sys.exit("error: give the questions either as text or as --audio, not both")
         if len(args.image) > 1:
             sys.exit(f"error: spoken questions are about one image; {len(args.image)} --image given")
-        model = _load_omni(args)
         image = load_image(args.image[0])
+        model = _load_omni(args)
+        _check_sizes(args.image, [image], model.image_size)
         clips, rate = _read_audio(args.audio)
         for text in answer_spoken(model, image, clips, sample_rate=rate):
             print(text)
@@ -508,9 +511,18 @@ def _ask(args) -> None:
     paths, questions = _pair(args.image, args.questions, "questions")
     images = [load_image(path) for path in paths]  # every file read before the model loads: a bad one fails fast
     model = _load_omni(args)
+    _check_sizes(paths, images, model.image_size)
     texts = describe(model, images, questions or None)
     for path, text in zip(paths, texts):
         print(text if len(args.image) == 1 else f"{path}: {text}")
+
+
+def _check_sizes(paths: list[str], images: list, side: int) -> None:
+    """Exit naming the first image file that is not side x side pixels."""
+    for path, image in zip(paths, images):
+        if image.shape[:2] != (side, side):
+            sys.exit(f"error: {path} is {image.shape[1]} x {image.shape[0]} pixels; this model reads {side} x {side} "
+                     "images: resize it first")
 
 
 def _pair(images: list[str], texts: list[str], what: str) -> tuple[list[str], list[str]]:

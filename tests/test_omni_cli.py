@@ -78,6 +78,12 @@ def test_several_images_ask_and_edit_in_one_batch(run, capsys, monkeypatch):
         main(["edit", "--model", ckpt, "--image", a, "--image", b, "x", "y", "z", "-o", str(run / "n.png")])
     with pytest.raises(SystemExit, match="image file not found"):
         main(["ask", "--model", ckpt, "--image", a, "--image", str(run / "nope.png")])
+    Image.new("RGB", (40, 30)).save(run / "big.png")
+    big = str(run / "big.png")
+    for command in (["ask", "--image", a, "--image", big], ["edit", "--image", big, "x", "-o", str(run / "o.png")],
+                    ["generate", "image", "--image", a, "--image", big, "x", "-o", str(run / "o.png")]):
+        with pytest.raises(SystemExit, match=f"{big} is 40 x 30 pixels; this model reads 32 x 32 images"):
+            main([*command, "--model", ckpt])
 
 
 def test_teacher_distillation_and_preset_mismatch_on_resume(run):

@@ -333,6 +333,11 @@ def test_keep_tau_leaves_the_first_scale_to_the_model(model):
     assert torch.equal(gated[0], plain[0]) and not torch.equal(everywhere[0], plain[0])
     with pytest.raises(ValueError, match="keep_tau must be > 0"):
         generate_images(model, prompts, sources=sources, keep=1.0, keep_tau=0.0)
+    for bad, message in ((dict(cfg=-1.0), "cfg must be >= 0, got -1.0 \\(1: no guidance"),
+                         (dict(cfg=float("nan")), "cfg must be >= 0, got nan"),
+                         (dict(image_cfg=-0.5), "image_cfg must be >= 0"), (dict(keep=-2.0), "keep must be >= 0")):
+        with pytest.raises(ValueError, match=message):
+            generate_images(model, prompts, sources=sources, **bad)
 
 
 def test_edits_of_a_raster_model_are_not_pulled_by_default():

@@ -97,6 +97,10 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
     if keep and (sources is None or model.gen_modality != Modality.IMAGE_GEN):
         raise ValueError("keep pulls an edit towards its reference's bits: it needs `sources` and next-scale "
                          "generation")
+    for name, weight in (("cfg", cfg), ("image_cfg", image_cfg), ("keep", keep)):
+        if weight is not None and not weight >= 0:  # NaN too
+            raise ValueError(f"{name} must be >= 0, got {weight}" + (
+                " (1: no guidance, 0: the model without the prompt)" if name != "keep" else ""))
     if keep_tau is not None and not keep_tau > 0:
         raise ValueError(f"keep_tau must be > 0 (a relative distance) or None, got {keep_tau}")
     n = len(prompts)

@@ -267,10 +267,11 @@ def as_images(images, side: int) -> Tensor:
     if isinstance(images, (np.ndarray, Tensor)) and images.ndim == 3:
         images = [images]
     out = []
-    for im in images:
+    for i, im in enumerate(images):
         t = torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 255 if isinstance(im, np.ndarray) else im
         if t.shape != (3, side, side):
-            raise ValueError(f"images must be {side}x{side} RGB for this model, got shape {tuple(t.shape)}")
+            raise ValueError(f"images must be {side}x{side} RGB for this model, got shape {tuple(t.shape)} "
+                             f"(image {i})")
         out.append(t.float())
     return torch.stack(out)
 
