@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -596,6 +598,34 @@ def _transcribe(args) -> None:
         print(f"{path}\t{text}" if len(args.audio) > 1 else text)
 
 
+TENSORBOARD_HELP = ("also log the metrics as TensorBoard scalars in each run's tensorboard/ folder, beside its "
+                    "metrics.jsonl (needs: pip install 'omniar[tensorboard]')")
+
+
+@contextlib.contextmanager
+def _tensorboard(on: bool):
+    """With `on`, every run of the command logs TensorBoard scalars (OMNIAR_TENSORBOARD=1 while it runs, so the
+    processes it starts do too); the package is checked before anything trains."""
+    from omniar.train.metrics import TENSORBOARD_ENV, require_tensorboard
+
+    if not on:
+        yield
+        return
+    try:
+        require_tensorboard()
+    except ImportError as e:
+        sys.exit(f"error: {e}")
+    before = os.environ.get(TENSORBOARD_ENV)
+    os.environ[TENSORBOARD_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[TENSORBOARD_ENV]
+        else:
+            os.environ[TENSORBOARD_ENV] = before
+
+
 def main(argv: list[str] | None = None) -> None:
     # the benchmark's guidance and sampling, named in the help
     from omniar.omni.generate import (
@@ -649,6 +679,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--preset", default="onecat-tiny", help="e.g. ar-omni-tiny (raster images, swin-norm)")
     p.add_argument("--device", default="cpu", help="where the stages train and the benchmark runs: cpu (default), "
                    "cuda, ... (data, tokenizers and the teacher are made on the CPU; speech runs on the CPU only)")
+    p.add_argument("--tensorboard", action="store_true", help=TENSORBOARD_HELP)
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("info", help="parameter counts (total / active) of a preset or checkpoint")
@@ -666,6 +697,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--steps", type=int, default=400)
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--tensorboard", action="store_true", help=TENSORBOARD_HELP)
     t.set_defaults(func=_train_text)
 
     t = tsub.add_parser("teacher", help="ConvTeacher: a ConvNet that learns which shapes and colours a ShapeWorld "
@@ -696,6 +728,7 @@ def main(argv: list[str] | None = None) -> None:
                    "codes")
     t.add_argument("--device", default="cpu")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--tensorboard", action="store_true", help=TENSORBOARD_HELP)
     t.set_defaults(func=_train_decoder)
 
     t = tsub.add_parser("omni", help="OmniModel (OneCAT, AR-Omni) on ShapeWorld: t2i, caption, vqa, edit, text, "
@@ -733,6 +766,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--workers", type=int, default=1, help="data-parallel processes sharing each step's pieces "
                    "(gloo; bench/train_parallel.py measures whether it pays on your machine)")
     t.add_argument("--device", default="cpu", help=DEVICE_HELP)
+    t.add_argument("--tensorboard", action="store_true", help=TENSORBOARD_HELP)
     t.set_defaults(func=_train_omni)
 
     p = sub.add_parser("ask", help="answer questions about images (or caption them) with an OmniModel")
@@ -861,6 +895,7 @@ def main(argv: list[str] | None = None) -> None:
                                                       "default: the demo's)")
     t.add_argument("--num-images", type=int, default=20000)
     t.add_argument("--eval-images", type=int, default=500)
+    t.add_argument("--tensorboard", action="store_true", help=TENSORBOARD_HELP)
     t.set_defaults(func=_tokenizer_train_image)
 
     t = ttsub.add_parser("speech", help="streaming speech codec: one VQ codebook, 50 tokens/s, ISTFT decoder")
@@ -870,6 +905,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--batch", type=int, default=16)
     t.add_argument("--utterances", type=int, default=2000, help="ShapeWorld utterances when --data is not given")
     t.add_argument("--eval-captions", type=int, default=300)
+    t.add_argument("--tensorboard", action="store_true", help=TENSORBOARD_HELP)
     t.set_defaults(func=_tokenizer_train_speech)
 
     p = sub.add_parser("eval", help="benchmarks")
@@ -907,7 +943,8 @@ def main(argv: list[str] | None = None) -> None:
 
     args = ap.parse_args(argv)
     try:
-        args.func(args)
+        with _tensorboard(getattr(args, "tensorboard", False)):
+            args.func(args)
     except (ValueError, FileNotFoundError) as e:  # includes ManifestError
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:  # training saved a checkpoint first and said where (train/interrupt.py)

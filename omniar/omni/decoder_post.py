@@ -47,7 +47,8 @@ from omniar.omni.generate import T2I_CFG, T2I_TEMPERATURE, generate_images
 from omniar.omni.model import OmniModel
 from omniar.tokenizers.image import reconstruction_loss
 from omniar.train.interrupt import GracefulStop
-from omniar.train.trainer import open_metrics, warm_cosine
+from omniar.train.metrics import MetricsLog
+from omniar.train.trainer import warm_cosine
 
 DECODER_PREFIX = "tokenizer.decoder."  # the weights post-training changes, in OmniModel.state_dict()
 DRAWS, DRAWS_NAME, DRAWS_META = "draws", "bits.safetensors", "draws.json"  # out/draws: the bits drawn so far
@@ -184,7 +185,7 @@ def post_train_decoder(model: OmniModel, out: str | Path, config: DecoderPostTra
             own = model.tokenizer.quantizer.decode_bits(own).cpu()
         draw_seconds = time.perf_counter() - t0
         out.mkdir(parents=True, exist_ok=True)
-        metrics = open_metrics(out / "metrics.jsonl", step)
+        metrics = MetricsLog(out / "metrics.jsonl", step)
         bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="decoder post-training", unit="step")
         decoder.train().requires_grad_(True)
         while step < stop_at:
@@ -207,9 +208,8 @@ def post_train_decoder(model: OmniModel, out: str | Path, config: DecoderPostTra
             step += 1
             bar.update(1)
             if step % 50 == 0 or step == config.steps:
-                metrics.write(json.dumps({"step": step, "loss": float(np.mean(losses[-50:])),
-                                          "seconds": round(time.perf_counter() - t0, 1)}) + "\n")
-                metrics.flush()
+                metrics.write({"step": step, "loss": float(np.mean(losses[-50:])),
+                               "seconds": round(time.perf_counter() - t0, 1)})
             if step % SAVE_STEPS == 0 or step == stop_at or stop.signal is not None:
                 save_training_checkpoint(ckpt, model, opt, step, losses=losses, run=run)
             if stop.signal is not None:

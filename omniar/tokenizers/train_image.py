@@ -6,7 +6,6 @@ order and the learning rate are functions of the step, so a resumed run continue
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -17,7 +16,8 @@ from tqdm.auto import tqdm
 from omniar.checkpoint import load_training_state, recover_directory, save_training_checkpoint
 from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, reconstruction_loss
 from omniar.train.interrupt import GracefulStop
-from omniar.train.trainer import open_metrics, warm_cosine
+from omniar.train.metrics import MetricsLog
+from omniar.train.trainer import warm_cosine
 
 # the semantic alignment's weight when a teacher is given (BENCHMARKS.md, "A latent that knows shapes")
 ALIGN_WEIGHT = 2.0
@@ -86,7 +86,7 @@ def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageToke
         step = load_training_state(ckpt, opt)["step"]
     data = to_tensor(images)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = open_metrics(out / "metrics.jsonl", step)
+    metrics = MetricsLog(out / "metrics.jsonl", step)
     bar = tqdm(total=steps, initial=step, disable=not progress, desc="image tokenizer", unit="step")
     t0 = time.perf_counter()
     model.train()
@@ -118,8 +118,7 @@ def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageToke
                 m = {"step": step, "loss": loss.item(), "recon": rec.item(), **{k: v.item() for k, v in parts.items()},
                      "seconds": round(time.perf_counter() - t0, 1)}
                 bar.set_postfix(loss=f"{m['loss']:.4f}")
-                metrics.write(json.dumps(m) + "\n")
-                metrics.flush()
+                metrics.write(m)
             if step % 500 == 0 or step == stop_at or stop.signal is not None:
                 save_training_checkpoint(ckpt, model, opt, step)
             if stop.signal is not None:

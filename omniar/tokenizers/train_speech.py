@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from omniar.checkpoint import load_training_state, recover_directory, save_training_checkpoint
 from omniar.tokenizers.speech import SpeechCodec, SpeechCodecConfig, magnitude
 from omniar.train.interrupt import GracefulStop
-from omniar.train.trainer import open_metrics, warm_cosine
+from omniar.train.metrics import MetricsLog
+from omniar.train.trainer import warm_cosine
 
 STFT_RESOLUTIONS = ((128, 32), (256, 64), (512, 128), (1024, 256))  # (n_fft, hop)
 
@@ -117,7 +118,7 @@ def train_speech_codec(out: str | Path, clips: list[np.ndarray], config: SpeechC
             z = torch.cat([codec.encoder(_crops(stream, rng, batch, length)) for _ in range(math.ceil(n / batch))])
         codec.quantizer.kmeans_init(z, generator=torch.Generator().manual_seed(seed))
     out.mkdir(parents=True, exist_ok=True)
-    metrics = open_metrics(out / "metrics.jsonl", step)
+    metrics = MetricsLog(out / "metrics.jsonl", step)
     bar = tqdm(total=steps, initial=step, disable=not progress, desc="speech codec", unit="step")
     t0 = time.perf_counter()
     stop = GracefulStop()
@@ -141,8 +142,7 @@ def train_speech_codec(out: str | Path, clips: list[np.ndarray], config: SpeechC
                      "batch_usage": ids.unique().numel() / cfg.codebook_size,
                      "seconds": round(time.perf_counter() - t0, 1)}
                 bar.set_postfix(loss=f"{m['loss']:.3f}", mel=f"{m['mel']:.3f}")
-                metrics.write(json.dumps(m) + "\n")
-                metrics.flush()
+                metrics.write(m)
             if step % 500 == 0 or step == stop_at or stop.signal is not None:
                 save_training_checkpoint(ckpt, codec, opt, step)
             if stop.signal is not None:

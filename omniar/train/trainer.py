@@ -34,6 +34,7 @@ from omniar.model.decoder import OmniDecoder
 from omniar.stream.collate import Batch
 from omniar.train.interrupt import GracefulStop
 from omniar.train.losses import weighted_cross_entropy
+from omniar.train.metrics import MetricsLog
 from omniar.train.muon import Muon
 from omniar.train.parallel import DataParallel
 
@@ -71,25 +72,6 @@ class TrainConfig:
             return self.lr
         progress = (step - start) / max(1, self.steps - start)
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def open_metrics(path: Path, step: int):
-    """A metrics log (JSON lines with a "step") opened for appending by a run at `step`: the lines of later steps,
-    left by a run that stopped after its last checkpoint, are dropped first (they are trained and logged again), as
-    is a line cut short by a crash."""
-
-    def before(line: str) -> bool:
-        try:
-            return json.loads(line).get("step", 0) <= step
-        except (json.JSONDecodeError, AttributeError):
-            return False
-
-    if path.is_file():
-        lines = path.read_text().splitlines()
-        kept = [line for line in lines if before(line)]
-        if len(kept) != len(lines):
-            path.write_text("".join(line + "\n" for line in kept))
-    return path.open("a")
 
 
 OPTIMIZERS = ("adamw", "muon")
@@ -195,7 +177,7 @@ class Trainer:
         until = self.config.steps if until is None else until
         log = []
         writes = self.out_dir is not None and self.is_main
-        metrics_file = open_metrics(self.out_dir / "metrics.jsonl", self.step) if writes else None
+        metrics_file = MetricsLog(self.out_dir / "metrics.jsonl", self.step) if writes else None
         bar = tqdm(total=until, initial=self.step, disable=not self.progress, desc="train", unit="step")
         tokens, t0 = 0, time.perf_counter()
         saved_at = t0
@@ -214,8 +196,7 @@ class Trainer:
                         log.append(m)
                         bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m['tokens_per_s']:.0f}")
                         if metrics_file is not None:
-                            metrics_file.write(json.dumps(m) + "\n")
-                            metrics_file.flush()
+                            metrics_file.write(m)
                     bar.update(1)
                     if halt:
                         halted = True
