@@ -471,6 +471,7 @@ def _generate_image(args) -> None:
     model = _load_omni(args)
     if sources is not None:
         _check_sizes(paths, sources, model.image_size)
+    _warn_unseen(model, prompts, "instruction" if sources is not None else "prompt")
     from omniar.omni.evaluate import ImageSampling
 
     bench, edit = ImageSampling(), sources is not None  # what is not given: the benchmark's (chosen on validation)
@@ -514,9 +515,22 @@ def _ask(args) -> None:
     images = [load_image(path) for path in paths]  # every file read before the model loads: a bad one fails fast
     model = _load_omni(args)
     _check_sizes(paths, images, model.image_size)
+    _warn_unseen(model, questions, "question")
     texts = describe(model, images, questions or None)
     for path, text in zip(paths, texts):
         print(text if len(args.image) == 1 else f"{path}: {text}")
+
+
+def _warn_unseen(model, texts: list[str], what: str) -> None:
+    """Name, on stderr, the words of each text that none of its tokenizer's training texts held
+    (`TextTokenizer.unseen_words`): what the model makes of them is anybody's guess."""
+    for text in dict.fromkeys(texts):
+        unseen = model.text.unseen_words(text)
+        if unseen:
+            words = ", ".join(repr(w) for w in unseen)
+            print(f"warning: {what} {text!r}: {words} {'is' if len(unseen) == 1 else 'are'} in none of the texts the "
+                  "model's tokenizer was trained on (most likely never read by the model): the output may mean "
+                  "nothing", file=sys.stderr)
 
 
 def _check_sizes(paths: list[str], images: list, side: int) -> None:

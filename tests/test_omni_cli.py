@@ -43,7 +43,21 @@ def test_train_resume_generate_edit_and_ask(run, capsys):
     assert Image.open(run / "f.png").size == (32, 32)
     capsys.readouterr()
     main(["ask", "--model", ckpt, "--image", str(run / "g-0.png"), "how many circles are there?", "two"])
-    assert len(capsys.readouterr().out.splitlines()) == 2
+    out = capsys.readouterr()
+    assert len(out.out.splitlines()) == 2 and not out.err
+    # words the model's tokenizer has no token for are named (the answer is still given)
+    main(["ask", "--model", ckpt, "--image", str(run / "g-0.png"), "is there a colour circle?", "Is it a hexagon?"])
+    out = capsys.readouterr()
+    assert len(out.out.splitlines()) == 2
+    assert out.err.splitlines() == [
+        "warning: question 'is there a colour circle?': 'colour' is in none of the texts the model's tokenizer was "
+        "trained on (most likely never read by the model): the output may mean nothing",
+        "warning: question 'Is it a hexagon?': 'Is', 'it', 'hexagon' are in none of the texts the model's tokenizer "
+        "was trained on (most likely never read by the model): the output may mean nothing"]
+    main(["generate", "image", "--model", ckpt, "a red hexagon", "a blue circle", "-o", str(run / "h.png")])
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: prompt 'a red hexagon': 'hexagon' is in none of the texts the model's tokenizer was trained on "
+        "(most likely never read by the model): the output may mean nothing"]
 
 
 def test_several_images_ask_and_edit_in_one_batch(run, capsys, monkeypatch):

@@ -37,6 +37,23 @@ def test_special_tokens_are_single_ids_text_never_produces(tok, corpus):
     assert tok.decode([tok.bos, *tok.encode("a red"), tok.eos]) == "a red"
 
 
+def test_the_words_it_was_trained_on_name_the_words_a_text_brings_new(tok, corpus, tmp_path):
+    from omniar.tokenizers.text import words_of
+
+    assert tok.words == {w for t in corpus for w in words_of(t)} and {"circle", "color", "red"} <= tok.words
+    assert tok.unseen_words("what color is the circle?") == []
+    assert tok.unseen_words("What colour is the hexagon? Is the colour red?") == ["What", "colour", "hexagon", "Is"]
+    tok.save(tmp_path / "t")
+    again = TextTokenizer.load(tmp_path / "t")
+    assert again.words == tok.words and again.unseen_words("a colour") == ["colour"]
+    # a tokenizer.json from elsewhere (or saved before the words were kept): nothing to say
+    (tmp_path / "t" / "words.json").unlink()
+    assert TextTokenizer.load(tmp_path / "t").unseen_words("a colour") == []
+    (tmp_path / "t" / "words.json").write_text('{"a": 1}')
+    with pytest.raises(ValueError, match="corrupt words file .*words.json: expected a list of words"):
+        TextTokenizer.load(tmp_path / "t")
+
+
 def test_save_load_and_errors(tok, tmp_path):
     tok.save(tmp_path)
     again = TextTokenizer.load(tmp_path)

@@ -3,11 +3,13 @@
 Byte-level means any text round-trips exactly (unknown characters fall back to bytes). The special tokens
 (`SPECIAL_TOKENS`: padding, sequence bounds, modality markers, task and turn tokens) are single ids that plain
 text can never produce - not even text that spells one out, like "<boi>". Saved as a standard `tokenizer.json`,
-which Hugging Face's tokenizers also read.
+which Hugging Face's tokenizers also read, and `words.json`: the words of the texts it was trained on, so that a
+prompt's words outside them can be named (`unseen_words`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,11 +22,20 @@ SPECIAL_TOKENS = (
     "<user>", "<assistant>", "<eot>",  # turns
 )
 TOKENIZER_NAME = "tokenizer.json"
+WORDS_NAME = "words.json"
+_PUNCTUATION = ".,;:!?\"'()"
+
+
+def words_of(text: str) -> list[str]:
+    """The words of `text`: split at white space, punctuation at either end dropped, empty ones left out."""
+    return [w for w in (w.strip(_PUNCTUATION) for w in text.split()) if w]
 
 
 class TextTokenizer:
-    def __init__(self, tokenizer: Tokenizer):
+    def __init__(self, tokenizer: Tokenizer, words: Iterable[str] | None = None):
+        """`words`: those of the texts it was trained on (None: not known, as for a tokenizer.json from elsewhere)."""
         self.tokenizer = tokenizer
+        self.words = frozenset(words) if words is not None else None
         self.tokenizer.encode_special_tokens = True  # "<boi>" typed in text is text, not a marker
         missing = [t for t in SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
         if missing:
@@ -42,8 +53,15 @@ class TextTokenizer:
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
                                       special_tokens=list(SPECIAL_TOKENS),
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-        tok.train_from_iterator(texts, trainer=trainer)
-        return cls(tok)
+        words: set[str] = set()
+
+        def read(texts: Iterable[str]) -> Iterable[str]:
+            for text in texts:
+                words.update(words_of(text))
+                yield text
+
+        tok.train_from_iterator(read(texts), trainer=trainer)
+        return cls(tok, words)
 
     @property
     def vocab_size(self) -> int:
@@ -62,6 +80,14 @@ class TextTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
+    def unseen_words(self, text: str) -> list[str]:
+        """The words of `text` (`words_of`) that none of the texts this tokenizer was trained on held, each named
+        once, in order: for a model trained on those texts (ShapeWorld's: lower case, "color"), words it has never
+        read, such as "colour", "hexagon" or a capitalised "Is". Empty where the training words are not known."""
+        if self.words is None:
+            return []
+        return [w for w in dict.fromkeys(words_of(text)) if w not in self.words]
+
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         ids = [int(i) for i in ids]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
@@ -76,6 +102,10 @@ class TextTokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / TOKENIZER_NAME
         atomic_write(path, lambda p: self.tokenizer.save(str(p)))
+        if self.words is not None:
+            atomic_write(directory / WORDS_NAME, lambda p: Path(p).write_text(json.dumps(sorted(self.words))))
+        else:
+            (directory / WORDS_NAME).unlink(missing_ok=True)  # not another tokenizer's words
         return path
 
     @classmethod
@@ -85,8 +115,15 @@ class TextTokenizer:
         if not path.is_file():
             raise FileNotFoundError(f"no {TOKENIZER_NAME} at {path}")
         try:
-            return cls(Tokenizer.from_file(str(path)))
+            tokenizer = Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
-            if isinstance(e, ValueError) and "special tokens" in str(e):
-                raise
             raise ValueError(f"corrupt tokenizer file {path}: {e}") from None
+        words, words_path = None, path.with_name(WORDS_NAME)
+        if words_path.is_file():  # tokenizers saved before it was written have none
+            try:
+                words = json.loads(words_path.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"corrupt words file {words_path}: {e}") from None
+            if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+                raise ValueError(f"corrupt words file {words_path}: expected a list of words")
+        return cls(tokenizer, words)
