@@ -81,7 +81,7 @@ def main() -> None:
     print("| model | params total | params active | tokens/s | GFLOP/s | % of peak |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, kw in (("dense", dict(experts=("shared",), routing={})), ("3 experts", {})):
-        model = OmniDecoder(preset("onecat-tiny", **kw))
+        model = OmniDecoder(preset("experts-tiny", **kw))
         counts = model.num_parameters()
         tps = measure(model, args.rows, args.seq, args.steps)
         c = model.config

@@ -71,14 +71,43 @@ def _demo(args) -> None:
 
 
 def _info(args) -> None:
+    """Config and parameter counts of a unified model (OmniModel) or a bare decoder: a checkpoint (by its
+    model_type) or a preset (the OmniModel presets of omni/model.py first, then the decoder's of model/config.py)."""
+    import dataclasses
+
+    from omniar.checkpoint import CONFIG_NAME
     from omniar.model import OmniDecoder, preset
+    from omniar.model.config import PRESETS
+    from omniar.omni.model import MODEL_TYPE, OMNI_PRESETS, OmniModel, omni_preset
 
     if args.model:
-        model = OmniDecoder.from_pretrained(args.model)
-    else:
+        path = Path(args.model) / CONFIG_NAME
+        try:
+            omni = path.is_file() and json.loads(path.read_text()).get("model_type") == MODEL_TYPE
+        except (json.JSONDecodeError, AttributeError):
+            omni = False  # named by the loader below
+        model = OmniModel.from_pretrained(args.model) if omni else OmniDecoder.from_pretrained(args.model)
+    elif args.preset in OMNI_PRESETS:
+        from omniar.data.shapeworld.corpus import world_text
+        from omniar.demo import image_tokenizer_config
+        from omniar.tokenizers.image import ImageTokenizer
+        from omniar.tokenizers.text import TextTokenizer
+
+        config = omni_preset(args.preset)
+        # untrained tokenizers as the demo makes them: the counts depend on their sizes, not their weights
+        model = OmniModel(config, TextTokenizer.train(list(world_text(300))),
+                          ImageTokenizer(image_tokenizer_config(config)))
+    elif args.preset in PRESETS:
         model = OmniDecoder(preset(args.preset))
-    counts = model.num_parameters()
-    print(json.dumps({"config": model.config.to_dict(), **counts}, indent=2))
+    else:
+        raise ValueError(f"unknown preset {args.preset!r}; unified models (OmniModel): "
+                         f"{', '.join(sorted(OMNI_PRESETS))}; bare decoders: {', '.join(sorted(PRESETS))}")
+    if isinstance(model, OmniModel):
+        info = {"kind": "OmniModel", "config": dataclasses.asdict(model.config),
+                "text_vocab": model.text.vocab_size, **model.num_parameters()}
+    else:
+        info = {"kind": "OmniDecoder", "config": model.config.to_dict(), **model.num_parameters()}
+    print(json.dumps(info, indent=2))
 
 
 def _train_teacher(args) -> None:
@@ -696,10 +725,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tensorboard", action="store_true", help=TENSORBOARD_HELP)
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("info", help="parameter counts (total / active) of a preset or checkpoint")
+    p = sub.add_parser("info", help="config and parameter counts (total / active) of a preset or checkpoint")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--preset")
-    g.add_argument("--model")
+    g.add_argument("--preset", help="an OmniModel preset (onecat-tiny, raster-tiny, ar-omni-tiny, ...; counted with "
+                                    "the demo's tokenizer sizes) or a bare decoder's (text-tiny, experts-tiny, ...)")
+    g.add_argument("--model", help="a checkpoint directory: an OmniModel's or a bare decoder's")
     p.set_defaults(func=_info)
 
     p = sub.add_parser("train", help="train a model")

@@ -53,7 +53,7 @@ def test_cached_steps_equal_full_forward_on_mixed_modalities(norm, sink, mot):
 
 @pytest.mark.parametrize("sink", [False, True])
 def test_cached_decoding_of_plain_text_without_metadata(sink):
-    model = OmniDecoder(preset("onecat-tiny", num_layers=2, vocab_size=256, attention_sink=sink)).eval()
+    model = OmniDecoder(preset("experts-tiny", num_layers=2, vocab_size=256, attention_sink=sink)).eval()
     if sink:
         random_sinks(model)
     ids = torch.randint(0, 256, (3, 17))
@@ -124,7 +124,7 @@ def test_cache_grows_past_its_first_capacity():
 def test_attention_sink_is_one_more_softmax_entry_with_a_zero_value():
     """Brute force: softmax over [q.k / sqrt(d) where the causal mask allows, sink_h] of [v, 0]; a sink at -inf
     gives the plain model back exactly, and the sinks learn (they get gradients)."""
-    config = preset("onecat-tiny", num_layers=1, vocab_size=64, attention_sink=True)
+    config = preset("experts-tiny", num_layers=1, vocab_size=64, attention_sink=True)
     model = random_sinks(OmniDecoder(config))
     attn = model.blocks[0].mixer
     x = torch.randn(2, 7, config.hidden_size)
@@ -145,7 +145,7 @@ def test_attention_sink_is_one_more_softmax_entry_with_a_zero_value():
     got.square().sum().backward()
     assert attn.sink.grad is not None and attn.sink.grad.abs().min() > 0
 
-    plain = OmniDecoder(preset("onecat-tiny", num_layers=1, vocab_size=64)).eval()
+    plain = OmniDecoder(preset("experts-tiny", num_layers=1, vocab_size=64)).eval()
     state = {k: v for k, v in model.state_dict().items() if not k.endswith("sink")}
     plain.load_state_dict(state)
     with torch.no_grad():
@@ -271,13 +271,13 @@ def test_upcycling_copies_the_dense_weights_and_keeps_every_output(attention):
 
 
 def test_active_and_total_parameters():
-    dense = OmniDecoder(preset("onecat-tiny", experts=("shared",), routing={}))
-    moe = OmniDecoder(preset("onecat-tiny"))
+    dense = OmniDecoder(preset("experts-tiny", experts=("shared",), routing={}))
+    moe = OmniDecoder(preset("experts-tiny"))
     d, m = dense.num_parameters(), moe.num_parameters()
     assert d["total"] == d["active"] == m["active"]
     per_expert = sum(p.numel() for p in moe.blocks[0].ffn.experts[0].parameters())
     assert m["total"] - m["active"] == 2 * per_expert * moe.config.num_layers
-    mot = OmniDecoder(preset("onecat-tiny", expert_attention=True)).num_parameters()
+    mot = OmniDecoder(preset("experts-tiny", expert_attention=True)).num_parameters()
     per_attention = sum(p.numel() for p in dense.blocks[0].mixer.parameters())
     assert mot["active"] == m["active"]
     assert mot["total"] - m["total"] == 2 * per_attention * moe.config.num_layers

@@ -1,5 +1,7 @@
-"""The OmniModel command line: train omni (and resume), train teacher, generate image (t2i and edit), ask; named
-errors."""
+"""The OmniModel command line: train omni (and resume), train teacher, generate image (t2i and edit), ask, info;
+named errors."""
+
+import dataclasses
 
 import pytest
 import torch
@@ -170,6 +172,31 @@ def test_guidance_defaults_and_flags_reach_each_task(run, tmp_path, monkeypatch)
     main(["generate", "image", "--model", ckpt, "a red circle", "--dtype", "bfloat16", "-o", str(tmp_path / "d.png")])
     main(["generate", "image", "--model", ckpt, "a red circle", "-o", str(tmp_path / "f.png")])
     assert dtypes == [torch.bfloat16, torch.float32] and (tmp_path / "d.png").is_file()
+
+
+def test_info_counts_a_unified_model_by_preset_and_by_checkpoint(run, capsys):
+    """`omniar info` on an OmniModel: the trained parameters, those a token passes through (one expert a layer),
+    the frozen tokenizer's, and each part's; the preset the demo trains (6.9M trained, 2.2M active, BENCHMARKS.md)."""
+    import json
+
+    from omniar.omni.model import OmniModel
+
+    main(["info", "--model", str(run / "run" / "checkpoint")])
+    info = json.loads(capsys.readouterr().out)
+    model = OmniModel.from_pretrained(run / "run" / "checkpoint")
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert info["kind"] == "OmniModel" and info["total"] == trained and info["config"] == json.loads(
+        json.dumps(dataclasses.asdict(model.config)))
+    assert info["frozen"] == sum(p.numel() for p in model.tokenizer.parameters()) == info["parts"]["tokenizer"]
+    assert info["total"] + info["frozen"] == sum(info["parts"].values()) == sum(p.numel() for p in model.parameters())
+    (block,) = model.decoder.blocks  # TINY: one layer; each expert with its FFN and attention projections
+    sizes = [sum(p.numel() for m in modules for p in m.parameters())
+             for modules in zip(block.ffn.experts, block.mixer.qkv, block.mixer.o)]
+    assert len(sizes) == 4 and info["active"] == info["total"] - (sum(sizes) - max(sizes))
+    main(["info", "--preset", "onecat-tiny"])
+    info = json.loads(capsys.readouterr().out)
+    assert info["config"]["preset"] == "onecat-tiny" and round(info["total"] / 1e5) == 69
+    assert round(info["active"] / 1e5) == 22 and info["parts"]["decoder"] > 0.9 * info["total"]
 
 
 def test_named_errors(run):

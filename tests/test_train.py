@@ -216,9 +216,15 @@ def test_text_training_and_cli_run_end_to_end(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("checkpoint:")
     main(["generate", "text", "--model", str(ckpt), "a red", "--max-new-tokens", "5", "--temperature", "0"])
     assert capsys.readouterr().out.startswith("a red")
-    main(["info", "--preset", "onecat-tiny"])
+    main(["info", "--preset", "experts-tiny"])
     info = json.loads(capsys.readouterr().out)
-    assert info["active"] < info["total"]
+    assert info["kind"] == "OmniDecoder" and info["active"] < info["total"]
+    main(["info", "--model", str(ckpt)])
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "OmniDecoder" and info["active"] == info["total"] and info["config"]["num_layers"] == 4
+    with pytest.raises(SystemExit, match="unknown preset 'onecat-huge'; unified models .*onecat-tiny.*; bare "
+                                         "decoders: .*experts-tiny"):
+        main(["info", "--preset", "onecat-huge"])
     with pytest.raises(SystemExit, match="checkpoint directory not found"):
         main(["generate", "text", "--model", str(tmp_path / "missing"), "x"])
 

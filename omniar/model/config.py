@@ -146,8 +146,9 @@ PRESETS: dict[str, dict] = {
     # the benchmark model of bench/decode.py (Qwen2-shaped)
     "qwen2-bench": dict(vocab_size=4096, hidden_size=256, num_layers=6, num_heads=8, num_kv_heads=2,
                         intermediate_size=688, qkv_bias=True, rope_theta=1e6, tie_embeddings=False),
-    # OneCAT-style layout: three modality experts behind one shared attention
-    "onecat-tiny": dict(vocab_size=4096, hidden_size=256, num_layers=6, num_heads=8, num_kv_heads=2,
+    # OneCAT's expert layout on a bare decoder: three modality experts behind one shared attention (the benchmark
+    # of bench/train_throughput.py; the unified models, `onecat-tiny` among them, are omni/model.py's presets)
+    "experts-tiny": dict(vocab_size=4096, hidden_size=256, num_layers=6, num_heads=8, num_kv_heads=2,
                         intermediate_size=688, qkv_bias=True, experts=("text", "und", "gen"),
                         routing={"text": "text", "image_und": "und", "image_gen": "gen"}),
     # AR-Omni-style stability: swin-norm with QK-norm

@@ -726,6 +726,18 @@ class OmniModel(nn.Module):
 
         return describe(self, as_images(images, self.image_size), **kw)
 
+    def num_parameters(self) -> dict:
+        """Parameter counts: "total" the trained ones (all but the frozen tokenizers), "active" those a token passes
+        through (the decoder's experts but one per layer stay idle, `OmniDecoder.num_parameters`), "frozen" the
+        tokenizers' (image, and speech codec), and "parts": each top-level module's count."""
+        frozen = {id(p) for m in (self.tokenizer, self.speech_codec) if m is not None for p in m.parameters()}
+        total = sum(p.numel() for p in self.parameters() if id(p) not in frozen)
+        decoder = self.decoder.num_parameters()
+        parts = {name: sum(p.numel() for p in module.parameters()) for name, module in self.named_children()
+                 if any(True for _ in module.parameters())}
+        return {"total": total, "active": total - (decoder["total"] - decoder["active"]),
+                "frozen": sum(p.numel() for p in self.parameters() if id(p) in frozen), "parts": parts}
+
     # ---- checkpoints ------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """The model's config, text tokenizer and fp32 weights in `directory` (safetensors, written atomically). A
