@@ -4,8 +4,11 @@ token per forward pass) at the same resolution, in one run.
     python bench/omni_generation.py [--batches 1 16] [--repeats 6] [--cfg 3]
                                     [--next-scale CKPT --raster CKPT]   # trained models instead of random ones
                                     [--dtype bfloat16]                  # both decoders in bf16 (decode_in)
+                                    [--raster-decoder onecat-tiny]      # raster with onecat-tiny's own decoder
 
-Both models are `onecat-tiny`-sized decoders (raster-tiny has no scale adapter); by default their weights and
+Both models are `onecat-tiny`-sized decoders (raster-tiny has no scale adapter, and neither the experts' own
+attention nor the prompt expert; `--raster-decoder onecat-tiny` decodes raster tokens with `onecat-tiny`'s decoder
+itself, its adapter off: the same model but for the tokenizer, as issue 5 words it); by default their weights and
 tokenizers are random - the work per image does not depend on the weights - with 64 x 64 images, 16 bits per
 token: next-scale over scales 1, 2, 3, 4, 6, 8 (130 tokens, 6 forward passes), raster over the 8 x 8 grid (64
 tokens, 64 passes). Guidance rows (cfg != 1) ride in the same batch. Counts the decoder's forward passes per
@@ -23,7 +26,11 @@ import torch
 from decode import paired_times  # bench/decode.py: interleaved (ABBA) rounds
 
 
-def random_model(preset: str, scales: tuple[int, ...]):
+def random_model(preset: str, scales: tuple[int, ...], raster: bool = False):
+    """`preset` with random weights over an untrained tokenizer of `scales`; `raster`: its decoder made to decode
+    raster tokens (one scale: no scale adapter)."""
+    import dataclasses
+
     from omniar.data.shapeworld.corpus import world_text
     from omniar.omni.model import OmniModel, omni_preset
     from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
@@ -31,7 +38,9 @@ def random_model(preset: str, scales: tuple[int, ...]):
 
     torch.manual_seed(0)
     text = TextTokenizer.train(list(world_text(300)))
-    return OmniModel(omni_preset(preset), text, ImageTokenizer(ImageTokenizerConfig(scales=scales))).eval()
+    config = omni_preset(preset, **({"scale_adapter_rank": 0} if raster else {}))
+    config = dataclasses.replace(config, generation="raster") if raster else config
+    return OmniModel(config, text, ImageTokenizer(ImageTokenizerConfig(scales=scales))).eval()
 
 
 def main() -> None:
@@ -44,6 +53,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                     help="the decoders' arithmetic (OmniModel.decode_in), the same for both")
+    ap.add_argument("--raster-decoder", choices=("raster-tiny", "onecat-tiny"), default="raster-tiny",
+                    help="the random raster model: the raster-tiny preset, or onecat-tiny's decoder decoding raster")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -54,7 +65,8 @@ def main() -> None:
 
     models = {"next-scale": OmniModel.from_pretrained(args.next_scale) if args.next_scale else
               random_model("onecat-tiny", (1, 2, 3, 4, 6, 8)),
-              "raster": OmniModel.from_pretrained(args.raster) if args.raster else random_model("raster-tiny", (8,))}
+              "raster": OmniModel.from_pretrained(args.raster) if args.raster else
+              random_model(args.raster_decoder, (8,), raster=args.raster_decoder != "raster-tiny")}
     for name, m in models.items():
         m.decode_in(getattr(torch, args.dtype))
         if m.image_size != models["next-scale"].image_size:
