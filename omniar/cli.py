@@ -755,6 +755,7 @@ def main(argv: list[str] | None = None) -> None:
                    "per side (image size / (2 x patch))")
     t.add_argument("--eval", type=int, default=500, help="validation scenes to score it on")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--tensorboard", action="store_true", help=TENSORBOARD_HELP)
     t.set_defaults(func=_train_teacher)
 
     t = tsub.add_parser("decoder", help="post-train a next-scale OmniModel's image decoder on its own draws of the "

@@ -1,13 +1,13 @@
 """A training run's metrics log: JSON lines beside its checkpoint, and TensorBoard scalars where asked for.
 
-Every trainer (`Trainer.fit`, the image and speech tokenizers, decoder post-training) writes one dict per logged
-step, with its "step", to out/metrics.jsonl. With TensorBoard on - `MetricsLog(..., tensorboard=True)`, or the
-environment variable OMNIAR_TENSORBOARD=1, which `omniar train|tokenizer train|demo --tensorboard` sets so that
-every run of the command (the demo's stages, data-parallel workers) logs - the same numbers also go to
-out/tensorboard as scalars (nested dicts as "outer/inner" tags), for `tensorboard --logdir <runs>`. It needs the
-optional `tensorboard` package (`pip install 'omniar[tensorboard]'`). A resumed run drops the steps after its
-checkpoint from both: those lines are cut from the JSON log, and TensorBoard is told to purge those events (they are
-trained and logged again).
+Every trainer (`Trainer.fit` - text, OmniModel and ConvNet teacher runs -, the image and speech tokenizers, decoder
+post-training) writes one dict per logged step, with its "step", to out/metrics.jsonl. With TensorBoard on -
+`MetricsLog(..., tensorboard=True)`, or the environment variable OMNIAR_TENSORBOARD=1, which `omniar train|tokenizer
+train|demo --tensorboard` sets so that every run of the command (the demo's stages, data-parallel workers) logs -
+the same numbers also go to out/tensorboard as scalars (nested dicts as "outer/inner" tags), for `tensorboard --logdir
+<runs>`. It needs the optional `tensorboard` package (`pip install 'omniar[tensorboard]'`). A resumed run drops the
+steps after its checkpoint from both: those lines are cut from the JSON log, and TensorBoard is told to purge those
+events (they are trained and logged again).
 """
 
 from __future__ import annotations
