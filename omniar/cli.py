@@ -75,17 +75,17 @@ def _info(args) -> None:
     model_type) or a preset (the OmniModel presets of omni/model.py first, then the decoder's of model/config.py)."""
     import dataclasses
 
-    from omniar.checkpoint import CONFIG_NAME
+    from omniar.checkpoint import read_config
     from omniar.model import OmniDecoder, preset
     from omniar.model.config import PRESETS
     from omniar.omni.model import MODEL_TYPE, OMNI_PRESETS, OmniModel, omni_preset
 
     if args.model:
-        path = Path(args.model) / CONFIG_NAME
-        try:
-            omni = path.is_file() and json.loads(path.read_text()).get("model_type") == MODEL_TYPE
-        except (json.JSONDecodeError, AttributeError):
-            omni = False  # named by the loader below
+        try:  # which kind, by its config's model_type (as `load_teacher` tells its two kinds apart)
+            read_config(args.model, MODEL_TYPE, "unified model (OmniModel)")
+            omni = True
+        except (ValueError, FileNotFoundError):  # a decoder's, or none: the decoder's loader names what is wrong
+            omni = False
         model = OmniModel.from_pretrained(args.model) if omni else OmniDecoder.from_pretrained(args.model)
     elif args.preset in OMNI_PRESETS:
         from omniar.data.shapeworld.corpus import world_text

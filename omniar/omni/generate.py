@@ -88,10 +88,6 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
         raise ValueError(f"{len(sources)} source images for {len(prompts)} prompts: give one per prompt")
     if seeds is not None and len(seeds) != len(prompts):
         raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts: give one per prompt")
-    generators = [torch.Generator().manual_seed(int(s)) for s in (seeds if seeds is not None else [0] * len(prompts))]
-    params = params or SamplingParams(temperature=0.0)
-    model.eval()
-    model.decoder.merge_scale_adapter()  # each scale's forward pass has one scale: merged weights, no LoRA matmuls
     if image_cfg is not None and sources is None:
         raise ValueError("image_cfg guides edits: give `sources`")
     if keep and (sources is None or model.gen_modality != Modality.IMAGE_GEN):
@@ -103,6 +99,11 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
                 " (1: no guidance, 0: the model without the prompt)" if name != "keep" else ""))
     if keep_tau is not None and not keep_tau > 0:
         raise ValueError(f"keep_tau must be > 0 (a relative distance) or None, got {keep_tau}")
+    # the arguments checked, the model prepared
+    generators = [torch.Generator().manual_seed(int(s)) for s in (seeds if seeds is not None else [0] * len(prompts))]
+    params = params or SamplingParams(temperature=0.0)
+    model.eval()
+    model.decoder.merge_scale_adapter()  # each scale's forward pass has one scale: merged weights, no LoRA matmuls
     n = len(prompts)
     task = "t2i" if sources is None else "edit"
     examples = [Example(task, p, image=torch.zeros(3, model.image_size, model.image_size),
