@@ -75,6 +75,8 @@ def _info(args) -> None:
     model_type) or a preset (the OmniModel presets of omni/model.py first, then the decoder's of model/config.py)."""
     import dataclasses
 
+    import torch
+
     from omniar.checkpoint import read_config
     from omniar.model import OmniDecoder, preset
     from omniar.model.config import PRESETS
@@ -94,9 +96,11 @@ def _info(args) -> None:
         from omniar.tokenizers.text import TextTokenizer
 
         config = omni_preset(args.preset)
-        # untrained tokenizers as the demo makes them: the counts depend on their sizes, not their weights
-        model = OmniModel(config, TextTokenizer.train(list(world_text(300))),
-                          ImageTokenizer(image_tokenizer_config(config)))
+        text = TextTokenizer.train(list(world_text(300)))
+        # untrained tokenizers as the demo makes them, every tensor on the meta device: the counts depend on the
+        # sizes, not the weights, so a GPU preset is counted in no time and no memory
+        with torch.device("meta"):
+            model = OmniModel(config, text, ImageTokenizer(image_tokenizer_config(config)))
     elif args.preset in PRESETS:
         model = OmniDecoder(preset(args.preset))
     else:

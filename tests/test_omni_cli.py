@@ -197,6 +197,9 @@ def test_info_counts_a_unified_model_by_preset_and_by_checkpoint(run, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["config"]["preset"] == "onecat-tiny" and round(info["total"] / 1e5) == 69
     assert round(info["active"] / 1e5) == 22 and info["parts"]["decoder"] > 0.9 * info["total"]
+    main(["info", "--preset", "onecat-base"])  # a GPU size, counted on the meta device
+    info = json.loads(capsys.readouterr().out)
+    assert round(info["total"] / 1e6) == 317 and round(info["active"] / 1e6) == 94
 
 
 def test_named_errors(run):

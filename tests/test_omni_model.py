@@ -730,3 +730,39 @@ def test_decoding_in_bf16_runs_every_task_close_to_fp32_and_refuses_training_and
     with pytest.raises(ValueError, match="holds bfloat16 weights"):  # they would load back as the rounded ones
         bf16.save_pretrained(tmp_path / "again")
     assert not (tmp_path / "again").exists()
+
+
+def test_onecat_gpu_sizes_are_onecat_tiny_scaled_and_run_every_task():
+    """`onecat-small` and `onecat-base` are `onecat-tiny`'s composition at other sizes - every other config field the
+    same (experts, prompt expert, expert attention, adapter, edit reference, grounding) - and `onecat-small` trains
+    (every expert gets gradients) and runs every task as `onecat-tiny` does."""
+    import dataclasses
+
+    from omniar.omni.model import omni_preset
+
+    sizes = {"hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "scale_adapter_rank"}
+    tiny = dataclasses.asdict(omni_preset("onecat-tiny"))
+    for name in ("onecat-small", "onecat-base"):
+        cfg = dataclasses.asdict(omni_preset(name))
+        assert cfg["decoder"]["hidden_size"] > tiny["decoder"]["hidden_size"]
+        assert {k: v for k, v in cfg["decoder"].items() if k not in sizes} == {
+            k: v for k, v in tiny["decoder"].items() if k not in sizes}
+        assert {k: v for k, v in cfg.items() if k not in ("decoder", "preset", "patch_channels")} == {
+            k: v for k, v in tiny.items() if k not in ("decoder", "preset", "patch_channels")}
+    torch.manual_seed(0)
+    model = OmniModel(omni_preset("onecat-small"), TextTokenizer.train(TEXTS, vocab_size=300),
+                      ImageTokenizer(ImageTokenizerConfig()))
+    got = model.batch(examples(64))
+    loss, parts = model.loss(got.stream, got.bits, grounding=got.grounding)
+    loss.backward()
+    assert torch.isfinite(loss) and set(parts) >= {"text", "bits"}
+    for name in model.decoder.config.experts:  # each expert's FFN and attention projections learn
+        i = model.decoder.config.experts.index(name)
+        block = model.decoder.blocks[0]
+        assert block.ffn.experts[i].down.weight.grad.abs().sum() > 0, name
+        assert block.mixer.qkv[i].weight.grad.abs().sum() > 0, name
+    model.eval()
+    picture = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert model.generate_image("a red circle", seeds=[0]).shape == (1, 3, 64, 64)
+    assert model.edit_image(picture, "make the circle blue").shape == (1, 3, 64, 64)
+    assert len(model.answer(picture, "how many circles are there?")) == 1 and len(model.caption(picture)) == 1

@@ -161,16 +161,27 @@ _MOT = dict(expert_attention=True)
 # split at the same plan, edits 0.830 / 0.855 -> 0.870 / 0.910, the other tasks the same (BENCHMARKS.md "Demo")
 _GROUNDED = dict(edit_instruction_first=True, grounding_weight=1.0, grounding_input=True)
 _TINY = dict(hidden_size=192, num_layers=4, num_heads=6, num_kv_heads=2, intermediate_size=512, **_EXPERTS)
+
+
+def _onecat(hidden: int, layers: int, heads: int, kv_heads: int, ffn: int, rank: int, patch_channels: int) -> dict:
+    """The OneCAT composition at one size: modality experts (+ the prompt expert, each expert with its own attention
+    projections), the Scale-Aware Adapter over six scales, the patch embedding, the edit reference and grounding.
+    Every size has every part, so what was measured on `onecat-tiny` is what a larger run on a GPU scales up."""
+    decoder = dict(hidden_size=hidden, num_layers=layers, num_heads=heads, num_kv_heads=kv_heads,
+                   intermediate_size=ffn, scale_adapter_rank=rank, num_scales=6, **{**_EXPERTS, **_PROMPT}, **_MOT)
+    return dict(decoder=decoder, patch=4, patch_channels=patch_channels, edit_reference=True, **_GROUNDED)
+
+
 OMNI_PRESETS: dict[str, dict] = {
-    "onecat-tiny": dict(decoder=dict(_TINY, scale_adapter_rank=8, num_scales=6, **_PROMPT, **_MOT), patch=4,
-                        patch_channels=32, edit_reference=True, **_GROUNDED),
+    # onecat-tiny for 2 CPU cores; onecat-small (54M trained parameters, 16M active) and onecat-base (317M, 94M
+    # active) are GPU sizes of the same composition, with heads 64 wide
+    "onecat-tiny": _onecat(192, 4, 6, 2, 512, rank=8, patch_channels=32),
+    "onecat-small": _onecat(384, 8, 6, 2, 1024, rank=16, patch_channels=64),
+    "onecat-base": _onecat(768, 12, 12, 3, 2048, rank=32, patch_channels=128),
     "raster-tiny": dict(decoder=_TINY, generation="raster", patch=4, patch_channels=32, edit_reference=True),
     # the understanding-distillation teacher (omni/teacher.py): a ViT encoder (3 layers) + a small dense decoder
     "vit-teacher-tiny": dict(decoder=dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
                                           intermediate_size=384), vision_layers=3, patch=4, patch_channels=32),
-    "onecat-small": dict(decoder=dict(hidden_size=384, num_layers=8, num_heads=6, num_kv_heads=2,
-                                      intermediate_size=1024, qkv_bias=True, scale_adapter_rank=16, num_scales=6,
-                                      **_EXPERTS), patch=4, patch_channels=64, edit_reference=True),
     # AR-Omni: one dense decoder (no experts) with swin-norm and QK-norm, raster images, speech in a joint
     # vocabulary (build it with a speech codec: OmniModel(config, text, image, speech_codec))
     "ar-omni-tiny": dict(decoder=dict(hidden_size=192, num_layers=4, num_heads=6, num_kv_heads=2,
