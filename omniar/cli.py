@@ -488,6 +488,20 @@ def _train_omni_process(args, recipe, seed: int) -> None:
                parallel=DataParallel() if args.workers > 1 else None)
 
 
+def _output_path(output: str, suffixes, kind: str) -> Path:
+    """`output` as a Path whose folder exists (made if need be), checked before anything is generated: a suffix
+    that no writer knows would otherwise fail only after the work is done."""
+    out = Path(output)
+    if out.suffix.lower() not in suffixes:
+        raise ValueError(f"cannot write {kind} as {out.name!r}: give a file name ending in one of "
+                         f"{', '.join(sorted(x for x in suffixes if x in _COMMON_SUFFIXES) or sorted(suffixes))}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+_COMMON_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".wav", ".flac", ".ogg"}
+
+
 def _generate_image(args) -> None:
     from PIL import Image
 
@@ -495,6 +509,7 @@ def _generate_image(args) -> None:
     from omniar.omni.rerank import generate_best_of
     from omniar.tokenizers.train_image import to_uint8
 
+    out = _output_path(args.output, Image.registered_extensions(), "an image")
     sources, prompts = None, args.prompts
     if args.image:
         from omniar.data.manifest import load_image
@@ -518,7 +533,6 @@ def _generate_image(args) -> None:
                               keep_tau=keep_tau,
                               params=SamplingParams(temperature=temperature, top_p=args.top_p),
                               seeds=[args.seed + i for i in range(len(prompts))])
-    out = Path(args.output)
     arrays = to_uint8(images)
     for i, a in enumerate(arrays):
         path = out if len(arrays) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
@@ -613,11 +627,11 @@ def _speak(args) -> None:
     from omniar.omni.model import OmniModel
     from omniar.omni.speech import speak, speak_stream
 
+    out = _output_path(args.output, {f".{f.lower()}" for f in sf.available_formats()}, "audio")
     model = OmniModel.from_pretrained(args.model)
     if model.speech_codec is None:
         sys.exit(f"error: {args.model} has no speech codec: it was trained without speech")
     rate = model.speech_codec.config.sample_rate
-    out = Path(args.output)
     if args.stream:
         if len(args.texts) != 1:
             sys.exit("error: --stream speaks one text")

@@ -216,6 +216,18 @@ def test_named_errors(run):
     with pytest.raises(SystemExit, match="--shards 3 must be a multiple of --workers 2"):
         main(["train", "omni", "--out", str(run / "x"), "--workers", "2", "--shards", "3", "--text-tokenizer",
               str(run / "tok"), "--image-tokenizer", str(run / "img")])
+    ckpt = str(run / "run" / "checkpoint")
+    for name in ("x.xyz", "x"):  # refused before anything is generated
+        with pytest.raises(SystemExit, match=f"cannot write an image as '{name}': .*.png"):
+            main(["generate", "image", "--model", ckpt, "a red circle", "-o", str(run / name)])
+    with pytest.raises(SystemExit, match="cannot write audio as 'a.mp9': .*.wav"):
+        main(["speak", "--model", ckpt, "a red circle", "-o", str(run / "a.mp9")])
+    main(["generate", "image", "--model", ckpt, "a red circle", "-o", str(run / "new" / "dir" / "g.png")])
+    assert (run / "new" / "dir" / "g.png").is_file()  # the folder is made
+    for num, heldout in ((-1, 0), (0, 0), (2, -3)):
+        with pytest.raises(SystemExit, match="the benchmark needs items"):
+            main(["eval", "model", "--model", ckpt, "--tasks", "t2i", "--num", str(num), "--heldout", str(heldout),
+                  "--out", str(run / "e")])
 
 
 def test_speech_commands_train_speak_stream_transcribe_and_ask_by_voice(run, tmp_path, capsys):

@@ -210,6 +210,10 @@ def evaluate_model(model: OmniModel, out: str | Path, num: int = 200, heldout: i
     settings and timings; writes out/<split>/predictions.jsonl (+ media) and out/scores.json."""
     from omniar.data.shapeworld.benchmark import evaluate
 
+    if num < 0 or heldout < 0 or num + heldout == 0:
+        raise ValueError(f"the benchmark needs items: num ({num}) and heldout ({heldout}) must be >= 0, and not both 0")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     sampling = sampling or ImageSampling()
     out = Path(out)
     result: dict = {"split": split, "num": num, "sampling": asdict(sampling)}
