@@ -488,6 +488,10 @@ def _train_omni_process(args, recipe, seed: int) -> None:
                parallel=DataParallel() if args.workers > 1 else None)
 
 
+# the suffixes a wrong output name's error suggests (of the many the writers know)
+_COMMON_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".wav", ".flac", ".ogg"}
+
+
 def _output_path(output: str, suffixes, kind: str) -> Path:
     """`output` as a Path whose folder exists (made if need be), checked before anything is generated: a suffix
     that no writer knows would otherwise fail only after the work is done."""
@@ -497,9 +501,6 @@ def _output_path(output: str, suffixes, kind: str) -> Path:
                          f"{', '.join(sorted(x for x in suffixes if x in _COMMON_SUFFIXES) or sorted(suffixes))}")
     out.parent.mkdir(parents=True, exist_ok=True)
     return out
-
-
-_COMMON_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".wav", ".flac", ".ogg"}
 
 
 def _generate_image(args) -> None:

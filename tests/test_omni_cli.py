@@ -224,9 +224,9 @@ def test_named_errors(run):
         main(["speak", "--model", ckpt, "a red circle", "-o", str(run / "a.mp9")])
     main(["generate", "image", "--model", ckpt, "a red circle", "-o", str(run / "new" / "dir" / "g.png")])
     assert (run / "new" / "dir" / "g.png").is_file()  # the folder is made
-    for num, heldout in ((-1, 0), (0, 0), (2, -3)):
+    for task, num, heldout in (("t2i", -1, 0), ("t2i", 0, 0), ("t2i", 2, -3), ("vqa", 0, 5)):
         with pytest.raises(SystemExit, match="the benchmark needs items"):
-            main(["eval", "model", "--model", ckpt, "--tasks", "t2i", "--num", str(num), "--heldout", str(heldout),
+            main(["eval", "model", "--model", ckpt, "--tasks", task, "--num", str(num), "--heldout", str(heldout),
                   "--out", str(run / "e")])
 
 

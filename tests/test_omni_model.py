@@ -756,9 +756,8 @@ def test_onecat_gpu_sizes_are_onecat_tiny_scaled_and_run_every_task():
     loss, parts = model.loss(got.stream, got.bits, grounding=got.grounding)
     loss.backward()
     assert torch.isfinite(loss) and set(parts) >= {"text", "bits"}
-    for name in model.decoder.config.experts:  # each expert's FFN and attention projections learn
-        i = model.decoder.config.experts.index(name)
-        block = model.decoder.blocks[0]
+    block = model.decoder.blocks[0]
+    for i, name in enumerate(model.decoder.config.experts):  # each expert's FFN and attention projections learn
         assert block.ffn.experts[i].down.weight.grad.abs().sum() > 0, name
         assert block.mixer.qkv[i].weight.grad.abs().sum() > 0, name
     model.eval()

@@ -210,8 +210,9 @@ def evaluate_model(model: OmniModel, out: str | Path, num: int = 200, heldout: i
     settings and timings; writes out/<split>/predictions.jsonl (+ media) and out/scores.json."""
     from omniar.data.shapeworld.benchmark import evaluate
 
-    if num < 0 or heldout < 0 or num + heldout == 0:
-        raise ValueError(f"the benchmark needs items: num ({num}) and heldout ({heldout}) must be >= 0, and not both 0")
+    if num < 0 or heldout < 0 or num + (heldout if "t2i" in tasks else 0) == 0:
+        raise ValueError(f"the benchmark needs items: num ({num}) and heldout ({heldout}, text-to-image prompts) must "
+                         f"be >= 0 and give it some for the tasks {', '.join(tasks)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     sampling = sampling or ImageSampling()
