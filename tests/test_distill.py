@@ -104,6 +104,9 @@ def test_conv_teacher_cells_are_the_understanding_tokens_in_stream_order():
     g = teacher.grid
     b, r, c = 1, 2, 3
     assert torch.allclose(feats[b * g * g + r * g + c], fmap[b, :, r, c] / teacher.scale)
+    # computed channels-last (the speed), it is the plain layout's map to float rounding, handed on contiguous
+    plain = teacher.net(pixels * 2 - 1)
+    assert plain.is_contiguous() and fmap.is_contiguous() and torch.allclose(fmap, plain, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"reads \(B, 3, 32, 32\) images, got \(1, 3, 48, 48\)"):
         teacher.und_features(torch.zeros(1, 3, 48, 48))
     with pytest.raises(ValueError, match="power of two"):
