@@ -493,13 +493,12 @@ _COMMON_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".
 
 
 def _output_path(output: str, suffixes, kind: str) -> Path:
-    """`output` as a Path whose folder exists (made if need be), checked before anything is generated: a suffix
-    that no writer knows would otherwise fail only after the work is done."""
+    """`output` as a Path, its suffix checked before anything is generated (one that no writer knows would
+    otherwise fail only after the work is done); its folder is made when the first file is written."""
     out = Path(output)
     if out.suffix.lower() not in suffixes:
         raise ValueError(f"cannot write {kind} as {out.name!r}: give a file name ending in one of "
                          f"{', '.join(sorted(x for x in suffixes if x in _COMMON_SUFFIXES) or sorted(suffixes))}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -535,6 +534,7 @@ def _generate_image(args) -> None:
                               params=SamplingParams(temperature=temperature, top_p=args.top_p),
                               seeds=[args.seed + i for i in range(len(prompts))])
     arrays = to_uint8(images)
+    out.parent.mkdir(parents=True, exist_ok=True)
     for i, a in enumerate(arrays):
         path = out if len(arrays) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
         Image.fromarray(a).save(path)
@@ -633,6 +633,7 @@ def _speak(args) -> None:
     if model.speech_codec is None:
         sys.exit(f"error: {args.model} has no speech codec: it was trained without speech")
     rate = model.speech_codec.config.sample_rate
+    out.parent.mkdir(parents=True, exist_ok=True)
     if args.stream:
         if len(args.texts) != 1:
             sys.exit("error: --stream speaks one text")
