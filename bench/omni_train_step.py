@@ -4,13 +4,16 @@ the hidden matrices, in bf16 where its matmuls are native, AdamW for the rest).
 
     python bench/omni_train_step.py [--preset onecat-tiny] [--mix stage2|stage1|t2i] [--examples 16] [--steps 8]
                                     [--devices cpu cuda] [--variants base expert_attention=true ...]
+                                    [--linear auto onednn mkl] [--rounds 1]
 
 Untrained tokenizers (the work per step does not depend on their weights); the ShapeWorld examples are rendered
 before timing (rendering is the data loader's work, not the model's). Each device trains 2 warm-up steps, then
 times `--steps` more; the table gives the mean milliseconds of each phase, the stream positions per step, examples
 per second, and each row's step time against the first row's, measured in the same run. `--variants` times
 decoder configurations side by side (`key=value`, the value as JSON; `base`: the preset as it is), each on every
-device.
+device. `--linear` times the CPU's linear layers in training through oneDNN's matmul or MKL's (`F.linear`), or
+`auto`: the package's choice for this CPU (`omniar.model.linear.ONEDNN_TRAINING`). With `--rounds` every row is
+timed that many times, the rows in turn, and each phase averaged over the rounds (this machine's speed drifts).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 
 import torch
 
+import omniar.model.linear as linear_module
 from omniar.cli import parse_pairs
 from omniar.data.shapeworld.corpus import world_text
 from omniar.omni.model import OmniModel, omni_preset
@@ -83,7 +87,14 @@ def main() -> None:
     ap.add_argument("--devices", nargs="+", default=["cpu"])
     ap.add_argument("--variants", nargs="+", default=["base"],
                     help="decoder configurations to time: base, or key=value[,key=value] overrides")
+    ap.add_argument("--linear", nargs="+", choices=("auto", "onednn", "mkl"), default=["auto"],
+                    help="the CPU's linear layers in training: oneDNN's matmul, MKL's, or this CPU's default")
+    ap.add_argument("--rounds", type=int, default=1, help="times each row is timed, the rows in turn")
     args = ap.parse_args()
+    if args.rounds < 1:
+        raise SystemExit(f"error: --rounds must be >= 1, got {args.rounds}")
+    if "onednn" in args.linear and not linear_module.ONEDNN:
+        raise SystemExit("error: --linear onednn, but this torch build (or CPU) has no oneDNN matmul")
     devices = [torch.device(d) for d in args.devices]
     if any(d.type == "cuda" for d in devices) and not torch.cuda.is_available():
         raise SystemExit("error: --devices names cuda, but this torch sees no CUDA device")
@@ -91,18 +102,29 @@ def main() -> None:
     recipe = Recipe(tasks=MIXES[args.mix], examples_per_step=args.examples, questions=4)
     examples = [examples_for_step(recipe, i, ImageTokenizerConfig().image_size) for i in range(2 + args.steps)]
     variants = {v: parse_variant(v) for v in args.variants}
-    rows = [(d, v, time_device(d, args.preset, text, examples, args.steps, o)) for d in devices
-            for v, o in variants.items()]
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''}; {args.preset}, "
-          f"mix {args.mix}, {args.examples} examples a step, {args.steps} timed steps\n")
-    print("| device | variant | batch ms | forward ms | backward ms | optimizer ms | step ms | positions / step "
-          "| examples/s | step time vs first |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    first = rows[0][2]["step"]
-    for device, variant, r in rows:
-        print(f"| {device} | {variant} | " + " | ".join(f"{1000 * r[p]:.0f}" for p in PHASES)
-              + f" | {1000 * r['step']:.0f} | {r['positions']} | {args.examples / r['step']:.1f} "
+    default = linear_module.ONEDNN_TRAINING
+    configs = [(d, v, lin) for d in devices for v in variants for lin in args.linear]
+    sums: dict[tuple, dict] = {}
+    for _ in range(args.rounds):
+        for d, v, lin in configs:
+            linear_module.ONEDNN_TRAINING = {"auto": default, "onednn": True, "mkl": False}[lin]
+            r = time_device(d, args.preset, text, examples, args.steps, variants[v])
+            acc = sums.setdefault((d, v, lin), dict.fromkeys(r, 0))
+            for key, value in r.items():
+                acc[key] += value / args.rounds
+    linear_module.ONEDNN_TRAINING = default
+    cpu = torch.backends.cpu.get_cpu_capability()
+    print(f"{platform.processor() or platform.machine()} ({cpu}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads{', ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''}"
+          f"; {args.preset}, mix {args.mix}, {args.examples} examples a step, {args.steps} timed steps, "
+          f"{args.rounds} round(s); linear auto = {'onednn' if default else 'mkl'}\n")
+    print("| device | variant | linear | batch ms | forward ms | backward ms | optimizer ms | step ms "
+          "| positions / step | examples/s | step time vs first |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    first = sums[configs[0]]["step"]
+    for (device, variant, lin), r in sums.items():
+        print(f"| {device} | {variant} | {lin} | " + " | ".join(f"{1000 * r[p]:.0f}" for p in PHASES)
+              + f" | {1000 * r['step']:.0f} | {int(r['positions'])} | {args.examples / r['step']:.1f} "
               f"| {r['step'] / first:.2f}x |")
 
 

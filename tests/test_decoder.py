@@ -378,8 +378,10 @@ def test_linear_paths_equal_f_linear_with_their_gradients(monkeypatch):
     from omniar.model.linear import FAST_ROWS, Linear
 
     layer = Linear(24, 10, bias=True)
-    for onednn in (True, False):
-        monkeypatch.setattr(linear_module, "ONEDNN", onednn and linear_module.ONEDNN)
+    available = linear_module.ONEDNN
+    for onednn in (True, False):  # oneDNN in training too, whatever this CPU would choose (ONEDNN_TRAINING)
+        monkeypatch.setattr(linear_module, "ONEDNN", onednn and available)
+        monkeypatch.setattr(linear_module, "ONEDNN_TRAINING", onednn and available)
         for rows in (1, FAST_ROWS, FAST_ROWS + 1, 40):
             x = torch.randn(2, rows, 24)
             with torch.inference_mode():
@@ -396,6 +398,28 @@ def test_linear_paths_equal_f_linear_with_their_gradients(monkeypatch):
             layer(x).sum().backward()
             assert torch.allclose(x.grad, layer.weight.sum(0).expand_as(x))
             layer.requires_grad_(True)
+
+
+def test_training_takes_onednn_only_where_the_cpu_flag_says(monkeypatch):
+    """Training rows go through oneDNN (`_OneDNNLinear`) only with `ONEDNN_TRAINING` (AVX-512 CPUs); without it,
+    F.linear's autograd, while inference keeps oneDNN's matmul (`ONEDNN`)."""
+    import omniar.model.linear as linear_module
+    from omniar.model.linear import FAST_ROWS, Linear
+
+    if not linear_module.ONEDNN:
+        pytest.skip("this torch build has no oneDNN matmul")
+    assert linear_module.ONEDNN_TRAINING == (torch.backends.cpu.get_cpu_capability() == "AVX512")
+    layer = Linear(24, 10)
+    x = torch.randn(FAST_ROWS + 4, 24)
+    for training, backward in ((True, "_OneDNNLinearBackward"), (False, "AddmmBackward0")):
+        monkeypatch.setattr(linear_module, "ONEDNN_TRAINING", training)
+        assert type(layer(x).grad_fn).__name__ == backward
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(linear_module.torch.ops.mkldnn, "_linear_pointwise", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        layer(x)
+    assert calls  # inference: oneDNN either way
 
 
 def _linear_grads(layer, x, grad, fn):

@@ -9,14 +9,16 @@ PyTorch's `F.linear` on the CPU runs MKL's sgemm, which at this project's shapes
   copy is made lazily and rebuilt whenever the weight changes (its version counter moves); it costs the weight's
   memory once more, in inference only: `drop_slabs(model)` frees it (OmniDecoder does on `.train()`).
 - more rows, fp32: oneDNN's matmul (the kernel PyTorch's own CPU compiler fuses linear layers into), 1.3-2.3x
-  F.linear's speed from 18 rows up on the machines measured. It builds a kernel per shape once (~0.3-1 ms, cached
-  by oneDNN), which inference, whose shapes repeat, pays back at once. In training (`_OneDNNLinear`) the forward
-  and the input's gradient run it too - the packed rows change every step, and still a training run moves ~5% more
-  tokens a second - while the weight's gradient, a product over those rows, stays with MKL (oneDNN's new shapes
-  cost more there than they save).
+  F.linear's speed from 18 rows up on an AVX-512 CPU, 1.0-1.5x on an AVX2 one. It builds a kernel per shape once
+  (~0.3-1 ms, cached by oneDNN), which inference, whose shapes repeat, pays back at once. In training
+  (`_OneDNNLinear`) the forward and the input's gradient run it too where the CPU has AVX-512 (`ONEDNN_TRAINING`):
+  the packed rows change every step, so every step builds new kernels, and still a training run there moves ~5%
+  more tokens a second. Without AVX-512 MKL's kernels are as fast as oneDNN's, the builds are a loss and training
+  keeps F.linear (a stage-2 step of `onecat-tiny` 0.93x the time on a Zen 3). The weight's gradient, a product
+  over those rows, stays with MKL either way (oneDNN's new shapes cost more there than they save).
 
-Otherwise (another device, another dtype, `ONEDNN` off) it is `F.linear`. Parameters, state dicts and checkpoints
-are nn.Linear's.
+Otherwise (another device, another dtype, `ONEDNN` off, or training where `ONEDNN_TRAINING` is off) it is
+`F.linear`. Parameters, state dicts and checkpoints are nn.Linear's.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ FAST_ROWS = 8  # bench/gemv.py: the slab path wins at 1 row, ties oneDNN at 8 an
 # (x86 only: the machines measured; elsewhere oneDNN may sit on other kernels)
 ONEDNN = (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
           and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+# ... and in training too: only with AVX-512, whose oneDNN kernels outrun MKL's (which runs AVX2 kernels on AMD CPUs)
+# by more than a step's new kernels cost (BENCHMARKS.md "Small-batch matmul": a Zen 5 step 1.07-1.09x faster with
+# oneDNN; on an AVX2 Zen 3 0.93x the time without it)
+ONEDNN_TRAINING = ONEDNN and torch.backends.cpu.get_cpu_capability() == "AVX512"
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None, holder: object) -> Tensor:
@@ -43,7 +49,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None, holder: object) -> Te
     rows = x.numel() // in_features
     onednn = ONEDNN and rows > FAST_ROWS and x.dtype == weight.dtype == torch.float32
     if torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad):
-        return _OneDNNLinear.apply(x, weight, bias) if onednn else F.linear(x, weight, bias)
+        return _OneDNNLinear.apply(x, weight, bias) if onednn and ONEDNN_TRAINING else F.linear(x, weight, bias)
     if onednn:
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     if rows > FAST_ROWS or x.dtype != torch.float32:  # bf16: F.linear (oneDNN's) beats slabs at any row count
