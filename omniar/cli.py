@@ -506,10 +506,14 @@ def _generate_image(args) -> None:
     from PIL import Image
 
     from omniar.generation.sampling import SamplingParams
+    from omniar.omni.generate import scale_strip
     from omniar.omni.rerank import generate_best_of
     from omniar.tokenizers.train_image import to_uint8
 
     out = _output_path(args.output, Image.registered_extensions(), "an image")
+    if args.scales and args.best_of > 1:
+        sys.exit("error: --scales shows one drawing scale by scale; --best-of draws several and keeps one: give one "
+                 "of the two")
     sources, prompts = None, args.prompts
     if args.image:
         from omniar.data.manifest import load_image
@@ -528,17 +532,24 @@ def _generate_image(args) -> None:
     pull = bench.pull(model) if edit else {"keep": 0.0, "keep_tau": None}
     keep = args.keep if args.keep is not None else pull["keep"]
     keep_tau = args.keep_tau if args.keep_tau is not None else pull["keep_tau"]
+    shown: list = []  # with --scales: each scale's images, coarse to fine
     images = generate_best_of(model, prompts, args.best_of, sources=sources, cfg=cfg, image_cfg=args.image_cfg,
                               cfg_schedule=args.cfg_schedule or bench.schedule(edit), keep=keep,
                               keep_tau=keep_tau,
                               params=SamplingParams(temperature=temperature, top_p=args.top_p),
-                              seeds=[args.seed + i for i in range(len(prompts))])
+                              seeds=[args.seed + i for i in range(len(prompts))],
+                              **({"on_scale": lambda k, x: shown.append(x)} if args.scales else {}))
     arrays = to_uint8(images)
+    strips = [scale_strip([x[i] for x in shown]) for i in range(len(arrays))] if args.scales else []
     out.parent.mkdir(parents=True, exist_ok=True)
     for i, a in enumerate(arrays):
         path = out if len(arrays) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
         Image.fromarray(a).save(path)
         print(path)
+        if strips:
+            strip = path.with_name(f"{path.stem}-scales{path.suffix}")
+            Image.fromarray(strips[i]).save(strip)
+            print(strip)
 
 
 def _ask(args) -> None:
@@ -898,6 +909,9 @@ def main(argv: list[str] | None = None) -> None:
             t.add_argument("--best-of", type=int, default=1, metavar="N",
                            help="draw N images per prompt (needs --temperature > 0) and keep the one whose caption "
                                 "likelihood of the prompt is highest under the model itself")
+        t.add_argument("--scales", action="store_true",
+                       help="also write each image's drawing scale by scale, coarse to fine (next-scale models): "
+                            "NAME-scales.png beside NAME.png, one column a scale, the last the image itself")
         t.add_argument("--device", default="cpu", help=DEVICE_HELP)
         t.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help=DTYPE_HELP)
         t.set_defaults(func=_generate_image, best_of=1)

@@ -438,6 +438,8 @@ def pace_stages(plan: DemoPlan, spent: dict[str, float],
     return steps, pace
 
 
+SCALE_STRIPS = 6  # held-out prompts the report shows drawn scale by scale (next-scale presets)
+
 # the demo's distillation weight per preset: OneCAT's recipe distils a teacher into the image positions (with the
 # ConvNet teacher at weight 1: captions 0.06 -> 0.41 at the default budget; weight 3: 0.50 -> 0.69 on 600
 # validation images, BENCHMARKS.md). AR-Omni's paper distils nothing, but without a teacher its image positions
@@ -664,8 +666,9 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
     fewer steps rather than run past the budget); False trains the planned steps."""
     import torch
 
+    from omniar.modality import Modality
     from omniar.model.patch_embed import token_grid
-    from omniar.omni.evaluate import EVAL_TASKS, SPEECH_EVAL_TASKS, evaluate_model
+    from omniar.omni.evaluate import EVAL_TASKS, SPEECH_EVAL_TASKS, draw_scales, evaluate_model
     from omniar.omni.model import OmniModel, omni_preset
     from omniar.omni.report import write_report
     from omniar.omni.teacher import (
@@ -859,6 +862,9 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
     tasks = EVAL_TASKS + (SPEECH_EVAL_TASKS if plan.speech else ())
     result = evaluate_model(model, eval_dir, num=plan.eval_num, heldout=plan.heldout_num, tasks=tasks,
                             progress=progress)
+    scales = []  # the first held-out prompts drawn scale by scale, for the report
+    if model.gen_modality == Modality.IMAGE_GEN and plan.heldout_num:
+        scales = draw_scales(model, eval_dir / "heldout", num=min(SCALE_STRIPS, plan.heldout_num))
     steps["benchmark"] = {"seconds": round(time.perf_counter() - t0, 1), "cached": False, "dir": str(eval_dir)}
 
     report = {
@@ -869,6 +875,7 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
         "heldout": result.get("heldout"),
         "sampling": result["sampling"],
         "paced": paces,
+        "scales": scales,
         "wall_seconds": round(time.perf_counter() - t_start, 1),
         "data": str(data_dir),
         "checkpoint": str(previous),

@@ -8,8 +8,10 @@ import os
 import re
 import signal
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from omniar.demo import DemoPlan, run_demo
 from omniar.omni.model import OmniModel, omni_preset
@@ -36,6 +38,15 @@ def test_demo_runs_every_step_and_a_second_run_comes_from_the_cache(tmp_path, mo
     assert all((tmp_path / "demo" / src).is_file() for src in images)
     assert "Scores" in page and "Training loss" in page and "<polyline" in page
     assert "steps from the reference machine's rates" in page  # a plan of given steps, none timed
+    # the held-out prompts drawn scale by scale: one column a scale, the last the benchmark's image of the prompt
+    assert "Coarse to fine" in page and len(report["scales"]) == 2
+    held = tmp_path / "demo" / "eval" / "heldout"
+    records = [json.loads(line) for line in (held / "predictions.jsonl").read_text().splitlines()]
+    for i, r in enumerate(report["scales"]):
+        strip = np.asarray(Image.open(held / r["image"]))
+        side = strip.shape[0]
+        assert r["prompt"] == records[i]["prompt"] and strip.shape[1] == 6 * side + 5 * 2  # scales 1, 2, 3, 4, 6, 8
+        assert np.array_equal(strip[:, -side:], np.asarray(Image.open(held / records[i]["image"])))
     model = OmniModel.from_pretrained(report["checkpoint"])
     assert model.config.preset == "onecat-tiny" and model.decoder.config.num_layers == 1
     # the benchmark's model is stage 3's with the post-trained image decoder, nothing else changed

@@ -62,6 +62,29 @@ def test_train_resume_generate_edit_and_ask(run, capsys):
         "(most likely never read by the model): the output may mean nothing"]
 
 
+def test_generate_writes_each_images_drawing_scale_by_scale(run, tmp_path, capsys):
+    """--scales: NAME-scales.png beside each image, one column a scale (4 here) 2 white pixels apart, the last
+    column the image itself; edits too; with --best-of a named error before the model loads."""
+    import numpy as np
+
+    ckpt = str(run / "run" / "checkpoint")
+    main(["generate", "image", "--model", ckpt, "a red circle", "two blue squares", "--scales", "-o",
+          str(tmp_path / "g.png")])
+    assert capsys.readouterr().out.split() == [str(tmp_path / n) for n in ("g-0.png", "g-0-scales.png", "g-1.png",
+                                                                            "g-1-scales.png")]
+    for i in (0, 1):
+        strip = np.asarray(Image.open(tmp_path / f"g-{i}-scales.png"))
+        assert strip.shape == (32, 4 * 32 + 3 * 2, 3)
+        assert (strip[:, 32:34] == 255).all()
+        assert np.array_equal(strip[:, -32:], np.asarray(Image.open(tmp_path / f"g-{i}.png")))
+    main(["edit", "--model", ckpt, "--image", str(tmp_path / "g-0.png"), "make the circle blue", "--scales", "-o",
+          str(tmp_path / "e.png")])
+    assert np.asarray(Image.open(tmp_path / "e-scales.png")).shape == (32, 134, 3)
+    with pytest.raises(SystemExit, match="--scales shows one drawing"):
+        main(["generate", "image", "--model", str(tmp_path / "missing"), "a red circle", "--scales", "--best-of",
+              "2", "-o", str(tmp_path / "b.png")])
+
+
 def test_several_images_ask_and_edit_in_one_batch(run, capsys, monkeypatch):
     """--image repeated: one question (or none: captions) for every image, or as many questions as images paired in
     order, in one batched call, each answer after its image's path; edits the same, one file per image; any other

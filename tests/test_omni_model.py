@@ -152,6 +152,42 @@ def test_a_bits_prefix_is_kept_and_the_rest_generated_from_it(model):
         generate_images(model, prompts, prefix=bits + bits[:1])
 
 
+def test_on_scale_shows_the_drawing_coarse_to_fine_ending_in_the_image(model):
+    """`on_scale` gets, after each scale, the images the scales so far decode to: the tokenizer's decoder of the
+    first k scales' summed contributions (bits drawn the same as without it), the last of them the returned images;
+    batched as drawn alone; edits too; a raster model and best-of-N refuse it by name."""
+    from omniar.omni.rerank import generate_best_of
+
+    prompts = ["a red circle", "two"]
+    params = SamplingParams(temperature=1.0)
+    shown = []
+    images, bits = generate_images(model, prompts, cfg=2.0, params=params, seeds=[1, 2], return_bits=True,
+                                   on_scale=lambda k, x: shown.append((k, x.clone())))
+    plain = generate_images(model, prompts, cfg=2.0, params=params, seeds=[1, 2])
+    assert torch.equal(images, plain)  # watching does not change the drawing
+    assert [k for k, _ in shown] == list(range(len(model.scales)))
+    q = model.tokenizer.quantizer
+    for k, x in shown:
+        assert x.shape == images.shape
+        f_hat = sum(q.contribution(q.codes(b), j, model.scales[-1]) for j, b in enumerate(bits[: k + 1]))
+        assert torch.allclose(x, model.tokenizer.decode_latent(f_hat), atol=1e-6)
+    assert torch.equal(shown[-1][1], images)
+    assert not torch.allclose(shown[0][1], images)  # the first scale alone is not the image yet
+    alone = []
+    generate_images(model, prompts[1:], cfg=2.0, params=params, seeds=[2], on_scale=lambda k, x: alone.append(x))
+    # the same bits (test_batch_generation_equals_one_by_one_with_seeds), decoded in a batch of 1 or 2: float rounding
+    assert all(torch.allclose(a[0], b[1], atol=1e-5) for a, (_, b) in zip(alone, shown))
+    g = torch.Generator().manual_seed(3)
+    source = torch.rand(3, 32, 32, generator=g)
+    edits = []
+    edited = generate_images(model, ["make the circle blue"], sources=[source], on_scale=lambda k, x: edits.append(x))
+    assert len(edits) == len(model.scales) and torch.equal(edits[-1], edited)
+    with pytest.raises(ValueError, match="best-of-N draws several"):
+        generate_best_of(model, prompts, 2, params=params, on_scale=lambda k, x: None)
+    with pytest.raises(ValueError, match="raster tokens"):
+        generate_images(tiny_model(raster=True, adapter=False), prompts, on_scale=lambda k, x: None)
+
+
 def test_editing_reads_the_reference_image(model):
     g = torch.Generator().manual_seed(3)
     a, b = torch.rand(3, 32, 32, generator=g), torch.rand(3, 32, 32, generator=g)

@@ -203,6 +203,30 @@ def _speech_records(model: OmniModel, task: str, samples: list[dict], images: li
     return records
 
 
+def draw_scales(model: OmniModel, out: str | Path, num: int = 6, split: str = "heldout",
+                sampling: ImageSampling | None = None, seed: int = 0) -> list[dict]:
+    """The first `num` text-to-image prompts of `split` drawn as the benchmark draws them (its sampling, sample i
+    with seed `seed` + i), each image's drawing scale by scale side by side (`scale_strip`) in
+    out/scales/scales-NNNNN.png: [{"prompt", "image": its path relative to out}]. The last column of each is the
+    benchmark's image of that prompt (`predict_shapeworld` with the same seed). Next-scale models only."""
+    from omniar.data.shapeworld.dataset import make_sample
+    from omniar.omni.generate import scale_strip
+
+    sampling = sampling or ImageSampling()
+    prompts = [make_sample(split, i)["caption"] for i in range(num)]
+    shown: list = []
+    generate_images(model, prompts, cfg=sampling.guidance(), cfg_schedule=sampling.schedule(),
+                    params=sampling.params(), seeds=[seed + i for i in range(num)],
+                    on_scale=lambda k, x: shown.append(x))
+    (Path(out) / "scales").mkdir(parents=True, exist_ok=True)
+    records = []
+    for i, prompt in enumerate(prompts):
+        name = f"scales/scales-{i:05d}.png"
+        Image.fromarray(scale_strip([x[i] for x in shown])).save(Path(out) / name)
+        records.append({"prompt": prompt, "image": name})
+    return records
+
+
 def evaluate_model(model: OmniModel, out: str | Path, num: int = 200, heldout: int = 0,
                    tasks: tuple[str, ...] = EVAL_TASKS, sampling: ImageSampling | None = None,
                    split: str = "test", batch_size: int = 50, progress: bool = True) -> dict:

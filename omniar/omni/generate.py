@@ -22,8 +22,9 @@ reference there, with `keep_tau` only where the drawing so far already reproduce
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -66,7 +67,8 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
                     cfg: float = 1.0, cfg_schedule: str = "linear", image_cfg: float | None = None,
                     params: SamplingParams | None = None,
                     seeds: Sequence[int] | None = None, prefix: Sequence | None = None, return_bits: bool = False,
-                    keep: float = 0.0, keep_tau: float | None = None):
+                    keep: float = 0.0, keep_tau: float | None = None,
+                    on_scale: Callable[[int, Tensor], None] | None = None):
     """Images (B, 3, S, S) in [0, 1], on the model's device, for text prompts - or, with `sources` (one image per
     prompt), edits of them (guidance then drops the instruction and keeps the reference image). `params` sample each
     bit (default greedy); `seeds` gives each row its own generator, so a row's image does not depend on its batch.
@@ -81,7 +83,9 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
     distance to the reference's latent, relative to the latent's norm (per position of the finest grid, max-pooled
     to the scale), is below `keep_tau` - so with `keep_tau` <= 1 the first scale, drawn from nothing (distance 1),
     is free, and so is a place the drawing has begun to change (an added object, a moved one's destination). With
-    return_bits, also the bits per scale."""
+    return_bits, also the bits per scale. `on_scale(k, images)` (next-scale) is called after each scale k with the
+    images (B, 3, S, S) its scales so far decode to - coarse to fine, the last of them the images returned (VAR's
+    progressive view; one decoder pass of the image tokenizer a scale, only when asked)."""
     if not prompts:
         raise ValueError("generate_images needs at least one prompt")
     if sources is not None and len(sources) != len(prompts):
@@ -99,6 +103,9 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
                 " (1: no guidance, 0: the model without the prompt)" if name != "keep" else ""))
     if keep_tau is not None and not keep_tau > 0:
         raise ValueError(f"keep_tau must be > 0 (a relative distance) or None, got {keep_tau}")
+    if on_scale is not None and model.gen_modality != Modality.IMAGE_GEN:
+        raise ValueError("on_scale (--scales) shows a next-scale drawing scale by scale; this model decodes raster "
+                         "tokens, one a pass, with no scales to show")
     # the arguments checked, the model prepared
     generators = [torch.Generator().manual_seed(int(s)) for s in (seeds if seeds is not None else [0] * len(prompts))]
     params = params or SamplingParams(temperature=0.0)
@@ -163,10 +170,24 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
         if prefix is not None and k < len(prefix):  # drawn all the same: a row's generator does not depend on K
             drawn = prefix[k].flatten(2).transpose(1, 2).to(drawn.device, drawn.dtype)
         steps.add(k, drawn)
+        if on_scale is not None:
+            on_scale(k, model.tokenizer.decode_latent(steps.f_hat))
         at += size
     bits = steps.bits()
     images = model.tokenizer.decode(bits)
     return (images, bits) if return_bits else images
+
+
+def scale_strip(images: Sequence[Tensor], gap: int = 2) -> np.ndarray:
+    """One image's drawing scale by scale (`generate_images`' `on_scale` images of one row, each (3, S, S) in
+    [0, 1]) side by side, coarse to fine, `gap` white pixels apart: a uint8 (S, n * S + (n - 1) * gap, 3) array."""
+    from omniar.tokenizers.train_image import to_uint8
+
+    if not images:
+        raise ValueError("scale_strip needs at least one scale's image")
+    arrays = to_uint8(torch.stack([x.detach().cpu().float() for x in images]))
+    white = np.full((arrays.shape[1], gap, 3), 255, np.uint8)
+    return np.concatenate([part for a in arrays for part in (a, white)][:-1], axis=1)
 
 
 def _grounding(model: OmniModel, prompt, first_scale: Tensor, n: int, groups: int,

@@ -19,7 +19,8 @@ TARGETS = {("t2i", "overall"): 0.80, ("t2i", "single"): 0.95, ("heldout", "overa
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 .grid{display:flex;flex-wrap:wrap;gap:10px}.cell{width:132px;font-size:11px}.cell img{width:128px;
-image-rendering:pixelated;border:1px solid #999}.ok{color:#070}.bad{color:#a00}code{background:#f4f4f4}"""
+image-rendering:pixelated;border:1px solid #999}.strip img{height:128px;image-rendering:pixelated}
+.ok{color:#070}.bad{color:#a00}code{background:#f4f4f4}"""
 
 
 def _esc(x) -> str:
@@ -144,6 +145,14 @@ def write_report(path: str | Path, report: dict, eval_dir: str | Path, data_dir:
                  for r in [r for r in records if r["task"] == "t2i"][:show]]
         if cells:
             parts += [f"<h2>{title}</h2><div class=grid>", *cells, "</div>"]
+
+    if report.get("scales"):  # omni/evaluate.py draw_scales: held-out prompts drawn scale by scale
+        parts += ["<h2>Coarse to fine: held-out prompts drawn scale by scale</h2><p>Each scale's forward pass adds "
+                  "detail to the image of the scales before it (the tokenizer's decoder of the running "
+                  "reconstruction); the last column is the image scored above.</p><table>"]
+        parts += [f'<tr><td>{_esc(r["prompt"])}</td><td class=strip><img src="{rel}/heldout/{r["image"]}"></td></tr>'
+                  for r in report["scales"]]
+        parts.append("</table>")
 
     edits = [r for r in test if r["task"] == "edit"][: show // 2]
     if edits:

@@ -60,6 +60,9 @@ def generate_best_of(model: OmniModel, prompts: Sequence[str], best_of: int = 1,
         raise ValueError(f"best_of must be >= 1, got {best_of}")
     if kw.get("sources") is not None and best_of > 1:
         raise ValueError("best-of-N picks text-to-image samples by their caption; edits have no caption to check")
+    if kw.get("on_scale") is not None and best_of > 1:
+        raise ValueError("on_scale (--scales) shows one drawing scale by scale; best-of-N draws several and keeps one "
+                         "after the last scale: ask for one of the two")
     if best_of == 1 and not return_scores:
         return generate_images(model, prompts, params=params, seeds=seeds, **kw)
     params = params or SamplingParams(temperature=0.0)  # generate_images' default: greedy

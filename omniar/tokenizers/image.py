@@ -170,7 +170,13 @@ class ImageTokenizer(nn.Module):
 
     @torch.no_grad()
     def decode(self, bits: list[Tensor]) -> Tensor:
-        return (self.decoder(self.quantizer.decode_bits(bits)) * 0.5 + 0.5).clamp(0, 1)
+        return self.decode_latent(self.quantizer.decode_bits(bits))
+
+    @torch.no_grad()
+    def decode_latent(self, f_hat: Tensor) -> Tensor:
+        """Images (B, 3, S, S) in [0, 1] from a latent (B, bits, s, s) at the last scale's side: the scales' summed
+        contributions (`decode` of all of them; fewer, mid-generation, give the image drawn so far)."""
+        return (self.decoder(f_hat) * 0.5 + 0.5).clamp(0, 1)
 
     def ar_inputs(self, bits: list[Tensor]) -> list[Tensor]:
         return self.quantizer.ar_inputs(bits)
