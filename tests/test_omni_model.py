@@ -152,10 +152,11 @@ def test_a_bits_prefix_is_kept_and_the_rest_generated_from_it(model):
         generate_images(model, prompts, prefix=bits + bits[:1])
 
 
-def test_on_scale_shows_the_drawing_coarse_to_fine_ending_in_the_image(model):
+def test_on_scale_shows_the_drawing_coarse_to_fine_ending_in_the_image(model, tmp_path):
     """`on_scale` gets, after each scale, the images the scales so far decode to: the tokenizer's decoder of the
     first k scales' summed contributions (bits drawn the same as without it), the last of them the returned images;
     batched as drawn alone; edits too; a raster model and best-of-N refuse it by name."""
+    from omniar.omni.evaluate import ImageSampling, draw_scales
     from omniar.omni.rerank import generate_best_of
 
     prompts = ["a red circle", "two"]
@@ -184,6 +185,8 @@ def test_on_scale_shows_the_drawing_coarse_to_fine_ending_in_the_image(model):
     assert len(edits) == len(model.scales) and torch.equal(edits[-1], edited)
     with pytest.raises(ValueError, match="best-of-N draws several"):
         generate_best_of(model, prompts, 2, params=params, on_scale=lambda k, x: None)
+    with pytest.raises(ValueError, match="single samples"):
+        draw_scales(model, tmp_path, 1, sampling=ImageSampling(best_of=2))
     with pytest.raises(ValueError, match="raster tokens"):
         generate_images(tiny_model(raster=True, adapter=False), prompts, on_scale=lambda k, x: None)
 

@@ -213,6 +213,9 @@ def draw_scales(model: OmniModel, out: str | Path, num: int = 6, split: str = "h
     from omniar.omni.generate import scale_strip
 
     sampling = sampling or ImageSampling()
+    if sampling.best_of > 1:
+        raise ValueError("draw_scales shows single samples drawn scale by scale; best-of-N keeps one of several after "
+                         "the last scale (sampling.best_of must be 1)")
     prompts = [make_sample(split, i)["caption"] for i in range(num)]
     shown: list = []
     generate_images(model, prompts, cfg=sampling.guidance(), cfg_schedule=sampling.schedule(),
