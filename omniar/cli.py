@@ -506,7 +506,8 @@ def _generate_image(args) -> None:
     from PIL import Image
 
     from omniar.generation.sampling import SamplingParams
-    from omniar.omni.generate import scale_strip
+    from omniar.omni.evaluate import ImageSampling
+    from omniar.omni.generate import image_grid, scale_strip
     from omniar.omni.rerank import generate_best_of
     from omniar.tokenizers.train_image import to_uint8
 
@@ -514,6 +515,16 @@ def _generate_image(args) -> None:
     if args.scales and args.best_of > 1:
         sys.exit("error: --scales shows one drawing scale by scale; --best-of draws several and keeps one: give one "
                  "of the two")
+    bench, edit = ImageSampling(), bool(args.image)  # what is not given: the benchmark's (chosen on validation)
+    temperature = bench.params(edit).temperature if args.temperature is None else args.temperature
+    samples = args.samples
+    if samples < 1:
+        sys.exit(f"error: --samples must be at least 1, got {samples}")
+    if samples > 1 and temperature == 0:
+        default = "" if args.temperature is not None else ", the default for edits"
+        sys.exit(f"error: --samples {samples} draws {samples} images per {'instruction' if edit else 'prompt'}, but "
+                 f"the bits are chosen greedily (temperature 0{default}): they would all be the same image; give "
+                 "--temperature > 0 (e.g. 1)")
     sources, prompts = None, args.prompts
     if args.image:
         from omniar.data.manifest import load_image
@@ -523,33 +534,40 @@ def _generate_image(args) -> None:
     model = _load_omni(args)
     if sources is not None:
         _check_sizes(paths, sources, model.image_size)
-    _warn_unseen(model, prompts, "instruction" if sources is not None else "prompt")
-    from omniar.omni.evaluate import ImageSampling
-
-    bench, edit = ImageSampling(), sources is not None  # what is not given: the benchmark's (chosen on validation)
+    _warn_unseen(model, prompts, "instruction" if edit else "prompt")
     cfg = bench.guidance(edit) if args.cfg is None else args.cfg
-    temperature = bench.params(edit).temperature if args.temperature is None else args.temperature
     pull = bench.pull(model) if edit else {"keep": 0.0, "keep_tau": None}
     keep = args.keep if args.keep is not None else pull["keep"]
     keep_tau = args.keep_tau if args.keep_tau is not None else pull["keep_tau"]
+    # sample j of prompt i draws with seed + i + j * len(prompts): the first of each is the image drawn without
+    # --samples; all of them in one batch, grouped by prompt
+    n = len(prompts)
     shown: list = []  # with --scales: each scale's images, coarse to fine
-    images = generate_best_of(model, prompts, args.best_of, sources=sources, cfg=cfg, image_cfg=args.image_cfg,
-                              cfg_schedule=args.cfg_schedule or bench.schedule(edit), keep=keep,
-                              keep_tau=keep_tau,
+    images = generate_best_of(model, [p for p in prompts for _ in range(samples)], args.best_of,
+                              sources=None if sources is None else [x for x in sources for _ in range(samples)],
+                              cfg=cfg, image_cfg=args.image_cfg, cfg_schedule=args.cfg_schedule or bench.schedule(edit),
+                              keep=keep, keep_tau=keep_tau,
                               params=SamplingParams(temperature=temperature, top_p=args.top_p),
-                              seeds=[args.seed + i for i in range(len(prompts))],
+                              seeds=[args.seed + i + j * n for i in range(n) for j in range(samples)],
                               **({"on_scale": lambda k, x: shown.append(x)} if args.scales else {}))
     arrays = to_uint8(images)
     strips = [scale_strip([x[i] for x in shown]) for i in range(len(arrays))] if args.scales else []
     out.parent.mkdir(parents=True, exist_ok=True)
-    for i, a in enumerate(arrays):
-        path = out if len(arrays) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
+    for k, a in enumerate(arrays):
+        i, j = divmod(k, samples)
+        name = (out.stem if len(arrays) == 1 else f"{out.stem}-{i}" if samples == 1 else
+                f"{out.stem}-{j}" if n == 1 else f"{out.stem}-{i}-{j}")
+        path = out.with_name(f"{name}{out.suffix}")
         Image.fromarray(a).save(path)
         print(path)
         if strips:
             strip = path.with_name(f"{path.stem}-scales{path.suffix}")
-            Image.fromarray(strips[i]).save(strip)
+            Image.fromarray(strips[k]).save(strip)
             print(strip)
+    if samples > 1:  # one row a prompt, its samples side by side
+        grid = out.with_name(f"{out.stem}-grid{out.suffix}")
+        Image.fromarray(image_grid([list(arrays[i * samples:(i + 1) * samples]) for i in range(n)])).save(grid)
+        print(grid)
 
 
 def _ask(args) -> None:
@@ -909,6 +927,11 @@ def main(argv: list[str] | None = None) -> None:
             t.add_argument("--best-of", type=int, default=1, metavar="N",
                            help="draw N images per prompt (needs --temperature > 0) and keep the one whose caption "
                                 "likelihood of the prompt is highest under the model itself")
+        t.add_argument("--samples", type=int, default=1, metavar="N",
+                       help="draw N images per " + ("instruction" if edit else "prompt") + " (needs --temperature > 0"
+                            + (", edits are greedy by default" if edit else "") + "), in one batch: NAME-0.png ... "
+                            "(several prompts: NAME-<prompt>-<sample>.png) and NAME-grid.png, a row each; the first "
+                            "of each is the image drawn without --samples")
         t.add_argument("--scales", action="store_true",
                        help="also write each image's drawing scale by scale, coarse to fine (next-scale models): "
                             "NAME-scales.png beside NAME.png, one column a scale, the last the image itself")

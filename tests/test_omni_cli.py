@@ -85,6 +85,40 @@ def test_generate_writes_each_images_drawing_scale_by_scale(run, tmp_path, capsy
               "2", "-o", str(tmp_path / "b.png")])
 
 
+def test_generate_samples_per_prompt_and_their_grid(run, tmp_path, capsys):
+    """--samples N: N images a prompt in one batch, NAME-<prompt>-<sample>.png (one prompt: NAME-<sample>.png) and
+    NAME-grid.png with a row a prompt; the first sample of each prompt is the image drawn without --samples, the
+    others differ; greedy edits (their default) are refused by name before the model loads."""
+    import numpy as np
+
+    ckpt = str(run / "run" / "checkpoint")
+    prompts = ["a red circle", "two blue squares"]
+    main(["generate", "image", "--model", ckpt, *prompts, "-o", str(tmp_path / "p.png")])
+    main(["generate", "image", "--model", ckpt, *prompts, "--samples", "3", "-o", str(tmp_path / "g.png")])
+    names = [f"g-{i}-{j}.png" for i in range(2) for j in range(3)] + ["g-grid.png"]
+    assert capsys.readouterr().out.split()[2:] == [str(tmp_path / n) for n in names]
+    grid = np.asarray(Image.open(tmp_path / "g-grid.png"))
+    assert grid.shape == (2 * 32 + 2, 3 * 32 + 2 * 2, 3)
+    assert (grid[32:34] == 255).all() and (grid[:, 32:34] == 255).all()
+    cells = [[np.asarray(Image.open(tmp_path / f"g-{i}-{j}.png")) for j in range(3)] for i in range(2)]
+    for i in range(2):
+        assert np.array_equal(cells[i][0], np.asarray(Image.open(tmp_path / f"p-{i}.png")))  # seed + i, as before
+        assert not np.array_equal(cells[i][1], cells[i][2])
+        for j in range(3):
+            assert np.array_equal(grid[34 * i:34 * i + 32, 34 * j:34 * j + 32], cells[i][j])
+    main(["generate", "image", "--model", ckpt, "a red circle", "--samples", "2", "-o", str(tmp_path / "one.png")])
+    assert capsys.readouterr().out.split() == [str(tmp_path / n) for n in ("one-0.png", "one-1.png", "one-grid.png")]
+    main(["edit", "--model", ckpt, "--image", str(tmp_path / "p-0.png"), "make the circle blue", "--samples", "2",
+          "--temperature", "1", "-o", str(tmp_path / "e.png")])
+    assert np.asarray(Image.open(tmp_path / "e-grid.png")).shape == (32, 66, 3)
+    with pytest.raises(SystemExit, match="--samples 2 draws 2 images per instruction, but the bits are chosen "
+                                         "greedily \\(temperature 0, the default for edits\\)"):
+        main(["edit", "--model", str(tmp_path / "missing"), "--image", str(tmp_path / "p-0.png"), "x", "--samples",
+              "2", "-o", str(tmp_path / "f.png")])
+    with pytest.raises(SystemExit, match="--samples must be at least 1, got 0"):
+        main(["generate", "image", "--model", ckpt, "a red circle", "--samples", "0"])
+
+
 def test_several_images_ask_and_edit_in_one_batch(run, capsys, monkeypatch):
     """--image repeated: one question (or none: captions) for every image, or as many questions as images paired in
     order, in one batched call, each answer after its image's path; edits the same, one file per image; any other

@@ -194,6 +194,24 @@ def test_on_scale_shows_the_drawing_coarse_to_fine_ending_in_the_image(model, tm
         generate_images(tiny_model(raster=True, adapter=False), prompts, on_scale=lambda k, x: None)
 
 
+def test_image_grid_lays_images_out_in_rows_with_white_gaps():
+    """`image_grid` (the CLI's --samples sheet; `scale_strip` is its one-row case): rows of images, `gap` white
+    pixels between neighbours both ways; ragged rows are refused by name."""
+    import numpy as np
+
+    from omniar.omni.generate import image_grid
+
+    a = [np.full((2, 3, 3), v, np.uint8) for v in range(6)]
+    g = image_grid([a[:3], a[3:]], gap=1)
+    assert g.shape == (2 * 2 + 1, 3 * 3 + 2, 3)
+    assert (g[2] == 255).all() and (g[:, 3] == 255).all() and (g[:, 7] == 255).all()
+    for k in range(6):
+        i, j = divmod(k, 3)
+        assert (g[3 * i:3 * i + 2, 4 * j:4 * j + 3] == k).all()
+    with pytest.raises(ValueError, match=r"rows of one length, got \[2, 1\]"):
+        image_grid([a[:2], a[2:3]])
+
+
 def test_editing_reads_the_reference_image(model):
     g = torch.Generator().manual_seed(3)
     a, b = torch.rand(3, 32, 32, generator=g), torch.rand(3, 32, 32, generator=g)

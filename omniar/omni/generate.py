@@ -185,9 +185,19 @@ def scale_strip(images: Sequence[Tensor], gap: int = 2) -> np.ndarray:
 
     if not images:
         raise ValueError("scale_strip needs at least one scale's image")
-    arrays = to_uint8(torch.stack([x.detach().cpu().float() for x in images]))
-    white = np.full((arrays.shape[1], gap, 3), 255, np.uint8)
-    return np.concatenate([part for a in arrays for part in (a, white)][:-1], axis=1)
+    return image_grid([list(to_uint8(torch.stack([x.detach().cpu().float() for x in images])))], gap)
+
+
+def image_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 2) -> np.ndarray:
+    """uint8 (H, W, 3) images of one size laid out row by row, `gap` white pixels between neighbours: a uint8
+    (R * H + (R - 1) * gap, C * W + (C - 1) * gap, 3) array for R rows of C images."""
+    if not rows or not rows[0] or any(len(row) != len(rows[0]) for row in rows):
+        raise ValueError(f"image_grid needs rows of one length, got {[len(row) for row in rows]}")
+    h, w = rows[0][0].shape[:2]
+    white = np.full((h, gap, 3), 255, np.uint8)
+    lines = [np.concatenate([part for a in row for part in (a, white)][:-1], axis=1) for row in rows]
+    across = np.full((gap, lines[0].shape[1], 3), 255, np.uint8)
+    return np.concatenate([part for line in lines for part in (line, across)][:-1], axis=0)
 
 
 def _grounding(model: OmniModel, prompt, first_scale: Tensor, n: int, groups: int,
