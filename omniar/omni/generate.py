@@ -170,11 +170,14 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
         if prefix is not None and k < len(prefix):  # drawn all the same: a row's generator does not depend on K
             drawn = prefix[k].flatten(2).transpose(1, 2).to(drawn.device, drawn.dtype)
         steps.add(k, drawn)
+        shown = None
         if on_scale is not None:
-            on_scale(k, model.tokenizer.decode_latent(steps.f_hat))
+            shown = model.tokenizer.decode_latent(steps.f_hat)
+            on_scale(k, shown)
         at += size
     bits = steps.bits()
-    images = model.tokenizer.decode(bits)
+    # watched, the last scale's view is the image (the same sum of contributions): not decoded twice
+    images = shown if shown is not None else model.tokenizer.decode(bits)
     return (images, bits) if return_bits else images
 
 
@@ -193,8 +196,7 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 2) -> np.ndarray
     (R * H + (R - 1) * gap, C * W + (C - 1) * gap, 3) array for R rows of C images."""
     if not rows or not rows[0] or any(len(row) != len(rows[0]) for row in rows):
         raise ValueError(f"image_grid needs rows of one length, got {[len(row) for row in rows]}")
-    h, w = rows[0][0].shape[:2]
-    white = np.full((h, gap, 3), 255, np.uint8)
+    white = np.full((rows[0][0].shape[0], gap, 3), 255, np.uint8)
     lines = [np.concatenate([part for a in row for part in (a, white)][:-1], axis=1) for row in rows]
     across = np.full((gap, lines[0].shape[1], 3), 255, np.uint8)
     return np.concatenate([part for line in lines for part in (line, across)][:-1], axis=0)
