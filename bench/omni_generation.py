@@ -5,6 +5,7 @@ token per forward pass) at the same resolution, in one run.
                                     [--next-scale CKPT --raster CKPT]   # trained models instead of random ones
                                     [--dtype bfloat16]                  # both decoders in bf16 (decode_in)
                                     [--raster-decoder onecat-tiny]      # raster with onecat-tiny's own decoder
+                                    [--unguided-scales 1]               # next-scale's finest scale unguided
 
 Both models are `onecat-tiny`-sized decoders (raster-tiny has no scale adapter, and neither the experts' own
 attention nor the prompt expert; `--raster-decoder onecat-tiny` decodes raster tokens with `onecat-tiny`'s decoder
@@ -55,6 +56,9 @@ def main() -> None:
                     help="the decoders' arithmetic (OmniModel.decode_in), the same for both")
     ap.add_argument("--raster-decoder", choices=("raster-tiny", "onecat-tiny"), default="raster-tiny",
                     help="the random raster model: the raster-tiny preset, or onecat-tiny's decoder decoding raster")
+    ap.add_argument("--unguided-scales", type=int, default=0, metavar="N",
+                    help="next-scale draws its last N scales without guidance, their guidance rows dropped from "
+                         "those passes (generate_images' unguided_scales); raster guides every token")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -76,7 +80,8 @@ def main() -> None:
     desc = [f"{k} {sum(p.numel() for p in m.decoder.parameters()) / 1e6:.2f}M decoder, scales {m.scales}"
             for k, m in models.items()]
     weights = "" if args.next_scale else ", random weights"
-    print(f"models: {'; '.join(desc)}; {args.dtype}; {m.image_size}px, cfg {args.cfg}, per-bit sampling "
+    unguided = f" (next-scale's last {args.unguided_scales} scale(s) unguided)" if args.unguided_scales else ""
+    print(f"models: {'; '.join(desc)}; {args.dtype}; {m.image_size}px, cfg {args.cfg}{unguided}, per-bit sampling "
           f"(temperature 1), {args.repeats} rounds{weights}")
     print()
     print("| batch | next-scale passes | raster passes | next-scale img/s (best) | raster img/s (best) "
@@ -87,14 +92,15 @@ def main() -> None:
         passes = {}
         fns = []
         for name, m in models.items():
+            kw = {"unguided_scales": args.unguided_scales} if name == "next-scale" else {}
             calls: list[int] = []
             hook = m.decoder.register_forward_hook(lambda mod, a, o, calls=calls: calls.append(1))
             with torch.inference_mode():
-                generate_images(m, prompts, cfg=args.cfg, params=params, seeds=list(range(b)))
+                generate_images(m, prompts, cfg=args.cfg, params=params, seeds=list(range(b)), **kw)
             hook.remove()
             passes[name] = len(calls)
-            fns.append(lambda m=m, p=prompts: generate_images(m, p, cfg=args.cfg, params=params,
-                                                              seeds=list(range(len(p)))))
+            fns.append(lambda m=m, p=prompts, kw=kw: generate_images(m, p, cfg=args.cfg, params=params,
+                                                                     seeds=list(range(len(p))), **kw))
         with torch.inference_mode():
             ns, ra = paired_times(fns, args.repeats)
         ratios = [r / n for n, r in zip(ns, ra)]

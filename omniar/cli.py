@@ -267,6 +267,7 @@ def _eval_model(args) -> None:
                                                   ("edit_temperature", args.edit_temperature),
                                                   ("edit_keep", args.edit_keep),
                                                   ("edit_keep_tau", args.edit_keep_tau),
+                                                  ("unguided_scales", args.unguided_scales),
                                                   ("best_of", args.best_of)) if v is not None})
     result = evaluate_model(model, args.out, num=args.num, heldout=args.heldout, tasks=tasks, split=args.split,
                             sampling=sampling)
@@ -517,6 +518,8 @@ def _generate_image(args) -> None:
                  "of the two")
     bench, edit = ImageSampling(), bool(args.image)  # what is not given: the benchmark's (chosen on validation)
     temperature = bench.params(edit).temperature if args.temperature is None else args.temperature
+    if args.unguided_scales < 0:
+        sys.exit(f"error: --unguided-scales must be >= 0, got {args.unguided_scales}")
     samples = args.samples
     if samples < 1:
         sys.exit(f"error: --samples must be at least 1, got {samples}")
@@ -546,7 +549,7 @@ def _generate_image(args) -> None:
     images = generate_best_of(model, [p for p in prompts for _ in range(samples)], args.best_of,
                               sources=None if sources is None else [x for x in sources for _ in range(samples)],
                               cfg=cfg, image_cfg=args.image_cfg, cfg_schedule=args.cfg_schedule or bench.schedule(edit),
-                              keep=keep, keep_tau=keep_tau,
+                              unguided_scales=args.unguided_scales, keep=keep, keep_tau=keep_tau,
                               params=SamplingParams(temperature=temperature, top_p=args.top_p),
                               seeds=[args.seed + i + j * n for i in range(n) for j in range(samples)],
                               **({"on_scale": lambda k, x: shown.append(x)} if args.scales else {}))
@@ -910,6 +913,9 @@ def main(argv: list[str] | None = None) -> None:
                        help="guidance over the scales: ramped linearly from 1, or constant; default: the benchmark's, "
                             + (f"{EDIT_CFG_SCHEDULE}" if edit else
                                f"linear for text-to-image, {EDIT_CFG_SCHEDULE} for edits"))
+        t.add_argument("--unguided-scales", type=int, default=0, metavar="N",
+                       help="draw the last N scales without guidance, their guidance rows dropped from those passes "
+                            "(next-scale models; batches ~1.2x faster at N = 1, images a little worse; default 0)")
         t.add_argument("--image-cfg", type=float, help="edits: OneCAT's three-branch guidance with this image weight")
         t.add_argument("--keep", type=float, help="edits: the log-probability added to each bit that keeps the "
                                                   "reference, outside the object the instruction names; default: "
@@ -1031,6 +1037,8 @@ def main(argv: list[str] | None = None) -> None:
                                                                           "(default linear)")
     e.add_argument("--edit-cfg-schedule", choices=["linear", "constant"],
                    help=f"edit guidance over the scales (default {EDIT_CFG_SCHEDULE})")
+    e.add_argument("--unguided-scales", type=int, metavar="N", help="draw the last N scales without guidance "
+                                                                    "(next-scale models; default 0: every scale)")
     e.add_argument("--edit-temperature", type=float, help=f"edits' per-bit temperature (default {EDIT_TEMPERATURE:g})")
     e.add_argument("--edit-keep", type=float, help="edits' pull towards the reference's bits outside the named "
                                                    f"object (generate_images' keep; default {EDIT_KEEP:g})")

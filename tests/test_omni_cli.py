@@ -119,6 +119,25 @@ def test_generate_samples_per_prompt_and_their_grid(run, tmp_path, capsys):
         main(["generate", "image", "--model", ckpt, "a red circle", "--samples", "0"])
 
 
+def test_generate_with_the_finest_scales_unguided(run, tmp_path):
+    """--unguided-scales N: the last N scales drawn without guidance (another image than the default's); a negative
+    N is refused before the model loads, more than the model's scales by name."""
+    import numpy as np
+    from PIL import Image
+
+    ckpt = str(run / "run" / "checkpoint")
+    main(["generate", "image", "--model", ckpt, "a red circle", "-o", str(tmp_path / "a.png")])
+    main(["generate", "image", "--model", ckpt, "a red circle", "--unguided-scales", "1",
+          "-o", str(tmp_path / "b.png")])
+    a, b = (np.asarray(Image.open(tmp_path / f"{x}.png")) for x in "ab")
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    with pytest.raises(SystemExit, match="--unguided-scales must be >= 0, got -1"):
+        main(["generate", "image", "--model", str(tmp_path / "missing"), "x", "--unguided-scales", "-1"])
+    with pytest.raises(SystemExit, match="unguided_scales must be between 0 and the model's"):
+        main(["generate", "image", "--model", ckpt, "a red circle", "--unguided-scales", "99",
+              "-o", str(tmp_path / "c.png")])
+
+
 def test_several_images_ask_and_edit_in_one_batch(run, capsys, monkeypatch):
     """--image repeated: one question (or none: captions) for every image, or as many questions as images paired in
     order, in one batched call, each answer after its image's path; edits the same, one file per image; any other
@@ -340,6 +359,21 @@ def test_speech_commands_train_speak_stream_transcribe_and_ask_by_voice(run, tmp
     with pytest.raises(SystemExit, match="unknown config key.*'perceptual'"):
         main(["train", "omni", "--out", str(tmp_path / "x"), "--config", "perceptual=1", "--text-tokenizer",
               str(run / "tok"), "--image-tokenizer", str(tmp_path / "raster"), "--preset", "ar-omni-tiny"])
+
+
+def test_python_m_omniar_runs_the_omniar_command():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "omniar", "generate", "image", "--help"], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("usage: omniar generate image")
+    assert "--unguided-scales" in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "omniar", "draw"], cwd=root, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "invalid choice: 'draw'" in bad.stderr
 
 
 def test_train_omni_defaults_follow_the_recipe(monkeypatch):

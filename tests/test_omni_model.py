@@ -232,8 +232,13 @@ def test_save_load_round_trip(model, tmp_path):
 def test_guidance_schedule_and_named_errors(model, tmp_path):
     assert guidance_weights(3.0, 5, "linear") == [1.0, 1.5, 2.0, 2.5, 3.0]
     assert guidance_weights(3.0, 2, "constant") == [3.0, 3.0]
+    # the last scales unguided: the ramp reaches cfg at the last guided one
+    assert guidance_weights(3.0, 6, "linear", unguided=1) == [1.0, 1.5, 2.0, 2.5, 3.0, 1.0]
+    assert guidance_weights(3.0, 3, "constant", unguided=2) == [3.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="cfg schedule"):
         guidance_weights(3.0, 2, "cosine")
+    with pytest.raises(ValueError, match="unguided scales must be between 0 and the 2 scales, got 3"):
+        guidance_weights(3.0, 2, "linear", unguided=3)
     with pytest.raises(ValueError, match="unknown task"):
         Example("draw", "x", image=torch.zeros(3, 32, 32))
     with pytest.raises(ValueError, match="needs an image"):
@@ -398,6 +403,46 @@ def test_keep_tau_leaves_the_first_scale_to_the_model(model):
                          (dict(image_cfg=-0.5), "image_cfg must be >= 0"), (dict(keep=-2.0), "keep must be >= 0")):
         with pytest.raises(ValueError, match=message):
             generate_images(model, prompts, sources=sources, **bad)
+
+
+def test_unguided_finest_scales_drop_their_guidance_rows_and_draw_from_the_conditional_rows(model):
+    """A guidance interval: the last scales drawn without guidance run their passes on the conditional rows alone
+    (one pass a scale still); the scales before are drawn as with guidance everywhere, the unguided ones as the
+    conditional rows draw them after those scales without guidance rows at all."""
+    prompts, params, n = ["a red circle", "a blue square left of a green star"], SamplingParams(temperature=1.0), 2
+    rows = []
+    hook = model.decoder.register_forward_pre_hook(lambda m, args, kw: rows.append(kw["input_ids"].shape[0]),
+                                                   with_kwargs=True)
+    try:
+        _, bits = generate_images(model, prompts, cfg=3.0, cfg_schedule="constant", unguided_scales=2, params=params,
+                                  seeds=[1, 2], return_bits=True)
+    finally:
+        hook.remove()
+    assert rows == [2 * n] * (len(model.scales) - 2) + [n] * 2
+    _, guided = generate_images(model, prompts, cfg=3.0, cfg_schedule="constant", params=params, seeds=[1, 2],
+                                return_bits=True)
+    assert all(torch.equal(a, b) for a, b in zip(bits[:-2], guided[:-2]))
+    assert not all(torch.equal(a, b) for a, b in zip(bits[-2:], guided[-2:]))
+    _, alone = generate_images(model, prompts, params=params, seeds=[1, 2], prefix=bits[:-2], return_bits=True)
+    assert all(torch.equal(a, b) for a, b in zip(bits[-2:], alone[-2:]))
+    with pytest.raises(ValueError, match="unguided_scales must be between 0 and the model's 4 scales, got 5"):
+        generate_images(model, prompts, cfg=3.0, unguided_scales=5)
+    # an edit read with its reference's latent and the grounding map: the conditional rows' own
+    editor = tiny_model(edit_reference=True, edit_instruction_first=True, grounding_weight=1.0, grounding_input=True)
+    sources = [torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(n)]
+    edits = ["make the circle blue", "remove the star"]
+    _, bits = generate_images(editor, edits, sources=sources, cfg=3.0, unguided_scales=1, params=params,
+                              seeds=[1, 2], return_bits=True)
+    _, alone = generate_images(editor, edits, sources=sources, params=params, seeds=[1, 2], prefix=bits[:-1],
+                               return_bits=True)
+    assert torch.equal(bits[-1], alone[-1])
+    raster = tiny_model(adapter=False, raster=True)
+    with pytest.raises(ValueError, match="unguided_scales leaves the finest scales"):
+        generate_images(raster, prompts, cfg=3.0, unguided_scales=1)
+    from omniar.omni.evaluate import ImageSampling
+
+    assert ImageSampling(unguided_scales=1).unguided(raster) == 0  # the benchmark guides every raster token
+    assert ImageSampling(unguided_scales=1).unguided(model) == 1
 
 
 def test_edits_of_a_raster_model_are_not_pulled_by_default():

@@ -12,7 +12,9 @@ so an image costs one forward pass per scale, the prompt prefill included in the
 runs the same loop with one token per pass (its input: the previous token's code), 64 passes for an 8 x 8 grid.
 With guidance the unconditional rows (prompt dropped, as in training's condition dropout) run in the same
 passes; the per-bit log-probabilities are combined as uncond + w_k (cond - uncond), with w_k constant or ramped
-linearly from 1 at the first scale to `cfg` at the last (VAR's schedule; raster: constant). Editing with
+linearly from 1 at the first scale to `cfg` at the last (VAR's schedule; raster: constant). `unguided_scales` leaves
+the finest scales unguided (a guidance interval, Kynkaanniemi et al. 2024): their passes run on the conditional rows
+alone, the guidance rows dropped from the batch and the cache. Editing with
 `image_cfg` uses OneCAT's three branches in one batch - full (reference + instruction), text-only
 (instruction), empty: l_I = (l_full + image_cfg l_text) / (1 + image_cfg), l = l_empty + w_k (l_I - l_empty).
 An edit's `keep` then adds keep * (1 - the named object's map) to the log-probability of each bit that keeps the
@@ -54,23 +56,33 @@ EDIT_KEEP = 10.0
 EDIT_KEEP_TAU = 0.6
 
 
-def guidance_weights(cfg: float, scales: int, schedule: str = "linear") -> list[float]:
+def guidance_weights(cfg: float, scales: int, schedule: str = "linear", unguided: int = 0) -> list[float]:
+    """The guidance weight of each of `scales` steps: `cfg` (constant) or ramped linearly from 1 at the first to
+    `cfg` at the last guided one (linear, VAR's); the last `unguided` weigh 1 (no guidance)."""
+    if not 0 <= unguided <= scales:
+        raise ValueError(f"unguided scales must be between 0 and the {scales} scales, got {unguided}")
+    guided = scales - unguided
     if schedule == "constant":
-        return [cfg] * scales
-    if schedule == "linear":
-        return [1 + (cfg - 1) * k / max(1, scales - 1) for k in range(scales)]
-    raise ValueError(f"cfg schedule must be 'constant' or 'linear', got {schedule!r}")
+        weights = [cfg] * guided
+    elif schedule == "linear":
+        weights = [1 + (cfg - 1) * k / max(1, guided - 1) for k in range(guided)]
+    else:
+        raise ValueError(f"cfg schedule must be 'constant' or 'linear', got {schedule!r}")
+    return weights + [1.0] * unguided
 
 
 @torch.inference_mode()
 def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequence | None = None,
-                    cfg: float = 1.0, cfg_schedule: str = "linear", image_cfg: float | None = None,
-                    params: SamplingParams | None = None,
+                    cfg: float = 1.0, cfg_schedule: str = "linear", unguided_scales: int = 0,
+                    image_cfg: float | None = None, params: SamplingParams | None = None,
                     seeds: Sequence[int] | None = None, prefix: Sequence | None = None, return_bits: bool = False,
                     keep: float = 0.0, keep_tau: float | None = None,
                     on_scale: Callable[[int, Tensor], None] | None = None):
     """Images (B, 3, S, S) in [0, 1], on the model's device, for text prompts - or, with `sources` (one image per
-    prompt), edits of them (guidance then drops the instruction and keeps the reference image). `params` sample each
+    prompt), edits of them (guidance then drops the instruction and keeps the reference image); `unguided_scales`
+    (next-scale) draws the last that many scales without guidance, on the conditional rows alone, the ramp reaching
+    `cfg` at the last guided scale (BENCHMARKS.md: batches ~1.2x faster at 1, text-to-image a little worse).
+    `params` sample each
     bit (default greedy); `seeds` gives each row its own generator, so a row's image does not depend on its batch.
     `prefix` (next-scale): the bits of the first K scales, each (B, d, s_k, s_k) as `ImageTokenizer.encode` gives
     them, which are kept and the later scales generated from them (complete an image from its coarse layout; where
@@ -101,6 +113,12 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
         if weight is not None and not weight >= 0:  # NaN too
             raise ValueError(f"{name} must be >= 0, got {weight}" + (
                 " (1: no guidance, 0: the model without the prompt)" if name != "keep" else ""))
+    if unguided_scales and model.gen_modality != Modality.IMAGE_GEN:
+        raise ValueError("unguided_scales leaves the finest scales of a next-scale image unguided; this model decodes "
+                         "raster tokens, one a pass, with no scales")
+    if not 0 <= unguided_scales <= len(model.scales):
+        raise ValueError(f"unguided_scales must be between 0 and the model's {len(model.scales)} scales, got "
+                         f"{unguided_scales}")
     if keep_tau is not None and not keep_tau > 0:
         raise ValueError(f"keep_tau must be > 0 (a relative distance) or None, got {keep_tau}")
     if on_scale is not None and model.gen_modality != Modality.IMAGE_GEN:
@@ -140,8 +158,12 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
     batch = collate(samples, pad_side="left", pad_id=model.text.pad).to(model.device)
     groups = len(branches)
     steps = _NextScale(model, n) if model.gen_modality == Modality.IMAGE_GEN else _Raster(model, n)
-    weights = guidance_weights(cfg, len(steps.sizes), cfg_schedule) if isinstance(steps, _NextScale) else (
-        [cfg] * len(steps.sizes))  # raster: constant guidance over tokens
+    weights = guidance_weights(cfg, len(steps.sizes), cfg_schedule, unguided_scales) if isinstance(
+        steps, _NextScale) else [cfg] * len(steps.sizes)  # raster: constant guidance over tokens
+    # the passes from which no scale is guided draw from the conditional rows alone: the guidance rows are dropped
+    # (with image_cfg a weight of 1 still mixes the full and text-only branches)
+    alone = next((k for k in range(len(weights)) if all(w == 1.0 for w in weights[k:])), len(weights)) if (
+        groups == 2) else len(weights)
     L = batch.input_ids.shape[1]
     at = first = L - T  # first image column, identical in every row
     gen_key = int(model.gen_modality)
@@ -154,6 +176,12 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
                                     cache)
         cache.truncate(first)  # keep the prompt; the first scale is passed again with its map
     for k, size in enumerate(steps.sizes):
+        if k == alone:
+            rows = torch.arange(n, device=model.device)
+            batch, groups = batch.select(rows), 1
+            cache.select(rows)
+            ref = None if ref is None else ref[:n]
+            grounded = None if grounded is None else grounded[:n]
         piece = batch.slice(0 if k == 0 and grounded is None else at, at + size)
         inputs = piece.model_inputs()
         x = steps.inputs(k).repeat(groups, 1, 1)

@@ -50,6 +50,16 @@ class Batch:
         return Batch(self.input_ids[:, start:stop], meta, self.positions[:, start:stop], feats,
                      self.labels[:, start:stop], self.loss_weights[:, start:stop])
 
+    def select(self, rows: Tensor) -> Batch:
+        """The given rows (in that order), with their features (e.g. to drop a decoding's guidance rows)."""
+        feats = {}
+        for m, f in self.features.items():
+            where = self.meta.modality == m
+            rank = where.reshape(-1).cumsum(0).reshape(where.shape) - 1
+            feats[m] = f[rank[rows][where[rows]]]
+        return Batch(self.input_ids[rows], self.meta[rows], self.positions[rows], feats, self.labels[rows],
+                     self.loss_weights[rows])
+
     def to(self, device: torch.device | str) -> Batch:
         """The batch on `device` (itself when every tensor is there already)."""
         device = torch.device(device)

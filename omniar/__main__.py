@@ -1,0 +1,7 @@
+"""`python -m omniar ...`: the `omniar` command."""
+
+import sys
+
+from omniar.cli import main
+
+sys.exit(main())
