@@ -82,8 +82,8 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
     prompt), edits of them (guidance then drops the instruction and keeps the reference image); `unguided_scales`
     (next-scale) draws the last that many scales without guidance, on the conditional rows alone, the ramp reaching
     `cfg` at the last guided scale (BENCHMARKS.md: batches ~1.2x faster at 1, text-to-image a little worse).
-    `params` sample each
-    bit (default greedy); `seeds` gives each row its own generator, so a row's image does not depend on its batch.
+    `params` sample each bit (default greedy); `seeds` gives each row its own generator, so a row's image does not
+    depend on its batch.
     `prefix` (next-scale): the bits of the first K scales, each (B, d, s_k, s_k) as `ImageTokenizer.encode` gives
     them, which are kept and the later scales generated from them (complete an image from its coarse layout; where
     quality is lost per scale: bench/omni_scale_forcing.py). `keep` (edits, next-scale) pulls every bit towards

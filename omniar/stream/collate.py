@@ -41,24 +41,21 @@ class Batch:
 
     def slice(self, start: int, stop: int) -> Batch:
         """Positions [start, stop) of every row, with the features that fall inside (for chunked prefill)."""
-        meta = self.meta[:, start:stop]
-        feats = {}
-        for m, f in self.features.items():
-            where = self.meta.modality == m
-            rank = where.reshape(-1).cumsum(0).reshape(where.shape) - 1
-            feats[m] = f[rank[:, start:stop][where[:, start:stop]]]
-        return Batch(self.input_ids[:, start:stop], meta, self.positions[:, start:stop], feats,
-                     self.labels[:, start:stop], self.loss_weights[:, start:stop])
+        return self._part((slice(None), slice(start, stop)))
 
     def select(self, rows: Tensor) -> Batch:
         """The given rows (in that order), with their features (e.g. to drop a decoding's guidance rows)."""
+        return self._part(rows)
+
+    def _part(self, index) -> Batch:
+        """The positions `index` picks from every (B, L) field, with the features that fall inside."""
         feats = {}
         for m, f in self.features.items():
             where = self.meta.modality == m
-            rank = where.reshape(-1).cumsum(0).reshape(where.shape) - 1
-            feats[m] = f[rank[rows][where[rows]]]
-        return Batch(self.input_ids[rows], self.meta[rows], self.positions[rows], feats, self.labels[rows],
-                     self.loss_weights[rows])
+            rank = where.reshape(-1).cumsum(0).reshape(where.shape) - 1  # each position's row in f
+            feats[m] = f[rank[index][where[index]]]
+        return Batch(self.input_ids[index], self.meta[index], self.positions[index], feats, self.labels[index],
+                     self.loss_weights[index])
 
     def to(self, device: torch.device | str) -> Batch:
         """The batch on `device` (itself when every tensor is there already)."""
