@@ -682,7 +682,8 @@ class OmniModel(nn.Module):
                        **kw) -> Tensor:
         """Images (B, 3, S, S) in [0, 1] for text prompts; guidance `cfg` and the per-bit `params` default to the
         benchmark's (`T2I_CFG`, ramped over the scales; `T2I_TEMPERATURE`). `best_of` > 1 (with sampled bits): the
-        best of that many candidates by the model's own caption likelihood of the prompt (omni/rerank.py)."""
+        best of that many candidates by the model's own caption likelihood of the prompt (omni/rerank.py). `kw` go
+        to `generate_images` (`seeds`, `cfg_schedule`, `unguided_scales`, `on_scale`, ...)."""
         from omniar.generation.sampling import SamplingParams
         from omniar.omni.generate import T2I_CFG, T2I_TEMPERATURE
         from omniar.omni.rerank import generate_best_of
