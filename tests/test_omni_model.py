@@ -112,6 +112,21 @@ def test_cached_next_scale_decoding_equals_teacher_forcing(model):
     assert torch.equal(teacher_forced_bits(model, "a red circle", bits), flat)
 
 
+def test_the_images_are_the_tokenizers_decoding_of_the_drawn_bits(model):
+    """The running reconstruction is decoded as it is, not rebuilt from the bits: the same images to the bit, a
+    prefix's too; raster decodes its bits."""
+    params = SamplingParams(temperature=1.0)
+    images, bits = generate_images(model, ["a red circle", "two"], cfg=2.0, params=params, seeds=[1, 2],
+                                   return_bits=True)
+    assert torch.equal(images, model.tokenizer.decode(bits))
+    images, bits = generate_images(model, ["a red circle", "two"], cfg=2.0, params=params, seeds=[1, 2],
+                                   prefix=[~b for b in bits[:2]], return_bits=True)
+    assert torch.equal(images, model.tokenizer.decode(bits))
+    raster = tiny_model(adapter=False, raster=True)
+    images, bits = generate_images(raster, ["a red circle"], cfg=2.0, params=params, return_bits=True)
+    assert torch.equal(images, raster.tokenizer.decode(bits))
+
+
 def test_one_forward_pass_per_scale_with_guidance_rows_batched(model):
     calls = []
     hook = model.decoder.register_forward_hook(lambda m, args, kw_out=None: calls.append(1))

@@ -203,10 +203,9 @@ def generate_images(model: OmniModel, prompts: Sequence[str], *, sources: Sequen
             shown = model.tokenizer.decode_latent(steps.f_hat)
             on_scale(k, shown)
         at += size
-    bits = steps.bits()
-    # watched, the last scale's view is the image (the same sum of contributions): not decoded twice
-    images = shown if shown is not None else model.tokenizer.decode(bits)
-    return (images, bits) if return_bits else images
+    # watched, the last scale's view is the image: not decoded twice
+    images = shown if shown is not None else steps.images()
+    return (images, steps.bits()) if return_bits else images
 
 
 def scale_strip(images: Sequence[Tensor], gap: int = 2) -> np.ndarray:
@@ -310,6 +309,11 @@ class _NextScale:
     def bits(self) -> list:
         return self.per_scale
 
+    def images(self) -> Tensor:
+        """The images the bits decode to: the running reconstruction is their summed contributions already, added
+        in `decode_bits`' order, so the tokenizer's decoder reads it as it is (`tokenizer.decode(bits)` exactly)."""
+        return self.model.tokenizer.decode_latent(self.f_hat)
+
 
 class _Raster:
     """Decoding state of the raster baseline: one token per step, its input the previous token's code."""
@@ -329,3 +333,6 @@ class _Raster:
 
     def bits(self) -> list:
         return [torch.cat(self.tokens, 1).transpose(1, 2).reshape(self.n, -1, self.side, self.side)]
+
+    def images(self) -> Tensor:
+        return self.model.tokenizer.decode(self.bits())
