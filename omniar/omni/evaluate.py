@@ -231,7 +231,7 @@ def draw_scales(model: OmniModel, out: str | Path, num: int = 6, split: str = "h
     prompts = [make_sample(split, i)["caption"] for i in range(num)]
     shown: list = []
     generate_images(model, prompts, cfg=sampling.guidance(), cfg_schedule=sampling.schedule(),
-                    unguided_scales=sampling.unguided_scales, params=sampling.params(),
+                    unguided_scales=sampling.unguided(model), params=sampling.params(),
                     seeds=[seed + i for i in range(num)],
                     on_scale=lambda k, x: shown.append(x))
     (Path(out) / "scales").mkdir(parents=True, exist_ok=True)
