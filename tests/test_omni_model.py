@@ -92,42 +92,6 @@ def test_a_short_training_run_lowers_the_loss():
     assert all(p.grad is None for p in model.tokenizer.parameters())  # the image tokenizer stays frozen
 
 
-def test_a_coarse_t2i_example_is_the_whole_examples_first_scales(model):
-    """`Example.scales`: the image cut after its first scales - their positions (on the whole image's
-    coordinates), inputs, target bits and hidden states are the whole example's (block-causal scales see nothing
-    finer), no <eoi> is taught, and it batches beside whole examples."""
-    img = examples()[0].image
-    whole = Example("t2i", "a red circle", image=img)
-    sizes = [1, 4, 16, 64]
-    for k in (1, 2, 3):
-        cut = Example("t2i", "a red circle", image=img, scales=k)
-        (b_whole, bits_whole, *_), (b_cut, bits_cut, *_) = model.batch([whole]), model.batch([cut])
-        n = sum(sizes[:k])
-        assert len(bits_cut) == n and torch.equal(bits_cut, bits_whole[:n])
-        gen_w, gen_c = (b.meta.modality == Modality.IMAGE_GEN for b in (b_whole, b_cut))
-        assert int(gen_c.sum()) == n
-        assert b_cut.input_ids.shape[1] == b_whole.input_ids.shape[1] - (sum(sizes) - n) - 1  # no <eoi>
-        assert torch.equal(b_cut.positions[gen_c], b_whole.positions[gen_w][:n])
-        with torch.no_grad():
-            h_w = model.decoder(**b_whole.model_inputs()).hidden[gen_w][:n]
-            h_c = model.decoder(**b_cut.model_inputs()).hidden[gen_c]
-        torch.testing.assert_close(h_c, h_w, rtol=1e-5, atol=1e-5)
-    mixed, bits, *_ = model.batch([whole, Example("t2i", "a blue square", image=img, scales=2),
-                                   examples()[1]], pack=True)
-    assert len(bits) == 85 + 5 == int((mixed.meta.modality == Modality.IMAGE_GEN).sum())
-    assert torch.equal(model.batch([Example("t2i", "a red circle", image=img, scales=4)])[1], model.batch([whole])[1])
-    loss, parts = model.loss(mixed, bits)
-    assert torch.isfinite(loss) and "bits" in parts
-    with pytest.raises(ValueError, match="first 5 scales; the image tokenizer has 4"):
-        model.batch([Example("t2i", "a red circle", image=img, scales=5)])
-    with pytest.raises(ValueError, match="is a t2i example, not caption"):
-        Example("caption", "a red circle", image=img, scales=2)
-    with pytest.raises(ValueError, match="count of scales >= 1"):
-        Example("t2i", "a red circle", image=img, scales=0)
-    with pytest.raises(ValueError, match="need next-scale generation"):
-        tiny_model(raster=True).batch([Example("t2i", "a red circle", image=img, scales=1)])
-
-
 def teacher_forced_bits(model, prompt, bits):
     """Greedy bits from one uncached forward over the whole image, its inputs built from `bits`."""
     emb = model.scale_embed(model.tokenizer.ar_inputs(bits), batch=1)[0]

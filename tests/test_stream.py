@@ -31,9 +31,6 @@ def test_positions_are_2d_for_images_and_scaled_for_scales():
     assert p[8].tolist() == [5, 5.5, 5.5]
     assert p[9].tolist() == [5, 5, 5] and p[12].tolist() == [5, 6, 6]
     assert p[13].tolist() == [7, 7, 7]  # text resumes at 5 + 2
-    # the same image cut after its 1x1 scale, on its 2x2 canvas: the 1x1 cell where it was, the next segment at 5 + 2
-    cut = collate([Sample([Segment("image_gen", [0], scales=[(1, 1)], canvas=(2, 2)), Segment("text", [3])])])
-    assert cut.positions[0].tolist() == [[0, 0.5, 0.5], [2, 2, 2]]
 
 
 def test_labels_are_shifted_and_follow_the_loss_mask():
@@ -83,7 +80,6 @@ def test_features_follow_row_major_order_across_rows_and_slices():
     (lambda: Segment("image_und", features=torch.zeros(5, 3), grid=(2, 2)), "layout needs 4"),
     (lambda: Segment("image_gen", [1, 2], scales=[(1, 1), (2, 2)]), "layout needs 5"),
     (lambda: Segment("video", [1]), "unknown modality 'video'"),
-    (lambda: Segment("image_und", features=torch.zeros(4, 3), grid=(2, 2), canvas=(4, 4)), "give it with `scales`"),
     (lambda: collate([Sample([Segment("text", [1, 2, 3])])], max_len=2), "more than max_len=2"),
     (lambda: collate([Sample([Segment("image_und", features=torch.zeros(1, 3))]),
                       Sample([Segment("image_und", features=torch.zeros(1, 4))])]), "different widths"),

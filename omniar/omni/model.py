@@ -216,9 +216,6 @@ class Example:
     # vqa: further (question, answer) turns about the same image after the first answer (training: more answers
     # per image read, for little more than the image's positions)
     turns: Sequence[tuple[str, str]] = ()
-    # t2i: teach only the image's first `scales` scales (a coarse example: the same prompt for a fraction of the
-    # positions - 30 of 130 for the first four of 1, 2, 3, 4, 6, 8; no <eoi>); None: the whole image
-    scales: int | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -230,11 +227,6 @@ class Example:
         self.turns = tuple((str(q), str(a)) for q, a in self.turns)
         if self.turns and self.task != "vqa":
             raise ValueError(f"further question turns are for vqa examples, not {self.task}")
-        if self.scales is not None:
-            if self.task != "t2i":
-                raise ValueError(f"a coarse example (scales={self.scales}) is a t2i example, not {self.task}")
-            if isinstance(self.scales, bool) or int(self.scales) != self.scales or self.scales < 1:
-                raise ValueError(f"a t2i example's scales must be a count of scales >= 1, got {self.scales!r}")
         if self.task in ("asr", "svqa", "chat", "s2i") and self.speech is None:
             raise ValueError(f"an {self.task} example needs its speech (codec codes)")
         for name in ("speech", "answer_speech"):
@@ -437,17 +429,12 @@ class OmniModel(nn.Module):
         return self.ground_embed(stream_order([F.adaptive_avg_pool2d(maps, s) for s in self.scales]))
 
     # ---- layouts ----------------------------------------------------------------------------------------------
-    def gen_segment(self, features: Tensor, begin: bool = True, scales: int | None = None) -> Segment:
-        """A generated image's segment (<boi> ... <eoi>; without `begin`, the <boi> is the caller's); `scales`: only
-        the first that many scales of a next-scale image, on the whole image's coordinates and without <eoi>."""
-        if self.gen_modality == Modality.IMAGE_RASTER:
-            layout = dict(grid=(self.scales[0],) * 2)
-        else:
-            final = self.scales[-1]
-            layout = dict(scales=[(s, s) for s in self.scales[:scales]], canvas=(final, final))
-        end = self.ids["eoi"] if scales is None or scales == len(self.scales) else None
-        return Segment(self.gen_modality, features=features, begin=self.ids["boi"] if begin else None, end=end,
-                       **layout)
+    def gen_segment(self, features: Tensor, begin: bool = True) -> Segment:
+        """A generated image's segment (<boi> ... <eoi>; without `begin`, the <boi> is the caller's)."""
+        layout = dict(grid=(self.scales[0],) * 2) if self.gen_modality == Modality.IMAGE_RASTER else dict(
+            scales=[(s, s) for s in self.scales])
+        return Segment(self.gen_modality, features=features, begin=self.ids["boi"] if begin else None,
+                       end=self.ids["eoi"], **layout)
 
     def und_segment(self, features: Tensor, begin: str = "boi", end: str = "eoi") -> Segment:
         return Segment("image_und", features=features, grid=self.patch_embed.grid(), begin=self.ids[begin],
@@ -469,7 +456,7 @@ class OmniModel(nn.Module):
         if ex.task == "t2i":
             if prompt:
                 segs.append(Segment("text", prompt))
-            segs.append(self.gen_segment(gen, scales=ex.scales))
+            segs.append(self.gen_segment(gen))
         elif ex.task == "caption":
             segs.append(self.und_segment(und))
             target("text", enc(ex.text) + [eos])
@@ -568,11 +555,7 @@ class OmniModel(nn.Module):
                     flip = torch.zeros(len(x))
                 inputs, bits = self.tokenizer.self_correct(x, flip.to(device), generator)
                 gen = iter(self.scale_embed(inputs, batch=len(x)))
-            targets = stream_order(bits)
-            cuts = [ex.scales for ex in examples if ex.task in GENERATES]
-            if any(c is not None for c in cuts):  # coarse examples: their first scales' positions and bits only
-                gen, targets = self._coarse(cuts, gen, targets)
-            targets = targets.reshape(-1, bits[0].shape[1])
+            targets = stream_order(bits).reshape(-1, bits[0].shape[1])
         drops = []  # condition dropout, each independently: (drop prompt, drop reference image)
         for ex in examples:
             drop_prompt = drop_image = False
@@ -616,20 +599,6 @@ class OmniModel(nn.Module):
         if self.grounding_head is not None:
             named = torch.cat(grounding).to(device) if grounding else torch.zeros(0, device=device)
         return TrainingBatch(batch, targets, taught, named)
-
-    def _coarse(self, cuts: list[int | None], gen, targets: Tensor) -> tuple:
-        """The generation examples' input features (an iterator) and target bits (B, N, d), each cut after its
-        first `cuts[i]` scales (None: kept whole)."""
-        if self.gen_modality == Modality.IMAGE_RASTER:
-            raise ValueError("coarse t2i examples (Example.scales) need next-scale generation; this model's images "
-                             "are raster")
-        sizes = [s * s for s in self.scales]
-        for c in cuts:
-            if c is not None and c > len(sizes):
-                raise ValueError(f"a t2i example asks for the first {c} scales; the image tokenizer has "
-                                 f"{len(sizes)}: {list(self.scales)}")
-        keep = [sum(sizes[:c]) for c in cuts]
-        return iter([g[:k] for g, k in zip(gen, keep)]), torch.cat([t[:k] for t, k in zip(targets, keep)])
 
     def grounding_target(self, ex: Example, grid: tuple[int, int], known: bool = True) -> Tensor:
         """(h * w,): the share of each understanding-image patch (`grid` h x w) the named object covers, NaN where

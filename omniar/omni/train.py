@@ -116,10 +116,6 @@ class Recipe:
     # parameters held fixed in this stage: fnmatch patterns of their names, e.g. "decoder.embed.*", where {und}
     # stands for the index of the expert named und
     freeze: tuple[str, ...] | None = None
-    # this share of the t2i examples teach only their image's first `coarse_scales` scales (`Example.scales`): the
-    # prompt and the coarse layout, where drawing loses most, for about a third of a whole image's positions
-    coarse: float = 0.0
-    coarse_scales: int = 4
 
     def __post_init__(self) -> None:
         if not 1 <= self.shards <= self.examples_per_step:
@@ -136,10 +132,6 @@ class Recipe:
             raise ValueError(f"decay_steps must be >= 1 (or None), got {self.decay_steps}")
         if self.speech_pool < 1:
             raise ValueError(f"speech_pool must be >= 1, got {self.speech_pool}")
-        if not 0.0 <= self.coarse <= 1.0:
-            raise ValueError(f"coarse (the share of coarse t2i examples) must be in [0, 1], got {self.coarse}")
-        if self.coarse_scales < 1:
-            raise ValueError(f"coarse_scales must be >= 1, got {self.coarse_scales}")
         if not self.tasks or min(self.tasks.values()) < 0 or sum(self.tasks.values()) <= 0:
             raise ValueError(f"task ratios must be >= 0 with a positive sum, got {self.tasks}")
 
@@ -381,7 +373,6 @@ def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool:
         colours = np.random.default_rng([seed, step, 10]).random(len(picks)) < recipe.relations.colour_counts
     else:
         counting = binding = colours = np.zeros(len(picks), bool)
-    coarse = np.random.default_rng([seed, step, 11]).random(len(picks)) < recipe.coarse
     if shards > 1:
         # each further question about a vqa image adds ~10 positions to its ~70 (BENCHMARKS.md, "More questions")
         cost = {**_COST, "vqa": _COST["vqa"] * (1 + 0.13 * (recipe.questions - 1))}
@@ -393,12 +384,10 @@ def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool:
                 mine.append(i)
         mine = sorted(mine)
         picks, relations = [picks[i] for i in mine], [relations[i] for i in mine]
-        counting, binding, colours, coarse = counting[mine], binding[mine], colours[mine], coarse[mine]
-    examples = [shapeworld_example(t, index, side, speech=speech, questions=recipe.questions, relations=r,
-                                   count=bool(c), bind=bool(b), colour_count=bool(k))
-                for (t, index), r, c, b, k in zip(picks, relations, counting, binding, colours)]
-    return [dataclasses.replace(ex, scales=recipe.coarse_scales) if cut and ex.task == "t2i" else ex
-            for ex, cut in zip(examples, coarse)]
+        counting, binding, colours = counting[mine], binding[mine], colours[mine]
+    return [shapeworld_example(t, index, side, speech=speech, questions=recipe.questions, relations=r, count=bool(c),
+                               bind=bool(b), colour_count=bool(k))
+            for (t, index), r, c, b, k in zip(picks, relations, counting, binding, colours)]
 
 
 def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, seed: int = 0,

@@ -94,17 +94,16 @@ def _segment_positions(seg: Segment, start: float) -> tuple[Tensor, Tensor, floa
         p = torch.arange(n, dtype=torch.float32) + start
         return p[:, None].expand(n, 3), torch.zeros(n, dtype=torch.long), start + n
     grids = tuple((int(h), int(w)) for h, w in (seg.scales if seg.scales is not None else [seg.grid]))
-    H, W = seg.canvas or grids[-1]
-    pos, block = _grid_positions(grids, (H, W))
+    pos, block = _grid_positions(grids)
+    H, W = grids[-1]
     return pos + start, block, start + max(H, W)
 
 
 @functools.lru_cache(maxsize=64)
-def _grid_positions(grids: tuple[tuple[int, int], ...], canvas: tuple[int, int]) -> tuple[Tensor, Tensor]:
+def _grid_positions(grids: tuple[tuple[int, int], ...]) -> tuple[Tensor, Tensor]:
     """(t, row, col) positions (n, 3) from t = 0 and the scale index of the cells of `grids` (scale by scale, row
-    major): each scale's cell centres on the coordinates of the `canvas` grid (H, W). Kept per layout (shared: never
-    written)."""
-    H, W = canvas
+    major): each scale's cell centres on the last grid's coordinates. Kept per layout (shared: never written)."""
+    H, W = grids[-1]
     pos, block = [], []
     for k, (h, w) in enumerate(grids):
         rows = (torch.arange(h, dtype=torch.float32) + 0.5) * H / h - 0.5

@@ -18,9 +18,8 @@ class Segment:
     A segment holds either discrete `ids` (text, raster image codes, speech codes) or continuous `features`
     (n, d) - one row per position, e.g. patch features of an understanding image. Images give their layout so
     positions can be 2-D: `grid=(h, w)` for a single-grid image, `scales=[(1, 1), (2, 2), ...]` for a next-scale
-    image whose tokens are laid out coarse to fine; `canvas=(H, W)`, the grid its positions are drawn on (default: the
-    last scale's) - a next-scale image cut after its coarse scales keeps the whole image's coordinates. `loss` marks
-    the segment (and its markers) as prediction targets, with `weight` in the task-aware loss.
+    image whose tokens are laid out coarse to fine. `loss` marks the segment (and its markers) as prediction
+    targets, with `weight` in the task-aware loss.
     """
 
     modality: Modality | str
@@ -28,7 +27,6 @@ class Segment:
     features: Tensor | None = None
     grid: tuple[int, int] | None = None
     scales: Sequence[tuple[int, int]] | None = None
-    canvas: tuple[int, int] | None = None
     begin: int | None = None
     end: int | None = None
     loss: bool = False
@@ -48,10 +46,6 @@ class Segment:
                 raise ValueError(f"{self.modality.name} segment features must be a float tensor (n, d); got {desc}")
         if self.grid is not None and self.scales is not None:
             raise ValueError("give either `grid` (one image grid) or `scales` (next-scale image), not both")
-        if self.canvas is not None:
-            if self.scales is None:
-                raise ValueError("`canvas` is the grid of a next-scale image's positions: give it with `scales`")
-            self.canvas = tuple(int(c) for c in self.canvas)
         if self.scales is not None:
             self.scales = [tuple(s) for s in self.scales]
             expected = sum(h * w for h, w in self.scales)
