@@ -134,7 +134,7 @@ def _train_decoder(args) -> None:
 
     model = OmniModel.from_pretrained(args.model).to(args.device)
     config = DecoderPostTraining(images=args.images, steps=args.steps, batch=args.batch, lr=args.lr, keep=args.keep,
-                                 true_share=args.true_share)
+                                 true_share=args.true_share, true_source=args.true_source)
     summary = post_train_decoder(model, args.out, config, seed=args.seed)
     print(f"decoder post-trained on {summary['images']} redrawn images ({summary['keep']} scales kept), "
           f"{summary['steps']} steps: loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f} "
@@ -821,8 +821,10 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--keep", type=int, default=None, help="coarse scales kept from each image (default: all but "
                    "the finest)")
-    t.add_argument("--true-share", type=float, default=0.2, help="share of a batch decoded from the image's own "
+    t.add_argument("--true-share", type=float, default=0.4, help="share of a batch decoded from encoded images' "
                    "codes")
+    t.add_argument("--true-source", choices=("pool", "train"), default="pool", help="those images: renders of every "
+                   "colour-shape pair, text-free (default), or the redrawn training scenes themselves")
     t.add_argument("--device", default="cpu")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--tensorboard", action="store_true", help=TENSORBOARD_HELP)

@@ -596,7 +596,8 @@ def calibrate(cache: str | Path, plan: DemoPlan, device: str | torch.device = "c
     key = {"preset": plan.preset, "config": dataclasses.asdict(preset), "overrides": plan.overrides,
            "batch": plan.examples_per_step, "distill": plan.distill > 0, "device": str(device),
            "timing": "difference of a 4- and a 16-step run; image tokenizer 2 / 8 steps, ConvTeacher 10 / 40; "
-                     "decoder post-training 50 / 200 images", "decoder": plan.decoder_images > 0,
+                     "decoder post-training 50 / 200 images, its encoded share from the image pool",
+           "decoder": plan.decoder_images > 0,
            "mixes": {name: [STAGES[name].tasks, STAGES[name].questions, STAGES[name].freeze] for name in timed},
            "image": dataclasses.asdict(image), "align": plan.align, "conv_teacher": conv}
     path = Path(cache) / f"calibration-{_digest(key)}.json"

@@ -68,6 +68,23 @@ def logged_losses(directory):
     return [(m["step"], m["loss"]) for m in map(json.loads, (directory / "metrics.jsonl").read_text().splitlines())]
 
 
+def test_the_encoded_share_comes_from_the_image_pool_or_the_redrawn_images(tmp_path):
+    """With `true_share` 1 the decoder trains on encoded images alone: the pool's renders (every colour-shape pair,
+    the default source) or the redrawn training scenes themselves ("train"); each fits its own images best."""
+    from omniar.tokenizers.train_image import shapeworld_images
+
+    pool = to_tensor(shapeworld_images(12, "pool", tiny_model().image_size))
+    train = to_tensor(np.stack([shapeworld_example("t2i", i, pool.shape[-1]).image for i in range(12)]))
+    fitted = {}
+    for source in ("pool", "train"):
+        model = tiny_model()
+        post_train_decoder(model, tmp_path / source, dataclasses.replace(
+            SMALL, images=12, steps=60, true_share=1.0, true_source=source), progress=False)
+        fitted[source] = {name: decoded_loss(model, model.tokenizer.encode(x), x)
+                          for name, x in (("pool", pool), ("train", train))}
+    assert fitted["pool"]["pool"] < fitted["train"]["pool"] and fitted["train"]["train"] < fitted["pool"]["train"]
+
+
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     """Stopped while drawing (SIGINT), then drawing on with more images than the run asks, then stopped mid-training:
     the same decoder to the bit, the same losses, as one run never stopped."""
@@ -131,6 +148,8 @@ def test_misuse_is_named(tmp_path):
                                progress=False)
     with pytest.raises(ValueError, match="true_share"):
         DecoderPostTraining(true_share=1.5)
+    with pytest.raises(ValueError, match="unknown true_source 'test'; known: pool, train"):
+        DecoderPostTraining(true_source="test")
     with pytest.raises(ValueError, match="must be >= 1"):
         DecoderPostTraining(steps=0)
     with pytest.raises(ValueError, match="decoder post-training needs fp32 weights"):

@@ -15,6 +15,7 @@ from omniar.data.shapeworld.dataset import (
     make_dataset,
     make_sample,
     mentions_held_out,
+    pool_scenes,
 )
 from omniar.data.shapeworld.judge import prompt_satisfied
 from omniar.data.shapeworld.language import parse_prompt
@@ -48,6 +49,25 @@ def test_held_out_compositions_never_reach_the_other_splits():
                 assert not mentions_held_out(s["edit"]["instruction"])
                 assert not any((o["color"], o["shape"]) in HELD_OUT_PAIRS for o in s["edit"]["scene"]["objects"])
     assert all(is_held_out(parse_prompt(make_sample("heldout", i)["caption"])) for i in range(200))
+
+
+def test_the_image_pool_draws_every_pair_and_its_renders_are_pinned():
+    """The text-free image pool (for the image decoder) is a pure function of its index, draws the held-out pairs
+    too - as often as the others - and is none of the splits' scenes; `shapeworld_images` renders it."""
+    from omniar.data.shapeworld.world import COLORS, SHAPES
+    from omniar.tokenizers.train_image import shapeworld_images
+
+    assert pool_scenes(3) == pool_scenes(3) and pool_scenes(3) != pool_scenes(4)
+    pairs = [(o.color, o.shape) for i in range(600) for scene in pool_scenes(i) for o in scene.objects]
+    held = sum(p in HELD_OUT_PAIRS for p in pairs) / len(pairs)
+    assert set(pairs) == {(c, s) for c in COLORS for s in SHAPES}
+    assert 0.5 < held / (len(HELD_OUT_PAIRS) / (len(COLORS) * len(SHAPES))) < 1.5, held
+    train = {json.dumps(make_sample("train", i)["scene"], sort_keys=True) for i in range(600)}
+    assert not any(json.dumps(scene.to_dict(), sort_keys=True) in train for i in range(600) for scene in pool_scenes(i))
+    images = shapeworld_images(7, "pool", side=32)
+    assert images.shape == (7, 32, 32, 3) and images.dtype == np.uint8
+    assert np.array_equal(images, shapeworld_images(7, "pool", side=32))
+    assert not np.array_equal(images, shapeworld_images(7, "train", side=32))
 
 
 def test_make_dataset_writes_a_manifest_the_loader_reads_back(tmp_path):

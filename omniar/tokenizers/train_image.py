@@ -24,17 +24,20 @@ ALIGN_WEIGHT = 2.0
 
 
 def shapeworld_images(num: int, split: str = "train", side: int = 64) -> np.ndarray:
-    """(num, side, side, 3) uint8 renders of the split's scenes (and their edit targets), deterministic."""
-    from omniar.data.shapeworld.dataset import make_sample
+    """(num, side, side, 3) uint8 renders of the split's scenes (and their edit targets), deterministic; split
+    "pool": the text-free image pool, every colour-shape pair (`dataset.pool_scenes`)."""
+    from omniar.data.shapeworld.dataset import make_sample, pool_scenes
     from omniar.data.shapeworld.render import render
     from omniar.data.shapeworld.scene import Scene
 
     out, i = [], 0
     while len(out) < num:
-        s = make_sample(split, i)
-        out.append(render(Scene.from_dict(s["scene"]), side))
-        if s["edit"] is not None and len(out) < num:
-            out.append(render(Scene.from_dict(s["edit"]["scene"]), side))
+        if split == "pool":
+            scenes = pool_scenes(i)
+        else:
+            s = make_sample(split, i)
+            scenes = [Scene.from_dict(s["scene"])] + ([Scene.from_dict(s["edit"]["scene"])] if s["edit"] else [])
+        out += [render(scene, side) for scene in scenes[: num - len(out)]]
         i += 1
     return np.stack(out)
 

@@ -6,7 +6,9 @@ and a dataset can be grown or re-made identically. Speech files are content-addr
 utterance said twice is synthesised once, and re-making a dataset reuses them.
 
 Held-out compositions: the (colour, shape) pairs of `HELD_OUT_PAIRS` and the (shape, relation, shape) triples
-of `HELD_OUT_RELATIONS` never occur in train/val/test prompts; every prompt of the `heldout` split has one.
+of `HELD_OUT_RELATIONS` never occur in train/val/test prompts; every prompt of the `heldout` split has one. Nor
+are held-out pairs in those splits' images; only the text-free image pool (`pool_scenes`), which no prompt,
+caption, question or label goes with, draws every pair.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from omniar.data.shapeworld.language import Prompt
+from omniar.data.shapeworld.scene import Scene
 from omniar.data.shapeworld.render import render
 from omniar.data.shapeworld.speech import Voice, sample_voice, speak
 from omniar.data.shapeworld.tasks import KINDS, sample_edit, sample_prompt, sample_qa, scene_for_prompt
@@ -75,6 +78,18 @@ def make_sample(split: str, index: int) -> dict:
             "qa_kind": qa.kind, "edit": None if edit is None else {
                 "instruction": edit.instruction, "kind": edit.kind, "scene": edit.target.to_dict()},
             "voice": vars(sample_voice(rng))}
+
+
+def pool_scenes(index: int) -> list[Scene]:
+    """Scene `index` of the text-free image pool, with its edit's result where it has one: drawn as a train sample's
+    scenes are, but with every (colour, shape) pair allowed, `HELD_OUT_PAIRS` included. The pool is for what reads
+    images without text (the image tokenizer's decoder, `omni/decoder_post.py`): held-out compositions are never
+    in a training prompt, and a decoder that has drawn every pair decodes a red star the model composes as a red
+    star (BENCHMARKS.md "Held-out compositions: a decoder that has seen every pair")."""
+    rng = random.Random(f"shapeworld/pool/{index}")
+    scene = scene_for_prompt(sample_prompt(rng), rng)
+    edit = sample_edit(scene, rng)
+    return [scene] if edit is None else [scene, edit.target]
 
 
 def more_questions(sample: dict, n: int) -> list[tuple[str, str]]:
