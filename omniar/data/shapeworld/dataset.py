@@ -25,8 +25,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from omniar.data.shapeworld.language import Prompt
-from omniar.data.shapeworld.scene import Scene
 from omniar.data.shapeworld.render import render
+from omniar.data.shapeworld.scene import Scene
 from omniar.data.shapeworld.speech import Voice, sample_voice, speak
 from omniar.data.shapeworld.tasks import KINDS, sample_edit, sample_prompt, sample_qa, scene_for_prompt
 
