@@ -146,9 +146,9 @@ def _save_draws(directory: Path, key: dict, drawn: list[torch.Tensor], own: list
 
 def post_train_decoder(model: OmniModel, out: str | Path, config: DecoderPostTraining | None = None, seed: int = 0,
                        progress: bool = True, stop_at: int | None = None) -> dict:
-    """Post-train `model.tokenizer.decoder` in place (module docstring) on the train split's text-to-image scenes,
-    and save the model to `out/checkpoint` (with the optimizer state and the step); `out/metrics.jsonl` logs the
-    loss. Returns a summary.
+    """Post-train `model.tokenizer.decoder` in place (module docstring) on the train split's text-to-image scenes
+    redrawn and the encoded images of `config.true_source`, and save the model to `out/checkpoint` (with the
+    optimizer state and the step); `out/metrics.jsonl` logs the loss. Returns a summary.
 
     Resumable like every training loop here: the draws are saved to `out/draws` as they are made (every
     `SAVE_DRAWS` images) and the training to `out/checkpoint` every `SAVE_STEPS` steps, both on Ctrl-C or SIGTERM
@@ -184,7 +184,7 @@ def post_train_decoder(model: OmniModel, out: str | Path, config: DecoderPostTra
     t0 = time.perf_counter()
     stop = GracefulStop()
     with stop:
-        if step < config.steps:  # the decoder's inputs, f_hat, from the redrawn bits and from the images' own
+        if step < config.steps:  # the decoder's inputs, f_hat: the redrawn bits, and encoded images' (`truth`'s)
             examples = [shapeworld_example("t2i", i, model.image_size) for i in range(config.images)]
             pixels = torch.from_numpy(np.stack([ex.image for ex in examples]))  # uint8 (N, S, S, 3)
             drawn, own = _draw(model, examples, pixels, {"model": fingerprint, "seed": seed, "keep": keep},
@@ -194,11 +194,11 @@ def post_train_decoder(model: OmniModel, out: str | Path, config: DecoderPostTra
             if config.true_source == "pool":  # as many encoded renders of every colour-shape pair
                 truth = torch.from_numpy(shapeworld_images(config.images, "pool", model.image_size))
                 with torch.no_grad():
-                    own = torch.cat([quantizer.decode_bits(model.tokenizer.encode(to_tensor(
+                    encoded = torch.cat([quantizer.decode_bits(model.tokenizer.encode(to_tensor(
                         truth[a : a + config.chunk].numpy()).to(model.device))).cpu()
                         for a in range(0, config.images, config.chunk)])
             else:
-                truth, own = pixels, quantizer.decode_bits(own).cpu()
+                truth, encoded = pixels, quantizer.decode_bits(own).cpu()
         draw_seconds = time.perf_counter() - t0
         out.mkdir(parents=True, exist_ok=True)
         metrics = MetricsLog(out / "metrics.jsonl", step)
@@ -207,12 +207,12 @@ def post_train_decoder(model: OmniModel, out: str | Path, config: DecoderPostTra
         while step < stop_at:
             g = torch.Generator().manual_seed(seed * 1_000_003 + step)
             idx = torch.randint(0, config.images, (config.batch,), generator=g)
-            use_own = (torch.rand(config.batch, generator=g) < config.true_share)[:, None, None, None]
-            f = torch.where(use_own, own[idx], drawn[idx]).to(model.device)
+            use_truth = (torch.rand(config.batch, generator=g) < config.true_share)[:, None, None, None]
+            f = torch.where(use_truth, encoded[idx], drawn[idx]).to(model.device)
             # one memory layout whether the bits were drawn now or loaded (the convolutions' sums follow it), the
             # faster one (channels last: ~15% off a step)
             f = f.contiguous(memory_format=torch.channels_last)
-            target = to_tensor(torch.where(use_own, truth[idx], pixels[idx]).numpy()).to(model.device)
+            target = to_tensor(torch.where(use_truth, truth[idx], pixels[idx]).numpy()).to(model.device)
             for group in opt.param_groups:
                 group["lr"] = warm_cosine(step, config.steps, config.lr, warmup=1)  # a fine-tune: no warm-up
             loss = reconstruction_loss(decoder(f) * 0.5 + 0.5, target)
