@@ -142,6 +142,23 @@ def _train_decoder(args) -> None:
     print(f"checkpoint: {(Path(args.out) / 'checkpoint').resolve()}")
 
 
+def _train_self(args) -> None:
+    from omniar.omni.model import OmniModel
+    from omniar.omni.self_train import SelfTraining, self_train
+
+    model = OmniModel.from_pretrained(args.model).to(args.device)
+    config = SelfTraining(prompts=args.prompts, candidates=args.candidates, top=args.top, real_share=args.real_share,
+                          edit_share=args.edit_share, skip_kinds=tuple(args.skip_kinds), steps=args.steps,
+                          batch=args.batch, lr=args.lr)
+    summary = self_train(model, args.out, config, seed=args.seed)
+    loss = (f"loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f}" if summary["loss_first"] is not None
+            else "no steps left to train")
+    print(f"self-trained on {summary['kept']} of {summary['prompts']} prompts' best drawings (caption score "
+          f"{summary['score_kept']:.2f} kept, {summary['score_all']:.2f} over all drawings), {summary['steps']} "
+          f"steps: {loss} in {summary['seconds']} s")
+    print(f"checkpoint: {(Path(args.out) / 'checkpoint').resolve()}")
+
+
 def _train_text(args) -> None:
     from omniar.data.toy import corpus
     from omniar.train.text import train_text
@@ -829,6 +846,26 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--tensorboard", action="store_true", help=TENSORBOARD_HELP)
     t.set_defaults(func=_train_decoder)
+
+    t = tsub.add_parser("self", help="self-training (omni/self_train.py): the model draws for training prompts, its "
+                                     "own caption score keeps the best drawings, the generation side learns them")
+    t.add_argument("--model", required=True, help="OmniModel checkpoint directory")
+    t.add_argument("--out", required=True, help="run directory: the model in out/checkpoint (a run stopped while "
+                   "drawing or training goes on from where it stopped)")
+    t.add_argument("--prompts", type=int, default=3000, help="training prompts drawn for")
+    t.add_argument("--candidates", type=int, default=4, help="drawings per prompt (its best is kept)")
+    t.add_argument("--top", type=float, default=0.5, help="share of each prompt kind kept: the best-scoring")
+    t.add_argument("--real-share", type=float, default=0.5, help="share of the text-to-image examples from the "
+                   "prompts' own renders")
+    t.add_argument("--edit-share", type=float, default=0.3, help="share of a batch from the train split's edits")
+    t.add_argument("--skip-kinds", nargs="*", default=["counting"], metavar="KIND", help="prompt kinds whose drawings "
+                   "are not learnt (default: counting, which the caption score does not check); none: --skip-kinds")
+    t.add_argument("--steps", type=int, default=400)
+    t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--lr", type=float, default=5e-4)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_train_self)
 
     t = tsub.add_parser("omni", help="OmniModel (OneCAT, AR-Omni) on ShapeWorld: t2i, caption, vqa, edit, text, "
                                      "and with --speech-codec tts, asr, svqa")

@@ -390,6 +390,23 @@ def examples_for_step(recipe: Recipe, step: int, side: int, seed: int = 0, pool:
             for (t, index), r, c, b, k in zip(picks, relations, counting, binding, colours)]
 
 
+def held_parameters(model: OmniModel, patterns: tuple[str, ...]) -> list[nn.Parameter]:
+    """The trainable parameters that `patterns` name (fnmatch patterns of parameter names, where {und} stands for
+    the index of the expert named und): those a stage holds fixed. A pattern of an expert the model lacks, or
+    patterns that name no trainable parameter, are named errors."""
+    experts = {name: i for i, name in enumerate(model.decoder.config.experts)}
+    try:
+        resolved = [pattern.format(**experts) for pattern in patterns]
+    except KeyError as e:
+        raise ValueError(f"the recipe freezes the {e.args[0]} expert, which this model does not have (experts: "
+                         f"{', '.join(experts)})") from None
+    held = [p for name, p in model.named_parameters()
+            if p.requires_grad and any(fnmatch.fnmatchcase(name, pattern) for pattern in resolved)]
+    if patterns and not held:
+        raise ValueError(f"the recipe freezes {patterns}, which name none of the model's trainable parameters")
+    return held
+
+
 def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, seed: int = 0,
                progress: bool = True, resume: bool = True, until: int | None = None,
                teacher: nn.Module | None = None, parallel: DataParallel | None = None) -> list[dict]:
@@ -427,16 +444,7 @@ def train_omni(model: OmniModel, out: str | Path, recipe: Recipe | None = None, 
                                      speech=model.speech_codec)
         return model.batch(examples, generator=g, pack=recipe.pack, teacher=teacher, reweight=recipe.reweight)
 
-    experts = {name: i for i, name in enumerate(model.decoder.config.experts)}
-    try:
-        patterns = [pattern.format(**experts) for pattern in recipe.freeze or ()]
-    except KeyError as e:
-        raise ValueError(f"the recipe freezes the {e.args[0]} expert, which this model does not have (experts: "
-                         f"{', '.join(experts)})") from None
-    frozen = [p for name, p in model.named_parameters()
-              if p.requires_grad and any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)]
-    if recipe.freeze and not frozen:
-        raise ValueError(f"the recipe freezes {recipe.freeze}, which name none of the model's trainable parameters")
+    frozen = held_parameters(model, recipe.freeze or ())
     for p in frozen:  # out of the optimizer (and its weight decay) for this stage only
         p.requires_grad_(False)
     try:
