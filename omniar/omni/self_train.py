@@ -129,9 +129,9 @@ def _draw(model: OmniModel, prompts: list[str], key: dict, config: SelfTraining,
         saved = json.loads((directory / DRAWS_META).read_text())
         changed = [k for k in key if saved.get(k) != key[k]]
         if changed:
+            differ = ", ".join(f"{saved.get(k)} here, {key[k]} asked" for k in changed)
             raise ValueError(f"cannot draw on from {directory}: its drawings were made with another "
-                             f"{', '.join(changed)} ({', '.join(f'{saved.get(k)} here, {key[k]} asked' for k in changed)}"
-                             "); use a new output directory")
+                             f"{', '.join(changed)} ({differ}); use a new output directory")
         tensors = read_tensors(directory / DRAWS_NAME)
         images, scores = [tensors["images"][: len(prompts)].numpy()], [tensors["scores"][: len(prompts)].numpy()]
     done = saved = len(images[0]) if images else 0
@@ -148,8 +148,8 @@ def _draw(model: OmniModel, prompts: list[str], key: dict, config: SelfTraining,
     params = SamplingParams(temperature=T2I_TEMPERATURE)
     while done < len(prompts):
         part = prompts[done : done + config.chunk]
-        chosen, s = generate_best_of(model, part, config.candidates, params=params, cfg=T2I_CFG,
-                                     seeds=[key["seed"] * 1_000_003 + config.first + done + i for i in range(len(part))],
+        seeds = [key["seed"] * 1_000_003 + config.first + done + i for i in range(len(part))]
+        chosen, s = generate_best_of(model, part, config.candidates, params=params, cfg=T2I_CFG, seeds=seeds,
                                      return_scores=True)
         images.append(to_uint8(chosen))
         scores.append(s.float().cpu().numpy())
