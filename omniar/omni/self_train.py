@@ -16,7 +16,8 @@ draws well: the distribution sharpens towards its good modes instead of spreadin
 allows. Nothing outside the model is consulted: the prompts are the train split's (no held-out composition), the
 judge never sees a drawing, and only the generation side learns (`GENERATION_SIDE`: the parameters every task shares,
 the understanding path and the text expert are held), so the captioner that grades the drawings, and every answer
-and caption, stay exactly what they were.
+and caption, stay exactly what they were (where each expert has attention projections of its own, as in
+`onecat-tiny`; with shared attention they move a little).
 """
 
 from __future__ import annotations
