@@ -8,6 +8,7 @@ Safetensors only: nothing is unpickled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -181,3 +182,14 @@ def load_training_state(directory: str | Path, optimizer: torch.optim.Optimizer)
         state.setdefault(int(pid), {})[name] = t
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     return meta
+
+
+def weights_digest(module: torch.nn.Module, skip: str | None = None) -> str:
+    """A digest (sha256, 16 hex digits) of every tensor of `module.state_dict()` - names and bytes - but those whose
+    name starts with `skip`: what tells one set of weights from another (the model a run's draws belong to)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        if skip is None or not name.startswith(skip):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -23,7 +23,6 @@ model (`OmniModel.save_pretrained` holds the tokenizer's weights).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import sys
 import time
@@ -42,6 +41,7 @@ from omniar.checkpoint import (
     read_tensors,
     recover_directory,
     save_training_checkpoint,
+    weights_digest,
     write_directory,
     write_tensors,
 )
@@ -107,14 +107,9 @@ def redrawn_codes(model: OmniModel, prompts: list[str], images: torch.Tensor, ke
 
 
 def model_fingerprint(model: OmniModel) -> str:
-    """A digest of every weight but the image decoder's (sha256, 16 hex digits): the model a post-training run's
-    draws and checkpoint belong to - the same before and after post-training, which changes only the decoder."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        if not name.startswith(DECODER_PREFIX):
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+    """A digest of every weight but the image decoder's: the model a post-training run's draws and checkpoint belong
+    to - the same before and after post-training, which changes only the decoder."""
+    return weights_digest(model, skip=DECODER_PREFIX)
 
 
 def _load_draws(directory: Path, key: dict, scales: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

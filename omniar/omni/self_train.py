@@ -23,7 +23,6 @@ and caption, stay exactly what they were (where each expert has attention projec
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import sys
 import time
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from omniar.checkpoint import read_tensors, recover_directory, write_directory, write_tensors
+from omniar.checkpoint import read_tensors, recover_directory, weights_digest, write_directory, write_tensors
 from omniar.generation.sampling import SamplingParams
 from omniar.omni.generate import T2I_CFG, T2I_TEMPERATURE
 from omniar.omni.model import Example, OmniModel
@@ -106,15 +105,6 @@ def choose(scores: np.ndarray, kinds: list[str], top: float, skip: tuple[str, ..
         n = int(np.ceil(top * len(members)))
         kept[members[np.argsort(-value[members], kind="stable")[:n]]] = True
     return best, kept
-
-
-def model_fingerprint(model: OmniModel) -> str:
-    """A digest of every weight (sha256, 16 hex digits): the model a self-training run's draws belong to."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _draw(model: OmniModel, prompts: list[str], key: dict, config: SelfTraining, directory: Path, progress: bool,
@@ -199,12 +189,12 @@ def self_train(model: OmniModel, out: str | Path, config: SelfTraining | None = 
         (out / RUN_NAME).write_text(json.dumps(run, indent=2))
     t0 = time.perf_counter()
     # the model as given (a resumed run's weights come from its checkpoint after the draws)
-    key = {"model": model_fingerprint(model), "seed": seed, "candidates": config.candidates, "first": config.first}
+    key = {"model": weights_digest(model), "seed": seed, "candidates": config.candidates, "first": config.first}
     stop = GracefulStop()
     with stop:
         drawn, scores = _draw(model, prompts, key, config, out / DRAWS, progress, stop)
     draw_seconds = time.perf_counter() - t0
-    best, kept = choose(scores, [s["kind"] for s in samples], config.top, config.skip_kinds)
+    _, kept = choose(scores, [s["kind"] for s in samples], config.top, config.skip_kinds)
     side = model.image_size
     mine = [Example("t2i", prompts[i], image=drawn[i]) for i in np.flatnonzero(kept)]
     if not mine:
