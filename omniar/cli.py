@@ -20,7 +20,7 @@ def _demo(args) -> None:
     from omniar.demo import DemoPlan, calibrate, run_demo
 
     kw = dict(seed=args.seed, distill=args.distill, teacher=args.teacher, align=args.align, speech=args.speech,
-              preset=args.preset, decoder_images=args.decoder_images)
+              preset=args.preset, decoder_images=args.decoder_images, self_prompts=args.self_prompts)
     plan = DemoPlan.for_budget(args.budget, **kw)  # the reference machine's plan; checks the settings
     device = _device(args.device)  # named before any work
     if args.step_seconds and len(args.step_seconds) not in (3, 4, 5):
@@ -785,6 +785,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--decoder-images", type=int, metavar="N", help="decoder post-training after the last stage: "
                    "the model redraws the finest scale of N training images and the image decoder learns them "
                    "(default: 8,000 in 45 minutes, in proportion; 0: none; next-scale presets only)")
+    p.add_argument("--self-prompts", type=int, metavar="N", help="self-training last: the model draws 4 images "
+                   "for each of N training prompts, keeps the best by its own caption score, and its generation side "
+                   "learns them (default: 3,000 in 45 minutes, in proportion, where the plan holds the relations and "
+                   "edits stages too; 0: none; next-scale presets with an und expert only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speech", action="store_true", help="AR-Omni's speech too: a speech codec, text-to-speech, "
                                                          "recognition and spoken questions in every stage")

@@ -119,6 +119,22 @@ DECODER_IMAGES = 8000
 DECODER_STEPS_PER_IMAGE = 0.15
 DECODER_POST_COST = 0.06
 DECODER_SHARE = 0.1  # at most this share of a measured plan's time for the model (fewer images where they are dear)
+# self-training (omni/self_train.py) after decoder post-training: the model draws 4 images for each of this many
+# training prompts (in proportion for other budgets), keeps its best by its own caption score, and its generation side
+# learns them for `SELF_STEPS` steps with renders and edits beside - one demo's model (the first Xeon demo's, its
+# decoder post-trained): test text-to-image 0.439 -> 0.493, held-out compositions 0.344 -> 0.403, edits 0.749 / 0.879
+# -> 0.766 / 0.893, every answer and caption the same (BENCHMARKS.md "Self-training"). Where the plan holds the
+# stages after stage 3 with it (a model that answers and edits well enough to grade and keep them), else not at all:
+# those stages come first. Its cost: a prompt's drawing as timed ("self-draw"), else `SELF_DRAW_COST` of the
+# costliest stage's training steps, and its steps as edits steps; at most `SELF_SHARE` of a measured plan's time for
+# the model, with prompts and steps cut in proportion where it is dear, down to `SELF_LEAST` of them, else none
+SELF_PROMPTS = 3000
+SELF_STEPS = 400
+# a prompt drawn for, where not timed (Zen 3: 0.066-0.096 s against a stage step of 0.81-0.88; Xeon: ~0.075
+# against 0.35-0.45)
+SELF_DRAW_COST = 0.2
+SELF_SHARE = 0.15
+SELF_LEAST = 0.25
 # of the budget is planned: real steps have run up to 30% away from their timing (Zen 5: stages 2 and 3 at 0.36 s
 # against 0.31 in a run that took 44.7 of its 45 minutes at 0.93; Zen 3: 0.78 against 0.61-0.64), which pacing
 # (`pace_stages`) makes up for in the stages after them as the run goes (0.9 before it); the rest is for the stages
@@ -153,6 +169,8 @@ class DemoPlan:
     codec_utterances: int = 2000
     decoder_images: int = 0  # > 0: post-train the image decoder on the model's redraws of this many images
     decoder_steps: int = 0
+    self_prompts: int = 0  # > 0: self-train the generation side on its best drawings for this many prompts
+    self_steps: int = 0
     # each stage's training step as measured on this machine, which sized the stages (None: the reference rates)
     step_seconds: dict[str, float] | None = None
 
@@ -164,6 +182,13 @@ class DemoPlan:
             raise ValueError(f"decoder_images {self.decoder_images}: decoder post-training redraws the finest scale "
                              f"of next-scale codes, and {self.preset}{' with speech' if self.speech else ''} decodes "
                              "raster tokens (or speaks): give 0")
+        if (self.self_prompts > 0) != (self.self_steps > 0):
+            raise ValueError(f"self_prompts {self.self_prompts} and self_steps {self.self_steps}: self-training needs "
+                             "both (or neither)")
+        if self.self_prompts and not _self_trainable(self.preset, self.speech):
+            raise ValueError(f"self_prompts {self.self_prompts}: self-training draws next-scale images and holds the "
+                             f"understanding path, and {self.preset}{' with speech' if self.speech else ''} "
+                             "decodes raster tokens, has no und expert or speaks: give 0")
         if self.align < 0 or (self.align > 0 and self.teacher != "conv"):
             raise ValueError(f"align {self.align} with teacher {self.teacher!r}: the image tokenizer's semantic "
                              "alignment is a weight >= 0 and reads the ConvNet teacher (teacher='conv')")
@@ -180,6 +205,9 @@ class DemoPlan:
         (`RELATION_STEPS`) and then the edits stage (`EDIT_STEPS`) run last, on time taken from the stages in
         proportion (`AFTER_STAGES`); where a measured plan holds neither, the answers stage (`ANSWER_STEPS`) comes
         in their place, on the decoder post-training's time unless `decoder_images` is given (`ANSWER_STAGES`).
+        Self-training (`SELF_PROMPTS` prompts drawn for, `SELF_STEPS` steps, in proportion to the budget; at most
+        `SELF_SHARE` of a measured plan's time for the model) comes last where the plan holds the relations and
+        edits stages with it, unless `self_prompts` is given; elsewhere the plan is made without it.
         Without a `distill` or `align` weight, the preset's recipe decides (`DEMO_DISTILL`, `DEMO_ALIGN`)."""
         if minutes <= 0:
             raise ValueError(f"the budget must be a positive number of minutes, got {minutes}")
@@ -190,7 +218,9 @@ class DemoPlan:
                              f"{', '.join((*LATE_STAGES, *OTHER_STEPS[:-1]))} "
                              f"and {OTHER_STEPS[-1]}), and "
                              "covers the image demo only (the speech demo plans from the reference rates)")
+        asked = dict(kw)  # as given: a plan without self-training is made from them again
         decoder_given = kw.get("decoder_images") is not None
+        self_given = kw.get("self_prompts") is not None
         if kw.get("distill") is None:
             kw["distill"] = DEMO_DISTILL.get(kw.get("preset", cls.preset), 0.0)
         if kw.get("align") is None:  # the alignment reads the ConvNet teacher's features
@@ -207,9 +237,16 @@ class DemoPlan:
         if kw.get("decoder_steps") is None:
             kw["decoder_steps"] = max(1, round(DECODER_STEPS_PER_IMAGE * kw["decoder_images"])) \
                 if kw["decoder_images"] else 0
+        if kw.get("self_prompts") is None:
+            kw["self_prompts"] = _self_prompts_for(kw.get("preset", cls.preset), kw.get("speech"), minutes)
+        if kw.get("self_steps") is None:
+            kw["self_steps"] = max(1, round(SELF_STEPS * kw["self_prompts"] / SELF_PROMPTS)) \
+                if kw["self_prompts"] else 0
         after = _after_costs(None, kw.get("preset", cls.preset), kw.get("speech"))
-        stages = _stages(max(6, round((share * minutes - 1.5 * num * EVAL_MIN_PER_ITEM) * MODEL_STEPS_PER_MIN
-                                      - DECODER_POST_COST * kw["decoder_images"])), after)
+        train = (share * minutes - 1.5 * num * EVAL_MIN_PER_ITEM) * MODEL_STEPS_PER_MIN \
+            - DECODER_POST_COST * kw["decoder_images"]
+        own = SELF_DRAW_COST * kw["self_prompts"] + EDIT_STEP_COST * kw["self_steps"]
+        stages = _stages(max(6, round(train - own)), after)
         plan = cls(budget=minutes, tokenizer_steps=tok, tokenizer_images=_tokenizer_images(tok),
                    stage_steps=stages, eval_num=num, heldout_num=round(2.5 * num), **kw)
         vit = False
@@ -221,7 +258,10 @@ class DemoPlan:
             vit = plan.teacher == "vit"  # a quarter of the final plan's stage 1 (reference or measured), below
             if not vit:  # a ConvNet learns shapes in ~1,000 steps, whatever the budget; at most a quarter of stage 1
                 rate = CONV_TEACHER_STEPS_PER_MIN / MODEL_STEPS_PER_MIN
-                plan.teacher_steps = max(1, min(1200, round(0.25 * stages["stage1"] * rate)))
+                # (of stage 1 as it would be without self-training: the teacher's steps, and with them the image
+                # tokenizer's key, do not depend on it)
+                first = _stages(max(6, round(train)), after)["stage1"] if own else stages["stage1"]
+                plan.teacher_steps = max(1, min(1200, round(0.25 * first * rate)))
                 plan.stage_steps["stage1"] -= round(plan.teacher_steps / rate)
         if step_seconds is not None:  # the other steps' costs: timed, or in the costliest stage's steps
             conv = plan.teacher == "conv"  # a ViT teacher's steps come out of stage 1's, below
@@ -234,6 +274,14 @@ class DemoPlan:
                     plan.decoder_images = max(8, fit)
                     plan.decoder_steps = max(1, round(DECODER_STEPS_PER_IMAGE * plan.decoder_images))
                 rest -= _decoder_seconds(plan.decoder_images, step_seconds)
+            if plan.self_prompts:  # at most SELF_SHARE of the time: fewer prompts and steps where they are dear
+                fit = SELF_SHARE * rest / _self_seconds(plan.self_prompts, plan.self_steps, step_seconds)
+                if fit < SELF_LEAST:
+                    plan.self_prompts = plan.self_steps = 0
+                elif fit < 1:
+                    plan.self_prompts = max(1, math.floor(fit * plan.self_prompts))
+                    plan.self_steps = max(1, math.floor(fit * plan.self_steps))
+                rest -= _self_seconds(plan.self_prompts, plan.self_steps, step_seconds)
             prep = PREP_SHARE * rest
             timed = "image-tokenizer" in step_seconds
             afford = round(TOKENIZER_MINUTES * minutes / 45 * 60 / tokenizer) if timed else 0
@@ -267,6 +315,11 @@ class DemoPlan:
         if vit:
             plan.teacher_steps = round(0.25 * plan.stage_steps["stage1"])
             plan.stage_steps["stage1"] -= plan.teacher_steps
+        if kw["self_prompts"] and not self_given and not (plan.self_prompts
+                                                          and set(AFTER_STAGES) <= set(plan.stage_steps)):
+            # the relations and edits stages come first: a plan too short for them with self-training (or one that
+            # has no time for it) is made without it
+            return cls.for_budget(minutes, step_seconds, **{**asked, "self_prompts": 0})
         return plan
 
     def schedule(self) -> list[tuple[str, int | None, float]]:
@@ -282,6 +335,7 @@ class DemoPlan:
                       for name in LATE_STAGES}}
             rest = {"benchmark": benchmark, "data, text tokenizer, report": FIXED_SECONDS}
             decoder = _decoder_seconds(self.decoder_images, self.step_seconds)
+            own = _self_seconds(self.self_prompts, self.self_steps, self.step_seconds)
         else:
             per = {"image tokenizer": 60 / TOKENIZER_STEPS_PER_MIN, "speech codec": 60 / CODEC_STEPS_PER_MIN,
                    "teacher": 60 / (CONV_TEACHER_STEPS_PER_MIN if conv else MODEL_STEPS_PER_MIN),
@@ -291,17 +345,21 @@ class DemoPlan:
             rest = {"benchmark": 60 * 1.5 * self.eval_num * EVAL_MIN_PER_ITEM,
                     "data, text tokenizer, report": 0.02 * 60 * self.budget}
             decoder = DECODER_POST_COST * self.decoder_images * 60 / MODEL_STEPS_PER_MIN
+            own = (SELF_DRAW_COST * self.self_prompts + EDIT_STEP_COST * self.self_steps) * 60 / MODEL_STEPS_PER_MIN
         steps = {"image tokenizer": self.tokenizer_steps, "speech codec": self.codec_steps,
                  "teacher": self.teacher_steps, **self.stage_steps}
         rows = [(part, n, n * per[part]) for part, n in steps.items() if n]
         if self.decoder_steps:
             rows.append(("decoder post-training", self.decoder_steps, decoder))
+        if self.self_steps:
+            rows.append(("self-training", self.self_steps, own))
         return rows + [(part, None, seconds) for part, seconds in rest.items()]
 
 
 _SPLIT = {"stage1": 0.45, "stage2": 0.4, "stage3": 0.15}  # the stages' shares of the training steps
-# timed beside the stages (`measure_other_seconds`; "decoder": a redrawn image of decoder post-training)
-OTHER_STEPS = ("image-tokenizer", "teacher", "decoder")
+# timed beside the stages (`measure_other_seconds`; "decoder": a redrawn image of decoder post-training; "self-draw":
+# a prompt's drawings and their caption scores in self-training)
+OTHER_STEPS = ("image-tokenizer", "teacher", "decoder", "self-draw")
 
 
 def _other_seconds(step_seconds: dict[str, float]) -> tuple[float, float, float]:
@@ -330,6 +388,25 @@ def _decoder_seconds(images: int, step_seconds: dict[str, float]) -> float:
     """A measured plan's decoder post-training in seconds: as timed ("decoder", seconds a redrawn image), or else
     counted in the costliest stage's training steps."""
     return images * step_seconds.get("decoder", DECODER_POST_COST * max(step_seconds[name] for name in _SPLIT))
+
+
+def _self_trainable(preset: str, speech: bool | None) -> bool:
+    """Whether a plan of `preset` can self-train: it draws next-scale images (`_post_trainable`; the raster
+    baseline's drawings were not measured) and holds the understanding path that grades them (`_after_stages_for`)."""
+    return _post_trainable(preset, speech) and _after_stages_for(preset, speech)
+
+
+def _self_prompts_for(preset: str, speech: bool | None, minutes: float) -> int:
+    """The prompts a plan's self-training draws for: `SELF_PROMPTS` in 45 minutes, in proportion for other budgets;
+    none where the preset cannot (`_self_trainable`)."""
+    return max(8, round(SELF_PROMPTS * minutes / 45)) if _self_trainable(preset, speech) else 0
+
+
+def _self_seconds(prompts: int, steps: int, step_seconds: dict[str, float]) -> float:
+    """A measured plan's self-training in seconds: its drawings as timed ("self-draw", seconds a prompt), or else
+    counted in the costliest stage's training steps, and its steps as the edits stage's."""
+    draw = step_seconds.get("self-draw", SELF_DRAW_COST * max(step_seconds[name] for name in _SPLIT))
+    return prompts * draw + steps * _after_cost("edits", step_seconds) * _mean_step(step_seconds)
 
 
 def _tokenizer_images(steps: int) -> int:
@@ -404,7 +481,7 @@ def _stages(train: int, after: dict[str, float] | None = None, table: dict | Non
 
 # the demo's steps (`run_demo`) that pacing counts, by their names in `DemoPlan.schedule` (and "train-<stage>")
 PACED_PARTS = {"image-tokenizer": "image tokenizer", "speech-codec": "speech codec", "teacher": "teacher",
-               "decoder-post": "decoder post-training"}
+               "decoder-post": "decoder post-training", "self-train": "self-training"}
 # the most pacing may shrink or stretch the steps of the stages left (`pace_stages`): a machine that runs four times
 # slower than it timed still trains a quarter of the plan, one that runs twice as fast gets at most twice the steps
 PACE_LIMITS = (0.25, 2.0)
@@ -417,10 +494,10 @@ def pace_stages(plan: DemoPlan, spent: dict[str, float],
     done so far took, by `schedule`'s names ("image tokenizer", "teacher", "stage1", ...); `steps`: the stage steps
     as run so far (default: the plan's). The mixed stages not yet run (of stage 1, 2, 3) get the time the plan has
     left after the parts after them (whole stages: the answers, relations and edits stages, decoder
-    post-training), at the pace of the mixed stages already run (their real seconds over their timed ones; 1
-    before any): the plan's steps scaled in proportion, within `PACE_LIMITS` of them. Returns (the stage steps, that
-    pace). A pure function of the plan and the seconds, so a run whose parts come from the cache (their `done.json`
-    keeps the seconds they took) plans the same steps again."""
+    post-training, self-training), at the pace of the mixed stages already run (their real seconds over their timed
+    ones; 1 before any): the plan's steps scaled in proportion, within `PACE_LIMITS` of them. Returns (the stage
+    steps, that pace). A pure function of the plan and the seconds, so a run whose parts come from the cache (their
+    `done.json` keeps the seconds they took) plans the same steps again."""
     if plan.step_seconds is None:
         raise ValueError("only a measured plan (step_seconds) can be paced: its parts have a time to keep")
     steps = dict(plan.stage_steps if steps is None else steps)
@@ -484,7 +561,8 @@ def measure_step_seconds(preset: str = "onecat-tiny", overrides: dict | None = N
                          distill: float = 0.0, stages: tuple[str, ...] = ("stage1", "stage2", "stage3"),
                          distill_stages: tuple[str, ...] = ("stage1", "stage2", "stage3"), steps: int = 16,
                          warmup: int = 3, text_samples: int = 2000, decoder: bool = False,
-                         device: str | torch.device = "cpu", seed: int = 0) -> dict[str, float]:
+                         self_draw: bool = False, device: str | torch.device = "cpu",
+                         seed: int = 0) -> dict[str, float]:
     """Seconds per training step of `preset` here in each of `stages`, as the demo trains them: the stage's mix,
     Muon, examples rendered on the fly, distillation from a ConvNet teacher in `distill_stages` when `distill` > 0
     (`DemoPlan.distill_stages`). After `warmup`
@@ -492,7 +570,9 @@ def measure_step_seconds(preset: str = "onecat-tiny", overrides: dict | None = N
     mix that hold the same parameters fixed are timed once (the answers stage is the relations stage's mix with only
     the text expert learning: its own time). The tokenizers and teacher are untrained: the work does not depend on
     their weights. With `decoder`, also "decoder": the seconds of decoder post-training per redrawn image, its share
-    of the decoder's steps included (runs of 50 and 200 images, `seconds_per_step`)."""
+    of the decoder's steps included (runs of 50 and 200 images, `seconds_per_step`). With `self_draw`, also
+    "self-draw": the seconds of self-training's drawing per prompt (its candidates drawn at the benchmark's sampling
+    and scored by the caption score; runs of 4 and 16 prompts, after one to warm up)."""
     import torch
 
     from omniar.data.shapeworld.corpus import world_text
@@ -539,6 +619,19 @@ def measure_step_seconds(preset: str = "onecat-tiny", overrides: dict | None = N
                 post_train_decoder(model, tmp, config, seed=seed, progress=False)
 
         seconds["decoder"] = seconds_per_step(post, 200)
+    if self_draw:
+        from omniar.data.shapeworld.dataset import make_sample
+        from omniar.omni.self_train import SelfTraining, draw_best
+
+        config = SelfTraining()
+        prompts = [make_sample("train", config.first + i)["caption"] for i in range(16)]
+        model.eval()
+
+        def draw(n: int) -> None:
+            draw_best(model, prompts[:n], config.candidates, list(range(n)))
+
+        draw(1)
+        seconds["self-draw"] = seconds_per_step(draw, 16)
     return seconds
 
 
@@ -593,11 +686,13 @@ def calibrate(cache: str | Path, plan: DemoPlan, device: str | torch.device = "c
     timed = tuple(plan.stage_steps)
     if _after_stages_for(plan.preset, plan.speech):
         timed += tuple(name for name in LATE_STAGES if name not in timed)
+    self_draw = _self_trainable(plan.preset, plan.speech)  # likewise self-training's drawing
     key = {"preset": plan.preset, "config": dataclasses.asdict(preset), "overrides": plan.overrides,
            "batch": plan.examples_per_step, "distill": plan.distill > 0, "device": str(device),
            "timing": "difference of a 4- and a 16-step run; image tokenizer 2 / 8 steps, ConvTeacher 10 / 40; "
-                     "decoder post-training 50 / 200 images, its encoded share from the image pool",
-           "decoder": plan.decoder_images > 0,
+                     "decoder post-training 50 / 200 images, its encoded share from the image pool; "
+                     "self-training's drawing 4 / 16 prompts",
+           "decoder": plan.decoder_images > 0, "self": self_draw,
            "mixes": {name: [STAGES[name].tasks, STAGES[name].questions, STAGES[name].freeze] for name in timed},
            "image": dataclasses.asdict(image), "align": plan.align, "conv_teacher": conv}
     path = Path(cache) / f"calibration-{_digest(key)}.json"
@@ -608,12 +703,12 @@ def calibrate(cache: str | Path, plan: DemoPlan, device: str | torch.device = "c
     log("[demo] timing training, tokenizer and teacher steps on this machine ...")
     measured = measure_step_seconds(plan.preset, plan.overrides, plan.examples_per_step, plan.distill,
                                     timed, plan.distill_stages, text_samples=plan.text_samples,
-                                    decoder=plan.decoder_images > 0, device=device)
+                                    decoder=plan.decoder_images > 0, self_draw=self_draw, device=device)
     grid = token_grid(image.image_size, preset.patch)
     measured.update(measure_other_seconds(image, grid if conv else None, plan.align if conv else 0.0,
                                           plan.examples_per_step))
-    # steps to 10 ms, decoder post-training (seconds a redrawn image) to 1 ms
-    per = {name: 1000 if name == "decoder" else 100 for name in measured}
+    # steps to 10 ms, decoder post-training (seconds a redrawn image) and self-training's drawing (a prompt) to 1 ms
+    per = {name: 1000 if name in ("decoder", "self-draw") else 100 for name in measured}
     seconds = {name: math.ceil(s * per[name]) / per[name] for name, s in measured.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -855,9 +950,25 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
                                       progress=progress)
 
         previous = step("decoder-post", decoder_key, post) / "checkpoint"
+        key = decoder_key
+
+    # 6. self-training: the generation side learns the model's best drawings of training prompts by its own caption
+    # score (omni/self_train.py)
+    if plan.self_prompts:
+        from omniar.omni.self_train import SelfTraining, self_train
+
+        own = SelfTraining(prompts=plan.self_prompts, steps=plan.self_steps)
+        self_key = {**dataclasses.asdict(own), "seed": plan.seed, "after": _digest(key)}
+
+        def train_self(d: Path, previous=previous) -> dict:
+            torch.manual_seed(plan.seed)
+            return self_train(OmniModel.from_pretrained(previous).to(device), d, own, seed=plan.seed,
+                              progress=progress)
+
+        previous = step("self-train", self_key, train_self) / "checkpoint"
     model = OmniModel.from_pretrained(previous).to(device)
 
-    # 6. the benchmark (test split + held-out compositions), judged independently
+    # 7. the benchmark (test split + held-out compositions), judged independently
     eval_dir = out / "eval"
     t0 = time.perf_counter()
     tasks = EVAL_TASKS + (SPEECH_EVAL_TASKS if plan.speech else ())

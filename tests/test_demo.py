@@ -18,6 +18,7 @@ from omniar.omni.model import OmniModel, omni_preset
 
 TINY = DemoPlan(budget=0.5, tokenizer_steps=3, tokenizer_images=64, stage_steps={"stage1": 2, "stage2": 2, "stage3": 1},
                 eval_num=4, heldout_num=2, text_samples=200, examples_per_step=4, decoder_images=6, decoder_steps=2,
+                self_prompts=6, self_steps=2,
                 overrides=dict(hidden_size=48, num_layers=1, num_heads=4, num_kv_heads=2, intermediate_size=64))
 
 
@@ -26,8 +27,9 @@ def test_demo_runs_every_step_and_a_second_run_comes_from_the_cache(tmp_path, mo
     report = run_demo(tmp_path / "demo", TINY, progress=False, log=lines.append)
     assert not any(s["cached"] for s in report["steps"].values())
     assert list(report["steps"]) == ["data", "text-tokenizer", "image-tokenizer", "train-stage1", "train-stage2",
-                                     "train-stage3", "decoder-post", "benchmark"]
+                                     "train-stage3", "decoder-post", "self-train", "benchmark"]
     assert report["steps"]["decoder-post"]["images"] == 6 and report["steps"]["decoder-post"]["steps"] == 2
+    assert report["steps"]["self-train"]["prompts"] == 6 and report["steps"]["self-train"]["steps"] == 2
     assert [report["steps"][f"train-stage{i}"]["steps"] for i in (1, 2, 3)] == [2, 2, 1]
     for task in ("t2i", "vqa", "caption", "edit"):
         assert report["scores"][task]["count"] == 4
@@ -49,11 +51,19 @@ def test_demo_runs_every_step_and_a_second_run_comes_from_the_cache(tmp_path, mo
         assert np.array_equal(strip[:, -side:], np.asarray(Image.open(held / records[i]["image"])))
     model = OmniModel.from_pretrained(report["checkpoint"])
     assert model.config.preset == "onecat-tiny" and model.decoder.config.num_layers == 1
-    # the benchmark's model is stage 3's with the post-trained image decoder, nothing else changed
-    assert report["checkpoint"] == report["steps"]["decoder-post"]["dir"] + "/checkpoint"
+    # the benchmark's model is stage 3's with the post-trained image decoder, then self-trained: its generation side
+    assert report["checkpoint"] == report["steps"]["self-train"]["dir"] + "/checkpoint"
     stage3 = OmniModel.from_pretrained(report["steps"]["train-stage3"]["dir"] + "/stage3/checkpoint").state_dict()
-    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, stage3[k])}
+    post = OmniModel.from_pretrained(report["steps"]["decoder-post"]["dir"] + "/checkpoint").state_dict()
+    changed = {k for k, v in post.items() if not torch.equal(v, stage3[k])}
     assert changed and all(k.startswith("tokenizer.decoder.") for k in changed)
+    from omniar.omni.self_train import GENERATION_SIDE
+    from omniar.omni.train import held_parameters
+
+    held = {id(p) for p in held_parameters(model, GENERATION_SIDE)}
+    held = {name for name, p in model.named_parameters() if id(p) in held}
+    learnt = {k for k, v in model.state_dict().items() if not torch.equal(v, post[k])}
+    assert learnt and not any(k.startswith("tokenizer.") or k in held for k in learnt), learnt
 
     stage3 = tmp_path / "cache" / report["steps"]["train-stage3"]["dir"].rsplit("/", 1)[1]
     weights = (stage3 / "stage3" / "checkpoint" / "model.safetensors").stat().st_mtime_ns
@@ -86,7 +96,7 @@ def test_demo_with_distillation_trains_the_teacher_first(tmp_path, kind, width):
     align = 1.0 if kind == "conv" else 0.0
     stages = {"stage1": 2, "stage2": 2, "stage3": 1, "relations": 2}  # as a plan with the relations curriculum
     plan = DemoPlan(**{**TINY.__dict__, "distill": 1.0, "teacher": kind, "teacher_steps": 2, "align": align,
-                       "stage_steps": stages})
+                       "stage_steps": stages, "self_prompts": 0, "self_steps": 0})
     report = run_demo(tmp_path / "demo", plan, progress=False, log=lambda s: None)
     order = ["teacher", "image-tokenizer"] if kind == "conv" else ["image-tokenizer", "teacher"]
     assert list(report["steps"])[2:8] == [*order, "train-stage1", "train-stage2", "train-stage3", "train-relations"]
@@ -155,6 +165,7 @@ def test_a_measured_plan_gives_the_stages_the_time_the_other_steps_leave():
         FIXED_SECONDS,
         MARGIN,
         RELATION_STEP_COST,
+        SELF_DRAW_COST,
         TEACHER_STEP_COST,
         TOKENIZER_STEP_COST,
     )
@@ -172,10 +183,12 @@ def test_a_measured_plan_gives_the_stages_the_time_the_other_steps_leave():
         mean = 0.45 * seconds["stage1"] + 0.4 * seconds["stage2"] + 0.15 * seconds["stage3"]
         cost = {**seconds, "relations": RELATION_STEP_COST * mean, "edits": EDIT_STEP_COST * mean,
                 "answers": RELATION_STEP_COST * mean}
-        training = sum(n * cost[s] for s, n in plan.stage_steps.items())
+        # self-training (where the plan holds it): its steps as edits steps, its drawings counted in stage steps
+        training = sum(n * cost[s] for s, n in plan.stage_steps.items()) + plan.self_steps * cost["edits"]
         other = FIXED_SECONDS + max(seconds.values()) * (TOKENIZER_STEP_COST * plan.tokenizer_steps
                                                          + TEACHER_STEP_COST * plan.teacher_steps + BENCHMARK_COST
-                                                         + DECODER_POST_COST * plan.decoder_images)
+                                                         + DECODER_POST_COST * plan.decoder_images
+                                                         + SELF_DRAW_COST * plan.self_prompts)
         # planned to fill the budget (less its margin) within a step
         assert 45 * 60 * MARGIN - max(seconds.values()) < training + other <= 45 * 60 * MARGIN
         # 45 / 40 / 15% of the stages' steps (the relations and edits stages' time taken from them in proportion)
@@ -196,17 +209,18 @@ def test_a_measured_plan_gives_the_stages_the_time_the_other_steps_leave():
         DemoPlan.for_budget(45, step_seconds=fast, speech=True)
     with pytest.raises(ValueError, match="each of stage1, stage2 and stage3"):
         DemoPlan.for_budget(45, step_seconds={"stage1": 0.3})
-    with pytest.raises(ValueError, match="may time relations, edits, answers, image-tokenizer, teacher and decoder"):
+    with pytest.raises(ValueError, match="may time relations, edits, answers, image-tokenizer, teacher, decoder and "
+                                         "self-draw"):
         DemoPlan.for_budget(45, step_seconds={**fast, "codec": 0.1})
     # timed tokenizer and teacher steps replace their ratios to a training step: the stages get what they leave
     timed = {**slow, "image-tokenizer": 0.3, "teacher": 0.05}
     plan = DemoPlan.for_budget(45, step_seconds=timed)
     other = FIXED_SECONDS + 0.3 * plan.tokenizer_steps + 0.05 * plan.teacher_steps + 0.8 * (
-        BENCHMARK_COST + DECODER_POST_COST * plan.decoder_images)
+        BENCHMARK_COST + DECODER_POST_COST * plan.decoder_images + SELF_DRAW_COST * plan.self_prompts)
     mean = 0.45 * slow["stage1"] + 0.55 * slow["stage2"]
     cost = {**slow, "relations": RELATION_STEP_COST * mean, "edits": EDIT_STEP_COST * mean,
             "answers": RELATION_STEP_COST * mean}
-    training = sum(n * cost[s] for s, n in plan.stage_steps.items())
+    training = sum(n * cost[s] for s, n in plan.stage_steps.items()) + plan.self_steps * cost["edits"]
     assert 45 * 60 * MARGIN - 0.8 < training + other <= 45 * 60 * MARGIN
     assert sum(plan.stage_steps.values()) > sum(plans["slow"].stage_steps.values())  # 0.3 < 0.6 x 0.8 s
     # the plan's own account of its time is what it planned
@@ -293,6 +307,10 @@ def test_calibration_times_each_stage_once_and_is_kept_in_the_cache(tmp_path, mo
                                          tuple(plan.stage_steps), steps=2, warmup=1, text_samples=plan.text_samples)
     assert set(measured) == {"stage1", "stage2", "stage3"} and all(s > 0 for s in measured.values())
     assert measured["stage2"] == measured["stage3"]  # one mix, timed once
+    # self-training's drawing, a prompt's candidates and their caption scores, where the plan self-trains
+    drawn = demo.measure_step_seconds(plan.preset, plan.overrides, plan.examples_per_step, 0.0, ("stage1",), steps=2,
+                                      warmup=1, text_samples=plan.text_samples, self_draw=True)
+    assert set(drawn) == {"stage1", "self-draw"} and drawn["self-draw"] > 0
     # the answers stage is the relations stage's mix with the text expert alone learning: timed on its own
     from omniar.omni import train
 
@@ -310,9 +328,9 @@ def test_calibration_times_each_stage_once_and_is_kept_in_the_cache(tmp_path, mo
     assert set(others) == {"image-tokenizer", "teacher"} and all(s > 0 for s in others.values())
     assert set(demo.measure_other_seconds(dataclasses.replace(image, channels=8), steps=4)) == {"image-tokenizer"}
 
-    calls = []
-    monkeypatch.setattr(demo, "measure_step_seconds",
-                        lambda *a, **k: calls.append(a) or {"stage1": 0.101, "stage2": 0.2, "stage3": 0.2})
+    calls, options = [], []
+    monkeypatch.setattr(demo, "measure_step_seconds", lambda *a, **k: calls.append(a) or options.append(k) or {
+        "stage1": 0.101, "stage2": 0.2, "stage3": 0.2})
     monkeypatch.setattr(demo, "measure_other_seconds", lambda *a, **k: {"image-tokenizer": 0.05})
     first = demo.calibrate(tmp_path, plan, log=lambda s: None)
     assert first == {"stage1": 0.11, "stage2": 0.2, "stage3": 0.2, "image-tokenizer": 0.05} and len(calls) == 1
@@ -320,23 +338,32 @@ def test_calibration_times_each_stage_once_and_is_kept_in_the_cache(tmp_path, mo
     # one may)
     assert "relations" not in plan.stage_steps and calls[0][4] == ("stage1", "stage2", "stage3", "relations", "edits",
                                                                   "answers")
+    # decoder post-training where the plan has it; self-training's drawing where the preset can (a measured plan may
+    # self-train where this one, the reference rates', does not)
+    assert options[0]["decoder"] and options[0]["self_draw"]
     assert demo.calibrate(tmp_path, plan, log=lambda s: None) == first and len(calls) == 1  # from the cache
+    unselfed = DemoPlan(**{**plan.__dict__, "self_prompts": 0, "self_steps": 0, "decoder_images": 0,
+                           "decoder_steps": 0})
+    demo.calibrate(tmp_path, unselfed, log=lambda s: None)
+    assert len(calls) == 2 and options[1]["self_draw"] and not options[1]["decoder"]
+    demo.calibrate(tmp_path, DemoPlan(**{**unselfed.__dict__, "preset": "raster-tiny"}), log=lambda s: None)
+    assert len(calls) == 3 and not options[2]["self_draw"]
     other = DemoPlan(**{**plan.__dict__, "examples_per_step": 8})  # another batch is another step
     demo.calibrate(tmp_path, other, log=lambda s: None)
     demo.calibrate(tmp_path, plan, again=True, log=lambda s: None)
-    assert len(calls) == 3
+    assert len(calls) == 5
     from omniar.omni import model as omni_model  # a changed preset (same name, other config) is another step
 
     monkeypatch.setitem(omni_model.OMNI_PRESETS, plan.preset, {**omni_model.OMNI_PRESETS[plan.preset], "patch": 8})
     demo.calibrate(tmp_path, plan, log=lambda s: None)
-    assert len(calls) == 4
+    assert len(calls) == 6
 
 
 def test_demo_with_speech_trains_a_codec_and_reports_speech(tmp_path):
     """The AR-Omni demo: ar-omni-tiny over a raster tokenizer, a speech codec, speech tasks in every stage, and the
     benchmark and report covering text-to-speech, recognition and spoken questions."""
     plan = DemoPlan(**{**TINY.__dict__, "preset": "ar-omni-tiny", "speech": True, "codec_steps": 2,
-                       "decoder_images": 0, "decoder_steps": 0,
+                       "decoder_images": 0, "decoder_steps": 0, "self_prompts": 0, "self_steps": 0,
                        "codec_utterances": 8})
     report = run_demo(tmp_path / "demo", plan, progress=False, log=lambda s: None)
     assert list(report["steps"])[:5] == ["data", "text-tokenizer", "image-tokenizer", "speech-codec", "train-stage1"]
@@ -420,7 +447,7 @@ def test_a_stage_stopped_by_ctrl_c_resumes_to_the_model_of_an_uninterrupted_run(
     from omniar.omni import train
 
     plan = DemoPlan(**{**TINY.__dict__, "stage_steps": {"stage1": 2, "stage2": 3, "stage3": 1}, "eval_num": 1,
-                       "heldout_num": 1})
+                       "heldout_num": 1, "self_prompts": 0, "self_steps": 0})
     straight = run_demo(tmp_path / "a", plan, cache=tmp_path / "cache-a", progress=False, log=lambda s: None)
     examples_for_step = train.examples_for_step
 
@@ -480,7 +507,7 @@ def test_the_relations_and_edits_stages_run_last_where_the_plan_trains_long_enou
     # a plan at about the Zen 5 machine's step times: the stages pay for both in proportion (at the Intel machines'
     # 0.32 / 0.4 / 0.4 s the edits get 935 of their 1,000 steps)
     seconds = {"stage1": 0.3, "stage2": 0.35, "stage3": 0.35}
-    plan = DemoPlan.for_budget(45, step_seconds=seconds)
+    plan = DemoPlan.for_budget(45, step_seconds=seconds, self_prompts=0)  # self-training's time: its own test
     paid = round(RELATION_STEPS * RELATION_STEP_COST)
     paid_edits = round(EDIT_STEPS * EDIT_STEP_COST)
     assert list(plan.stage_steps) == ["stage1", "stage2", "stage3", "relations", "edits"]
@@ -489,7 +516,7 @@ def test_the_relations_and_edits_stages_run_last_where_the_plan_trains_long_enou
     assert sum(_stages(6000, {}).values()) - sum(n for s, n in _stages(6000).items() if s not in after) == (
         paid + paid_edits)
     # a timed step sets its stage's cost; a plan too short for one (a slow machine, or the speech demo) has none
-    timed = DemoPlan.for_budget(45, step_seconds={**seconds, "relations": 0.1, "edits": 0.2})
+    timed = DemoPlan.for_budget(45, step_seconds={**seconds, "relations": 0.1, "edits": 0.2}, self_prompts=0)
     mean = 0.45 * 0.3 + 0.55 * 0.35
     stages = sum(n for s, n in timed.stage_steps.items() if s not in after)
     assert stages - mixed == paid + paid_edits - round(RELATION_STEPS * 0.1 / mean) - round(EDIT_STEPS * 0.2 / mean)
@@ -576,11 +603,84 @@ def test_where_neither_stage_after_stage_3_fits_the_answers_stage_takes_the_deco
     assert "answers" not in DemoPlan.for_budget(45).stage_steps  # the reference rates' plan keeps its own
 
 
+def test_self_training_comes_last_where_the_plan_holds_the_stages_after_stage_3():
+    from omniar.demo import (
+        EDIT_STEP_COST,
+        FIXED_SECONDS,
+        MARGIN,
+        SELF_DRAW_COST,
+        SELF_LEAST,
+        SELF_PROMPTS,
+        SELF_SHARE,
+        SELF_STEPS,
+    )
+
+    after = {"relations", "edits"}
+    # a Zen 5's timing (BENCHMARKS.md "Demo"): the relations and edits stages fit with it, so it comes after them
+    fast = {"stage1": 0.31, "stage2": 0.36, "stage3": 0.36, "relations": 0.24, "edits": 0.38, "image-tokenizer": 0.14,
+            "teacher": 0.03, "decoder": 0.018, "self-draw": 0.03}
+    plan = DemoPlan.for_budget(45, step_seconds=fast)
+    without = DemoPlan.for_budget(45, step_seconds=fast, self_prompts=0)
+    assert (plan.self_prompts, plan.self_steps) == (SELF_PROMPTS, SELF_STEPS) and after <= set(plan.stage_steps)
+    rows = {part: (steps, seconds) for part, steps, seconds in plan.schedule()}
+    own = SELF_PROMPTS * 0.03 + SELF_STEPS * 0.38
+    assert list(rows)[-3:] == ["self-training", "benchmark", "data, text tokenizer, report"]
+    assert rows["self-training"] == (SELF_STEPS, pytest.approx(own))
+    # its time comes from the stages; the teacher and the image tokenizer keep theirs (and their cached products)
+    assert (plan.tokenizer_steps, plan.teacher_steps) == (without.tokenizer_steps, without.teacher_steps)
+    assert sum(without.stage_steps.values()) > sum(plan.stage_steps.values())
+    for p in (plan, without):
+        assert 45 * 60 * MARGIN - 0.4 < sum(seconds for *_, seconds in p.schedule()) <= 45 * 60 * MARGIN
+    # in proportion to the budget where it fits
+    assert DemoPlan.for_budget(90, step_seconds=fast).self_prompts == 2 * SELF_PROMPTS
+    # dear drawings: fewer prompts and steps, in proportion, within its share of the time for the model
+    model_time = 45 * 60 * MARGIN - FIXED_SECONDS - 100 * 0.36 - 8000 * 0.018
+    dear = DemoPlan.for_budget(45, step_seconds={**fast, "self-draw": 0.12})
+    fit = SELF_SHARE * model_time / (SELF_PROMPTS * 0.12 + SELF_STEPS * 0.38)
+    assert SELF_LEAST < fit < 1 and dear.self_prompts == math.floor(fit * SELF_PROMPTS)
+    assert dear.self_steps == math.floor(fit * SELF_STEPS)
+    assert dear.self_prompts * 0.12 + dear.self_steps * 0.38 <= SELF_SHARE * model_time
+    # below SELF_LEAST of them: none, and the plan is the one made without it
+    none = DemoPlan.for_budget(45, step_seconds={**fast, "self-draw": 2.0})
+    assert none.self_prompts == none.self_steps == 0
+    assert none == DemoPlan.for_budget(45, step_seconds={**fast, "self-draw": 2.0}, self_prompts=0)
+    # the relations and edits stages come first: an Intel machine's timing, where they fit only without it
+    xeon = {"stage1": 0.32, "stage2": 0.35, "stage3": 0.35, "relations": 0.29, "edits": 0.41,
+            "image-tokenizer": 0.22, "teacher": 0.04, "decoder": 0.025, "self-draw": 0.05}
+    plan = DemoPlan.for_budget(45, step_seconds=xeon)
+    assert plan.self_prompts == 0 and after <= set(plan.stage_steps)
+    assert plan == DemoPlan.for_budget(45, step_seconds=xeon, self_prompts=0)
+    assert DemoPlan.for_budget(60, step_seconds=xeon).self_prompts > 0  # a longer budget holds all three
+    # an AVX2 EPYC's: neither; asked for, it comes anyway (its time from the stages; untimed drawings in stage steps)
+    slow = {"stage1": 0.55, "stage2": 0.86, "stage3": 0.86, "relations": 0.46, "edits": 0.72, "decoder": 0.045,
+            "image-tokenizer": 0.57, "teacher": 0.08}
+    assert DemoPlan.for_budget(45, step_seconds=slow).self_prompts == 0
+    asked = DemoPlan.for_budget(45, step_seconds=slow, self_prompts=500)
+    assert (asked.self_prompts, asked.self_steps) == (500, round(SELF_STEPS * 500 / SELF_PROMPTS))
+    assert dict((p, s) for p, _, s in asked.schedule())["self-training"] == pytest.approx(
+        500 * SELF_DRAW_COST * 0.86 + asked.self_steps * 0.72)
+    # the reference rates: where they hold the stages after stage 3 (90 minutes), in stage steps
+    reference = DemoPlan.for_budget(90)
+    assert reference.self_prompts == 2 * SELF_PROMPTS and after <= set(reference.stage_steps)
+    unselfed = DemoPlan.for_budget(90, self_prompts=0)
+    paid = round(SELF_DRAW_COST * 6000 + EDIT_STEP_COST * 800)
+    assert sum(unselfed.stage_steps.values()) - sum(reference.stage_steps.values()) in range(paid - 2, paid + 3)
+    assert DemoPlan.for_budget(45).self_prompts == 0
+    # presets that cannot: raster drawings, no und expert to hold, speech
+    for kw in ({"preset": "raster-tiny"}, {"preset": "ar-omni-tiny"}, {"preset": "ar-omni-tiny", "speech": True}):
+        assert DemoPlan.for_budget(90, **kw).self_prompts == 0
+    with pytest.raises(ValueError, match="needs both"):
+        DemoPlan(self_prompts=10)
+    with pytest.raises(ValueError, match="raster-tiny decodes raster tokens, has no und expert or speaks"):
+        DemoPlan(preset="raster-tiny", self_prompts=10, self_steps=2)
+
+
 def test_the_report_says_what_the_calibration_timed():
     from omniar.omni.report import _sizing
 
-    assert _sizing({"step_seconds": {"stage1": 0.32, "decoder": 0.018}}) == (
-        "stages sized by what was timed on this machine: stage1 0.32 s a step, decoder 0.018 s an image")
+    assert _sizing({"step_seconds": {"stage1": 0.32, "decoder": 0.018, "self-draw": 0.03}}) == (
+        "stages sized by what was timed on this machine: stage1 0.32 s a step, decoder 0.018 s an image, self-draw "
+        "0.03 s a prompt")
     assert _sizing({"step_seconds": None}) == "steps from the reference machine's rates"
     assert _sizing({"step_seconds": {"stage1": 0.32}}, [{"before": "stage2", "pace": 1.2, "steps": {
         "stage2": [800, 650], "stage3": [300, 244]}}]) == (
@@ -641,8 +741,8 @@ def test_a_paced_demo_trains_what_its_time_allows_and_a_second_run_plans_the_sam
     stages' time, so they train a quarter of their steps (PACE_LIMITS); the report says so, and a second run, its
     parts from the cache, paces the same from their recorded seconds; without pacing, the planned steps."""
     timed = DemoPlan(**{**TINY.__dict__, "stage_steps": {"stage1": 4, "stage2": 4, "stage3": 8}, "eval_num": 1,
-                        "heldout_num": 1, "decoder_images": 0, "decoder_steps": 0,
-                        "step_seconds": {"stage1": 1e-6, "stage2": 1e-6, "stage3": 1e-6}})
+                        "heldout_num": 1, "decoder_images": 0, "decoder_steps": 0, "self_prompts": 0,
+                        "self_steps": 0, "step_seconds": {"stage1": 1e-6, "stage2": 1e-6, "stage3": 1e-6}})
     lines = []
     report = run_demo(tmp_path / "demo", timed, progress=False, log=lines.append)
     ran = [report["steps"][f"train-stage{i}"]["steps"] for i in (1, 2, 3)]

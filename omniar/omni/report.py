@@ -97,9 +97,10 @@ def _sizing(plan: dict, paced: list[dict] = ()) -> str:
     seconds = plan.get("step_seconds")
     if not seconds:
         return "steps from the reference machine's rates"
-    # the calibration times a step of each stage, the tokenizer and the teacher, and decoder post-training's cost
-    # per redrawn image (demo.OTHER_STEPS)
-    timed = ", ".join(f"{name} {s} s {'an image' if name == 'decoder' else 'a step'}" for name, s in seconds.items())
+    # the calibration times a step of each stage, the tokenizer and the teacher, decoder post-training's cost per
+    # redrawn image and self-training's drawing per prompt (demo.OTHER_STEPS)
+    unit = {"decoder": "an image", "self-draw": "a prompt"}
+    timed = ", ".join(f"{name} {s} s {unit.get(name, 'a step')}" for name, s in seconds.items())
     return f"stages sized by what was timed on this machine: {_esc(timed)}{_pacing(paced)}"
 
 

@@ -107,13 +107,22 @@ def choose(scores: np.ndarray, kinds: list[str], top: float, skip: tuple[str, ..
     return best, kept
 
 
+def draw_best(model: OmniModel, prompts: list[str], candidates: int, seeds: list[int]) -> tuple[np.ndarray,
+                                                                                                 np.ndarray]:
+    """Each prompt's best of `candidates` drawings at the benchmark's sampling (uint8 (P, S, S, 3)), the drawings of
+    prompt i from `seeds[i]`, and the candidates' caption scores (P, candidates)."""
+    from omniar.tokenizers.train_image import to_uint8
+
+    chosen, scores = generate_best_of(model, prompts, candidates, params=SamplingParams(temperature=T2I_TEMPERATURE),
+                                      cfg=T2I_CFG, seeds=seeds, return_scores=True)
+    return to_uint8(chosen), scores.float().cpu().numpy()
+
+
 def _draw(model: OmniModel, prompts: list[str], key: dict, config: SelfTraining, directory: Path, progress: bool,
           stop: GracefulStop) -> tuple[np.ndarray, np.ndarray]:
     """Each prompt's best drawing (uint8 (P, S, S, 3)) and its candidates' caption scores (P, candidates): those
     saved in `directory` by an earlier call with the same `key` (model, seed, candidates, first), the rest drawn
-    `config.chunk` prompts at a time and saved every `SAVE_DRAWS` prompts and on a signal."""
-    from omniar.tokenizers.train_image import to_uint8
-
+    `config.chunk` prompts at a time (`draw_best`) and saved every `SAVE_DRAWS` prompts and on a signal."""
     recover_directory(directory)
     images, scores = [], []
     if (directory / DRAWS_META).is_file():
@@ -136,14 +145,12 @@ def _draw(model: OmniModel, prompts: list[str], key: dict, config: SelfTraining,
         write_directory(directory, write)
 
     bar = tqdm(total=len(prompts), initial=done, disable=not progress, desc="self-training: draws", unit="prompt")
-    params = SamplingParams(temperature=T2I_TEMPERATURE)
     while done < len(prompts):
         part = prompts[done : done + config.chunk]
         seeds = [key["seed"] * 1_000_003 + config.first + done + i for i in range(len(part))]
-        chosen, s = generate_best_of(model, part, config.candidates, params=params, cfg=T2I_CFG, seeds=seeds,
-                                     return_scores=True)
-        images.append(to_uint8(chosen))
-        scores.append(s.float().cpu().numpy())
+        chosen, s = draw_best(model, part, config.candidates, seeds)
+        images.append(chosen)
+        scores.append(s)
         done += len(part)
         bar.update(len(part))
         if done - saved >= SAVE_DRAWS or done == len(prompts) or stop.signal is not None:
