@@ -937,35 +937,30 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
 
         previous = step(f"train-{name}", key, train) / name / "checkpoint"
 
+    # 5-6. parts that take the model so far and write theirs to <part>/checkpoint, each keyed by its config and the
+    # part before it: `run(model, out, config, seed=, progress=)`
+    def model_step(name: str, config, run: Callable) -> None:
+        nonlocal previous, key
+        key = {**dataclasses.asdict(config), "seed": plan.seed, "after": _digest(key)}
+
+        def build(d: Path, previous=previous) -> dict:
+            torch.manual_seed(plan.seed)
+            return run(OmniModel.from_pretrained(previous).to(device), d, config, seed=plan.seed, progress=progress)
+
+        previous = step(name, key, build) / "checkpoint"
+
     # 5. the image decoder post-trained on the model's own redraws of the finest scale (omni/decoder_post.py)
     if plan.decoder_images:
         from omniar.omni.decoder_post import DecoderPostTraining, post_train_decoder
 
-        config = DecoderPostTraining(images=plan.decoder_images, steps=plan.decoder_steps)
-        decoder_key = {**dataclasses.asdict(config), "seed": plan.seed, "after": _digest(key)}
-
-        def post(d: Path, previous=previous) -> dict:
-            torch.manual_seed(plan.seed)
-            return post_train_decoder(OmniModel.from_pretrained(previous).to(device), d, config, seed=plan.seed,
-                                      progress=progress)
-
-        previous = step("decoder-post", decoder_key, post) / "checkpoint"
-        key = decoder_key
-
+        model_step("decoder-post", DecoderPostTraining(images=plan.decoder_images, steps=plan.decoder_steps),
+                   post_train_decoder)
     # 6. self-training: the generation side learns the model's best drawings of training prompts by its own caption
     # score (omni/self_train.py)
     if plan.self_prompts:
         from omniar.omni.self_train import SelfTraining, self_train
 
-        own = SelfTraining(prompts=plan.self_prompts, steps=plan.self_steps)
-        self_key = {**dataclasses.asdict(own), "seed": plan.seed, "after": _digest(key)}
-
-        def train_self(d: Path, previous=previous) -> dict:
-            torch.manual_seed(plan.seed)
-            return self_train(OmniModel.from_pretrained(previous).to(device), d, own, seed=plan.seed,
-                              progress=progress)
-
-        previous = step("self-train", self_key, train_self) / "checkpoint"
+        model_step("self-train", SelfTraining(prompts=plan.self_prompts, steps=plan.self_steps), self_train)
     model = OmniModel.from_pretrained(previous).to(device)
 
     # 7. the benchmark (test split + held-out compositions), judged independently
