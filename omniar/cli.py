@@ -46,7 +46,7 @@ def _demo(args) -> None:
         print(f"| {part} | {'' if steps is None else steps} | {took / 60:.1f} |")
     print(f"| total | | {sum(t for *_, t in rows) / 60:.1f} |")
     if plan.step_seconds is not None:
-        from omniar.demo import AFTER_STAGES, budget_for_after_stages
+        from omniar.demo import AFTER_STAGES, budget_for_after_stages, budget_for_self_training
 
         more = budget_for_after_stages(args.budget, plan.step_seconds, **kw)
         if more is not None:
@@ -56,6 +56,12 @@ def _demo(args) -> None:
             print(f"[demo] the {' and '.join(AFTER_STAGES)} stages do not fit {args.budget:g} minutes at these step "
                   f"times: {instead} (as on an AVX2 EPYC: BENCHMARKS.md \"Demo\")"
                   + (f"; --budget {more:g} holds them" if more < math.inf else ""))
+        more = budget_for_self_training(args.budget, plan.step_seconds, **kw)
+        if more is not None:
+            print(f"[demo] self-training does not fit {args.budget:g} minutes beside the relations and edits stages "
+                  "at these step times (they come first; text-to-image stays what the stages leave)"
+                  + (f"; --budget {more:g} holds it" if more < math.inf else "")
+                  + "; --self-prompts N asks for it anyway")
     if args.plan:
         return
     report = run_demo(args.out, plan, cache=args.cache, use_cache=not args.no_cache, device=device,

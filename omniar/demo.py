@@ -419,11 +419,28 @@ def budget_for_after_stages(minutes: float, step_seconds: dict[str, float], **kw
     after stage 3 that its preset could hold (`AFTER_STAGES`: a slow machine), the fewest whole minutes whose plan
     holds them (`math.inf` where ten times `minutes` does not); None where it holds them, or the preset cannot."""
     plan = DemoPlan.for_budget(minutes, step_seconds=step_seconds, **kw)
-    if not _after_stages_for(plan.preset, plan.speech) or set(AFTER_STAGES) <= set(plan.stage_steps):
+    if not _after_stages_for(plan.preset, plan.speech):
         return None
-    for more in range(math.floor(minutes) + 1, math.floor(10 * minutes) + 1):
-        if set(AFTER_STAGES) <= set(DemoPlan.for_budget(more, step_seconds=step_seconds, **kw).stage_steps):
-            return float(more)
+    return _fewest_minutes(minutes, step_seconds, kw, lambda p: set(AFTER_STAGES) <= set(p.stage_steps))
+
+
+def budget_for_self_training(minutes: float, step_seconds: dict[str, float], **kw) -> float | None:
+    """Where a measured plan of `minutes` leaves out the self-training its preset could do (the relations and edits
+    stages fit only without it, or not at all), the fewest whole minutes whose plan holds it (`math.inf` where ten
+    times `minutes` does not); None where it holds it, the preset cannot, or `self_prompts` is given."""
+    plan = DemoPlan.for_budget(minutes, step_seconds=step_seconds, **kw)
+    if kw.get("self_prompts") is not None or not _self_trainable(plan.preset, plan.speech):
+        return None
+    return _fewest_minutes(minutes, step_seconds, kw, lambda p: p.self_prompts > 0)
+
+
+def _fewest_minutes(minutes: float, step_seconds: dict[str, float], kw: dict,
+                    holds: Callable[[DemoPlan], bool]) -> float | None:
+    """None where the measured plan of `minutes` `holds`, else the fewest whole minutes up to ten times as many whose
+    plan does (`math.inf` where none does)."""
+    for more in (minutes, *range(math.floor(minutes) + 1, math.floor(10 * minutes) + 1)):
+        if holds(DemoPlan.for_budget(more, step_seconds=step_seconds, **kw)):
+            return None if more == minutes else float(more)
     return math.inf
 
 

@@ -566,6 +566,34 @@ def test_a_plan_without_the_stages_after_stage_3_finds_the_budget_that_holds_the
     assert budget_for_after_stages(45, {name: 12 * s for name, s in fast.items()}) == math.inf  # none up to 10x
 
 
+def test_a_plan_without_self_training_finds_the_budget_that_holds_it(tmp_path, capsys):
+    from omniar.cli import main
+    from omniar.demo import budget_for_after_stages, budget_for_self_training
+
+    # an Intel machine's timing: 45 minutes hold the relations and edits stages only without it
+    xeon = {"stage1": 0.32, "stage2": 0.35, "stage3": 0.35, "relations": 0.29, "edits": 0.41,
+            "image-tokenizer": 0.22, "teacher": 0.04, "decoder": 0.025, "self-draw": 0.05}
+    more = budget_for_self_training(45, xeon)
+    assert 45 < more < math.inf and more == int(more)
+    assert DemoPlan.for_budget(more, step_seconds=xeon).self_prompts > 0
+    assert DemoPlan.for_budget(more - 1, step_seconds=xeon).self_prompts == 0
+    assert budget_for_self_training(more, xeon) is None  # it fits already
+    assert budget_for_self_training(45, xeon, self_prompts=0) is None  # not asked for
+    assert budget_for_self_training(45, xeon, preset="ar-omni-tiny") is None  # the preset cannot
+    assert budget_for_self_training(45, {name: 12 * s for name, s in xeon.items()}) == math.inf  # none up to 10x
+    # `omniar demo --plan` says so (an AVX2 EPYC's step times: neither the two stages nor self-training)
+    main(["demo", "--out", str(tmp_path / "demo"), "--plan", "--step-seconds", "0.55", "0.86", "0.86", "0.46", "0.72"])
+    out = capsys.readouterr().out
+    assert "self-training" not in out.split("[demo] the plan")[1].split("| total")[0]  # no row for it
+    more = budget_for_self_training(45, {"stage1": 0.55, "stage2": 0.86, "stage3": 0.86, "relations": 0.46,
+                                         "edits": 0.72})
+    assert more > budget_for_after_stages(45, {"stage1": 0.55, "stage2": 0.86, "stage3": 0.86, "relations": 0.46,
+                                              "edits": 0.72})  # the two stages first
+    assert ("[demo] self-training does not fit 45 minutes beside the relations and edits stages at these step times "
+            f"(they come first; text-to-image stays what the stages leave); --budget {more:g} holds it; "
+            "--self-prompts N asks for it anyway") in out
+
+
 def test_where_neither_stage_after_stage_3_fits_the_answers_stage_takes_the_decoder_post_trainings_time():
     from omniar.demo import ANSWER_SHARE, ANSWER_STEPS, RELATION_STEP_COST, _decoder_seconds, _mean_step
 
