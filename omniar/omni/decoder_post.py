@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +49,7 @@ from omniar.modality import Modality
 from omniar.omni.generate import T2I_CFG, T2I_TEMPERATURE, generate_images
 from omniar.omni.model import OmniModel
 from omniar.tokenizers.image import reconstruction_loss
-from omniar.train.interrupt import GracefulStop
+from omniar.train.interrupt import GracefulStop, run_in_chunks
 from omniar.train.metrics import MetricsLog
 from omniar.train.trainer import warm_cosine
 
@@ -246,27 +245,18 @@ def _draw(model: OmniModel, examples: list, pixels: torch.Tensor, key: dict, chu
 
     scales = len(model.scales)
     saved_drawn, saved_own = _load_draws(directory, key, scales)
-    done = saved = min(len(saved_drawn[0]), len(examples)) if saved_drawn else 0
+    done = min(len(saved_drawn[0]), len(examples)) if saved_drawn else 0
     drawn = [[b[:done]] for b in saved_drawn] if done else [[] for _ in range(scales)]  # chunks per scale
     own = [[b[:done]] for b in saved_own] if done else [[] for _ in range(scales)]
-    bar = tqdm(total=len(examples), initial=done, disable=not progress, desc="decoder post-training: draws",
-               unit="image")
-    while done < len(examples):
-        part = examples[done : done + chunk]
-        d, o = redrawn_codes(model, [ex.text for ex in part], to_tensor(pixels[done : done + len(part)].numpy()),
-                             key["keep"], [key["seed"] * 1_000_003 + done + i for i in range(len(part))])
+
+    def draw(start: int, end: int) -> None:
+        d, o = redrawn_codes(model, [ex.text for ex in examples[start:end]], to_tensor(pixels[start:end].numpy()),
+                             key["keep"], [key["seed"] * 1_000_003 + i for i in range(start, end)])
         for k in range(scales):
             drawn[k].append(d[k].cpu())
             own[k].append(o[k].cpu())
-        done += len(part)
-        bar.update(len(part))
-        if done - saved >= SAVE_DRAWS or done == len(examples) or stop.signal is not None:
-            _save_draws(directory, key, [torch.cat(b) for b in drawn], [torch.cat(b) for b in own])
-            saved = done
-        if stop.signal is not None:
-            bar.close()
-            tqdm.write(f"stopped after drawing {done} of {len(examples)} images; {directory} keeps them (run the same "
-                       "command again)", file=sys.stderr)
-            stop.stop(0, 0, directory, announce=False)
-    bar.close()
+
+    run_in_chunks(stop, len(examples), done, chunk, SAVE_DRAWS, draw,
+                  lambda _: _save_draws(directory, key, [torch.cat(b) for b in drawn], [torch.cat(b) for b in own]),
+                  directory, progress, "decoder post-training: draws", "image")
     return [torch.cat(b) for b in drawn], [torch.cat(b) for b in own]

@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from omniar.checkpoint import read_tensors, recover_directory, weights_digest, write_directory, write_tensors
 from omniar.generation.sampling import SamplingParams
@@ -39,7 +37,7 @@ from omniar.omni.generate import T2I_CFG, T2I_TEMPERATURE
 from omniar.omni.model import Example, OmniModel
 from omniar.omni.rerank import generate_best_of
 from omniar.omni.train import SHARED, TEXT_EXPERT, UNDERSTANDING, held_parameters, shapeworld_example
-from omniar.train.interrupt import GracefulStop
+from omniar.train.interrupt import GracefulStop, run_in_chunks
 from omniar.train.trainer import TrainConfig, Trainer
 
 DRAWS, DRAWS_NAME, DRAWS_META = "draws", "drawn.safetensors", "draws.json"  # out/draws: the drawings so far
@@ -134,9 +132,9 @@ def _draw(model: OmniModel, prompts: list[str], key: dict, config: SelfTraining,
                              f"{', '.join(changed)} ({differ}); use a new output directory")
         tensors = read_tensors(directory / DRAWS_NAME)
         images, scores = [tensors["images"][: len(prompts)].numpy()], [tensors["scores"][: len(prompts)].numpy()]
-    done = saved = len(images[0]) if images else 0
+    done = len(images[0]) if images else 0
 
-    def save() -> None:
+    def save(done: int) -> None:
         def write(staging: Path) -> None:
             write_tensors(staging / DRAWS_NAME, {"images": torch.from_numpy(np.concatenate(images)),
                                                  "scores": torch.from_numpy(np.concatenate(scores))})
@@ -144,24 +142,14 @@ def _draw(model: OmniModel, prompts: list[str], key: dict, config: SelfTraining,
 
         write_directory(directory, write)
 
-    bar = tqdm(total=len(prompts), initial=done, disable=not progress, desc="self-training: draws", unit="prompt")
-    while done < len(prompts):
-        part = prompts[done : done + config.chunk]
-        seeds = [key["seed"] * 1_000_003 + config.first + done + i for i in range(len(part))]
-        chosen, s = draw_best(model, part, config.candidates, seeds)
+    def draw(start: int, end: int) -> None:
+        seeds = [key["seed"] * 1_000_003 + config.first + i for i in range(start, end)]
+        chosen, s = draw_best(model, prompts[start:end], config.candidates, seeds)
         images.append(chosen)
         scores.append(s)
-        done += len(part)
-        bar.update(len(part))
-        if done - saved >= SAVE_DRAWS or done == len(prompts) or stop.signal is not None:
-            save()
-            saved = done
-        if stop.signal is not None:
-            bar.close()
-            tqdm.write(f"stopped after drawing for {done} of {len(prompts)} prompts; {directory} keeps them (run the "
-                       "same command again)", file=sys.stderr)
-            stop.stop(0, 0, directory, announce=False)
-    bar.close()
+
+    run_in_chunks(stop, len(prompts), done, config.chunk, SAVE_DRAWS, draw, save, directory, progress,
+                  "self-training: draws", "prompt")
     return np.concatenate(images), np.concatenate(scores)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -53,3 +54,26 @@ class GracefulStop:
         if self.signal == signal.SIGTERM:
             raise SystemExit(TERMINATED)
         raise KeyboardInterrupt
+
+
+def run_in_chunks(stop: GracefulStop, total: int, done: int, chunk: int, every: int, run: Callable[[int, int], None],
+                  save: Callable[[int], None], directory: str | Path, progress: bool, desc: str, unit: str) -> None:
+    """Resumable work on items done..total (the models' drawings for post-training): `run(start, end)` a chunk of at
+    most `chunk` at a time, `save(done)` every `every` items, at the end and on a signal, which then stops the run
+    (`GracefulStop.stop`) with `directory` named as what keeps the work so far."""
+    saved = done
+    bar = tqdm(total=total, initial=done, disable=not progress, desc=desc, unit=unit)
+    while done < total:
+        end = min(total, done + chunk)
+        run(done, end)
+        bar.update(end - done)
+        done = end
+        if done - saved >= every or done == total or stop.signal is not None:
+            save(done)
+            saved = done
+        if stop.signal is not None:
+            bar.close()
+            tqdm.write(f"stopped after {done} of {total} {unit}s; {directory} keeps them (run the same command "
+                       "again)", file=sys.stderr)
+            stop.stop(0, 0, directory, announce=False)
+    bar.close()
