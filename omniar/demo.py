@@ -175,16 +175,14 @@ class DemoPlan:
     step_seconds: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
-        if (self.decoder_images > 0) != (self.decoder_steps > 0):
-            raise ValueError(f"decoder_images {self.decoder_images} and decoder_steps {self.decoder_steps}: decoder "
-                             "post-training needs both (or neither)")
+        for a, b, part in (("decoder_images", "decoder_steps", "decoder post-training"),
+                           ("self_prompts", "self_steps", "self-training")):
+            if (getattr(self, a) > 0) != (getattr(self, b) > 0):
+                raise ValueError(f"{a} {getattr(self, a)} and {b} {getattr(self, b)}: {part} needs both (or neither)")
         if self.decoder_images and not _post_trainable(self.preset, self.speech):
             raise ValueError(f"decoder_images {self.decoder_images}: decoder post-training redraws the finest scale "
                              f"of next-scale codes, and {self.preset}{' with speech' if self.speech else ''} decodes "
                              "raster tokens (or speaks): give 0")
-        if (self.self_prompts > 0) != (self.self_steps > 0):
-            raise ValueError(f"self_prompts {self.self_prompts} and self_steps {self.self_steps}: self-training needs "
-                             "both (or neither)")
         if self.self_prompts and not _self_trainable(self.preset, self.speech):
             raise ValueError(f"self_prompts {self.self_prompts}: self-training draws next-scale images and holds the "
                              f"understanding path, and {self.preset}{' with speech' if self.speech else ''} "
@@ -245,7 +243,7 @@ class DemoPlan:
         after = _after_costs(None, kw.get("preset", cls.preset), kw.get("speech"))
         train = (share * minutes - 1.5 * num * EVAL_MIN_PER_ITEM) * MODEL_STEPS_PER_MIN \
             - DECODER_POST_COST * kw["decoder_images"]
-        own = SELF_DRAW_COST * kw["self_prompts"] + EDIT_STEP_COST * kw["self_steps"]
+        own = _self_stage_steps(kw["self_prompts"], kw["self_steps"])
         stages = _stages(max(6, round(train - own)), after)
         plan = cls(budget=minutes, tokenizer_steps=tok, tokenizer_images=_tokenizer_images(tok),
                    stage_steps=stages, eval_num=num, heldout_num=round(2.5 * num), **kw)
@@ -345,7 +343,7 @@ class DemoPlan:
             rest = {"benchmark": 60 * 1.5 * self.eval_num * EVAL_MIN_PER_ITEM,
                     "data, text tokenizer, report": 0.02 * 60 * self.budget}
             decoder = DECODER_POST_COST * self.decoder_images * 60 / MODEL_STEPS_PER_MIN
-            own = (SELF_DRAW_COST * self.self_prompts + EDIT_STEP_COST * self.self_steps) * 60 / MODEL_STEPS_PER_MIN
+            own = _self_stage_steps(self.self_prompts, self.self_steps) * 60 / MODEL_STEPS_PER_MIN
         steps = {"image tokenizer": self.tokenizer_steps, "speech codec": self.codec_steps,
                  "teacher": self.teacher_steps, **self.stage_steps}
         rows = [(part, n, n * per[part]) for part, n in steps.items() if n]
@@ -400,6 +398,12 @@ def _self_prompts_for(preset: str, speech: bool | None, minutes: float) -> int:
     """The prompts a plan's self-training draws for: `SELF_PROMPTS` in 45 minutes, in proportion for other budgets;
     none where the preset cannot (`_self_trainable`)."""
     return max(8, round(SELF_PROMPTS * minutes / 45)) if _self_trainable(preset, speech) else 0
+
+
+def _self_stage_steps(prompts: int, steps: int) -> float:
+    """A reference plan's self-training in stage steps: `SELF_DRAW_COST` a prompt drawn for, its steps as edits
+    steps."""
+    return SELF_DRAW_COST * prompts + EDIT_STEP_COST * steps
 
 
 def _self_seconds(prompts: int, steps: int, step_seconds: dict[str, float]) -> float:
