@@ -356,7 +356,8 @@ def _tokenizer_train_image(args) -> None:
                                   scales=tuple(args.scales) if args.scales else ImageTokenizerConfig.scales,
                                   align_width=teacher.und_width if teacher is not None else 0)
     model = train_image_tokenizer(args.out, images, config, steps=args.steps, batch=args.batch, lr=args.lr,
-                                  rate_weight=args.rate_weight, align_teacher=teacher, align_weight=align_weight)
+                                  rate_weight=args.rate_weight, align_teacher=teacher, align_weight=align_weight,
+                                  optimizer=args.optimizer)
     out = Path(args.out)
     report = evaluate_image_tokenizer(model, args.eval_images)
     (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -1040,6 +1041,9 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--steps", type=int, default=3500)
     t.add_argument("--batch", type=int, default=32)
     t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--optimizer", choices=("muon", "adam"), default="muon",
+                   help="muon: Muon for the hidden convolutions' filters, Adam for the rest (BENCHMARKS.md: +2 dB at "
+                        "the demo's steps); adam: Adam for everything")
     t.add_argument("--bits", type=int, default=16)
     t.add_argument("--scales", type=int, nargs="+", help="scale schedule, e.g. 1 2 3 4 6 8 (one scale: raster)")
     t.add_argument("--rate-weight", type=float, default=0.0,

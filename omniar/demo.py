@@ -710,7 +710,7 @@ def calibrate(cache: str | Path, plan: DemoPlan, device: str | torch.device = "c
     self_draw = _self_trainable(plan.preset, plan.speech)  # likewise self-training's drawing
     key = {"preset": plan.preset, "config": dataclasses.asdict(preset), "overrides": plan.overrides,
            "batch": plan.examples_per_step, "distill": plan.distill > 0, "device": str(device),
-           "timing": "difference of a 4- and a 16-step run; image tokenizer 2 / 8 steps, ConvTeacher 10 / 40; "
+           "timing": "difference of a 4- and a 16-step run; image tokenizer (Muon) 2 / 8 steps, ConvTeacher 10 / 40; "
                      "decoder post-training 50 / 200 images, its encoded share from the image pool; "
                      "self-training's drawing 4 / 16 prompts",
            "decoder": plan.decoder_images > 0, "self": self_draw,
@@ -885,7 +885,8 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
                                       align_teacher=teacher if plan.align > 0 else None, align_weight=plan.align)
         return evaluate_image_tokenizer(model, min(500, 5 * plan.eval_num))
 
-    image_key = {"steps": plan.tokenizer_steps, "images": plan.tokenizer_images, "seed": plan.seed}
+    image_key = {"steps": plan.tokenizer_steps, "images": plan.tokenizer_images, "seed": plan.seed,
+                 "optimizer": "muon"}
     if raster:
         image_key["scales"] = list(image_config.scales)
     if plan.align > 0:

@@ -171,7 +171,9 @@ def test_bit_prior_rate_falls_when_trained_and_round_trips(tmp_path):
     x = to_tensor(imgs)
     torch.manual_seed(0)
     before = ImageTokenizer(cfg).eval()  # the training run's starting point (it seeds 0 too)
-    tok = train_image_tokenizer(tmp_path, imgs, cfg, steps=60, batch=4, rate_weight=5.0, progress=False)
+    # (the rate term's recipe was measured under Adam, BENCHMARKS.md "The rate term")
+    tok = train_image_tokenizer(tmp_path, imgs, cfg, steps=60, batch=4, rate_weight=5.0, progress=False,
+                                optimizer="adam")
     rate0, rate1 = before.bit_rate(before.encode(x)), tok.bit_rate(tok.encode(x))
     assert len(rate1) == 6 and sum(rate1) < 0.85 * sum(rate0)  # untrained: ~ln 2 = 0.69 nats per bit
     again = ImageTokenizer.from_pretrained(tmp_path / "checkpoint")
@@ -240,3 +242,36 @@ def test_alignment_needs_weight_width_and_teacher_together(tmp_path):
         ImageTokenizer(ImageTokenizerConfig(**SMALL)).alignment(latent, torch.zeros(2, 128, 8, 8))
     with pytest.raises(ValueError, match=r"align_sizes must lie in \[1, 8\]"):
         ImageTokenizerConfig(align_width=16, align_sizes=(2, 16))
+
+
+def test_muon_trains_the_hidden_filters_and_adam_the_rest():
+    """The default optimizer: Muon for every k x k filter but the pixel-facing first and last convolutions, Adam
+    (Muon's AdamW groups, no decay) for those, the 1 x 1 projections, norms, biases and gains."""
+    model = ImageTokenizer(ImageTokenizerConfig(**SMALL, align_width=32))
+    opt = train_image._optimizer(model, "muon", 1e-3)
+    muon_group, adam_group = opt.param_groups
+    assert muon_group["muon"] and muon_group["flatten"] and not adam_group["muon"]
+    hidden = {id(p) for p in muon_group["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in hidden}
+    assert "encoder.net.0.weight" not in names and "decoder.net.11.weight" not in names
+    assert "encoder.net.9.weight" not in names and "align.weight" not in names  # 1 x 1
+    assert {"encoder.net.1.body.2.weight", "decoder.net.0.weight", "quantizer.refine.weight"} <= names
+    assert all(p.dim() == 4 for p in muon_group["params"])
+    assert len(hidden) + len(adam_group["params"]) == len(list(model.parameters()))
+    assert isinstance(train_image._optimizer(model, "adam", 1e-3), torch.optim.Adam)
+
+
+def test_a_run_resumes_only_with_its_own_optimizer(tmp_path):
+    imgs = shapeworld_images(12)
+    cfg = ImageTokenizerConfig(**SMALL)
+    straight = train_image_tokenizer(tmp_path / "a", imgs, cfg, steps=4, batch=4, progress=False, optimizer="adam")
+    train_image_tokenizer(tmp_path / "b", imgs, cfg, steps=4, batch=4, progress=False, stop_at=2, optimizer="adam")
+    with pytest.raises(ValueError, match="trained with adam; resume it with optimizer='adam'"):
+        train_image_tokenizer(tmp_path / "b", imgs, cfg, steps=4, batch=4, progress=False)
+    resumed = train_image_tokenizer(tmp_path / "b", imgs, cfg, steps=4, batch=4, progress=False, optimizer="adam")
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    muon = train_image_tokenizer(tmp_path / "c", imgs, cfg, steps=4, batch=4, progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(straight.state_dict().values(), muon.state_dict().values()))
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'; known: muon, adam"):
+        train_image_tokenizer(tmp_path / "d", imgs, cfg, steps=4, batch=4, progress=False, optimizer="sgd")

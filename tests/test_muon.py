@@ -137,3 +137,30 @@ def test_matrices_of_one_shape_are_orthogonalised_together_as_each_alone():
             r.mul_(1 - 1e-2 * 0.1).add_(u * 0.2 * max(r.shape[-2:]) ** 0.5, alpha=-1e-2)
     for p, r in zip(params, ref):
         torch.testing.assert_close(p.detach(), r, rtol=0, atol=1e-6)
+
+
+def test_flatten_orthogonalises_each_filter_bank_as_one_matrix():
+    """With `flatten` a convolution's filters (out, in, k, k) are one (out, in k k) matrix: the update is that
+    matrix's orthogonalised Nesterov momentum at the RMS-matched scale; filter banks of one shape go as one batch,
+    each as alone; a group without the key (saved before it) is the batch-of-matrices rule."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(8, 4, 3, 3), (8, 4, 3, 3), (16, 8, 3, 3)]
+    params = [torch.nn.Parameter(torch.randn(*s, generator=g)) for s in shapes]
+    ref = [p.detach().clone() for p in params]
+    opt = Muon([{"params": params, "muon": True, "flatten": True}], lr=1e-2, nesterov=False)
+    grads = [torch.randn(*s, generator=g) for s in shapes]
+    for p, gr in zip(params, grads):
+        p.grad = gr
+    opt.step()
+    for p, r, gr in zip(params, ref, grads):
+        matrix = gr.reshape(gr.shape[0], -1)
+        u = orthogonalize(matrix).reshape(gr.shape) * 0.2 * max(matrix.shape) ** 0.5
+        torch.testing.assert_close(p.detach(), r - 1e-2 * u, rtol=0, atol=1e-6)
+    assert not torch.allclose(orthogonalize(grads[0].reshape(-1, 3, 3)).reshape(shapes[0]),
+                              orthogonalize(grads[0].reshape(8, -1)).reshape(shapes[0]), atol=1e-2)
+    del opt.param_groups[0]["flatten"]
+    before = [p.detach().clone() for p in params]
+    opt.step()
+    buf = grads[2] * (1 + 0.95)  # the momentum buffer after the second step: 0.95 g + g
+    u = orthogonalize(buf.reshape(-1, 3, 3)).reshape(shapes[2]) * 0.2 * 3 ** 0.5  # 128 matrices of 3 x 3
+    torch.testing.assert_close(params[2].detach(), before[2] - 1e-2 * u, rtol=0, atol=1e-6)

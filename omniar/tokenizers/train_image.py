@@ -6,6 +6,7 @@ order and the learning rate are functions of the step, so a resumed run continue
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -17,8 +18,11 @@ from omniar.checkpoint import load_training_state, recover_directory, save_train
 from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, reconstruction_loss
 from omniar.train.interrupt import GracefulStop
 from omniar.train.metrics import MetricsLog
+from omniar.train.muon import Muon
 from omniar.train.trainer import warm_cosine
 
+# the tokenizer's optimizers (`train_image_tokenizer`): Muon for the hidden filters, or Adam for everything
+OPTIMIZERS = ("muon", "adam")
 # the semantic alignment's weight when a teacher is given (BENCHMARKS.md, "A latent that knows shapes")
 ALIGN_WEIGHT = 2.0
 
@@ -56,7 +60,8 @@ def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageToke
                           steps: int = 3500, batch: int = 32, lr: float = 2e-3, seed: int = 0,
                           commit_weight: float = 0.0, balance_weight: float = 0.01, rate_weight: float = 0.0,
                           align_teacher: torch.nn.Module | None = None, align_weight: float = 0.0,
-                          progress: bool = True, resume: bool = True, stop_at: int | None = None) -> ImageTokenizer:
+                          progress: bool = True, resume: bool = True, stop_at: int | None = None,
+                          optimizer: str = "muon") -> ImageTokenizer:
     """Train for `steps` (learning-rate schedule over `steps`); `stop_at` ends early with a checkpoint, from which
     a later call with `resume=True` continues exactly.
 
@@ -65,7 +70,15 @@ def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageToke
     + align_weight * align (semantic alignment of the latent with `align_teacher.feature_map(images)`, a frozen
     vision model such as the ConvNet teacher; the config's `align_width` = its feature width; image.py).
     No commitment by default (BENCHMARKS.md): it pulls each normalised residual onto its own sign pattern, so the
-    encoder settles near its random initial hash (with weight 4.0 the full run reached 21.4 dB instead of 34.6)."""
+    encoder settles near its random initial hash (with weight 4.0 the full run reached 21.4 dB instead of 34.6).
+
+    `optimizer` (`OPTIMIZERS`): "muon" (the default) orthogonalises the updates of the hidden convolutions' filters,
+    each flattened to a matrix of (output channels, input channels x kernel) - as the CIFAR-10 speedruns do - and
+    keeps Adam for the first and last convolutions, the 1 x 1 projections, norms and biases; "adam" trains them all
+    with Adam. The demo's recipe (1,350 steps) reconstructs at 33.0 dB with 99.8% of test scenes parsed under Muon,
+    against 31.0 dB and 97.8% under Adam, in the same time (BENCHMARKS.md, "Image: multi-scale bitwise tokenizer")."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}")
     stop_at = steps if stop_at is None else min(stop_at, steps)
     out = Path(out)
     ckpt = out / "checkpoint"
@@ -81,11 +94,15 @@ def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageToke
                          "(e.g. 2.0, the teacher's feature width and the teacher), and none of them alone")
     if align_teacher is not None:
         align_teacher.requires_grad_(False).eval()
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99))
+    opt = _optimizer(model, optimizer, lr)
     step = 0
     recover_directory(ckpt)
     if resume and (ckpt / "trainer.json").is_file():
         model.load_state_dict(ImageTokenizer.from_pretrained(ckpt).state_dict())
+        saved = json.loads((ckpt / "trainer.json").read_text()).get("optimizer_name", "adam")
+        if saved != optimizer:
+            raise ValueError(f"{ckpt} was trained with {saved}; resume it with optimizer={saved!r} (or train anew "
+                             f"in another directory with {optimizer})")
         step = load_training_state(ckpt, opt)["step"]
     data = to_tensor(images)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,7 +140,7 @@ def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageToke
                 bar.set_postfix(loss=f"{m['loss']:.4f}")
                 metrics.write(m)
             if step % 500 == 0 or step == stop_at or stop.signal is not None:
-                save_training_checkpoint(ckpt, model, opt, step)
+                save_training_checkpoint(ckpt, model, opt, step, optimizer_name=optimizer)
             if stop.signal is not None:
                 break
     bar.close()
@@ -131,6 +148,24 @@ def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageToke
     if stop.signal is not None:
         stop.stop(step, steps, ckpt)
     return model.eval()
+
+
+def _optimizer(model: ImageTokenizer, name: str, lr: float) -> torch.optim.Optimizer:
+    """`train_image_tokenizer`'s optimizer: Adam, or Muon for the hidden filters (`hidden_filters`) and Adam for the
+    rest (Muon's other groups are AdamW, here without weight decay: Adam)."""
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99))
+    hidden = hidden_filters(model)
+    ids = {id(p) for p in hidden}
+    return Muon([{"params": hidden, "muon": True, "flatten": True},
+                 {"params": [p for p in model.parameters() if id(p) not in ids]}], lr=lr, betas=(0.9, 0.99))
+
+
+def hidden_filters(model: ImageTokenizer) -> list[torch.nn.Parameter]:
+    """The convolution filters Muon trains: every k x k (k > 1) filter but the first, which reads pixels, and the
+    last, which writes them."""
+    first, last = model.encoder.net[0].weight, model.decoder.net[-2].weight
+    return [p for p in model.parameters() if p.dim() == 4 and p.shape[-1] > 1 and p is not first and p is not last]
 
 
 @torch.no_grad()

@@ -92,14 +92,16 @@ class Muon(torch.optim.Optimizer):
     """Muon for the param groups marked `muon=True`, AdamW for the others.
 
     Groups: {"params": [...], "muon": True|False, "lr", "weight_decay"}; defaults for the rest
-    (`momentum`, `nesterov`, `ns_steps` for Muon groups; `betas`, `eps` for AdamW groups). Muon parameters must be
-    matrices (or batches of matrices, orthogonalised one by one)."""
+    (`momentum`, `nesterov`, `ns_steps`, `flatten` for Muon groups; `betas`, `eps` for AdamW groups). Muon parameters
+    must be matrices (or batches of matrices in the last two dimensions, orthogonalised one by one); with `flatten`
+    each parameter is one matrix of its first dimension by the rest - a convolution's filters (out, in, k, k) as
+    (out, in k k)."""
 
     def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.0, momentum: float = 0.95,
                  nesterov: bool = True, ns_steps: int = 5, betas: tuple[float, float] = (0.9, 0.95),
                  eps: float = 1e-8):
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
-                        betas=betas, eps=eps, muon=False)
+                        betas=betas, eps=eps, muon=False, flatten=False)
         super().__init__(params, defaults)
         for group in self.param_groups:
             if group["muon"]:
@@ -141,8 +143,10 @@ class Muon(torch.optim.Optimizer):
             by_shape.setdefault((tuple(p.shape), p.dtype, p.device), []).append(i)
         updates: list[Tensor | None] = [None] * len(params)
         for (shape, _, _), idx in by_shape.items():
-            flat = torch.stack([moments[i].reshape(-1, *shape[-2:]) for i in idx])  # (n, batch, rows, cols)
-            ortho = orthogonalize(flat, group["ns_steps"]).mul_(0.2 * math.sqrt(max(shape[-2], shape[-1])))
+            # (.get: groups saved before `flatten` was one lack it)
+            matrix = (shape[0], math.prod(shape[1:])) if group.get("flatten") else shape[-2:]
+            flat = torch.stack([moments[i].reshape(-1, *matrix) for i in idx])  # (n, batch, rows, cols)
+            ortho = orthogonalize(flat, group["ns_steps"]).mul_(0.2 * math.sqrt(max(matrix)))
             for i, u in zip(idx, ortho.unbind(0)):
                 updates[i] = u.reshape(shape)
         return updates
