@@ -62,6 +62,9 @@ FIXED_SECONDS = 90
 # validation scenes against 1,350's 98.1% (small circles come back as squares), and the demo's model, on 17% fewer
 # stage steps, scores higher on every image task (BENCHMARKS.md "Demo")
 TOKENIZER_MINUTES = 7.0
+# the image tokenizer's optimizer (train_image.py): Muon reaches at 1,350 steps the sharpness Adam reached at 3,000
+# (BENCHMARKS.md "Muon for the filters"); part of its cache key
+TOKENIZER_OPTIMIZER = "muon"
 TOKENIZER_MAX_STEPS = 3500
 # at most this share of a measured plan's time for the model (the budget's less the benchmark and fixed work) goes to
 # the image tokenizer and ConvTeacher: where their reference step counts would take more (an AVX2 EPYC on a slow day:
@@ -681,7 +684,8 @@ def measure_other_seconds(image_config: ImageTokenizerConfig, teacher_grid: int 
     teacher = ConvTeacher(side, teacher_grid).requires_grad_(False).eval() if align > 0 else None
     config = dataclasses.replace(image_config, align_width=teacher.und_width) if teacher is not None else image_config
     seconds = {"image-tokenizer": seconds_per_step(fresh(lambda d, n: train_image_tokenizer(
-        d, images, config, steps=n, progress=False, align_teacher=teacher, align_weight=align)), steps)}
+        d, images, config, steps=n, progress=False, align_teacher=teacher, align_weight=align,
+        optimizer=TOKENIZER_OPTIMIZER)), steps)}
     if teacher_grid is not None:
         seconds["teacher"] = seconds_per_step(fresh(lambda d, n: train_conv_teacher(
             d, n, side, teacher_grid, seed=seed, batch=batch, progress=False)), 5 * steps)
@@ -710,7 +714,8 @@ def calibrate(cache: str | Path, plan: DemoPlan, device: str | torch.device = "c
     self_draw = _self_trainable(plan.preset, plan.speech)  # likewise self-training's drawing
     key = {"preset": plan.preset, "config": dataclasses.asdict(preset), "overrides": plan.overrides,
            "batch": plan.examples_per_step, "distill": plan.distill > 0, "device": str(device),
-           "timing": "difference of a 4- and a 16-step run; image tokenizer (Muon) 2 / 8 steps, ConvTeacher 10 / 40; "
+           "timing": f"difference of a 4- and a 16-step run; image tokenizer ({TOKENIZER_OPTIMIZER}) 2 / 8 steps, "
+                     "ConvTeacher 10 / 40; "
                      "decoder post-training 50 / 200 images, its encoded share from the image pool; "
                      "self-training's drawing 4 / 16 prompts",
            "decoder": plan.decoder_images > 0, "self": self_draw,
@@ -882,11 +887,12 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
         config = dataclasses.replace(image_config, align_width=teacher.und_width) if plan.align > 0 else image_config
         model = train_image_tokenizer(d, shapeworld_images(plan.tokenizer_images), config,
                                       steps=plan.tokenizer_steps, progress=progress,
-                                      align_teacher=teacher if plan.align > 0 else None, align_weight=plan.align)
+                                      align_teacher=teacher if plan.align > 0 else None, align_weight=plan.align,
+                                      optimizer=TOKENIZER_OPTIMIZER)
         return evaluate_image_tokenizer(model, min(500, 5 * plan.eval_num))
 
     image_key = {"steps": plan.tokenizer_steps, "images": plan.tokenizer_images, "seed": plan.seed,
-                 "optimizer": "muon"}
+                 "optimizer": TOKENIZER_OPTIMIZER}
     if raster:
         image_key["scales"] = list(image_config.scales)
     if plan.align > 0:
