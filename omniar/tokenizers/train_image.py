@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from omniar.checkpoint import load_training_state, recover_directory, save_training_checkpoint
+from omniar.checkpoint import TRAINER_NAME, load_training_state, recover_directory, save_training_checkpoint
 from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, reconstruction_loss
 from omniar.train.interrupt import GracefulStop
 from omniar.train.metrics import MetricsLog
@@ -99,7 +99,8 @@ def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageToke
     recover_directory(ckpt)
     if resume and (ckpt / "trainer.json").is_file():
         model.load_state_dict(ImageTokenizer.from_pretrained(ckpt).state_dict())
-        saved = json.loads((ckpt / "trainer.json").read_text()).get("optimizer_name", "adam")
+        # checked before the optimizer's state is loaded, which would fail on the other optimizer's groups
+        saved = json.loads((ckpt / TRAINER_NAME).read_text()).get("optimizer_name", "adam")
         if saved != optimizer:
             raise ValueError(f"{ckpt} was trained with {saved}; resume it with optimizer={saved!r} (or train anew "
                              f"in another directory with {optimizer})")
