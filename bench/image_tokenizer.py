@@ -4,8 +4,8 @@
     python bench/image_tokenizer.py --ablate [--steps 300]          # short runs of the recipe's variants
 
 --model: PSNR and judge parse of reconstructions on test renders, bit usage, tokens per image, bits per token and
-encode + decode throughput (batch 50). --ablate: each variant trains `--steps` steps (batch 32) on 4,000 train
-renders from the same seed and is scored by PSNR on 200 test renders, all in this one run.
+encode + decode throughput (batch 50). --ablate: each variant trains `--steps` steps (of the trainer's BATCH) on
+4,000 train renders from the same seed and is scored by PSNR on 200 test renders, all in this one run.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 
 from omniar.tokenizers.image import ImageTokenizer
 from omniar.tokenizers.train_image import (
+    BATCH,
     evaluate_image_tokenizer,
     shapeworld_images,
     to_tensor,
@@ -52,7 +53,7 @@ def evaluate(model_dir: str, images: int) -> None:
 def ablate(steps: int) -> None:
     train = shapeworld_images(4000)
     test = to_tensor(shapeworld_images(200, "test"))
-    print(f"{steps} steps x batch 32 on 4,000 train renders; PSNR on 200 test renders")
+    print(f"{steps} steps x batch {BATCH} on 4,000 train renders; PSNR on 200 test renders")
     print()
     print("| variant | PSNR | train time |")
     print("|---|---:|---:|")

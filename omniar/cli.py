@@ -327,6 +327,7 @@ def _tokenizer_train_image(args) -> None:
     from omniar.tokenizers.image import ImageTokenizerConfig
     from omniar.tokenizers.train_image import (
         ALIGN_WEIGHT,
+        BATCH,
         evaluate_image_tokenizer,
         shapeworld_images,
         to_tensor,
@@ -355,9 +356,9 @@ def _tokenizer_train_image(args) -> None:
                                   args.rate_weight else 0,
                                   scales=tuple(args.scales) if args.scales else ImageTokenizerConfig.scales,
                                   align_width=teacher.und_width if teacher is not None else 0)
-    model = train_image_tokenizer(args.out, images, config, steps=args.steps, batch=args.batch, lr=args.lr,
-                                  rate_weight=args.rate_weight, align_teacher=teacher, align_weight=align_weight,
-                                  optimizer=args.optimizer)
+    model = train_image_tokenizer(args.out, images, config, steps=args.steps, batch=args.batch or BATCH,
+                                  lr=args.lr, rate_weight=args.rate_weight, align_teacher=teacher,
+                                  align_weight=align_weight, optimizer=args.optimizer)
     out = Path(args.out)
     report = evaluate_image_tokenizer(model, args.eval_images)
     (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -1039,7 +1040,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--data", help="manifest or dataset folder with images (default: ShapeWorld train renders)")
     t.add_argument("--out", required=True)
     t.add_argument("--steps", type=int, default=3500)
-    t.add_argument("--batch", type=int, default=32)
+    t.add_argument("--batch", type=int, help="images a step (default 8: under Muon smaller steps reconstruct sharper "
+                                             "in the same minutes; BENCHMARKS.md)")
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--optimizer", choices=("muon", "adam"), default="muon",
                    help="muon: Muon for the hidden convolutions' filters, Adam for the rest (BENCHMARKS.md: +2 dB at "

@@ -37,9 +37,10 @@ if TYPE_CHECKING:
     from omniar.omni.train import Recipe
     from omniar.tokenizers.image import ImageTokenizerConfig
 
-# Rates on 2 CPU cores (BENCHMARKS.md, "make demo"): image-tokenizer steps (32 images) and onecat-tiny steps (16
-# mixed examples) per minute, and the benchmark's cost per evaluated item (all four tasks) in minutes.
-TOKENIZER_STEPS_PER_MIN = 120
+# Rates on 2 CPU cores (BENCHMARKS.md, "make demo"): image-tokenizer steps (TOKENIZER_BATCH images; 120 a minute of
+# 32, a step of 8 costing 0.37x one of 32) and onecat-tiny steps (16 mixed examples) per minute, and the benchmark's
+# cost per evaluated item (all four tasks) in minutes.
+TOKENIZER_STEPS_PER_MIN = 325
 CODEC_STEPS_PER_MIN = 240  # speech codec steps (16 one-second crops), BENCHMARKS.md "Speech: streaming codec"
 MODEL_STEPS_PER_MIN = 110
 CONV_TEACHER_STEPS_PER_MIN = 560  # ConvTeacher steps (16 scenes), BENCHMARKS.md "Distilling a ConvNet"
@@ -50,22 +51,24 @@ EVAL_MIN_PER_ITEM = 0.012
 # or else counted in training steps of the preset (ratios measured on two 2-core machines, BENCHMARKS.md "Demo",
 # rounded up: on a third, an AVX2 EPYC, they were 0.51 and 0.09), the benchmark always is, and the budget's rest
 # trains the model.
-TOKENIZER_STEP_COST = 0.6  # an image-tokenizer step (32 images): 0.59 and 0.44 training steps
+TOKENIZER_STEP_COST = 0.25  # an image-tokenizer step (8 images): 0.37x one of 32, which cost 0.59 and 0.44 steps
 TEACHER_STEP_COST = 0.25  # a ConvTeacher step (16 scenes): 0.22 and 0.08
 BENCHMARK_COST = 100  # the benchmark (200 items a task, 500 held-out prompts): 32 and 51
 # data, text tokenizer, the timing itself, the tokenizer's renders and evaluation, loading and saving, the report:
 # ~75 s on the Intel machines, ~150 s on an AVX2 EPYC (BENCHMARKS.md "Demo")
 FIXED_SECONDS = 90
-# where an image-tokenizer step is cheap (0.14 s on a Zen 5 EPYC, against 0.34 s on the Intel machines), a plan
-# that timed it gives the tokenizer this many minutes of a 45-minute budget (in proportion for others) instead of the
-# reference count, at most TOKENIZER_MAX_STEPS: 3,000 steps there, whose round trip keeps 99.8% of the objects of 1,000
-# validation scenes against 1,350's 98.1% (small circles come back as squares), and the demo's model, on 17% fewer
-# stage steps, scores higher on every image task (BENCHMARKS.md "Demo")
+# where an image-tokenizer step is cheap (of 32 images: 0.14 s on a Zen 5 EPYC, against 0.34 s on the Intel machines),
+# a plan that timed it gives the tokenizer this many minutes of a 45-minute budget (in proportion for others) instead
+# of the reference count, at most TOKENIZER_MAX_STEPS: under Adam, 3,000 steps of 32 there, whose round trip keeps
+# 99.8% of the objects of 1,000 validation scenes against 1,350's 98.1% (small circles come back as squares), and the
+# demo's model, on 17% fewer stage steps, scores higher on every image task (BENCHMARKS.md "Demo")
 TOKENIZER_MINUTES = 7.0
-# the image tokenizer's optimizer (train_image.py): Muon reaches at 1,350 steps the sharpness Adam reached at 3,000
-# (BENCHMARKS.md "Muon for the filters"); part of its cache key
+# the image tokenizer's optimizer and images a step (train_image.py): Muon reaches at 1,350 steps of 32 the sharpness
+# Adam reached at 3,000, and steps of 8 go further in the same minutes (BENCHMARKS.md "Muon for the filters"); part
+# of its cache key
 TOKENIZER_OPTIMIZER = "muon"
-TOKENIZER_MAX_STEPS = 3500
+TOKENIZER_BATCH = 8
+TOKENIZER_MAX_STEPS = 14_000
 # at most this share of a measured plan's time for the model (the budget's less the benchmark and fixed work) goes to
 # the image tokenizer and ConvTeacher: where their reference step counts would take more (an AVX2 EPYC on a slow day:
 # 32 + 6 of the 36 minutes, BENCHMARKS.md "Demo"), the tokenizer gets fewer steps (the teacher too if need be)
@@ -417,8 +420,8 @@ def _self_seconds(prompts: int, steps: int, step_seconds: dict[str, float]) -> f
 
 
 def _tokenizer_images(steps: int) -> int:
-    """The renders a plan's image tokenizer trains on: a batch of 32 for each step, at most 20,000."""
-    return min(20_000, 32 * steps)
+    """The renders a plan's image tokenizer trains on: a batch for each step, at most 20,000."""
+    return min(20_000, TOKENIZER_BATCH * steps)
 
 
 def budget_for_after_stages(minutes: float, step_seconds: dict[str, float], **kw) -> float | None:
@@ -661,10 +664,10 @@ def measure_step_seconds(preset: str = "onecat-tiny", overrides: dict | None = N
 
 def measure_other_seconds(image_config: ImageTokenizerConfig, teacher_grid: int | None = None, align: float = 0.0,
                           batch: int = 16, steps: int = 8, seed: int = 0) -> dict[str, float]:
-    """Seconds per step here of the image tokenizer (32 images; aligned to an untrained ConvTeacher with `align`)
-    and, with `teacher_grid`, of the ConvTeacher (`batch` scenes), on the CPU where the demo trains them: each
-    trained from scratch for `steps // 4` and for `steps` steps (the teacher 5x as many: its step is short),
-    `seconds_per_step`."""
+    """Seconds per step here of the image tokenizer (`TOKENIZER_BATCH` images; aligned to an untrained ConvTeacher
+    with `align`) and, with `teacher_grid`, of the ConvTeacher (`batch` scenes), on the CPU where the demo trains
+    them: each trained from scratch for `steps // 4` and for `steps` steps (the teacher 5x as many: its step is
+    short), `seconds_per_step`."""
     import torch
 
     from omniar.omni.teacher import ConvTeacher, train_conv_teacher
@@ -684,7 +687,7 @@ def measure_other_seconds(image_config: ImageTokenizerConfig, teacher_grid: int 
     teacher = ConvTeacher(side, teacher_grid).requires_grad_(False).eval() if align > 0 else None
     config = dataclasses.replace(image_config, align_width=teacher.und_width) if teacher is not None else image_config
     seconds = {"image-tokenizer": seconds_per_step(fresh(lambda d, n: train_image_tokenizer(
-        d, images, config, steps=n, progress=False, align_teacher=teacher, align_weight=align,
+        d, images, config, steps=n, batch=TOKENIZER_BATCH, progress=False, align_teacher=teacher, align_weight=align,
         optimizer=TOKENIZER_OPTIMIZER)), steps)}
     if teacher_grid is not None:
         seconds["teacher"] = seconds_per_step(fresh(lambda d, n: train_conv_teacher(
@@ -714,7 +717,8 @@ def calibrate(cache: str | Path, plan: DemoPlan, device: str | torch.device = "c
     self_draw = _self_trainable(plan.preset, plan.speech)  # likewise self-training's drawing
     key = {"preset": plan.preset, "config": dataclasses.asdict(preset), "overrides": plan.overrides,
            "batch": plan.examples_per_step, "distill": plan.distill > 0, "device": str(device),
-           "timing": f"difference of a 4- and a 16-step run; image tokenizer ({TOKENIZER_OPTIMIZER}) 2 / 8 steps, "
+           "timing": f"difference of a 4- and a 16-step run; image tokenizer ({TOKENIZER_OPTIMIZER}, "
+                     f"{TOKENIZER_BATCH} images) 2 / 8 steps, "
                      "ConvTeacher 10 / 40; "
                      "decoder post-training 50 / 200 images, its encoded share from the image pool; "
                      "self-training's drawing 4 / 16 prompts",
@@ -886,13 +890,13 @@ def run_demo(out: str | Path = "out/demo", plan: DemoPlan | None = None, cache: 
         torch.manual_seed(plan.seed)
         config = dataclasses.replace(image_config, align_width=teacher.und_width) if plan.align > 0 else image_config
         model = train_image_tokenizer(d, shapeworld_images(plan.tokenizer_images), config,
-                                      steps=plan.tokenizer_steps, progress=progress,
+                                      steps=plan.tokenizer_steps, batch=TOKENIZER_BATCH, progress=progress,
                                       align_teacher=teacher if plan.align > 0 else None, align_weight=plan.align,
                                       optimizer=TOKENIZER_OPTIMIZER)
         return evaluate_image_tokenizer(model, min(500, 5 * plan.eval_num))
 
     image_key = {"steps": plan.tokenizer_steps, "images": plan.tokenizer_images, "seed": plan.seed,
-                 "optimizer": TOKENIZER_OPTIMIZER}
+                 "optimizer": TOKENIZER_OPTIMIZER, "batch": TOKENIZER_BATCH}
     if raster:
         image_key["scales"] = list(image_config.scales)
     if plan.align > 0:

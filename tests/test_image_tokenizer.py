@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from omniar.checkpoint import TRAINER_NAME
 from omniar.omni.teacher import ConvTeacher
 from omniar.tokenizers import train_image
 from omniar.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, reconstruction_loss
@@ -261,16 +262,24 @@ def test_muon_trains_the_hidden_filters_and_adam_the_rest():
     assert isinstance(train_image._optimizer(model, "adam", 1e-3), torch.optim.Adam)
 
 
-def test_a_run_resumes_only_with_its_own_optimizer(tmp_path):
+def test_a_run_resumes_only_with_its_own_optimizer_and_batch(tmp_path):
     imgs = shapeworld_images(12)
     cfg = ImageTokenizerConfig(**SMALL)
     straight = train_image_tokenizer(tmp_path / "a", imgs, cfg, steps=4, batch=4, progress=False, optimizer="adam")
     train_image_tokenizer(tmp_path / "b", imgs, cfg, steps=4, batch=4, progress=False, stop_at=2, optimizer="adam")
-    with pytest.raises(ValueError, match="trained with adam; resume it with optimizer='adam'"):
+    with pytest.raises(ValueError, match="trained with optimizer 'adam'; resume it with optimizer='adam'"):
         train_image_tokenizer(tmp_path / "b", imgs, cfg, steps=4, batch=4, progress=False)
+    with pytest.raises(ValueError, match="trained with batch 4; resume it with batch=4"):
+        train_image_tokenizer(tmp_path / "b", imgs, cfg, steps=4, batch=6, progress=False, optimizer="adam")
     resumed = train_image_tokenizer(tmp_path / "b", imgs, cfg, steps=4, batch=4, progress=False, optimizer="adam")
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+    meta_path = tmp_path / "b" / "checkpoint" / TRAINER_NAME  # from before the batch was recorded: 32 a step
+    meta = json.loads(meta_path.read_text())
+    del meta["batch"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="trained with batch 32; resume it with batch=32"):
+        train_image_tokenizer(tmp_path / "b", imgs, cfg, steps=4, batch=4, progress=False, optimizer="adam")
     muon = train_image_tokenizer(tmp_path / "c", imgs, cfg, steps=4, batch=4, progress=False)
     assert any(not torch.equal(a, b) for a, b in zip(straight.state_dict().values(), muon.state_dict().values()))
     with pytest.raises(ValueError, match="unknown optimizer 'sgd'; known: muon, adam"):

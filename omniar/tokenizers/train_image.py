@@ -25,6 +25,10 @@ from omniar.train.trainer import warm_cosine
 OPTIMIZERS = ("muon", "adam")
 # the semantic alignment's weight when a teacher is given (BENCHMARKS.md, "A latent that knows shapes")
 ALIGN_WEIGHT = 2.0
+# images a step: under Muon a step of 8 costs 0.37x one of 32, and in the same minutes the smaller batch reconstructs
+# sharper (BENCHMARKS.md, "Muon for the filters": fewer images a step); checkpoints from before the batch was recorded
+# were trained at 32
+BATCH = 8
 
 
 def shapeworld_images(num: int, split: str = "train", side: int = 64) -> np.ndarray:
@@ -57,7 +61,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageTokenizerConfig | None = None,
-                          steps: int = 3500, batch: int = 32, lr: float = 2e-3, seed: int = 0,
+                          steps: int = 3500, batch: int = BATCH, lr: float = 2e-3, seed: int = 0,
                           commit_weight: float = 0.0, balance_weight: float = 0.01, rate_weight: float = 0.0,
                           align_teacher: torch.nn.Module | None = None, align_weight: float = 0.0,
                           progress: bool = True, resume: bool = True, stop_at: int | None = None,
@@ -100,10 +104,12 @@ def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageToke
     if resume and (ckpt / "trainer.json").is_file():
         model.load_state_dict(ImageTokenizer.from_pretrained(ckpt).state_dict())
         # checked before the optimizer's state is loaded, which would fail on the other optimizer's groups
-        saved = json.loads((ckpt / TRAINER_NAME).read_text()).get("optimizer_name", "adam")
-        if saved != optimizer:
-            raise ValueError(f"{ckpt} was trained with {saved}; resume it with optimizer={saved!r} (or train anew "
-                             f"in another directory with {optimizer})")
+        meta = json.loads((ckpt / TRAINER_NAME).read_text())
+        saved = {"optimizer": meta.get("optimizer_name", "adam"), "batch": meta.get("batch", 32)}
+        for name, value in {"optimizer": optimizer, "batch": batch}.items():
+            if saved[name] != value:
+                raise ValueError(f"{ckpt} was trained with {name} {saved[name]!r}; resume it with "
+                                 f"{name}={saved[name]!r} (or train anew in another directory with {value!r})")
         step = load_training_state(ckpt, opt)["step"]
     data = to_tensor(images)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,7 +147,7 @@ def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageToke
                 bar.set_postfix(loss=f"{m['loss']:.4f}")
                 metrics.write(m)
             if step % 500 == 0 or step == stop_at or stop.signal is not None:
-                save_training_checkpoint(ckpt, model, opt, step, optimizer_name=optimizer)
+                save_training_checkpoint(ckpt, model, opt, step, optimizer_name=optimizer, batch=batch)
             if stop.signal is not None:
                 break
     bar.close()
