@@ -80,12 +80,22 @@ def _worker(rank: int, fn: Callable, world: int, port: int, threads: int, timeou
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(threads)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout))
+    code = 0
     try:
         fn(*args)
     except KeyboardInterrupt:  # Ctrl-C (a Trainer saves first): the parent learns of it from the exit code
-        sys.exit(INTERRUPTED)
+        code = INTERRUPTED
+    except SystemExit as e:  # SIGTERM (likewise)
+        if e.code != TERMINATED:
+            raise
+        code = TERMINATED
     finally:
         dist.destroy_process_group()
+    if code:  # stopped mid-run: leave without the interpreter's teardown, which could abort on a thread of the
+        # process group's still being joined ("terminate called without an active exception": SIGABRT, not this code)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def launch(fn: Callable, world: int, *args, threads: int = 1, timeout: float = 1800.0) -> None:
