@@ -102,7 +102,7 @@ def train_image_tokenizer(out: str | Path, images: np.ndarray, config: ImageToke
     opt = _optimizer(model, optimizer, lr)
     step = 0
     recover_directory(ckpt)
-    if resume and (ckpt / "trainer.json").is_file():
+    if resume and (ckpt / TRAINER_NAME).is_file():
         model.load_state_dict(ImageTokenizer.from_pretrained(ckpt).state_dict())
         # checked before the optimizer's state is loaded, which would fail on the other optimizer's groups
         meta = json.loads((ckpt / TRAINER_NAME).read_text())
