@@ -166,6 +166,37 @@ def test_cli_aligns_the_latent_to_a_teacher(tmp_path):
         main(["tokenizer", "train", "image", "--out", str(tmp_path / "x"), "--steps", "1", "--align-weight", "1"])
 
 
+def test_cli_defaults_and_optimizers_are_the_trainers(tmp_path, monkeypatch):
+    """The CLI writes its choices out (its --help stays free of torch): every optimizer the trainer knows is a
+    choice, and the default batch and optimizer are the trainer's."""
+    import inspect
+
+    from omniar.cli import main
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake(out, images, config, **kwargs):
+        seen.append(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(train_image, "train_image_tokenizer", fake)
+    monkeypatch.setattr(train_image, "shapeworld_images", lambda n: np.zeros((2, 64, 64, 3), np.uint8))
+    args = ["tokenizer", "train", "image", "--out", str(tmp_path)]
+    with pytest.raises(Stop):
+        main(args)
+    defaults = {k: p.default for k, p in inspect.signature(train_image_tokenizer).parameters.items()}
+    assert seen[-1]["batch"] == train_image.BATCH == defaults["batch"]
+    assert seen[-1]["optimizer"] == defaults["optimizer"]
+    assert (seen[-1]["steps"], seen[-1]["lr"]) == (defaults["steps"], defaults["lr"])
+    for name in train_image.OPTIMIZERS:
+        with pytest.raises(Stop):
+            main(args + ["--optimizer", name, "--batch", "3"])
+        assert (seen[-1]["optimizer"], seen[-1]["batch"]) == (name, 3)
+
+
 def test_bit_prior_rate_falls_when_trained_and_round_trips(tmp_path):
     imgs = shapeworld_images(16)
     cfg = ImageTokenizerConfig(prior_width=16, **SMALL)
