@@ -49,7 +49,11 @@ def _demo(args) -> None:
         from omniar.demo import AFTER_STAGES, budget_for_after_stages, budget_for_self_training
 
         more = budget_for_after_stages(args.budget, plan.step_seconds, **kw)
-        if more is not None:
+        if more is not None and "edits" in plan.stage_steps:  # the answers stage in the relations stage's place
+            print(f"[demo] the relations stage does not fit {args.budget:g} minutes at these step times: the answers "
+                  "stage (the text expert alone) comes in its place, before the edits stage (as on a Zen 4 EPYC: "
+                  "BENCHMARKS.md \"Demo\")" + (f"; --budget {more:g} holds it" if more < math.inf else ""))
+        elif more is not None:
             instead = ("the answers stage (the text expert alone) comes in their place, so edits stay what the mixed "
                        "stages leave" if "answers" in plan.stage_steps else
                        "answers, captions and edits stay what the mixed stages leave")

@@ -114,7 +114,16 @@ AFTER_STAGES = {"relations": (RELATION_STEPS, RELATION_STEP_COST, RELATION_SHARE
 # batch: 0.37 s against 0.54 on the Zen 3), else as the relations stage's
 ANSWER_STEPS = 600
 ANSWER_SHARE = 0.3
-ANSWER_STAGES = {"answers": (ANSWER_STEPS, RELATION_STEP_COST, ANSWER_SHARE, ANSWER_STEPS)}
+# after it, the edits stage (the generation side alone: what the answers stage trains, the text expert, is held, and
+# the understanding path an edit reads its reference by stays as the mixed stages left it) where the two take at
+# most `ANSWER_EDIT_SHARE` of the training time, with `EDIT_MIN_STEPS` or more, else the answers stage alone: on a
+# Zen 4 EPYC, whose 45 minutes fall short of the relations stage, 500 edits steps (4.4 minutes) after its demo took
+# edits 0.761 / 0.938 -> 0.829 / 0.976 on 1,000 test items, text-to-image 0.395 -> 0.409, held-out 0.335 -> 0.318,
+# answers and captions the same (BENCHMARKS.md "Demo"); a machine whose plan would pay them with a third or more of
+# its mixed steps (an AVX2 EPYC) keeps those steps
+ANSWER_EDIT_SHARE = 0.25
+ANSWER_STAGES = {"answers": (ANSWER_STEPS, RELATION_STEP_COST, ANSWER_SHARE, ANSWER_STEPS),
+                 "edits": (EDIT_STEPS, EDIT_STEP_COST, ANSWER_EDIT_SHARE, EDIT_MIN_STEPS)}
 LATE_STAGES = {**AFTER_STAGES, **ANSWER_STAGES}  # every stage a plan may hold after stage 3
 # decoder post-training (omni/decoder_post.py) after the last stage, next-scale presets only: the model redraws the
 # finest scale of this many training images (in proportion for other budgets) and the image decoder learns to turn
@@ -208,7 +217,8 @@ class DemoPlan:
         the steps) get the time they leave. Where the plan trains long enough, the relations curriculum
         (`RELATION_STEPS`) and then the edits stage (`EDIT_STEPS`) run last, on time taken from the stages in
         proportion (`AFTER_STAGES`); where a measured plan holds neither, the answers stage (`ANSWER_STEPS`) comes
-        in their place, on the decoder post-training's time unless `decoder_images` is given (`ANSWER_STAGES`).
+        in their place, on the decoder post-training's time unless `decoder_images` is given, and after it the edits
+        stage where the two take at most `ANSWER_EDIT_SHARE` of the training time (`ANSWER_STAGES`).
         Self-training (`SELF_PROMPTS` prompts drawn for, `SELF_STEPS` steps, in proportion to the budget; at most
         `SELF_SHARE` of a measured plan's time for the model) comes last where the plan holds the relations and
         edits stages with it, unless `self_prompts` is given; elsewhere the plan is made without it.
@@ -311,7 +321,8 @@ class DemoPlan:
             if after and not set(AFTER_STAGES) & set(plan.stage_steps):  # the answers stage in their place
                 freed = 0.0 if decoder_given else _decoder_seconds(plan.decoder_images, step_seconds)
                 answers = _stages(math.floor((rest + freed) / per_step),
-                                  {"answers": _after_cost("answers", step_seconds)}, ANSWER_STAGES)
+                                  {name: _after_cost(name, step_seconds) for name in ANSWER_STAGES}, ANSWER_STAGES,
+                                  whole=False)
                 if "answers" in answers:
                     plan.stage_steps = answers
                     if freed:
@@ -483,21 +494,24 @@ def _after_costs(step_seconds: dict[str, float] | None, preset: str, speech: boo
     return {name: _after_cost(name, step_seconds or {}) for name in AFTER_STAGES}
 
 
-def _stages(train: int, after: dict[str, float] | None = None, table: dict | None = None) -> dict[str, int]:
+def _stages(train: int, after: dict[str, float] | None = None, table: dict | None = None,
+            whole: bool = True) -> dict[str, int]:
     """`train` steps' worth of the stages in their order: 45 / 40 / 15%, and then those of `after` (name: a step's
     cost in the stages' mean steps; None: all of `AFTER_STAGES` at their costs), in `AFTER_STAGES`' order, each
     while it and the ones before it cost at most its share of `train` (with fewer steps, down to its least, where
     the share holds fewer), paid from the stages' steps in proportion - all of them or none (an edit reads its
     reference through the understanding path the relations stage moves: one model's edits kept 0.769 of the
     untouched objects before it and 0.498 after it, until the edits stage; BENCHMARKS.md "Demo"). `table`: the
-    stages to plan instead of `AFTER_STAGES` (`ANSWER_STAGES`)."""
+    stages to plan instead of `AFTER_STAGES` (`ANSWER_STAGES`); `whole=False`: the first that does not fit ends
+    them, and those before it stay."""
     table = AFTER_STAGES if table is None else table
     after = {name: cost for name, (_, cost, *_) in table.items()} if after is None else after
     paid, held = 0, {}
     for name, (steps, _, share, least) in table.items():
         fit = min(steps, math.floor((share * train - paid) / after[name])) if name in after else 0
-        if fit < least:  # all or none: the relations stage moves the understanding path that an edit reads its
-            paid, held = 0, {}  # reference by, and the edits stage after it is what fits the drawing to it again
+        if fit < least:
+            if whole:  # all or none: the relations stage moves the understanding path that an edit reads its
+                paid, held = 0, {}  # reference by, and the edits stage after it is what fits the drawing to it again
             break
         paid += round(fit * after[name])
         held[name] = fit

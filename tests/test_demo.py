@@ -568,7 +568,7 @@ def test_a_plan_without_the_stages_after_stage_3_finds_the_budget_that_holds_the
     more = budget_for_after_stages(45, slow)
     assert 45 < more < math.inf and more == int(more)
     assert after <= set(DemoPlan.for_budget(more, step_seconds=slow).stage_steps)
-    assert not after & set(DemoPlan.for_budget(more - 1, step_seconds=slow).stage_steps)
+    assert "relations" not in DemoPlan.for_budget(more - 1, step_seconds=slow).stage_steps  # (the edits stage may be)
     assert not after & set(DemoPlan.for_budget(45, step_seconds=slow).stage_steps)
     fast = {"stage1": 0.3, "stage2": 0.35, "stage3": 0.35}
     assert budget_for_after_stages(45, fast) is None  # they fit already
@@ -639,6 +639,47 @@ def test_where_neither_stage_after_stage_3_fits_the_answers_stage_takes_the_deco
     dense = DemoPlan.for_budget(45, step_seconds=slow, preset="ar-omni-tiny")
     assert "answers" not in dense.stage_steps
     assert "answers" not in DemoPlan.for_budget(45).stage_steps  # the reference rates' plan keeps its own
+
+
+def test_where_the_relations_stage_does_not_fit_the_edits_stage_may_follow_the_answers_stage(tmp_path, capsys):
+    from omniar.cli import main
+    from omniar.demo import (
+        ANSWER_EDIT_SHARE,
+        ANSWER_STEPS,
+        EDIT_MIN_STEPS,
+        EDIT_STEPS,
+        _after_cost,
+        budget_for_after_stages,
+    )
+
+    # a Zen 4 EPYC's timing (2026-12-08, BENCHMARKS.md "Demo"): 45 minutes fall short of the relations stage
+    zen4 = {"stage1": 0.42, "stage2": 0.44, "stage3": 0.44, "relations": 0.34, "edits": 0.51, "answers": 0.29,
+            "decoder": 0.035, "self-draw": 0.064, "image-tokenizer": 0.11, "teacher": 0.05}
+    plan = DemoPlan.for_budget(45, step_seconds=zen4)
+    assert list(plan.stage_steps) == ["stage1", "stage2", "stage3", "answers", "edits"]  # trained in this order
+    assert plan.stage_steps["answers"] == ANSWER_STEPS and EDIT_MIN_STEPS <= plan.stage_steps["edits"] < EDIT_STEPS
+    assert plan.decoder_images == plan.decoder_steps == 0  # the answers stage's time, as before
+    # the two take at most their share of the training time, and one more edits step would not fit it
+    paid = {name: plan.stage_steps[name] * _after_cost(name, zen4) for name in ("answers", "edits")}
+    train = sum(plan.stage_steps[s] for s in ("stage1", "stage2", "stage3")) + sum(paid.values())
+    assert sum(paid.values()) <= ANSWER_EDIT_SHARE * train + 1
+    assert sum(paid.values()) + _after_cost("edits", zen4) > ANSWER_EDIT_SHARE * train - 1
+    # the answers stage alone, without it: its steps go back to the mixed stages
+    alone = DemoPlan.for_budget(45, step_seconds={**zen4, "edits": 10.0})
+    assert "edits" not in alone.stage_steps and alone.stage_steps["answers"] == ANSWER_STEPS
+    mixed = sum(plan.stage_steps[s] for s in ("stage1", "stage2", "stage3"))
+    assert sum(alone.stage_steps[s] for s in ("stage1", "stage2", "stage3")) - mixed == pytest.approx(
+        paid["edits"], abs=3)
+    assert budget_for_after_stages(45, zen4) == 48  # the budget that holds the relations stage (and edits after it)
+    # the demo says so
+    given = {s: zen4[s] for s in ("stage1", "stage2", "stage3", "relations", "edits")}
+    main(["demo", "--out", str(tmp_path / "demo"), "--plan", "--step-seconds", *map(str, given.values())])
+    out = capsys.readouterr().out
+    edits = DemoPlan.for_budget(45, step_seconds=given).stage_steps["edits"]
+    assert "| answers | 600 |" in out and f"| edits | {edits} |" in out
+    assert "[demo] the relations stage does not fit 45 minutes at these step times: the answers stage (the text " \
+           "expert alone) comes in its place, before the edits stage" in out
+    assert not (tmp_path / "demo").exists()
 
 
 def test_self_training_comes_last_where_the_plan_holds_the_stages_after_stage_3():

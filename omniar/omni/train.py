@@ -166,8 +166,8 @@ TEXT_EXPERT = ("decoder.blocks.*.mixer.qkv.{text}.*", "decoder.blocks.*.mixer.o.
 # curriculum's phases and decay too, for 600 steps) with the text expert alone learning, so that edits and
 # text-to-image stay exactly what they were: the demo runs it where the two stages above do not fit (a slow machine;
 # on one, 600 steps in 254 s took a model of 1,614 mixed steps from captions 0.752 to 0.912 and VQA 0.637 to 0.690,
-# BENCHMARKS.md "Demo"). `steps` here are placeholders: `train_stages` (and `omniar demo --budget`) set them; stages
-# 2 and 3 use the default mix.
+# BENCHMARKS.md "Demo"), and the edits stage after it where that fits. `steps` here are placeholders:
+# `train_stages` (and `omniar demo --budget`) set them; stages 2 and 3 use the default mix.
 STAGES: dict[str, Recipe] = {
     "stage1": Recipe(tasks={"t2i": 0.5, "caption": 0.25, "vqa": 0.15, "text": 0.1}, lr=2e-3, min_lr_ratio=0.5,
                      warmup=50, questions=4),
