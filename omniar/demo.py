@@ -119,8 +119,9 @@ ANSWER_SHARE = 0.3
 # most `ANSWER_EDIT_SHARE` of the training time, with `EDIT_MIN_STEPS` or more, else the answers stage alone: on a
 # Zen 4 EPYC, whose 45 minutes fall short of the relations stage, 500 edits steps (4.4 minutes) after its demo took
 # edits 0.761 / 0.938 -> 0.829 / 0.976 on 1,000 test items, text-to-image 0.395 -> 0.409, held-out 0.335 -> 0.318,
-# answers and captions the same (BENCHMARKS.md "Demo"); a machine whose plan would pay them with a third or more of
-# its mixed steps (an AVX2 EPYC) keeps those steps
+# answers and captions the same, and a second demo there with it planned (558 steps) edited 0.793 / 0.961
+# (BENCHMARKS.md "Demo"). A plan where the two would take more keeps the mixed steps: on an AVX2 EPYC they would take
+# 43%, and there ~450 mixed steps were worth ~0.08 of VQA (BENCHMARKS.md "What the Zen 3's 45 minutes leave out")
 ANSWER_EDIT_SHARE = 0.25
 ANSWER_STAGES = {"answers": (ANSWER_STEPS, RELATION_STEP_COST, ANSWER_SHARE, ANSWER_STEPS),
                  "edits": (EDIT_STEPS, EDIT_STEP_COST, ANSWER_EDIT_SHARE, EDIT_MIN_STEPS)}
