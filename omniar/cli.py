@@ -49,17 +49,18 @@ def _demo(args) -> None:
         from omniar.demo import AFTER_STAGES, budget_for_after_stages, budget_for_self_training
 
         more = budget_for_after_stages(args.budget, plan.step_seconds, **kw)
-        if more is not None and "edits" in plan.stage_steps:  # the answers stage in the relations stage's place
-            print(f"[demo] the relations stage does not fit {args.budget:g} minutes at these step times: the answers "
-                  "stage (the text expert alone) comes in its place, before the edits stage (as on a Zen 4 EPYC: "
-                  "BENCHMARKS.md \"Demo\")" + (f"; --budget {more:g} holds it" if more < math.inf else ""))
-        elif more is not None:
-            instead = ("the answers stage (the text expert alone) comes in their place, so edits stay what the mixed "
-                       "stages leave" if "answers" in plan.stage_steps else
-                       "answers, captions and edits stay what the mixed stages leave")
-            print(f"[demo] the {' and '.join(AFTER_STAGES)} stages do not fit {args.budget:g} minutes at these step "
-                  f"times: {instead} (as on an AVX2 EPYC: BENCHMARKS.md \"Demo\")"
-                  + (f"; --budget {more:g} holds them" if more < math.inf else ""))
+        if more is not None:
+            if "edits" in plan.stage_steps:  # the answers stage in the relations stage's place, the edits stage after
+                missing, them = "relations stage does", "it"
+                instead = ("the answers stage (the text expert alone) comes in its place, before the edits stage (as "
+                           "on a Zen 4 EPYC")
+            else:
+                missing, them = f"{' and '.join(AFTER_STAGES)} stages do", "them"
+                instead = ("the answers stage (the text expert alone) comes in their place, so edits stay what the "
+                           "mixed stages leave" if "answers" in plan.stage_steps else
+                           "answers, captions and edits stay what the mixed stages leave") + " (as on an AVX2 EPYC"
+            print(f"[demo] the {missing} not fit {args.budget:g} minutes at these step times: {instead}: "
+                  "BENCHMARKS.md \"Demo\")" + (f"; --budget {more:g} holds {them}" if more < math.inf else ""))
         more = budget_for_self_training(args.budget, plan.step_seconds, **kw)
         if more is not None:
             print(f"[demo] self-training does not fit {args.budget:g} minutes beside the relations and edits stages "
